@@ -1,0 +1,1 @@
+"""CLI subcommands: each parses its arguments and calls the module that does the work."""

@@ -1,0 +1,62 @@
+"""Checkpoint interop: one module per format, each with `detect(path) -> bool`, `load(path, device, dtype)`
+and `save(model, path, **options)`. The format is detected from the path.
+
+| format  | on disk                                                         |
+|---------|-----------------------------------------------------------------|
+| native  | folder: config.json (ModelArgs) + model.safetensors (Meta names) |
+| hf      | folder: config.json (LlamaForCausalLM) + safetensors (sharded)   |
+| meta    | folder: params.json + consolidated.NN.pth (model parallel)       |
+| llama2c | file: .bin, v0 (7-int header) or v1 (magic 0x616b3432)           |
+| gguf    | file: .gguf (llama.cpp)                                          |
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+
+from llamaforge.errors import UserError
+
+FORMATS = ("native", "hf", "meta", "llama2c", "gguf")
+
+
+def _module(fmt: str):
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    return importlib.import_module(f"llamaforge.formats.{fmt}")
+
+
+def detect_format(path) -> str:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder")
+    for fmt in FORMATS:
+        try:
+            mod = _module(fmt)
+        except ModuleNotFoundError:
+            continue
+        if mod.detect(path):
+            return fmt
+    raise UserError(
+        f"{path}: unknown checkpoint format; expected a native or HF folder (config.json + safetensors), "
+        "a Meta folder (params.json + consolidated.NN.pth), a llama2.c .bin or a .gguf file"
+    )
+
+
+def load_model(path, device="cpu", dtype=torch.float32, format: str | None = None):
+    """Load a checkpoint of any known format into a `Transformer` (weights only, never code)."""
+    fmt = format or detect_format(path)
+    model = _module(fmt).load(Path(path), device=torch.device(device), dtype=dtype)
+    model.eval()
+    return model
+
+
+def save_model(model, path, format: str = "native", shards: int = 1, **options) -> Path:
+    """Write `model` in `format` at `path` (written under a temporary name, then renamed)."""
+    mod = _module(format)
+    if shards != 1:
+        options["shards"] = shards
+    mod.save(model, Path(path), **options)
+    return Path(path)

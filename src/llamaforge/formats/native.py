@@ -1,0 +1,48 @@
+"""llamaforge's own format: a folder with config.json (ModelArgs) and model.safetensors (Meta names).
+
+A tokenizer file (tokenizer.model / tokenizer.json / tokenizer.bin) may sit beside them and is found by
+`llamaforge.load_tokenizer(folder)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from llamaforge.formats.atomic import atomic_dir
+from llamaforge.formats.weights import args_from_dict, build_model, read_json, read_safetensors
+
+FORMAT_TAG = "llamaforge"
+
+
+def detect(path: Path) -> bool:
+    cfg = path / "config.json"
+    if not (path.is_dir() and cfg.is_file()):
+        return False
+    try:
+        return json.loads(cfg.read_text()).get("format") == FORMAT_TAG
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
+def load(path: Path, device: torch.device, dtype: torch.dtype):
+    cfg = read_json(path / "config.json")
+    cfg.pop("format", None)
+    args = args_from_dict(cfg, path / "config.json")
+    return build_model(args, read_safetensors(path / "model.safetensors"), path / "model.safetensors", device, dtype)
+
+
+def save(model, path: Path, tokenizer_path=None, dtype: torch.dtype | None = None) -> None:
+    config = {"format": FORMAT_TAG, **dataclasses.asdict(model.args)}
+    # safetensors wants contiguous, unshared tensors.
+    state = {k: (v.to(dtype) if dtype else v).detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_dir(path) as tmp:
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if tokenizer_path is not None:
+            shutil.copy(tokenizer_path, tmp / Path(tokenizer_path).name)

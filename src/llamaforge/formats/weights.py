@@ -1,0 +1,78 @@
+"""What every format shares: a model built on the meta device, filled with checked tensors (no second copy)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from llamaforge.errors import UserError
+from llamaforge.model import ModelArgs, Transformer
+
+
+def args_from_dict(d: Mapping, source) -> ModelArgs:
+    """ModelArgs from a dict, rejecting unknown keys and bad values with the file named."""
+    fields = {f.name for f in dataclasses.fields(ModelArgs)}
+    unknown = set(d) - fields
+    if unknown:
+        raise UserError(f"{source}: unknown model field(s) {sorted(unknown)}; expected some of {sorted(fields)}")
+    try:
+        return ModelArgs(**d)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{source}: invalid model config: {e}") from None
+
+
+def build_model(args: ModelArgs, state_dict: Mapping[str, torch.Tensor], source, device, dtype) -> Transformer:
+    """Create `Transformer(args)` without allocating, then assign `state_dict` (Meta names) into it.
+
+    Every key and shape is checked first, so a mismatched checkpoint fails with one clear line."""
+    with torch.device("meta"):
+        model = Transformer(args)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state_dict))
+    extra = sorted(set(state_dict) - set(expected))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+        if extra:
+            parts.append(f"unexpected tensors {extra[:3]}{' ...' if len(extra) > 3 else ''}")
+        raise UserError(f"{source}: {'; '.join(parts)}")
+    for k, shape in expected.items():
+        if tuple(state_dict[k].shape) != shape:
+            raise UserError(f"{source}: tensor {k} has shape {tuple(state_dict[k].shape)}, expected {shape}")
+    tensors = {k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}
+    model.load_state_dict(tensors, assign=True)
+    model.init_rope(device)
+    return model
+
+
+def read_json(path: Path) -> dict:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    return data
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file, memory-mapped by safetensors; a truncated or corrupt file is a UserError."""
+    try:
+        out = {}
+        with safe_open(str(path), framework="pt") as f:
+            for k in f.keys():
+                out[k] = f.get_tensor(k)
+        return out
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path}: not a valid safetensors file ({e})") from None

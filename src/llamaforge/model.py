@@ -1,0 +1,236 @@
+"""The LLaMA transformer (Touvron et al. 2023), pure PyTorch.
+
+Each paper feature is one small piece: RMSNorm pre-normalization, rotary position embeddings (RoPE),
+SwiGLU feed-forward, causal attention with grouped-query support (Llama 2). Parameter names follow Meta's
+reference implementation (``tok_embeddings``, ``layers.N.attention.wq`` ...), so Meta checkpoints load as is.
+
+This file holds no I/O, no parallelism and no compilation: those are applied from outside
+(``llamaforge.formats``, ``llamaforge.train.parallel``, ``llamaforge.infer``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelArgs:
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: Optional[int] = None  # None: multi-head attention (n_kv_heads = n_heads)
+    vocab_size: int = 32000
+    multiple_of: int = 256  # SwiGLU hidden size is rounded up to a multiple of this
+    ffn_dim_multiplier: Optional[float] = None  # Llama 2 70B uses 1.3
+    norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_seq_len: int = 2048
+    hidden_dim: Optional[int] = None  # explicit FFN size (llama2.c / HF configs); None: the paper's rule
+
+    def __post_init__(self):
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads}")
+        if (self.dim // self.n_heads) % 2:
+            raise ValueError(f"head_dim {self.dim // self.n_heads} must be even for RoPE")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def ffn_hidden_dim(self) -> int:
+        """SwiGLU width: 2/3 of 4*dim (same parameter count as a 4*dim ReLU FFN), rounded up."""
+        if self.hidden_dim is not None:
+            return self.hidden_dim
+        hidden = int(2 * (4 * self.dim) / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight, computed in fp32 whatever the input dtype."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+def rope_tables(head_dim: int, max_pos: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of angle pos * theta^(-2i/head_dim) for pos < max_pos, i < head_dim/2 (fp32)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    angles = torch.outer(torch.arange(max_pos, dtype=torch.float32, device=device), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x[2i], x[2i+1]) by the position's angle: Meta's complex product, in reals.
+
+    x: [B, T, H, head_dim]; cos, sin: [T, head_dim/2].
+    """
+    xf = x.float().unflatten(-1, (-1, 2))
+    x0, x1 = xf[..., 0], xf[..., 1]
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+class KVCache(nn.Module):
+    """Preallocated keys and values for incremental decoding: [B, n_kv_heads, max_seq_len, head_dim]."""
+
+    def __init__(self, batch: int, n_kv_heads: int, max_seq_len: int, head_dim: int, dtype, device=None):
+        super().__init__()
+        shape = (batch, n_kv_heads, max_seq_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, start_pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v ([B, Hkv, T, D]) at start_pos; return the keys and values of positions [0, start_pos+T)."""
+        bsz, end = k.shape[0], start_pos + k.shape[2]
+        self.k[:bsz, :, start_pos:end] = k
+        self.v[:bsz, :, start_pos:end] = v
+        return self.k[:bsz, :, :end], self.v[:bsz, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.wq = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
+        self.cache: Optional[KVCache] = None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int) -> torch.Tensor:
+        bsz, seqlen, _ = x.shape
+        # -1 heads: under tensor parallelism each rank holds only its share of the heads.
+        q = self.wq(x).view(bsz, seqlen, -1, self.head_dim)
+        k = self.wk(x).view(bsz, seqlen, -1, self.head_dim)
+        v = self.wv(x).view(bsz, seqlen, -1, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
+        if self.cache is not None:
+            k, v = self.cache.update(start_pos, k, v)
+        gqa = q.shape[1] != k.shape[1]
+        if seqlen == 1:  # one new token attends to everything before it: no mask needed
+            out = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+        elif k.shape[2] == seqlen:  # no earlier context: plain causal attention
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        else:  # a chunk after cached context: query i sees keys up to start_pos + i
+            mask = torch.ones(seqlen, k.shape[2], dtype=torch.bool, device=x.device).tril(k.shape[2] - seqlen)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-normalization: each sub-layer normalizes its input, the residual stream is left raw."""
+
+    def __init__(self, layer_id: int, args: ModelArgs):
+        super().__init__()
+        self.layer_id = layer_id
+        self.attention = Attention(args)
+        self.feed_forward = FeedForward(args.dim, args.ffn_hidden_dim)
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, start_pos)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(TransformerBlock(i, args) for i in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        # RoPE tables are derived, not learned: non-persistent, so checkpoints hold weights only.
+        self.register_buffer("rope_cos", torch.empty(0), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(0), persistent=False)
+        self.init_rope()
+        self.init_weights()
+
+    def init_rope(self, device=None) -> None:
+        """(Re)compute the RoPE tables, e.g. after building the model on the meta device."""
+        device = torch.device(device) if device is not None else self.tok_embeddings.weight.device
+        self.rope_cos, self.rope_sin = rope_tables(
+            self.args.head_dim, self.args.max_seq_len, self.args.rope_theta, device=device
+        )
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialization (the paper does not give one; this is GPT-2's, as in torchtitan and nanoGPT):
+        embeddings and linear weights ~ N(0, 0.02); the two projections that write into the residual stream
+        (wo, w2) ~ N(0, 0.02 / sqrt(2 * n_layers)) so the stream's variance does not grow with depth;
+        RMSNorm gains 1."""
+        if self.tok_embeddings.weight.device.type == "meta":
+            return
+        std = 0.02
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                nn.init.ones_(p)
+            elif name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
+                nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.args.n_layers))
+            else:
+                nn.init.normal_(p, 0.0, std)
+
+    def setup_cache(self, max_batch: int, max_seq_len: Optional[int] = None, dtype=None) -> None:
+        """Give every attention layer a KV cache; forward then appends the new tokens at start_pos."""
+        max_seq_len = max_seq_len or self.args.max_seq_len
+        w = self.output.weight
+        for layer in self.layers:
+            layer.attention.cache = KVCache(
+                max_batch, self.args.n_kv_heads, max_seq_len, self.args.head_dim, dtype or w.dtype, w.device
+            )
+
+    def clear_cache(self) -> None:
+        for layer in self.layers:
+            layer.attention.cache = None
+
+    def forward(self, tokens: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        """tokens [B, T] -> logits [B, T, vocab]; start_pos is the position of tokens[:, 0]."""
+        seqlen = tokens.shape[1]
+        if start_pos + seqlen > self.rope_cos.shape[0]:
+            raise ValueError(f"positions up to {start_pos + seqlen} exceed max_seq_len {self.rope_cos.shape[0]}")
+        cos = self.rope_cos[start_pos : start_pos + seqlen]
+        sin = self.rope_sin[start_pos : start_pos + seqlen]
+        h = self.tok_embeddings(tokens)
+        for layer in self.layers:
+            h = layer(h, cos, sin, start_pos)
+        return self.output(self.norm(h)).float()
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.tok_embeddings.weight.numel() if non_embedding else n
