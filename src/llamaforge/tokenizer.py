@@ -57,6 +57,9 @@ class SentencePieceTokenizer:
         return self.sp.id_to_piece(int(i))
 
 
+# TODO(core): HFTokenizer (tokenizers library) and Llama2cTokenizer (tokenizer.bin) go here.
+
+
 def _resolve(path: Path) -> Path:
     """A tokenizer file, or the first known tokenizer file inside a model folder."""
     if path.is_dir():
@@ -76,11 +79,7 @@ def load_tokenizer(path) -> Tokenizer:
     if suffix == ".model":
         return SentencePieceTokenizer(path)
     if suffix == ".json":
-        from llamaforge.tokenizers_extra import HFTokenizer
-
         return HFTokenizer(path)
     if suffix == ".bin":
-        from llamaforge.tokenizers_extra import Llama2cTokenizer
-
         return Llama2cTokenizer(path)
     raise UserError(f"{path}: unknown tokenizer type; expected a .model, .json or .bin file")
