@@ -7,6 +7,10 @@ __version__ = "0.1.0"
 
 __all__ = ["load_model", "save_model", "load_tokenizer", "generate", "__version__"]
 
+# Eager (generate.py imports torch lazily): a lazy attribute would be shadowed by the `llamaforge.generate`
+# submodule as soon as anything imports it.
+from llamaforge.generate import generate  # noqa: E402
+
 
 def __getattr__(name):
     # Imported on first use, so `import llamaforge` stays cheap for the CLI and for worker processes.

@@ -82,11 +82,14 @@ def rope_tables(head_dim: int, max_pos: int, theta: float, device=None) -> tuple
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved pairs (x[2i], x[2i+1]) by the position's angle: Meta's complex product, in reals.
 
-    x: [B, T, H, head_dim]; cos, sin: [T, head_dim/2].
+    x: [B, T, H, head_dim]; cos, sin: [T, head_dim/2], or [B, T, head_dim/2] for per-sequence positions.
     """
     xf = x.float().unflatten(-1, (-1, 2))
     x0, x1 = xf[..., 0], xf[..., 1]
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    if cos.dim() == 2:  # shared positions: broadcast over batch and heads
+        cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    else:  # per-sequence positions: broadcast over heads
+        cos, sin = cos[:, :, None, :], sin[:, :, None, :]
     out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
     return out.flatten(-2).type_as(x)
 
@@ -107,6 +110,15 @@ class KVCache(nn.Module):
         self.v[:bsz, :, start_pos:end] = v
         return self.k[:bsz, :, :end], self.v[:bsz, :, :end]
 
+    def write(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v ([B, Hkv, T, D]) of row b at positions input_pos[b] ([B, T]); return the whole cache rows
+        (static shapes, so a compiled decode step never recompiles)."""
+        bsz = k.shape[0]
+        index = input_pos[:, None, :, None].expand_as(k)
+        self.k[:bsz].scatter_(2, index, k)
+        self.v[:bsz].scatter_(2, index, v)
+        return self.k[:bsz], self.v[:bsz]
+
 
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs):
@@ -118,7 +130,9 @@ class Attention(nn.Module):
         self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
         self.cache: Optional[KVCache] = None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int, input_pos=None
+    ) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
         # -1 heads: under tensor parallelism each rank holds only its share of the heads.
         q = self.wq(x).view(bsz, seqlen, -1, self.head_dim)
@@ -126,9 +140,14 @@ class Attention(nn.Module):
         v = self.wv(x).view(bsz, seqlen, -1, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
+        gqa = q.shape[1] != k.shape[1]
+        if input_pos is not None:  # per-sequence positions: each query sees its own row's keys up to its position
+            k, v = self.cache.write(input_pos, k, v)
+            mask = torch.arange(k.shape[2], device=x.device) <= input_pos[:, None, :, None]  # [B, 1, T, S]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+            return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
         if self.cache is not None:
             k, v = self.cache.update(start_pos, k, v)
-        gqa = q.shape[1] != k.shape[1]
         if seqlen == 1:  # one new token attends to everything before it: no mask needed
             out = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
         elif k.shape[2] == seqlen:  # no earlier context: plain causal attention
@@ -163,8 +182,10 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, start_pos)
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int, input_pos=None
+    ) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, start_pos, input_pos)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -209,7 +230,7 @@ class Transformer(nn.Module):
     def setup_cache(self, max_batch: int, max_seq_len: Optional[int] = None, dtype=None) -> None:
         """Give every attention layer a KV cache; forward then appends the new tokens at start_pos."""
         max_seq_len = max_seq_len or self.args.max_seq_len
-        w = self.output.weight
+        w = self.tok_embeddings.weight  # not output: a quantized output layer holds integer weights
         for layer in self.layers:
             layer.attention.cache = KVCache(
                 max_batch, self.args.n_kv_heads, max_seq_len, self.args.head_dim, dtype or w.dtype, w.device
@@ -219,16 +240,24 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.attention.cache = None
 
-    def forward(self, tokens: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
-        """tokens [B, T] -> logits [B, T, vocab]; start_pos is the position of tokens[:, 0]."""
+    def forward(
+        self, tokens: torch.Tensor, start_pos: int = 0, input_pos: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """tokens [B, T] -> logits [B, T, vocab]; start_pos is the position of tokens[:, 0].
+
+        input_pos [B, T] (needs setup_cache) gives every sequence its own positions instead, for batched
+        decoding of sequences of different lengths (llamaforge.infer.engine); positions are not range-checked."""
         seqlen = tokens.shape[1]
-        if start_pos + seqlen > self.rope_cos.shape[0]:
-            raise ValueError(f"positions up to {start_pos + seqlen} exceed max_seq_len {self.rope_cos.shape[0]}")
-        cos = self.rope_cos[start_pos : start_pos + seqlen]
-        sin = self.rope_sin[start_pos : start_pos + seqlen]
+        if input_pos is not None:
+            cos, sin = self.rope_cos[input_pos], self.rope_sin[input_pos]  # [B, T, head_dim/2]
+        else:
+            if start_pos + seqlen > self.rope_cos.shape[0]:
+                raise ValueError(f"positions up to {start_pos + seqlen} exceed max_seq_len {self.rope_cos.shape[0]}")
+            cos = self.rope_cos[start_pos : start_pos + seqlen]
+            sin = self.rope_sin[start_pos : start_pos + seqlen]
         h = self.tok_embeddings(tokens)
         for layer in self.layers:
-            h = layer(h, cos, sin, start_pos)
+            h = layer(h, cos, sin, start_pos, input_pos)
         return self.output(self.norm(h)).float()
 
     def num_params(self, non_embedding: bool = False) -> int:

@@ -9,12 +9,20 @@ import tempfile
 from pathlib import Path
 
 
+def _umask_mode(mode: int) -> int:
+    """`mode` filtered by the process umask: what a plain mkdir/open would give (mkdtemp/mkstemp give 0700/0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 @contextlib.contextmanager
 def atomic_dir(path: Path):
     """Yield a temporary folder beside `path`; on success it replaces `path`, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp.chmod(_umask_mode(0o777))
     try:
         yield tmp
         if path.exists():
@@ -35,6 +43,7 @@ def atomic_file(path: Path, mode: str = "wb"):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.chmod(tmp, _umask_mode(0o666))
     try:
         with os.fdopen(fd, mode) as f:
             yield f

@@ -1,0 +1,68 @@
+"""`llamaforge chat MODEL [--tokenizer PATH]`: an interactive chat in the terminal.
+
+Each turn renders the whole conversation with the chat template and streams the reply as it is generated.
+Commands: /reset forgets the conversation, /exit (or end of input) quits."""
+
+from __future__ import annotations
+
+import sys
+
+from llamaforge.commands.serve import add_model_arguments, load_engine
+
+
+def add_arguments(parser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--system", default=None, help="a system message to start the conversation with")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.7, help="0: greedy")
+    parser.add_argument("--top-k", type=int, default=0, help="0: off")
+    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--seed", type=int, default=None)
+
+
+def run(args) -> int:
+    from llamaforge.errors import UserError
+    from llamaforge.infer import Request, SamplingParams
+    from llamaforge.infer.chat_template import ChatTemplate
+
+    if args.max_new_tokens < 1 or args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
+        raise UserError("--max-new-tokens >= 1, --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1 expected")
+    template = ChatTemplate(args.chat_template)
+    engine = load_engine(args, max_batch=1)
+    tok = engine.tokenizer
+    start = [{"role": "system", "content": args.system}] if args.system else []
+    messages = list(start)
+
+    def show(_, piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            sys.stdout.write("> ")
+            sys.stdout.flush()
+        line = sys.stdin.readline()
+        if not line or line.strip() == "/exit":
+            return 0
+        if line.strip() == "/reset":
+            messages = list(start)
+            continue
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line.rstrip("\n")})
+        prompt = tok.encode(template.render(messages), bos=True)
+        room = engine.max_seq_len - len(prompt) - 1
+        while room < 1 and len(messages) > len(start) + 1:  # forget the oldest turns that no longer fit
+            messages.pop(len(start))
+            prompt = tok.encode(template.render(messages), bos=True)
+            room = engine.max_seq_len - len(prompt) - 1
+        if room < 1:
+            raise UserError(f"message of {len(prompt)} tokens does not fit the context ({engine.max_seq_len})")
+        params = SamplingParams(max_tokens=min(args.max_new_tokens, room), temperature=args.temperature,
+                                top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=template.stops)
+        request = engine.submit(Request(prompt, params, on_update=show))
+        while not request.done.is_set():
+            engine.step()
+        sys.stdout.write("\n")
+        messages.append({"role": "assistant", "content": request.text.strip()})

@@ -1,0 +1,91 @@
+"""`llamaforge eval MODEL [--tokenizer PATH] --tasks NAMES --data-dir DIR [--shots K] [--limit N] [--batch-size B]
+[--out FILE] [--task-file F.jsonl] [--text FILE ... --context C --stride S]`.
+
+Prints the markdown table (task, metric, shots, n, value, stderr, the paper's number when MODEL has a paper
+preset's shape) and, with --out, writes FILE (JSON) and FILE.md.
+"""
+
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("model", help="a checkpoint in any format (native / HF folder, Meta folder, .bin, .gguf)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer file (default: the one in the model folder)")
+    parser.add_argument("--tasks", default="", help="comma-separated task names (see --list-tasks)")
+    parser.add_argument("--data-dir", default=None, help="folder with the benchmark files (layout of SOURCES.md)")
+    parser.add_argument("--task-file", action="append", default=[], help="a JSONL task file (repeatable)")
+    parser.add_argument("--text", action="append", default=[], help="a text file for perplexity (repeatable)")
+    parser.add_argument("--context", type=int, default=None, help="perplexity window (default: max_seq_len)")
+    parser.add_argument("--stride", type=int, default=None, help="perplexity stride (default: = context, disjoint)")
+    parser.add_argument("--shots", type=int, default=None, help="few-shot examples (default: the paper's per task)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N items of each task")
+    parser.add_argument("--batch-size", type=int, default=16, help="rows per forward pass")
+    parser.add_argument("--samples", type=int, default=1, help="samples per problem (GSM8K maj@k, code pass@k)")
+    parser.add_argument("--temperature", type=float, default=None, help="sampling temperature when --samples > 1")
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--out", default=None, help="write results JSON here (and a .md table beside it)")
+    parser.add_argument("--list-tasks", action="store_true", help="list the task names and exit")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run(args) -> int:
+    import time
+
+    import torch
+
+    from llamaforge.errors import UserError
+    from llamaforge.eval import evaluate_task, evaluate_task_file, preset_of
+    from llamaforge.eval.perplexity import perplexity, read_texts
+    from llamaforge.eval.results import TaskResult, markdown_table, write_results
+    from llamaforge.eval.scoring import Scorer
+    from llamaforge.eval.tasks import TASKS
+
+    if args.list_tasks:
+        for name, t in TASKS.items():
+            print(f"{name:14s} {t.kind:7s} shots={t.shots} metric={t.paper_metric}")
+        return 0
+    tasks = [t for t in args.tasks.split(",") if t]
+    if not (tasks or args.task_file or args.text):
+        raise UserError("eval: nothing to do; give --tasks, --task-file or --text")
+    if tasks and args.data_dir is None:
+        raise UserError("--data-dir: required with --tasks (the folder with the benchmark files)")
+
+    from llamaforge import load_model, load_tokenizer
+
+    model = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
+    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    scorer = Scorer(model, tokenizer, batch_size=args.batch_size)
+    preset = preset_of(model)
+    options = {"samples": args.samples}
+    if args.temperature is not None:
+        options["temperature"] = args.temperature
+
+    results: list[TaskResult] = []
+    start = time.time()
+    for name in tasks:
+        results.append(evaluate_task(scorer, name, args.data_dir, args.shots, args.limit, options, preset)[0])
+    for path in args.task_file:
+        results.append(evaluate_task_file(scorer, path, args.limit)[0])
+    if args.text:
+        ppl = perplexity(model, tokenizer, read_texts(args.text), args.context, args.stride, args.batch_size)
+        metrics = ppl.metrics()
+        results.append(TaskResult("perplexity", 0, len(args.text), {k: float(v) for k, v in metrics.items()}))
+
+    config = {
+        "model": str(args.model), "tokenizer": str(tokenizer.path), "preset": preset, "device": args.device,
+        "dtype": args.dtype, "batch_size": args.batch_size, "limit": args.limit, "shots": args.shots,
+        "samples": args.samples, "data_dir": args.data_dir, "seconds": round(time.time() - start, 2),
+        "scoring": "acc: argmax log p; acc_norm: argmax log p / chars (paper, lm-eval); "
+                   "acc_uncond: argmax log p(c|ctx) - log p(c|'Answer:') (paper for OBQA, BoolQ)",
+    }
+    print(markdown_table(results), end="")
+    if args.out:
+        json_path, md_path = write_results(args.out, results, config)
+        print(f"wrote {json_path} and {md_path}")
+    return 0

@@ -1,0 +1,201 @@
+"""`llamaforge plan`: what a training run costs, whether it fits, and which model size a budget should buy.
+
+    llamaforge plan --model llama-65b --device A100-80GB --gpus 2048 --tokens 1.4T --fsdp 256 --tp 8 --ac selective
+    llamaforge plan --dims dim=1024,n_layers=16,n_heads=16 --tokens 20B --gpus 8 --mfu 0.4
+    llamaforge plan --budget 5.76e23 --inference-tokens 2T --constants besiroglu
+    llamaforge plan --paper            # the paper's Table 15 GPU-hours recomputed from the formula
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+from llamaforge.errors import UserError
+
+SUFFIXES = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12, "P": 1e15}
+
+
+def parse_count(text: str, flag: str) -> float:
+    """'1.4T', '20B', '5.76e23' -> a float."""
+    m = re.fullmatch(r"\s*([-+]?[0-9.]+(?:e[-+]?[0-9]+)?)\s*([KMBGTP]?)\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise UserError(f"{flag}: expected a number like 1.4e12 or 1.4T, got {text!r}")
+    return float(m.group(1)) * SUFFIXES[m.group(2).upper()]
+
+
+def add_arguments(p) -> None:
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--model", help="a preset name (see `llamaforge presets`)")
+    what.add_argument("--dims", help="model fields, e.g. dim=1024,n_layers=16,n_heads=16,vocab_size=32000")
+    what.add_argument("--budget", help="training compute in FLOPs: the compute-optimal and inference-aware (N, D)")
+    what.add_argument("--paper", action="store_true", help="reproduce the paper's GPU-hours (Table 15)")
+    p.add_argument("--device", default="A100-80GB", help="device name from the planner's table (default A100-80GB)")
+    p.add_argument("--gpus", type=int, default=1, help="number of devices")
+    p.add_argument("--mfu", type=float, default=None, help="model FLOPs utilization (default: the paper's 65B, ~0.49)")
+    p.add_argument("--tokens", help="training tokens, e.g. 1.4T (default: 20 tokens per parameter)")
+    p.add_argument("--seq-len", type=int, default=None, help="sequence length (default: the model's context)")
+    p.add_argument("--fsdp", type=int, default=None, help="FSDP degree (default: gpus / tp)")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (with sequence parallelism)")
+    p.add_argument("--ac", default="none", help="activation checkpointing: none | selective | full")
+    p.add_argument("--micro-batch", type=int, default=None, help="sequences per device (default: the largest that fits)")
+    p.add_argument("--master-dtype", default="fp32", help="fp32 | bf16 (parameters, gradients, AdamW moments)")
+    p.add_argument("--compute-dtype", default="bf16", help="bf16 | fp32 (matmuls and saved activations)")
+    p.add_argument("--inference-tokens", default="0", help="with --budget: lifetime tokens to serve, e.g. 2T")
+    p.add_argument("--constants", default="besiroglu", help="besiroglu | hoffmann | a fit.json written by sweep")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def _model_args(args):
+    from llamaforge.model import ModelArgs
+    from llamaforge.presets import PRESETS
+
+    if args.model:
+        if args.model not in PRESETS:
+            raise UserError(f"--model: unknown preset {args.model!r}; known: {', '.join(PRESETS)}")
+        return args.model, PRESETS[args.model]
+    fields = {f.name: f for f in dataclasses.fields(ModelArgs)}
+    values = {}
+    for item in args.dims.split(","):
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        if key not in fields or not raw:
+            raise UserError(f"--dims: expected key=value pairs of {', '.join(fields)}, got {item!r}")
+        values[key] = float(raw) if key in ("norm_eps", "rope_theta", "ffn_dim_multiplier") else int(raw)
+    try:
+        return "custom", ModelArgs(**values)
+    except ValueError as e:
+        raise UserError(f"--dims: {e}") from None
+
+
+def _law(name: str):
+    from llamaforge.plan.scaling import CONSTANTS, ScalingLaw
+
+    if name.lower() in CONSTANTS:
+        return name.lower(), CONSTANTS[name.lower()]
+    path = Path(name)
+    if not path.is_file():
+        raise UserError(f"--constants: expected {', '.join(CONSTANTS)} or a fit.json file, got {name!r}")
+    try:
+        data = json.loads(path.read_text())
+        return str(path), ScalingLaw(**data["constants"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: constants: expected a fit written by `llamaforge sweep` ({e})") from None
+
+
+def _gib(x: float) -> str:
+    return f"{x / 2**30:8.2f} GiB"
+
+
+def run_model(args) -> int:
+    from llamaforge.plan.flops import get_device, paper_mfu, training_cost
+    from llamaforge.plan.memory import Layout, estimate, largest_micro_batch
+    from llamaforge.presets import count_params
+
+    name, margs = _model_args(args)
+    device = get_device(args.device)
+    total, non_emb = count_params(margs)
+    seq_len = args.seq_len or margs.max_seq_len
+    tokens = parse_count(args.tokens, "--tokens") if args.tokens else 20.0 * total
+    mfu = paper_mfu() if args.mfu is None else args.mfu
+    cost = training_cost(margs, tokens, seq_len, device, args.gpus, mfu)
+
+    if args.tp < 1 or args.gpus % args.tp:
+        raise UserError(f"--tp: {args.tp} must divide --gpus {args.gpus}")
+    fsdp = args.fsdp if args.fsdp is not None else args.gpus // args.tp
+    if fsdp * args.tp > args.gpus:
+        raise UserError(f"--fsdp x --tp = {fsdp * args.tp} exceeds --gpus {args.gpus}")
+    layout = Layout(fsdp=fsdp, tp=args.tp, ac=args.ac, seq_len=seq_len, micro_batch=args.micro_batch or 1,
+                    master_dtype=args.master_dtype, compute_dtype=args.compute_dtype)
+    best = largest_micro_batch(margs, layout, device.memory_bytes)
+    if best == 0:
+        need = estimate(margs, layout).total
+        raise UserError(
+            f"{name} does not fit on {device.name}: one sequence of {seq_len} tokens needs {need / 2**30:.1f} GiB per "
+            f"device of {device.memory_bytes / 2**30:.0f} GiB with fsdp={fsdp} tp={args.tp} ac={args.ac}; "
+            "shard over more devices (--gpus/--fsdp/--tp) or checkpoint activations (--ac full)"
+        )
+    micro = args.micro_batch or best
+    if args.micro_batch and args.micro_batch > best:
+        raise UserError(f"--micro-batch: {args.micro_batch} does not fit on {device.name}; the largest that fits is {best}")
+    mem = estimate(margs, dataclasses.replace(layout, micro_batch=micro))
+
+    out = {
+        "model": name, "params": total, "non_embedding_params": non_emb, "device": device.name, "gpus": args.gpus,
+        "mfu": mfu, "tokens": tokens, "seq_len": seq_len, **dataclasses.asdict(cost),
+        "layout": dataclasses.asdict(dataclasses.replace(layout, micro_batch=micro)),
+        "memory_bytes": {
+            "params": mem.params, "grads": mem.grads, "optimizer": mem.optimizer, "compute_copies": mem.compute_copies,
+            "activations": mem.activations, "loss": mem.loss, "recompute": mem.recompute, "total": mem.total,
+        },
+        "device_memory_bytes": device.memory_bytes, "largest_micro_batch": best,
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{name}: {total / 1e9:.3f}B parameters ({non_emb / 1e9:.3f}B non-embedding), seq len {seq_len}")
+    print(f"FLOPs/token          {cost.flops_per_token:.4g}   (6·N_non-embedding + 12·L·d·T)")
+    print(f"training FLOPs       {cost.total_flops:.4g}   for {tokens:.4g} tokens")
+    print(f"throughput           {cost.tokens_per_s_per_device:,.0f} tokens/s/device at MFU {mfu:.1%} "
+          f"of {device.peak_flops / 1e12:.0f} TFLOP/s ({device.name})")
+    print(f"device-hours         {cost.device_hours:,.0f}")
+    print(f"wall-clock           {cost.wall_clock_days:,.2f} days on {args.gpus} devices")
+    print(f"memory per device    fsdp={fsdp} tp={args.tp} ac={args.ac} micro-batch={micro} "
+          f"master={args.master_dtype} compute={args.compute_dtype}")
+    for label, value in [("parameters", mem.params), ("gradients", mem.grads), ("AdamW moments", mem.optimizer),
+                         ("gathered weights", mem.compute_copies), ("activations", mem.activations),
+                         ("loss buffers", mem.loss), ("recompute", mem.recompute)]:
+        print(f"  {label:<18} {_gib(value)}")
+    print(f"  {'total':<18} {_gib(mem.total)} of {device.memory_bytes / 2**30:.0f} GiB; "
+          f"largest micro-batch that fits: {best}")
+    return 0
+
+
+def run_budget(args) -> int:
+    from llamaforge.plan.scaling import compare
+
+    budget = parse_count(args.budget, "--budget")
+    inference = parse_count(args.inference_tokens, "--inference-tokens")
+    label, law = _law(args.constants)
+    table = compare(law, budget, inference)
+    if args.json:
+        print(json.dumps({"constants": label, "law": law.as_dict(), "budget": budget, "inference_tokens": inference,
+                          **{k: {**dataclasses.asdict(v), "total_flops": v.total_flops} for k, v in table.items()}},
+                         indent=2))
+        return 0
+    print(f"L(N, D) = {law.E:.4g} + {law.A:.4g}/N^{law.alpha:.4g} + {law.B:.4g}/D^{law.beta:.4g}   ({label})")
+    print(f"training budget {budget:.3g} FLOPs, inference {inference:.3g} tokens (2·N FLOPs each)")
+    header = f"{'':<17}{'params':>10}{'tokens':>10}{'tok/param':>10}{'loss':>8}{'train':>11}{'inference':>11}{'total':>11}"
+    print(header)
+    for name, a in table.items():
+        print(f"{name:<17}{a.n_params / 1e9:>9.2f}B{a.n_tokens / 1e12:>9.3f}T{a.tokens_per_param:>10.1f}{a.loss:>8.4f}"
+              f"{a.train_flops:>11.3g}{a.inference_flops:>11.3g}{a.total_flops:>11.3g}")
+    chin, llama = table["compute-optimal"], table["inference-aware"]
+    if inference > 0:
+        print(f"same predicted loss with a {chin.n_params / llama.n_params:.1f}x smaller model: "
+              f"{1 - llama.total_flops / chin.total_flops:.0%} less compute over the model's life")
+    return 0
+
+
+def run_paper(args) -> int:
+    from llamaforge.plan.flops import paper_mfu, paper_table
+
+    mfu = paper_mfu() if args.mfu is None else args.mfu
+    print(f"A100-80GB (312 TFLOP/s bf16), one MFU for all sizes: {mfu:.1%} (implied by the 65B's 380 tokens/s/GPU)")
+    print(f"{'model':<11}{'tokens':>8}{'tok/s/GPU':>11}{'GPU-hours':>12}{'paper':>12}{'ratio':>7}{'paper MFU':>11}")
+    for r in paper_table(mfu):
+        print(f"{r['preset']:<11}{r['tokens'] / 1e12:>7.1f}T{r['tokens_per_s_per_gpu']:>11,.0f}{r['gpu_hours']:>12,.0f}"
+              f"{r['paper_gpu_hours']:>12,}{r['ratio']:>7.3f}{r['paper_implied_mfu']:>11.1%}")
+    return 0
+
+
+def run(args) -> int:
+    if args.budget is not None:
+        return run_budget(args)
+    if args.paper:
+        return run_paper(args)
+    if not (args.model or args.dims):
+        raise UserError("plan: expected --model PRESET, --dims ..., --budget FLOPS or --paper")
+    return run_model(args)

@@ -1,0 +1,78 @@
+"""`llamaforge prepare SOURCE INPUT... --out DIR`: clean one of the paper's seven sources into gzip JSONL shards.
+
+Writes `DIR/<source>-NNNNN.jsonl.gz` (one line per document: `{"text": ..., "meta": {...}}`, one output shard per
+input shard) and `DIR/stats.json`, and prints a per-stage table. Rerunning into the same DIR resumes a killed run.
+The Python API is `llamaforge.data.sources.prepare(source, inputs, out, **options)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from llamaforge.data.sources import SOURCES
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", choices=SOURCES)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders (folders are searched)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--overwrite", action="store_true", help="delete a previous run in --out instead of resuming")
+    p.add_argument("--keep-work", action="store_true", help="keep intermediate shards under OUT/_work")
+    p.add_argument("--no-progress", action="store_true")
+
+    g = p.add_argument_group("language id (commoncrawl, c4)")
+    g.add_argument("--languages", type=_names, help="languages to keep, e.g. en or en,de (wikipedia: dumps to use)")
+    g.add_argument("--lang-threshold", type=float, help="min language score (commoncrawl 0.5, c4 0.99)")
+    g.add_argument("--langid", help="py3langid (default), resiliparse or fasttext:PATH")
+
+    g = p.add_argument_group("commoncrawl")
+    g.add_argument("--min-length", type=int, help="drop documents under this many characters (300)")
+    g.add_argument("--dedup-group", type=int, help="line dedup over groups of this many shards (50; 0 = all)")
+    g.add_argument("--lm", help="n-gram LM file (from NGramLM.save) for perplexity buckets")
+    g.add_argument("--lm-reference", nargs="+", help="train the n-gram LM on these texts (JSONL or text)")
+    g.add_argument("--bucket-percentiles", type=_floats, help="head/middle percentile cuts (30,60)")
+    g.add_argument("--bucket-cutoffs", type=_floats, help="fixed perplexity cutoffs instead of percentiles")
+    g.add_argument("--keep-buckets", type=_names, help="buckets to keep (head,middle)")
+    g.add_argument("--classifier", help="reference classifier file (from ReferenceClassifier.save)")
+    g.add_argument("--classifier-positives", nargs="+", help="train it on pages cited by Wikipedia ...")
+    g.add_argument("--classifier-negatives", nargs="+", help="... against random pages")
+    g.add_argument("--classifier-threshold", type=float, help="keep documents with P(reference) >= this (0.25)")
+
+    g = p.add_argument_group("other sources")
+    g.add_argument("--badwords", help="c4: file of bad words, one a line")
+    g.add_argument("--near-dup-threshold", type=float, help="books: Jaccard similarity counted as duplicate (0.9)")
+    g.add_argument("--max-sites", type=int, help="stackexchange: keep the N largest sites (the paper: 28)")
+
+
+OPTIONS = ("languages", "lang_threshold", "langid", "min_length", "dedup_group", "lm", "lm_reference",
+           "bucket_percentiles", "bucket_cutoffs", "keep_buckets", "classifier", "classifier_positives",
+           "classifier_negatives", "classifier_threshold", "badwords", "near_dup_threshold", "max_sites")
+
+
+def run(args: argparse.Namespace) -> int:
+    from llamaforge.data.pipeline import format_stats_table
+    from llamaforge.data.sources import prepare
+
+    options = {k: getattr(args, k) for k in OPTIONS if getattr(args, k) is not None}
+    if options.get("dedup_group") == 0:
+        options["dedup_group"] = None  # one group: every shard
+    stats = prepare(args.source, args.inputs, args.out, workers=args.workers, executor=args.executor,
+            ray_address=args.ray_address, progress=not args.no_progress, overwrite=args.overwrite,
+            keep_work=args.keep_work, **options)
+    print(format_stats_table(stats))
+    print(f"wrote {len(stats['outputs'])} shards and stats.json to {args.out}")
+    return 0

@@ -1,0 +1,69 @@
+"""`llamaforge serve MODEL [--tokenizer PATH] [--host 127.0.0.1] [--port 8000]`: an OpenAI-compatible server
+(/v1/models, /v1/completions, /v1/chat/completions) with continuous batching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_model_arguments(parser) -> None:
+    """Arguments shared by `serve` and `chat`: which model, on what device, how it runs."""
+    parser.add_argument("model", help="a checkpoint in any format (native / HF folder, Meta folder, .bin, .gguf)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer file (default: the one in the model folder)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--quantize", default=None, choices=["int8", "int4"], help="weight-only quantization")
+    parser.add_argument("--max-seq-len", type=int, default=None, help="KV cache length (default: the model's)")
+    parser.add_argument("--compile", action="store_true", default=None,
+                        help="compile the decode step (default: on for CUDA, off for CPU)")
+    parser.add_argument("--chat-template", default="plain",
+                        help="plain | chatml | llama2, a Jinja file, or a Jinja string")
+
+
+def load_engine(args, max_batch: int):
+    """Model + tokenizer + engine from the shared arguments (user mistakes raise UserError)."""
+    import torch
+
+    from llamaforge.errors import UserError
+    from llamaforge.formats import load_model
+    from llamaforge.infer import Engine
+    from llamaforge.infer.quantize import quantize
+    from llamaforge.tokenizer import load_tokenizer
+
+    model_path = Path(args.model)
+    if args.tokenizer is None and not model_path.is_dir():
+        raise UserError(f"{model_path}: --tokenizer: required when MODEL is a file (no folder to find it in)")
+    if args.max_seq_len is not None and args.max_seq_len < 2:
+        raise UserError("--max-seq-len: expected at least 2")
+    tokenizer = load_tokenizer(args.tokenizer or model_path)
+    model = load_model(model_path, device=args.device, dtype=getattr(torch, args.dtype))
+    if tokenizer.vocab_size > model.args.vocab_size:
+        raise UserError(f"{tokenizer.path}: tokenizer has {tokenizer.vocab_size} tokens, model only "
+                        f"{model.args.vocab_size}; expected the model's own tokenizer")
+    if args.quantize:
+        quantize(model, args.quantize)
+    return Engine(model, tokenizer, max_batch=max_batch, max_seq_len=args.max_seq_len, compile=args.compile)
+
+
+def add_arguments(parser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-batch", type=int, default=8, help="sequences decoded together")
+    parser.add_argument("--model-name", default=None, help="the id /v1/models reports (default: MODEL's name)")
+
+
+def run(args) -> int:
+    from llamaforge.errors import UserError
+    from llamaforge.infer.chat_template import ChatTemplate
+    from llamaforge.infer.server import serve
+
+    if args.max_batch < 1:
+        raise UserError("--max-batch: expected at least 1")
+    if not 0 <= args.port < 65536:
+        raise UserError("--port: expected 0..65535")
+    ChatTemplate(args.chat_template)  # fail before loading the model
+    engine = load_engine(args, args.max_batch)
+    name = args.model_name or Path(args.model).name
+    serve(engine, host=args.host, port=args.port, model_name=name, chat_template=args.chat_template)
+    return 0

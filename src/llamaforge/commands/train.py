@@ -1,0 +1,28 @@
+"""`llamaforge train --recipe NAME_OR_TOML [--out DIR] [--resume auto|PATH] [--section.key=value ...]`.
+
+Also runs under `torchrun --nproc_per_node N -m llamaforge train ...` (FSDP2 / tensor parallel)."""
+
+from __future__ import annotations
+
+ACCEPTS_EXTRA_ARGS = True  # --section.key=value overrides arrive in args.extra
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--recipe", required=True, help="a recipe name (debug, demo, llama-7b ...) or a .toml file")
+    parser.add_argument("--out", default=None, help="output folder (default runs/<recipe>)")
+    parser.add_argument("--resume", default=None, help="'auto': the newest complete checkpoint in OUT; or a path")
+    parser.epilog = "Any config key can be overridden: --optim.lr=1e-3 --training.steps=100 --parallel.tp=2"
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from llamaforge.train import load_config, train
+
+    cfg = load_config(args.recipe, args.extra)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).stem
+    summary = train(cfg, out, resume=args.resume)
+    if summary:
+        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items() if k != "data"}
+        print(f"done: {shown}; final model in {out / 'final'}")
+    return 0

@@ -1,0 +1,428 @@
+"""Stages over shards: read -> filter -> dedup -> write, on local processes or on Ray.
+
+A document is a dict `{"text": str, "meta": dict}`. A `Source` names its input shards (files or folders, in a
+fixed order), a reader that turns one shard into documents, and a list of stages:
+
+- a `Stage` looks at one document at a time and returns it (possibly changed) or a drop reason (a short string);
+- a `GroupStage` needs every shard before it can decide (dedup, percentiles). It runs in three phases, like CCNet's
+  `hashes` -> `mine`: while a shard streams through, `observe` gathers a small numpy summary (hashes, signatures);
+  the driver then calls `resolve` once on all summaries and saves one decision per shard; a later pass `apply`s it.
+
+Group stages cut the stage list into segments. Segment k is one task per shard: read its input (the raw shard for
+k = 0, else the previous segment's output), apply the pending group decision, run the per-document stages, observe
+for the next group stage, write. Tasks stream documents, so memory is bounded by one document plus the summaries.
+
+Every file is written under a temporary name and renamed; a task then writes its stats and a `.done` marker, so a
+rerun skips finished tasks and a killed run resumes where it stopped. Per-stage counts (documents and bytes in and
+out, drops by reason) are merged into `OUT/stats.json` and printed as a table.
+
+Executors: `local` (the calling process when workers == 1, else a process pool) and `ray` (each task is a Ray
+task; Ray does the scheduling). Both run the same `run_task`, so their outputs are byte-identical.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import shutil
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from llamaforge.errors import UserError
+from llamaforge.formats.atomic import atomic_file
+
+Doc = dict[str, Any]
+Result = Doc | str  # a kept (maybe changed) document, or the reason it was dropped
+Reader = Callable[[str, Counter], Iterator[Doc]]  # (shard, drops) -> documents; malformed records go to drops
+
+WORK = "_work"  # intermediate shards, summaries, decisions, markers and per-task stats live here
+
+
+class Stage:
+    """A per-document step. Subclasses set `name` and implement `__call__`; `setup` loads models in the worker."""
+
+    name = "stage"
+
+    def setup(self) -> None:
+        pass
+
+    def __call__(self, doc: Doc) -> Result:
+        raise NotImplementedError
+
+
+class GroupStage:
+    """A cross-shard step: observe each shard -> resolve once over all shards -> apply one decision per shard."""
+
+    name = "group"
+
+    def setup(self) -> None:
+        pass
+
+    def observe(self, index: int, doc: Doc) -> None:
+        """See document `index` of the shard being written (called in the worker, in document order)."""
+        raise NotImplementedError
+
+    def summary(self) -> dict[str, np.ndarray]:
+        """What `observe` gathered for this shard, as numpy arrays; then reset for the next shard."""
+        raise NotImplementedError
+
+    def resolve(self, summaries: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """All shards' summaries, in shard order -> one decision per shard (called once, in the driver)."""
+        raise NotImplementedError
+
+    def apply(self, index: int, doc: Doc, decision: dict[str, np.ndarray]) -> Result:
+        raise NotImplementedError
+
+
+class MapStage(Stage):
+    """Wrap a plain function `doc -> doc | reason` as a stage (handy for the Python API and for tests)."""
+
+    def __init__(self, name: str, fn: Callable[[Doc], Result]):
+        self.name, self.fn = name, fn
+
+    def __call__(self, doc: Doc) -> Result:
+        return self.fn(doc)
+
+
+@dataclass
+class Source:
+    """What `prepare` runs: named input shards in order, a reader for one shard, and the stages."""
+
+    name: str
+    shards: list[str]
+    read: Reader
+    stages: list[Stage | GroupStage] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# statistics
+
+
+@dataclass
+class StageStats:
+    docs_in: int = 0
+    docs_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    drops: Counter = field(default_factory=Counter)
+
+    def add(self, other: dict) -> None:
+        for k in ("docs_in", "docs_out", "bytes_in", "bytes_out"):
+            setattr(self, k, getattr(self, k) + other[k])
+        self.drops.update(other["drops"])
+
+    def as_dict(self) -> dict:
+        return {"docs_in": self.docs_in, "docs_out": self.docs_out, "bytes_in": self.bytes_in,
+                "bytes_out": self.bytes_out, "drops": dict(sorted(self.drops.items()))}
+
+
+def _nbytes(doc: Doc) -> int:
+    return len(doc["text"].encode("utf-8", "surrogatepass"))
+
+
+def _counted(docs: Iterable[Doc], stats: StageStats, step: Callable[[Doc], Result]) -> Iterator[Doc]:
+    """Run `step` on each document, counting documents and bytes in and out and drops by reason."""
+    for doc in docs:
+        stats.docs_in += 1
+        stats.bytes_in += _nbytes(doc)
+        out = step(doc)
+        if isinstance(out, str):
+            stats.drops[out] += 1
+            continue
+        stats.docs_out += 1
+        stats.bytes_out += _nbytes(out)
+        yield out
+
+
+def format_stats_table(stats: dict) -> str:
+    """The summary table printed at the end of a run."""
+    rows = [("stage", "docs in", "docs out", "MB in", "MB out", "dropped (reason: docs)")]
+    for name, s in stats["stages"].items():
+        drops = ", ".join(f"{r}: {n}" for r, n in sorted(s["drops"].items(), key=lambda kv: -kv[1])) or "-"
+        rows.append((name, str(s["docs_in"]), str(s["docs_out"]), f"{s['bytes_in'] / 1e6:.2f}",
+                     f"{s['bytes_out'] / 1e6:.2f}", drops))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = []
+    for r in rows:
+        cells = [r[0].ljust(widths[0])] + [r[i].rjust(widths[i]) for i in range(1, 5)] + [r[5]]
+        lines.append("  ".join(cells))
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# shard files: gzip JSONL, byte-identical for identical content (no timestamp or file name in the gzip header)
+
+
+def write_jsonl_gz(path: Path, docs: Iterable[Doc]) -> int:
+    """Write documents to `path` atomically; returns how many."""
+    n = 0
+    with atomic_file(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+        text = io.TextIOWrapper(gz, encoding="utf-8", newline="\n")
+        for doc in docs:
+            text.write(json.dumps(doc, ensure_ascii=False) + "\n")
+            n += 1
+        text.flush()
+        text.detach()  # leave closing the gzip stream to its `with`
+    return n
+
+
+def read_jsonl_gz(path: Path) -> Iterator[Doc]:
+    """Read a shard this pipeline wrote (trusted: no error handling beyond what json raises)."""
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            yield json.loads(line)
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with atomic_file(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with atomic_file(path, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the plan: segments of per-document stages separated by group stages
+
+
+@dataclass
+class Plan:
+    """Everything a task needs; pickled to worker processes and Ray tasks."""
+
+    source: Source
+    out: Path
+    segments: list[list[Stage]]  # segments[k] runs after groups[k - 1] is applied
+    groups: list[GroupStage]
+
+    @property
+    def work(self) -> Path:
+        return self.out / WORK
+
+    def output_path(self, seg: int, shard: int) -> Path:
+        if seg == len(self.segments) - 1:  # the last segment writes the real output
+            return self.out / f"{self.source.name}-{shard:05d}.jsonl.gz"
+        return self.work / f"seg{seg}" / f"{shard:05d}.jsonl.gz"
+
+    def task_file(self, seg: int, shard: int, suffix: str) -> Path:
+        return self.work / f"seg{seg}" / f"{shard:05d}.{suffix}"
+
+    def decision_path(self, group: int, shard: int) -> Path:
+        return self.work / f"group{group}" / f"{shard:05d}.npz"
+
+
+def make_plan(source: Source, out: Path) -> Plan:
+    segments: list[list[Stage]] = [[]]
+    groups: list[GroupStage] = []
+    for stage in source.stages:
+        if isinstance(stage, GroupStage):
+            groups.append(stage)
+            segments.append([])
+        else:
+            segments[-1].append(stage)
+    names = ["read"] + [s.name for s in source.stages]
+    if len(set(names)) != len(names):
+        raise ValueError(f"stage names must be unique, got {names}")
+    return Plan(source, Path(out), segments, groups)
+
+
+def _stage_names(plan: Plan, seg: int) -> list[str]:
+    first = plan.groups[seg - 1].name if seg else "read"  # what feeds the segment: the reader or a group's apply
+    return [first] + [s.name for s in plan.segments[seg]]
+
+
+def run_task(plan: Plan, seg: int, shard: int) -> dict:
+    """One segment over one shard. Returns {stage name: stats}; skips (and returns saved stats) when done before."""
+    done = plan.task_file(seg, shard, "done")
+    stats_path = plan.task_file(seg, shard, "stats.json")
+    if done.exists():
+        return json.loads(stats_path.read_text())
+
+    stats = {name: StageStats() for name in _stage_names(plan, seg)}
+    if seg == 0:
+        docs = _counted(plan.source.read(plan.source.shards[shard], stats["read"].drops), stats["read"],
+                        lambda d: d)
+    else:
+        group = plan.groups[seg - 1]
+        group.setup()
+        decision = _load_npz(plan.decision_path(seg - 1, shard))
+        docs = _counted(read_jsonl_gz(plan.output_path(seg - 1, shard)), stats[group.name],
+                        _GroupApply(group, decision))
+    for stage in plan.segments[seg]:
+        stage.setup()
+        docs = _counted(docs, stats[stage.name], stage)
+
+    next_group = plan.groups[seg] if seg < len(plan.groups) else None
+    if next_group is not None:
+        next_group.setup()
+        next_group.summary()  # start clean: drop anything a failed task in this process left behind
+        docs = _observed(docs, next_group)
+    write_jsonl_gz(plan.output_path(seg, shard), docs)
+    if next_group is not None:
+        _save_npz(plan.task_file(seg, shard, "summary.npz"), next_group.summary())
+
+    result = {name: s.as_dict() for name, s in stats.items()}
+    _write_json(stats_path, result)
+    done.touch()  # last: a shard with a marker has all of its files
+    return result
+
+
+class _GroupApply:
+    """`group.apply` as a one-argument step, numbering documents in the order `observe` saw them."""
+
+    def __init__(self, group: GroupStage, decision: dict[str, np.ndarray]):
+        self.group, self.decision, self.index = group, decision, 0
+
+    def __call__(self, doc: Doc) -> Result:
+        out = self.group.apply(self.index, doc, self.decision)
+        self.index += 1
+        return out
+
+
+def _observed(docs: Iterator[Doc], group: GroupStage) -> Iterator[Doc]:
+    for i, doc in enumerate(docs):
+        group.observe(i, doc)
+        yield doc
+
+
+def resolve_group(plan: Plan, g: int) -> None:
+    """Driver side of group stage g: all summaries of segment g -> one decision file per shard."""
+    done = plan.work / f"group{g}" / "resolved.done"
+    if done.exists():
+        return
+    n = len(plan.source.shards)
+    summaries = [_load_npz(plan.task_file(g, i, "summary.npz")) for i in range(n)]
+    decisions = plan.groups[g].resolve(summaries)
+    assert len(decisions) == n, "resolve must return one decision per shard"
+    for i, d in enumerate(decisions):
+        _save_npz(plan.decision_path(g, i), d)
+    done.touch()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# executors
+
+
+def _run_local(plan: Plan, seg: int, shards: list[int], workers: int, progress: bool) -> list[dict]:
+    results: dict[int, dict] = {}
+    bar = tqdm(total=len(shards), desc=f"{plan.source.name} segment {seg}", unit="shard", disable=not progress)
+    if workers <= 1:  # in this process: simplest to debug, and what a killed run looks like in tests
+        for i in shards:
+            results[i] = run_task(plan, seg, i)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(run_task, plan, seg, i): i for i in shards}
+            for fut in as_completed(futures):
+                results[futures[fut]] = fut.result()
+                bar.update()
+    bar.close()
+    return [results[i] for i in shards]
+
+
+def _run_ray(plan: Plan, seg: int, shards: list[int], workers: int, progress: bool,
+             address: str | None) -> list[dict]:
+    import ray
+
+    if not ray.is_initialized():  # a cluster at `address`, or a local Ray with `workers` CPUs
+        local_cpus = workers if address is None and workers > 1 else None
+        ray.init(address=address, num_cpus=local_cpus, include_dashboard=False, log_to_driver=False)
+    remote = ray.remote(num_cpus=1)(run_task)
+    plan_ref = ray.put(plan)  # shipped once to the object store, not once per task
+    pending = {remote.remote(plan_ref, seg, i): i for i in shards}
+    results: dict[int, dict] = {}
+    bar = tqdm(total=len(shards), desc=f"{plan.source.name} segment {seg} (ray)", unit="shard",
+               disable=not progress)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            results[pending.pop(ref)] = ray.get(ref)
+            bar.update()
+    bar.close()
+    return [results[i] for i in shards]
+
+
+def run(source: Source, out: str | os.PathLike, workers: int = 1, executor: str = "local",
+        ray_address: str | None = None, progress: bool = True, keep_work: bool = False) -> dict:
+    """Run every segment over every shard, resolving group stages between segments; returns the merged stats.
+
+    Resumable: finished tasks (with a `.done` marker) are skipped, so rerunning after a crash finishes the job.
+    """
+    if executor not in ("local", "ray"):
+        raise UserError(f"--executor: expected 'local' or 'ray', got {executor!r}")
+    if not source.shards:
+        raise UserError(f"{source.name}: no input shards found")
+    plan = make_plan(source, Path(out))
+    plan.out.mkdir(parents=True, exist_ok=True)
+    _check_same_inputs(plan)
+    _remove_stale_temporaries(plan)
+
+    merged: dict[str, StageStats] = {}
+    shards = list(range(len(source.shards)))
+    for seg in range(len(plan.segments)):
+        (plan.work / f"seg{seg}").mkdir(parents=True, exist_ok=True)
+        if seg > 0:
+            resolve_group(plan, seg - 1)
+        if executor == "ray":
+            results = _run_ray(plan, seg, shards, workers, progress, ray_address)
+        else:
+            results = _run_local(plan, seg, shards, workers, progress)
+        for r in results:
+            for name, s in r.items():
+                merged.setdefault(name, StageStats()).add(s)
+
+    stats = {"source": source.name, "shards": len(shards), "inputs": source.shards,
+             "stages": {name: s.as_dict() for name, s in merged.items()},
+             "outputs": [plan.output_path(len(plan.segments) - 1, i).name for i in shards]}
+    _write_json(plan.out / "stats.json", stats)
+    if not keep_work:  # intermediate documents are no longer needed; markers, stats and decisions stay
+        for seg in range(len(plan.segments) - 1):
+            for i in shards:
+                plan.output_path(seg, i).unlink(missing_ok=True)
+    return stats
+
+
+def _check_same_inputs(plan: Plan) -> None:
+    """A resumed run must see the same shards in the same order, or markers would point at the wrong files."""
+    manifest = plan.work / "inputs.json"
+    current = {"source": plan.source.name, "shards": plan.source.shards,
+               "stages": [s.name for s in plan.source.stages]}
+    if manifest.exists():
+        saved = json.loads(manifest.read_text())
+        if saved != current:
+            raise UserError(f"{plan.out}: holds a run with other inputs or stages; use a new --out "
+                            f"or delete {plan.work}")
+    else:
+        plan.work.mkdir(parents=True, exist_ok=True)
+        _write_json(manifest, current)
+
+
+def _remove_stale_temporaries(plan: Plan) -> None:
+    """Half-written files of a killed run (never renamed into place); one run per output folder at a time."""
+    for folder in [plan.out, *(p for p in plan.work.rglob("*") if p.is_dir())]:
+        for tmp in folder.glob(".*.tmp-*"):
+            tmp.unlink(missing_ok=True)
+
+
+def clean(out: Path) -> None:
+    """Remove a previous run's outputs (used by `prepare --overwrite`)."""
+    shutil.rmtree(Path(out) / WORK, ignore_errors=True)
+    for p in Path(out).glob("*.jsonl.gz"):
+        p.unlink()
+    (Path(out) / "stats.json").unlink(missing_ok=True)

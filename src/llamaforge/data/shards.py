@@ -1,0 +1,321 @@
+"""Token shards: the on-disk form of a tokenized source, and `tokenize`, the step that writes them.
+
+One folder per source:
+
+    DIR/<source>/header.json   {"format", "dtype", "vocab_size", "bos_id", "eos_id", "tokenizer", "tokenizer_sha256",
+                                "n_tokens", "n_docs", "n_bytes", "n_empty_skipped", "inputs"}
+    DIR/<source>/tokens.bin    every document's ids back to back, little-endian uint16 (vocab <= 65536) else uint32
+    DIR/<source>/offsets.bin   int64[n_docs + 1]: document d is tokens[offsets[d]:offsets[d + 1]]
+
+The ids are the documents' own tokens, with no BOS or EOS: the loader (`mixture.py`) adds BOS before and EOS after
+each document when it packs them, so one shard serves any framing. `n_bytes` is the UTF-8 size of the texts, so
+bits-per-byte = loss_per_token / ln 2 * n_tokens / n_bytes. The folder is written under a temporary name and renamed
+when complete; a reader checks sizes and offsets and names the file and the problem when something is off.
+
+`tokenize` runs the tokenizer in worker processes (each loads it with `llamaforge.load_tokenizer`); chunks of input
+lines are handed out in order and their results written in that same order, so the output does not depend on the
+number of workers.
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import hashlib
+import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from llamaforge.errors import UserError
+
+FORMAT = "llamaforge.tokens/1"
+HEADER, TOKENS, OFFSETS = "header.json", "tokens.bin", "offsets.bin"
+CHUNK_LINES = 512  # documents per worker task: large enough to amortize pickling, small enough to keep memory flat
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits (ids < 65536), else uint32."""
+    return np.dtype("<u2") if vocab_size <= 2**16 else np.dtype("<u4")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading
+
+
+class TokenShard:
+    """A source folder written by `tokenize`, memory-mapped and checked.
+
+    `doc(i)` is document i's ids (a read-only numpy view); `lengths` its token counts; `bytes_per_token` converts
+    a loss in nats/token to bits/byte.
+    """
+
+    def __init__(self, path):
+        path = Path(path)
+        self.path = path.parent if path.name == HEADER else path
+        self.header = self._read_header()
+        self.dtype = np.dtype(self.header["dtype"])
+        self.vocab_size = int(self.header["vocab_size"])
+        self.bos_id, self.eos_id = int(self.header["bos_id"]), int(self.header["eos_id"])
+        self.n_tokens, self.n_docs = int(self.header["n_tokens"]), int(self.header["n_docs"])
+        self.n_bytes = int(self.header["n_bytes"])
+        if self.n_docs == 0 or self.n_tokens == 0:
+            raise UserError(f"{self.path / HEADER}: empty shard (no documents); re-run `llamaforge tokenize`")
+        self.tokens = self._map(TOKENS, self.dtype, self.n_tokens)
+        self.offsets = self._map(OFFSETS, np.dtype("<i8"), self.n_docs + 1)
+        self._check_offsets()
+        self.lengths = np.diff(self.offsets)
+
+    @property
+    def bytes_per_token(self) -> float:
+        return self.n_bytes / self.n_tokens
+
+    def doc(self, i: int) -> np.ndarray:
+        return self.tokens[self.offsets[i] : self.offsets[i + 1]]
+
+    def __len__(self) -> int:
+        return self.n_docs
+
+    def __repr__(self) -> str:
+        return f"TokenShard({str(self.path)!r}, n_docs={self.n_docs}, n_tokens={self.n_tokens}, dtype={self.dtype})"
+
+    def _read_header(self) -> dict:
+        file = self.path / HEADER
+        if not file.is_file():
+            raise UserError(f"{file}: missing; expected a token shard folder written by `llamaforge tokenize`")
+        try:
+            header = json.loads(file.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"{file}: not valid JSON ({e})") from None
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise UserError(f"{file}: format: expected {FORMAT!r}")
+        for key in ("dtype", "vocab_size", "bos_id", "eos_id", "n_tokens", "n_docs", "n_bytes"):
+            if key not in header:
+                raise UserError(f"{file}: {key}: missing")
+        if header["dtype"] not in ("<u2", "<u4"):
+            raise UserError(f"{file}: dtype: expected '<u2' or '<u4', got {header['dtype']!r}")
+        return header
+
+    def _map(self, name: str, dtype: np.dtype, count: int) -> np.ndarray:
+        file = self.path / name
+        if not file.is_file():
+            raise UserError(f"{file}: missing")
+        size, expected = file.stat().st_size, count * dtype.itemsize
+        if size != expected:
+            raise UserError(f"{file}: size: expected {expected} bytes ({count} x {dtype.name}), found {size}")
+        return np.memmap(file, dtype=dtype, mode="r", shape=(count,))
+
+    def _check_offsets(self):
+        o = self.offsets
+        if o[0] != 0 or o[-1] != self.n_tokens or np.any(o[1:] < o[:-1]):
+            raise UserError(f"{self.path / OFFSETS}: offsets: expected 0 ... {self.n_tokens}, non-decreasing")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Input documents
+
+
+def jsonl_files(inputs: Iterable) -> list[Path]:
+    """The JSONL files named by `inputs`: files as given, folders as their sorted *.jsonl / *.jsonl.gz."""
+    files = []
+    for p in map(Path, inputs):
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.name.endswith((".jsonl", ".jsonl.gz")) and q.is_file())
+            if not found:
+                raise UserError(f"{p}: no *.jsonl or *.jsonl.gz files in folder")
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UserError(f"{p}: no such file or folder")
+    if not files:
+        raise UserError("no input files given")
+    return files
+
+
+def open_text_lines(path: Path):
+    """Lines of a plain or gzip file (detected by the gzip magic, not the name), as bytes."""
+    with open(path, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rb") if gz else open(path, "rb")
+
+
+def read_chunks(files: Sequence[Path], chunk_lines: int = CHUNK_LINES) -> Iterator[tuple[str, int, list[bytes]]]:
+    """(file, first line number, raw lines) in file order; JSON parsing happens in the workers."""
+    for path in files:
+        lines, first = [], 1
+        try:
+            with open_text_lines(path) as f:
+                for lineno, line in enumerate(f, 1):
+                    lines.append(line)
+                    if len(lines) == chunk_lines:
+                        yield str(path), first, lines
+                        lines, first = [], lineno + 1
+        except (OSError, EOFError) as e:  # truncated gzip, unreadable file
+            raise UserError(f"{path}: cannot read ({e})") from None
+        if lines:
+            yield str(path), first, lines
+
+
+def parse_texts(path: str, first: int, lines: list[bytes]) -> list[str]:
+    texts = []
+    for lineno, line in enumerate(lines, first):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"{path}:{lineno}: not a JSON line ({e})") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
+            raise UserError(f'{path}:{lineno}: text: expected a JSON object with a "text" string')
+        texts.append(doc["text"])
+    return texts
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tokenizing (worker side)
+
+_worker_tokenizer = None
+
+
+def _init_worker(tokenizer_path: str):
+    global _worker_tokenizer
+    from llamaforge import load_tokenizer
+
+    _worker_tokenizer = load_tokenizer(tokenizer_path)
+
+
+def encode_chunk(tokenizer, path: str, first: int, lines: list[bytes], dtype: np.dtype):
+    """One chunk of lines -> (ids of its non-empty documents back to back, their lengths, UTF-8 bytes, empties)."""
+    texts = parse_texts(path, first, lines)
+    batch = getattr(tokenizer, "encode_batch", None)
+    encoded = batch(texts) if batch else [tokenizer.encode(t) for t in texts]
+    kept = [(ids, t) for ids, t in zip(encoded, texts) if len(ids) > 0]
+    lengths = np.array([len(ids) for ids, _ in kept], dtype=np.int64)
+    ids = np.fromiter((i for ids, _ in kept for i in ids), dtype=dtype, count=int(lengths.sum()))
+    n_bytes = sum(len(t.encode("utf-8")) for _, t in kept)
+    return ids, lengths, n_bytes, len(texts) - len(kept)
+
+
+def _encode_in_worker(path, first, lines, dtype):
+    return encode_chunk(_worker_tokenizer, path, first, lines, dtype)
+
+
+def _encoded_in_order(chunks, tokenizer, tokenizer_path: str, dtype: np.dtype, workers: int):
+    """Encoded chunks in input order; with workers > 1, at most 2 x workers chunks are in flight."""
+    if workers <= 1:
+        for chunk in chunks:
+            yield encode_chunk(tokenizer, *chunk, dtype)
+        return
+    # spawn: workers start clean (no copy of the parent's torch threads) and load the tokenizer themselves;
+    # ProcessPoolExecutor (unlike multiprocessing.Pool) fails instead of hanging when a worker dies
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(tokenizer_path,)) as pool:
+        pending = collections.deque()
+        try:
+            for chunk in chunks:
+                pending.append(pool.submit(_encode_in_worker, *chunk, dtype))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+class ShardWriter:
+    """Write one source folder: `add` documents in order, then the header on a clean exit; all or nothing.
+
+        with ShardWriter(dest, vocab_size=32000, bos_id=1, eos_id=2) as w:
+            w.add(ids, lengths, n_bytes)   # ids of several documents back to back, and their lengths
+    """
+
+    def __init__(self, dest, vocab_size: int, bos_id: int, eos_id: int, **header_extra):
+        self.dest, self.dtype = Path(dest), token_dtype(vocab_size)
+        self.header = {"format": FORMAT, "dtype": self.dtype.str, "vocab_size": int(vocab_size),
+                       "bos_id": int(bos_id), "eos_id": int(eos_id), **header_extra}
+        self.n_tokens = self.n_docs = self.n_bytes = self.n_empty = 0
+
+    def __enter__(self):
+        from llamaforge.formats.atomic import atomic_dir  # here, not at the top: `formats` imports torch
+
+        self._atomic = atomic_dir(self.dest)
+        self.tmp = self._atomic.__enter__()
+        self._tokens = open(self.tmp / TOKENS, "wb")
+        self._offsets = open(self.tmp / OFFSETS, "wb")
+        self._offsets.write(np.zeros(1, dtype="<i8").tobytes())
+        return self
+
+    def add(self, ids, lengths, n_bytes: int, n_empty: int = 0):
+        ids, lengths = np.asarray(ids), np.asarray(lengths, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.header["vocab_size"]):
+            raise UserError(f"{self.dest}: ids: expected 0 <= id < vocab_size={self.header['vocab_size']}")
+        self._tokens.write(ids.astype(self.dtype).tobytes())
+        self._offsets.write((self.n_tokens + np.cumsum(lengths)).astype("<i8").tobytes())
+        self.n_tokens += int(lengths.sum())
+        self.n_docs += len(lengths)
+        self.n_bytes += int(n_bytes)
+        self.n_empty += int(n_empty)
+
+    def __exit__(self, exc_type, exc, tb):
+        self._tokens.close()
+        self._offsets.close()
+        if exc_type is None and self.n_docs == 0:
+            exc = UserError(f"{self.dest}: no document with text to tokenize; nothing written")
+            self._atomic.__exit__(UserError, exc, None)  # removes the temporary folder
+            raise exc
+        if exc_type is None:
+            self.header.update(n_tokens=self.n_tokens, n_docs=self.n_docs, n_bytes=self.n_bytes,
+                               n_empty_skipped=self.n_empty)
+            (self.tmp / HEADER).write_text(json.dumps(self.header, indent=2) + "\n")
+        return self._atomic.__exit__(exc_type, exc, tb)  # renames into place, or removes on error
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tokenizing (the step)
+
+
+def tokenize(inputs, tokenizer_path, out_dir, source: str | None = None, workers: int = 1,
+             progress: bool = False) -> Path:
+    """Tokenize JSONL documents into the shard folder `out_dir/<source>` and return that folder.
+
+    `inputs`: files or folders (a folder means its *.jsonl / *.jsonl.gz); `source` defaults to the name of the first
+    input without its extensions. Documents whose text encodes to no tokens are skipped and counted.
+    """
+    from llamaforge import load_tokenizer
+
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    files = jsonl_files(inputs)
+    source = source or Path(inputs[0]).name.split(".")[0]
+    tokenizer = load_tokenizer(tokenizer_path)
+    tokenizer_file = Path(tokenizer.path)
+    dtype = token_dtype(tokenizer.vocab_size)
+    dest = Path(out_dir) / source
+    header = {"source": source, "tokenizer": str(tokenizer_file.resolve()),
+              "tokenizer_sha256": file_sha256(tokenizer_file), "inputs": [str(f) for f in files]}
+    with ShardWriter(dest, tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id, **header) as writer:
+        encoded = _encoded_in_order(read_chunks(files), tokenizer, str(tokenizer_file), dtype, workers)
+        if progress:
+            from tqdm import tqdm
+
+            encoded = tqdm(encoded, desc=f"tokenize {source}", unit="chunk")
+        for ids, lengths, n_bytes, n_empty in encoded:
+            writer.add(ids, lengths, n_bytes, n_empty)
+    return dest

@@ -1,0 +1,192 @@
+r"""ArXiv: LaTeX sources reduced to their body.
+
+Inputs: `.tex` files, paper folders (their `.tex` files), folders of paper folders, and tarballs: a paper's source
+(`.tar.gz`, or a gzipped single `.tex`) or arXiv's bulk `arXiv_src_*.tar` whose members are such papers. Each
+input path is one shard; each paper one document. Files are UTF-8 or, failing that, Latin-1 (the usual legacy
+encoding of arXiv sources: `Hauptstra\xdfe`); RedPajama skipped such papers whole, `strict_utf8=True` does too.
+
+Per paper (RedPajama's rules, with its regex bugs fixed):
+1. argument-less user macros are collected from all its files: `\newcommand{\x}{...}`, `\newcommand*\x{...}`,
+   `\renewcommand`, `\def\x{...}`; the value is read with balanced braces, so `{\mathbb{R}}` is not cut at the first
+   `}` (the public regex stops at the end of the line and breaks on nested braces);
+2. per file: comments are dropped (a `%` not escaped by a backslash, to the end of the line; whole comment lines
+   vanish), then everything before the first sectioning command (`\part` ... `\subparagraph`; RedPajama's regex
+   missed `\paragraph`), then everything from the bibliography or `\appendix` on; a file without a sectioning
+   command contributes nothing (the preamble of a multi-file paper);
+3. each macro is replaced by its value where its name is not followed by a letter (replacement text is inserted
+   literally: `re.sub` with a string would read `\m` in the value as an escape).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import re
+import tarfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+from llamaforge.data.pipeline import Doc, Result, Source, Stage
+from llamaforge.data.readers import expand_inputs
+
+SECTION = re.compile(r"\\(?:part|chapter|section|subsection|subsubsection|paragraph|subparagraph)\*?\s*[\[{]")
+END_OF_BODY = re.compile(r"\\appendix\b|\\begin\{(?:references|REFERENCES|thebibliography)\}|\\bibliography\{")
+COMMENT = re.compile(r"(?<!\\)((?:\\\\)*)%.*$", re.MULTILINE)  # % after an even number of backslashes
+COMMENT_LINE = re.compile(r"^[ \t]*%.*\n?", re.MULTILINE)
+MACRO_HEAD = re.compile(r"\\(?:(?:re)?newcommand\*?\s*(?:\{\s*(\\[A-Za-z@]+)\s*\}|(\\[A-Za-z@]+))|def\s*(\\[A-Za-z@]+))\s*")
+MAX_EXPANSION_ROUNDS = 3  # macros defined with other macros
+
+
+def remove_comments(tex: str) -> str:
+    return COMMENT.sub(r"\1", COMMENT_LINE.sub("", tex))
+
+
+def _braced(text: str, start: int) -> tuple[str, int] | None:
+    """The contents of the brace group opening at `text[start]`, and the index after it."""
+    if start >= len(text) or text[start] != "{":
+        return None
+    depth = 0
+    for i in range(start, len(text)):
+        c = text[i]
+        if c == "\\":
+            continue
+        if c == "{" and text[i - 1] != "\\":
+            depth += 1
+        elif c == "}" and text[i - 1] != "\\":
+            depth -= 1
+            if depth == 0:
+                return text[start + 1:i], i + 1
+    return None
+
+
+def collect_macros(tex: str) -> dict[str, str]:
+    """Argument-less macros defined in `tex` (comments already removed): name (with backslash) -> value."""
+    macros: dict[str, str] = {}
+    for m in MACRO_HEAD.finditer(tex):
+        name = m.group(1) or m.group(2) or m.group(3)
+        rest = m.end()
+        if rest < len(tex) and tex[rest] in "[#":  # takes arguments: not expanded
+            continue
+        value = _braced(tex, rest)
+        if value is not None:
+            macros[name] = value[0]
+    return macros
+
+
+def expand_macros(tex: str, macros: dict[str, str]) -> str:
+    if not macros:
+        return tex
+    # longest names first so that \RR is not matched as \R followed by R
+    names = sorted(macros, key=len, reverse=True)
+    pattern = re.compile("(" + "|".join(re.escape(n) for n in names) + r")(?![A-Za-z@])")
+    for _ in range(MAX_EXPANSION_ROUNDS):
+        new = pattern.sub(lambda m: macros[m.group(1)], tex)
+        if new == tex:
+            break
+        tex = new
+    return tex
+
+
+def clean_file(tex: str) -> str:
+    """One file's body: comments out, nothing before the first sectioning command, nothing from the bibliography
+    or the appendix on ("" when there is no sectioning command)."""
+    tex = remove_comments(tex)
+    start = SECTION.search(tex)
+    if start is None:
+        return ""
+    tex = tex[start.start():]
+    end = END_OF_BODY.search(tex)
+    return tex[:end.start()] if end else tex
+
+
+def clean_paper(files: list[str]) -> str:
+    macros: dict[str, str] = {}
+    for tex in files:
+        macros.update(collect_macros(remove_comments(tex)))
+    bodies = [clean_file(tex) for tex in files]
+    return expand_macros("\n".join(b for b in bodies if b), macros).strip()
+
+
+# ---- reading papers
+
+
+def _tex_from_bytes(name: str, data: bytes) -> list[tuple[str, bytes]]:
+    """The .tex files of one paper given as bytes: a gzipped tar, a gzipped .tex, a tar or a .tex."""
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            return [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()
+                    if m.isfile() and m.name.endswith(".tex")]
+    except tarfile.ReadError:
+        return [(name, data)]
+
+
+def _decode(data: bytes, strict_utf8: bool) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        if strict_utf8:
+            raise
+        return data.decode("latin-1")  # never fails: every byte is a character
+
+
+class ArxivReader:
+    def __init__(self, strict_utf8: bool = False):
+        self.strict_utf8 = strict_utf8
+
+    def __call__(self, shard: str, drops: Counter) -> Iterator[Doc]:
+        for paper_id, files in self._papers(Path(shard), drops):
+            try:
+                texts = [_decode(data, self.strict_utf8).replace("\r\n", "\n") for _, data in files]
+            except UnicodeDecodeError:
+                drops["invalid_utf8"] += 1
+                continue
+            if not texts:
+                drops["no_tex"] += 1
+                continue
+            yield {"text": "\n".join(texts), "meta": {"source": "arxiv", "arxiv_id": paper_id,
+                                                      "url": f"https://arxiv.org/abs/{paper_id}",
+                                                      "files": [name for name, _ in files]},
+                   "_files": texts}
+
+    def _papers(self, path: Path, drops: Counter) -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
+        try:
+            if path.is_dir():
+                tex = sorted(path.glob("*.tex"))
+                if tex:
+                    yield path.name, [(p.name, p.read_bytes()) for p in tex]
+                for sub in sorted(p for p in path.iterdir() if p.is_dir()):
+                    yield from self._papers(sub, drops)
+            elif path.name.endswith(".tex"):
+                yield path.parent.name if path.name == "main.tex" else path.stem, [(path.name, path.read_bytes())]
+            elif path.name.endswith(".tar") and not path.name.endswith(".tar.gz"):  # arXiv bulk: many papers
+                with tarfile.open(path) as tar:
+                    for m in tar.getmembers():
+                        if m.isfile():
+                            stem = Path(m.name).name.split(".gz")[0]
+                            yield stem, _tex_from_bytes(m.name, tar.extractfile(m).read())
+            else:
+                yield path.name.split(".tar")[0].removesuffix(".gz"), _tex_from_bytes(path.name, path.read_bytes())
+        except (OSError, EOFError, tarfile.TarError):
+            drops["truncated_gzip"] += 1
+
+
+class LatexClean(Stage):
+    """Clean one paper. The reader passes the paper's files separately under `_files` (macros are collected
+    across files, sections are found per file); the key does not survive this stage."""
+
+    name = "latex_clean"
+
+    def __call__(self, doc: Doc) -> Result:
+        text = clean_paper(doc.pop("_files", None) or [doc["text"]])
+        if not text:
+            return "no_section"
+        doc["text"] = text
+        return doc
+
+
+def build(inputs: list[str], strict_utf8: bool = False, **_) -> Source:
+    shards = expand_inputs(inputs, (), dirs_are_shards=True)
+    return Source("arxiv", shards, ArxivReader(strict_utf8), [LatexClean()])

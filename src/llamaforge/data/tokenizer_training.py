@@ -1,0 +1,172 @@
+"""Train a SentencePiece BPE tokenizer with Meta's LLaMA trainer spec (SPEC.md §3), on prepared shards or text.
+
+Meta's `tokenizer.model` carries its trainer spec; `META_TRAINER_SPEC` below is that spec field for field (only the
+vocabulary size is ours to choose). What it means in practice: numbers split into single digits, any character
+outside the vocabulary falls back to its UTF-8 bytes (`<0xNN>` pieces, so nothing is ever `<unk>`), no Unicode
+normalization, whitespace kept as is, and ids unk/bos/eos = 0/1/2 with no pad.
+
+SentencePiece trains on "sentences", one per line, each at most `max_sentence_length` (4192) bytes. We split every
+document into its lines, cut longer lines at spaces, and keep a uniform sample of at most `max_sentences` of them
+(reservoir sampling with a seeded RNG over the inputs in sorted order), so the result depends only on the inputs,
+the sample size and the seed. SentencePiece's result also depends on its thread count (ties between equally frequent
+merges fall differently), so the count is a fixed default rather than the machine's core count.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from llamaforge.data.shards import open_text_lines
+from llamaforge.errors import UserError
+from llamaforge.formats.atomic import atomic_file
+
+META_TRAINER_SPEC = dict(
+    model_type="bpe",
+    character_coverage=0.99995,
+    input_sentence_size=200_000_000,
+    shuffle_input_sentence=True,
+    seed_sentencepiece_size=1_000_000,
+    shrinking_factor=0.75,
+    num_sub_iterations=2,
+    max_sentence_length=4192,
+    max_sentencepiece_length=16,
+    split_by_unicode_script=True,
+    split_by_whitespace=True,
+    split_by_number=True,
+    split_digits=True,
+    treat_whitespace_as_suffix=False,
+    allow_whitespace_only_pieces=True,
+    byte_fallback=True,
+    hard_vocab_limit=True,
+    use_all_vocab=False,
+    vocabulary_output_piece_score=True,
+    unk_id=0,
+    bos_id=1,
+    eos_id=2,
+    pad_id=-1,
+    unk_surface=" \u2047 ",  # Meta's model also records self_test_sample_size 0, a flag SentencePiece 0.2 ignores
+    normalization_rule_name="identity",  # no NFKC
+    add_dummy_prefix=True,
+    remove_extra_whitespaces=False,
+)
+NUM_THREADS = 8  # fixed, so that the same inputs give the same model on any machine
+TEXT_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".txt", ".txt.gz")
+
+
+def input_files(inputs: Iterable) -> list[Path]:
+    """Files as given; folders as their sorted JSONL and text files (searched recursively)."""
+    files = []
+    for p in map(Path, inputs):
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.is_file() and q.name.endswith(TEXT_SUFFIXES))
+            if not found:
+                raise UserError(f"{p}: no {' / '.join('*' + s for s in TEXT_SUFFIXES)} files in folder")
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UserError(f"{p}: no such file or folder")
+    if not files:
+        raise UserError("no input files given")
+    return files
+
+
+def documents(path: Path) -> Iterator[str]:
+    """Texts of a JSONL file (`{"text": ...}` per line; gzip or plain), or the whole of a text file."""
+    is_jsonl = ".jsonl" in path.name or path.name.endswith(".json.gz")
+    try:
+        with open_text_lines(path) as f:
+            if not is_jsonl:
+                yield f.read().decode("utf-8", errors="replace")
+                return
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    text = json.loads(line).get("text")
+                except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+                    text = None
+                if not isinstance(text, str):
+                    raise UserError(f'{path}:{lineno}: text: expected a JSON object with a "text" string')
+                yield text
+    except (OSError, EOFError) as e:
+        raise UserError(f"{path}: cannot read ({e})") from None
+
+
+def sentences(text: str, max_bytes: int) -> Iterator[str]:
+    """The non-blank lines of a document, lines over max_bytes cut at spaces (or anywhere, failing that)."""
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        while len(line.encode("utf-8")) > max_bytes:
+            head = line.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
+            cut = head.rfind(" ")
+            head = head[:cut] if cut > 0 else head
+            yield head
+            line = line[len(head) :]
+        if line.strip():
+            yield line
+
+
+def sample_sentences(files: list[Path], max_sentences: int, seed: int, max_bytes: int) -> list[str]:
+    """A uniform sample of at most max_sentences sentences (reservoir sampling, Algorithm R), in a fixed order."""
+    rng = random.Random(seed)
+    sample: list[str] = []
+    seen = 0
+    for path in files:
+        for text in documents(path):
+            for s in sentences(text, max_bytes):
+                seen += 1
+                if len(sample) < max_sentences:
+                    sample.append(s)
+                else:
+                    j = rng.randrange(seen)
+                    if j < max_sentences:
+                        sample[j] = s
+    if not sample:
+        raise UserError(f"{', '.join(map(str, files))}: no text to train a tokenizer on")
+    return sample
+
+
+def train_tokenizer(inputs, vocab_size: int, out_prefix, max_sentences: int = 2_000_000, seed: int = 0,
+                    num_threads: int = NUM_THREADS, verbose: bool = False) -> Path:
+    """Train on `inputs` (files or folders) and write `out_prefix.model` (atomically) and `out_prefix.vocab`.
+
+    Returns the `.model` path; it loads with `llamaforge.load_tokenizer`.
+    """
+    import sentencepiece as spm
+
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    files = input_files(inputs)
+    spec = dict(META_TRAINER_SPEC, vocab_size=int(vocab_size), input_sentence_size=0, shuffle_input_sentence=False,
+                num_threads=num_threads)  # input_sentence_size 0: the sample below is already a random subset
+    sample = sample_sentences(files, max_sentences, seed, spec["max_sentence_length"])
+
+    model_path = Path(f"{out_prefix}.model")
+    buffer = io.BytesIO()
+    quiet = {} if verbose else {"minloglevel": 2}  # SentencePiece logs every step to stderr by default
+    try:
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(sample), model_writer=buffer, **quiet, **spec)
+    except RuntimeError as e:  # e.g. "INTERNAL: trainer_interface.cc(744) [...] Vocabulary size too high (N)..."
+        message = str(e).strip().splitlines()[-1].rsplit("] ", 1)[-1]
+        raise UserError(f"{model_path}: vocab_size={vocab_size}: {message}") from None
+
+    with atomic_file(model_path) as f:
+        f.write(buffer.getvalue())
+    write_vocab(model_path, Path(f"{out_prefix}.vocab"))
+    return model_path
+
+
+def write_vocab(model_path: Path, vocab_path: Path):
+    """`piece<TAB>score` per id, the same listing `spm_train` writes beside the model, for reading by eye."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(model_path))
+    lines = (f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.vocab_size()))
+    with atomic_file(vocab_path) as f:
+        f.write("".join(lines).encode("utf-8"))

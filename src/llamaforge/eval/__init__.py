@@ -1,0 +1,76 @@
+"""Evaluation: perplexity, the paper's benchmarks scored the paper's way, user task files, and a backend for
+lm-evaluation-harness.
+
+| module        | holds                                                                                   |
+|---------------|-----------------------------------------------------------------------------------------|
+| scoring       | `Scorer`: batched log-likelihoods (shared context run once per item), greedy/sampled generation with stop strings |
+| perplexity    | token perplexity, bits per byte, with disjoint or strided sliding windows                 |
+| tasks/        | one file per family: multiple_choice, generative_qa, math, code; the registry in `tasks/__init__` |
+| taskfile      | `--task-file FILE.jsonl` generic formats                                                 |
+| sandbox       | running generated code with limits                                                       |
+| harness       | `llamaforge` model for lm-evaluation-harness                                             |
+| results       | JSON and markdown tables with the paper's numbers                                        |
+
+`evaluate(model, tokenizer, tasks, data_dir)` is the programmatic entry point; `llamaforge eval` wraps it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Sequence
+
+from llamaforge.eval.results import TaskResult, aggregate
+
+
+def preset_of(model) -> str | None:
+    """The paper's preset name whose shape this model has (for putting the paper's number beside ours)."""
+    from llamaforge.presets import PRESETS
+
+    shape = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size")
+    mine = tuple(getattr(model.args, k) for k in shape)
+    for name, args in PRESETS.items():
+        if name.startswith("llama-") and tuple(getattr(args, k) for k in shape) == mine:
+            return name
+    return None
+
+
+def evaluate_task(scorer, name: str, data_dir, shots: int | None = None, limit: int | None = None,
+                  options: dict | None = None, preset: str | None = None) -> tuple[TaskResult, list[dict]]:
+    """Run one registered task; returns the aggregate and the per-item metric dicts."""
+    from llamaforge.eval.tasks import get_task, paper_number, score_items
+
+    task = get_task(name)
+    shots = task.shots if shots is None else shots
+    items = task.load(Path(data_dir), shots)
+    items = items[:limit] if limit else items
+    per_item = score_items(task, scorer, items, options or {})
+    result = aggregate(name, shots, per_item, task.paper_metric)
+    metric = task.paper_metric if task.kind != "math" else f"maj@{(options or {}).get('samples', 1)}"
+    number = paper_number(dataclasses.replace(task, paper_metric=metric), metric, shots, preset)
+    if number is not None:
+        result.paper = {metric: number}
+    return result, per_item
+
+
+def evaluate_task_file(scorer, path, limit: int | None = None) -> tuple[TaskResult, list[dict]]:
+    """Score a `--task-file` (see `llamaforge.eval.taskfile`)."""
+    from llamaforge.eval.taskfile import load_task_file
+    from llamaforge.eval.items import ChoiceItem, score_choice_items, score_continuation_items
+
+    items = load_task_file(path)
+    items = items[:limit] if limit else items
+    if isinstance(items[0], ChoiceItem):
+        per_item = score_choice_items(scorer, items)
+    else:
+        per_item = score_continuation_items(scorer, items)
+    return aggregate(Path(path).stem, 0, per_item, "acc_norm" if isinstance(items[0], ChoiceItem) else "acc"), per_item
+
+
+def evaluate(model, tokenizer, tasks: Sequence[str], data_dir, shots: int | None = None, limit: int | None = None,
+             batch_size: int = 16, options: dict | None = None) -> list[TaskResult]:
+    from llamaforge.eval.scoring import Scorer
+
+    scorer = Scorer(model, tokenizer, batch_size=batch_size)
+    preset = preset_of(model)
+    return [evaluate_task(scorer, t, data_dir, shots, limit, options, preset)[0] for t in tasks]

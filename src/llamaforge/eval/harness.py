@@ -1,0 +1,153 @@
+"""An lm-evaluation-harness (0.4.x) backend: any llamaforge checkpoint as the `llamaforge` model.
+
+lm-eval finds models only in its own registry (it reads no entry points), so the backend registers itself when
+this module is imported. Two ways in:
+
+    python -m llamaforge.eval.harness --model llamaforge --model_args path=CKPT,tokenizer=TOK \\
+        --tasks hellaswag --include_path my_tasks/            # lm-eval's own command line, with the model added
+
+    import llamaforge.eval.harness, lm_eval
+    lm_eval.simple_evaluate(model="llamaforge", model_args="path=CKPT", tasks=[...])
+
+model_args: path (a checkpoint in any format), tokenizer (default: the one in the checkpoint folder), device,
+dtype (float32 / bfloat16 / float16), batch_size, max_length (default: the model's max_seq_len).
+
+The three request types run on llamaforge's own code: `loglikelihood` on `Scorer` (contexts run once per item),
+`loglikelihood_rolling` on `perplexity.document_nll` with disjoint windows (the harness's own rolling windows,
+conditioned on BOS), `generate_until` on `Scorer.generate_until`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+
+from llamaforge.eval.perplexity import document_nll
+from llamaforge.eval.scoring import Scorer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class LlamaforgeLM(TemplateLM):
+    def __init__(self, path=None, tokenizer=None, device=None, dtype="float32", batch_size=16, max_length=None,
+                 model=None, **unused):
+        """From a checkpoint `path`, or from an in-memory `model` and tokenizer object (as in tests)."""
+        super().__init__()
+        from llamaforge import load_model, load_tokenizer
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if model is None:
+            model = load_model(path, device=device, dtype=DTYPES[str(dtype)])
+            tokenizer = load_tokenizer(tokenizer or path)
+        elif isinstance(tokenizer, str):
+            tokenizer = load_tokenizer(tokenizer)
+        batch_size = 16 if str(batch_size).startswith("auto") else int(batch_size)
+        self.scorer = Scorer(model, tokenizer, batch_size=batch_size,
+                             max_seq_len=int(max_length) if max_length else None)
+        self.tok = tokenizer
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tok.eos_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        return self.tok.bos_id  # an empty context is conditioned on BOS, as the HF backend does for LLaMA
+
+    @property
+    def max_length(self) -> int:
+        return self.scorer.max_seq_len
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        return self.tok.encode(string, bos=add_special_tokens is not False)
+
+    def tok_decode(self, tokens, **kwargs) -> str:
+        return self.tok.decode(tokens)
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
+        return self.scorer.loglikelihood_tokens([(ctx, cont) for _, ctx, cont in requests])
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        out = []
+        for (text,) in [r.args for r in requests]:
+            ids = self.tok.encode(text, bos=False)
+            nll = document_nll(self.scorer.model, ids, self.prefix_token_id, self.max_length, self.max_length,
+                               self.scorer.batch_size) if ids else 0.0
+            out.append(-nll)
+        return out
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        out = []
+        for context, gen_kwargs in [r.args for r in requests]:
+            kwargs = dict(gen_kwargs)
+            until = kwargs.get("until") or []
+            until = [until] if isinstance(until, str) else list(until)
+            temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample", False) else 0.0
+            prompt = self.tok_encode(context)
+            text = self.scorer.generate_until(prompt, until, int(kwargs.get("max_gen_toks", 256)), temperature,
+                                              float(kwargs.get("top_p", 1.0)))[0]
+            out.append(text)
+        return out
+
+
+def hf_tokenizer(tok):
+    """One of our tokenizers behind transformers' tokenizer API, for lm-eval's HF backend on an HF export whose
+    tokenizer transformers cannot read (e.g. llama2.c's tokenizer.bin). Tokens are spelled "<id>", BOS / EOS
+    "<s>" / "</s>" (lm-eval adds no BOS to a string that starts with BOS's text, so that text must not be empty)."""
+    import transformers
+
+    class TokenizerForHF(transformers.PreTrainedTokenizer):
+        def __init__(self, **kwargs):
+            self.tok = tok
+            super().__init__(bos_token="<s>", eos_token="</s>", **kwargs)
+
+        @property
+        def vocab_size(self):
+            return tok.vocab_size
+
+        def get_vocab(self):
+            return {self._convert_id_to_token(i): i for i in range(tok.vocab_size)}
+
+        def _tokenize(self, text, **kwargs):
+            return [self._convert_id_to_token(i) for i in tok.encode(text)]
+
+        def _convert_token_to_id(self, token):
+            return {"<s>": tok.bos_id, "</s>": tok.eos_id}.get(token) or int(token[1:-1])
+
+        def _convert_id_to_token(self, i):
+            return {tok.bos_id: "<s>", tok.eos_id: "</s>"}.get(i, f"<{i}>")
+
+        def convert_tokens_to_string(self, tokens):
+            text, run = "", []
+            for t in [*tokens, None]:
+                if t in ("<s>", "</s>", None):  # special tokens are spelled out, the rest decoded run by run
+                    text += tok.decode(run) + (t or "")
+                    run = []
+                else:
+                    run.append(self._convert_token_to_id(t))
+            return text
+
+        def build_inputs_with_special_tokens(self, ids, ids_b=None):
+            return [tok.bos_id] + ids + (ids_b or [])
+
+    return TokenizerForHF()
+
+
+def main() -> None:
+    """lm-eval's command line with the `llamaforge` model registered."""
+    from lm_eval.__main__ import cli_evaluate
+
+    sys.argv[0] = "lm_eval"
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    # Run under the module's real name, so that the class registered below is the one lm-eval instantiates.
+    from llamaforge.eval.harness import main as registered_main
+
+    registered_main()
+else:
+    register_model("llamaforge")(LlamaforgeLM)

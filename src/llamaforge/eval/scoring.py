@@ -1,0 +1,236 @@
+"""Log-likelihood of continuations given contexts, and generation with stop strings, for evaluation.
+
+Scoring a continuation `cont` after a context `ctx` (token ids) follows the usual convention (lm-evaluation-harness,
+GPT-3): feed `(ctx + cont)[:-1]` and sum log p(cont[i] | everything before it) over the continuation's positions.
+
+Efficiency: a multiple-choice item asks for the same context with several continuations. Here the context is run
+once per item: its first `len(ctx) - 1` tokens (the "prefix") go through the model into the KV cache, the cache row
+is copied to one row per choice, and only `[ctx[-1]] + cont[:-1]` is run per choice. Items are sorted by length
+and batched (each row keeps its own positions, so prefixes of different lengths share a forward pass).
+Continuations that feed identical tokens (e.g. MMLU's single letters " A", " B", ...) are run once.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from llamaforge.generate import sample_next  # the project's one sampler, shared with `llamaforge generate`
+
+Tokens = Sequence[int]
+
+
+@dataclass
+class _Row:
+    """One distinct continuation input of one item: the tokens fed after the prefix."""
+
+    item: int  # index of the item (shared prefix) this row belongs to
+    feed: tuple[int, ...]  # [ctx[-1]] + cont[:-1]
+
+
+def encode_pair(tokenizer, context: str, continuation: str, bos: bool = True, encode=None) -> tuple[list[int], list[int]]:
+    """Token ids for (context, continuation), the way lm-evaluation-harness splits them.
+
+    Trailing spaces of the context move to the continuation (" Paris" is one word piece, "Paris" after a space is
+    not), and the continuation's ids are read off the encoding of the whole string so that the tokenizer's merges
+    across the boundary are respected. An empty context becomes the BOS token.
+    """
+    encode = encode or (lambda text: tokenizer.encode(text, bos=bos))
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    if not context:
+        return [tokenizer.bos_id], tokenizer.encode(continuation, bos=False)
+    whole = list(encode(context + continuation))
+    ctx = list(encode(context))
+    return ctx, whole[len(ctx) :]
+
+
+class Scorer:
+    """Batched log-likelihoods and generation for one model and tokenizer (no gradients, eval mode)."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 16, max_seq_len: int | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = max(1, int(batch_size))
+        self.max_seq_len = min(max_seq_len or model.args.max_seq_len, model.args.max_seq_len)
+        self.device = model.output.weight.device
+
+    # ----------------------------------------------------------------------------------------------------------
+    # log-likelihood
+
+    def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
+        """(sum log p(continuation | context), continuation is the greedy decode) for each (context, continuation)."""
+        encode = functools.lru_cache(maxsize=4096)(lambda text: tuple(self.tokenizer.encode(text, bos=True)))
+        return self.loglikelihood_tokens([encode_pair(self.tokenizer, c, x, encode=encode) for c, x in pairs])
+
+    @torch.inference_mode()
+    def loglikelihood_tokens(self, requests: Sequence[tuple[Tokens, Tokens]]) -> list[tuple[float, bool]]:
+        """Like `loglikelihood` on token ids: each request is (context ids, non-empty continuation ids)."""
+        prefixes: dict[tuple[int, ...], int] = {}  # prefix tokens -> item index
+        rows: list[_Row] = []
+        row_of: dict[tuple[int, tuple[int, ...]], int] = {}
+        requests_of_row: list[list[int]] = []
+        targets: list[list[int]] = []
+        for q, (ctx, cont) in enumerate(requests):
+            ctx, cont = self._truncate(list(ctx), list(cont))
+            item = prefixes.setdefault(tuple(ctx[:-1]), len(prefixes))
+            key = (item, tuple([ctx[-1]] + cont[:-1]))
+            if key not in row_of:  # identical inputs give identical logits: run them once
+                row_of[key] = len(rows)
+                rows.append(_Row(*key))
+                requests_of_row.append([])
+            requests_of_row[row_of[key]].append(q)
+            targets.append(cont)
+
+        item_prefix = [list(p) for p in prefixes]
+        item_rows: list[list[int]] = [[] for _ in item_prefix]
+        for r, row in enumerate(rows):
+            item_rows[row.item].append(r)
+        results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
+        for items in self._batches(item_prefix, item_rows, rows):
+            batch_rows = [r for i in items for r in item_rows[i]]
+            logp = self._forward_rows(items, batch_rows, item_prefix, item_rows, rows)
+            for k, r in enumerate(batch_rows):
+                for q in requests_of_row[r]:
+                    lp = logp[k, : len(targets[q])]
+                    target = torch.tensor(targets[q], device=lp.device)
+                    total = lp.gather(-1, target[:, None]).sum().item()
+                    results[q] = (total, bool((lp.argmax(-1) == target).all()))
+        return results
+
+    def _truncate(self, ctx: list[int], cont: list[int]) -> tuple[list[int], list[int]]:
+        """Keep the last max_seq_len + 1 tokens of ctx + cont (the model sees all but the last one)."""
+        if not cont:
+            raise ValueError("empty continuation: nothing to score")
+        if not ctx:
+            raise ValueError("empty context: start it with the BOS token")
+        cont = cont[-self.max_seq_len :]
+        keep = self.max_seq_len + 1 - len(cont)  # at least one context token is kept
+        return ctx[-keep:], cont
+
+    def _batches(self, item_prefix, item_rows, rows):
+        """Groups of items with at most batch_size rows in all, longest first (so similar lengths share a batch)."""
+        order = sorted(
+            range(len(item_prefix)),
+            key=lambda i: (-len(item_prefix[i]), -max(len(rows[r].feed) for r in item_rows[i])),
+        )
+        batch, n_rows, feed_len = [], 0, 0
+        for i in order:
+            item_feed = max(len(rows[r].feed) for r in item_rows[i])
+            # Padded positions must stay inside the model's window: the first (longest) prefix plus the
+            # longest feed of the batch.
+            too_long = batch and len(item_prefix[batch[0]]) + max(feed_len, item_feed) > self.max_seq_len
+            if batch and (too_long or n_rows + len(item_rows[i]) > self.batch_size):
+                yield batch
+                batch, n_rows, feed_len = [], 0, 0
+            batch.append(i)
+            n_rows += len(item_rows[i])
+            feed_len = max(feed_len, item_feed)
+        if batch:
+            yield batch
+
+    def _forward_rows(self, items, batch_rows, item_prefix, item_rows, rows) -> torch.Tensor:
+        """Log-softmax over the vocabulary at every fed position of every row: [rows, feed_len, vocab].
+
+        Each row carries its own positions (`input_pos`), so items with prefixes of different lengths share the
+        batch: right padding is harmless because a query only attends to keys at positions up to its own, and
+        the continuation overwrites the prefix's padding in the cache before anything can see it.
+        """
+        model, dev = self.model, self.device
+        prefix_lens = [len(item_prefix[i]) for i in items]
+        row_item = [k for k, i in enumerate(items) for _ in item_rows[i]]  # batch row -> item slot
+        max_prefix = max(prefix_lens)
+        feed_len = max(len(rows[r].feed) for r in batch_rows)
+        model.setup_cache(max_batch=max(len(batch_rows), len(items)), max_seq_len=max_prefix + feed_len)
+        try:
+            if max_prefix:
+                prefix = torch.zeros(len(items), max_prefix, dtype=torch.long, device=dev)
+                for k, i in enumerate(items):
+                    prefix[k, : prefix_lens[k]] = torch.tensor(item_prefix[i])
+                pos = torch.arange(max_prefix, device=dev).expand(len(items), -1)
+                model(prefix, input_pos=pos)  # fills the cache; the prefix's own logits are not needed
+                source = torch.tensor(row_item, device=dev)
+                for layer in model.layers:  # copy each item's cached prefix to all of its choice rows
+                    cache = layer.attention.cache
+                    cache.k[: len(batch_rows)] = cache.k[source]
+                    cache.v[: len(batch_rows)] = cache.v[source]
+            feed = torch.zeros(len(batch_rows), feed_len, dtype=torch.long, device=dev)
+            for k, r in enumerate(batch_rows):
+                feed[k, : len(rows[r].feed)] = torch.tensor(rows[r].feed)
+            start = torch.tensor([prefix_lens[row_item[k]] for k in range(len(batch_rows))], device=dev)
+            logits = model(feed, input_pos=start[:, None] + torch.arange(feed_len, device=dev))
+        finally:
+            model.clear_cache()
+        return F.log_softmax(logits.float(), dim=-1)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # generation
+
+    @torch.inference_mode()
+    def generate_until(
+        self,
+        prompt: Tokens,
+        until: Sequence[str] = (),
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        num_samples: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> list[str]:
+        """Complete one prompt `num_samples` times; each completion is cut before its first stop string.
+
+        The prompt is run once and its cache shared by all samples. Temperature 0 is greedy decoding.
+        """
+        model, tok = self.model, self.tokenizer
+        prompt = list(prompt)[-(self.max_seq_len - 1) :]  # keep room for at least one new token
+        max_new_tokens = max(0, min(max_new_tokens, self.max_seq_len - len(prompt)))
+        if max_new_tokens == 0:
+            return [""] * num_samples
+        # Decode after the prompt's last token: decoding new tokens alone would drop a leading space (SentencePiece
+        # strips the first piece's dummy-prefix space), which would break the indentation of generated code.
+        anchor = prompt[-1:]
+        anchor_text = tok.decode(anchor)
+        generated: list[list[int]] = [[] for _ in range(num_samples)]
+        texts = [""] * num_samples
+        done = [False] * num_samples
+        model.setup_cache(max_batch=num_samples, max_seq_len=len(prompt) + max_new_tokens)
+        try:
+            logits = model(torch.tensor([prompt], device=self.device), start_pos=0)[:, -1]
+            for layer in model.layers:  # every sample continues from the same cached prompt
+                cache = layer.attention.cache
+                cache.k[:, :, : len(prompt)] = cache.k[:1, :, : len(prompt)]
+                cache.v[:, :, : len(prompt)] = cache.v[:1, :, : len(prompt)]
+            logits = logits.expand(num_samples, -1)
+            for step in range(max_new_tokens):
+                next_tokens = sample_next(logits, temperature=temperature, top_p=top_p, generator=generator)
+                for b, t in enumerate(next_tokens.tolist()):
+                    if done[b]:
+                        continue
+                    if t == tok.eos_id:
+                        done[b] = True
+                        continue
+                    generated[b].append(t)
+                    texts[b] = tok.decode(anchor + generated[b])[len(anchor_text) :]
+                    done[b] = any(s and s in texts[b] for s in until)
+                if all(done) or step == max_new_tokens - 1:
+                    break
+                logits = model(next_tokens[:, None], start_pos=len(prompt) + step)[:, -1]
+        finally:
+            model.clear_cache()
+        return [cut_at_stop(t, until) for t in texts]
+
+
+def cut_at_stop(text: str, until: Sequence[str]) -> str:
+    """text up to (not including) the earliest occurrence of any stop string."""
+    end = len(text)
+    for s in until:
+        if s:
+            i = text.find(s)
+            if i != -1:
+                end = min(end, i)
+    return text[:end]

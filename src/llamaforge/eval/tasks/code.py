@@ -1,0 +1,89 @@
+"""Code generation: HumanEval (0-shot) and MBPP (3-shot, Austin et al.), pass@k with the unbiased estimator.
+
+Each problem is completed n times (greedy when n = 1, else sampled; the paper: pass@1 at temperature 0.1,
+pass@100 / pass@80 at 0.8); each completion runs with the problem's tests in `llamaforge.eval.sandbox`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llamaforge.eval.sandbox import Limits, run_programs
+from llamaforge.eval.taskfile import read_jsonl
+from llamaforge.eval.items import pass_at_k
+from llamaforge.eval.tasks.multiple_choice import GAUNTLET, find_data
+
+HUMANEVAL_STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]
+MBPP_STOP = ["[DONE]"]
+
+
+@dataclass
+class CodeItem:
+    task_id: str
+    prompt: str  # what the model continues
+    program_head: str  # what goes before the completion in the program (HumanEval: the prompt; MBPP: nothing)
+    tests: str  # appended after the completion; the program passes when it exits with status 0
+    reference: str  # a known-good completion (the canonical solution)
+
+
+def load_humaneval(data_dir: Path) -> list[CodeItem]:
+    path = find_data(data_dir, "humaneval", ["humaneval/HumanEval.jsonl.gz", f"{GAUNTLET}/human_eval.jsonl"])
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        problems = [json.loads(line) for line in f if line.strip()]
+    return [
+        CodeItem(p["task_id"], p["prompt"], p["prompt"], f"\n{p['test']}\ncheck({p['entry_point']})\n",
+                 p["canonical_solution"])
+        for p in problems
+    ]
+
+
+def _mbpp_prompt(problem: dict) -> str:
+    tests = "\n".join(problem["test_list"])
+    return f"You are an expert Python programmer, and here is your task: {problem['text']} " \
+           f"Your code should pass these tests:\n\n{tests}\n"
+
+
+def load_mbpp(data_dir: Path, shots: int = 3) -> list[CodeItem]:
+    """The test split (task ids 11-510) with shots from the prompt split (ids 2-4), in Austin et al.'s format."""
+    path = find_data(data_dir, "mbpp", ["mbpp/mbpp.jsonl"])
+    problems = {d["task_id"]: d for _, d in read_jsonl(path)}
+    demo = "".join(f"{_mbpp_prompt(problems[i])}[BEGIN]\n{problems[i]['code']}\n[DONE]\n" for i in (2, 3, 4)[:shots])
+    items = []
+    for task_id in range(11, 511):
+        p = problems.get(task_id)
+        if p is None:
+            continue
+        tests = "\n" + p.get("test_setup_code", "") + "\n" + "\n".join(p["test_list"]) + "\n"
+        items.append(CodeItem(f"MBPP/{task_id}", f"{demo}{_mbpp_prompt(p)}[BEGIN]\n", "", tests, p["code"]))
+    return items
+
+
+def program(item: CodeItem, completion: str) -> str:
+    return item.program_head + completion + "\n" + item.tests
+
+
+def score_code_items(
+    scorer, items: list[CodeItem], samples: int = 1, temperature: float = 0.0, ks=(1, 10, 100),
+    max_new_tokens: int = 384, limits: Limits = Limits(), seed: int = 0,
+) -> list[dict]:
+    stop = MBPP_STOP if items and items[0].task_id.startswith("MBPP") else HUMANEVAL_STOP
+    generator = torch.Generator(device=scorer.device).manual_seed(seed)
+    completions = []
+    for it in items:
+        prompt = scorer.tokenizer.encode(it.prompt, bos=True)
+        completions.append(scorer.generate_until(
+            prompt, stop, max_new_tokens, temperature=temperature if samples > 1 else 0.0, num_samples=samples,
+            generator=generator,
+        ))
+    outcomes = run_programs([program(it, c) for it, cs in zip(items, completions) for c in cs], limits)
+    out = []
+    for i, it in enumerate(items):
+        correct = sum(o.passed for o in outcomes[i * samples : (i + 1) * samples])
+        out.append({f"pass@{k}": pass_at_k(samples, correct, k) for k in ks if k <= samples})
+    return out

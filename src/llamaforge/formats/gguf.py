@@ -1,0 +1,217 @@
+"""llama.cpp's GGUF: one file with typed metadata (the model shape, the tokenizer) and tensors, written and read
+with the `gguf` package.
+
+- Tensor names: `token_embd`, `blk.N.attn_q/k/v/output`, `blk.N.attn_norm`, `blk.N.ffn_gate/up/down` (= Meta's
+  w1/w3/w2), `blk.N.ffn_norm`, `output_norm`, `output` (each with `.weight`).
+- q/k rows stay in Meta's interleaved-pair RoPE layout: llama.cpp's LLAMA architecture rotates consecutive pairs
+  (its converter un-permutes HF weights back to this layout), which is exactly llamaforge's own layout.
+- Weights are stored f32, f16, bf16 or q8_0 (blocks of 32 int8 with one f16 scale); norms always stay f32.
+- A SentencePiece `tokenizer.model` given to `save` goes in as `tokenizer.ggml.*` (model "llama"), so llama.cpp
+  can tokenize; without one the file says "no_vocab" and llama.cpp takes token ids only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llamaforge.errors import UserError
+from llamaforge.formats.weights import build_model
+from llamaforge.model import ModelArgs, Transformer
+
+ARCH = "llama"
+MAGIC = b"GGUF"
+DTYPES = ("f32", "f16", "bf16", "q8_0")
+
+# Meta name inside a block -> GGUF name inside `blk.N.`
+BLOCK_NAMES = {
+    "attention.wq": "attn_q", "attention.wk": "attn_k", "attention.wv": "attn_v", "attention.wo": "attn_output",
+    "attention_norm": "attn_norm", "feed_forward.w1": "ffn_gate", "feed_forward.w3": "ffn_up",
+    "feed_forward.w2": "ffn_down", "ffn_norm": "ffn_norm",
+}
+TOP_NAMES = {"tok_embeddings": "token_embd", "norm": "output_norm", "output": "output"}
+
+
+def gguf_name(meta_name: str) -> str:
+    """`layers.3.attention.wq.weight` -> `blk.3.attn_q.weight`."""
+    base = meta_name.removesuffix(".weight")
+    if base.startswith("layers."):
+        _, n, rest = base.split(".", 2)
+        return f"blk.{n}.{BLOCK_NAMES[rest]}.weight"
+    return f"{TOP_NAMES[base]}.weight"
+
+
+def detect(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(4) == MAGIC
+
+
+# -- reading -------------------------------------------------------------------------------------------------------
+
+
+def _field(reader, key: str, default=None):
+    field = reader.fields.get(key)
+    if field is None:
+        return default
+    return field.contents()
+
+
+def _f32(value) -> float:
+    """A float32 metadata value as the decimal it was written from (1e-5, not 9.99999974e-06)."""
+    return float(f"{float(value):.7g}")
+
+
+def load(path: Path, device: torch.device, dtype: torch.dtype):
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except (ValueError, OSError, KeyError, IndexError) as e:
+        raise UserError(f"{path}: not a readable GGUF file ({e})") from None
+    arch = _field(reader, "general.architecture")
+    if arch != ARCH:
+        raise UserError(f"{path}: general.architecture is {arch!r}; only 'llama' is supported")
+    tensors = {t.name: t for t in reader.tensors}
+    if "token_embd.weight" not in tensors:
+        raise UserError(f"{path}: missing tensor token_embd.weight")
+
+    def need(key):
+        value = _field(reader, f"{ARCH}.{key}")
+        if value is None:
+            raise UserError(f"{path}: missing metadata {ARCH}.{key}")
+        return value
+
+    n_heads = int(need("attention.head_count"))
+    args = ModelArgs(
+        dim=int(need("embedding_length")), n_layers=int(need("block_count")), n_heads=n_heads,
+        n_kv_heads=int(_field(reader, f"{ARCH}.attention.head_count_kv", n_heads)),
+        vocab_size=int(tensors["token_embd.weight"].data.shape[0]),
+        hidden_dim=int(need("feed_forward_length")),
+        norm_eps=_f32(need("attention.layer_norm_rms_epsilon")),
+        rope_theta=_f32(_field(reader, f"{ARCH}.rope.freq_base", 10000.0)),
+        max_seq_len=int(need("context_length")),
+    )
+    rope_dims = _field(reader, f"{ARCH}.rope.dimension_count", args.head_dim)
+    if int(rope_dims) != args.head_dim:
+        raise UserError(f"{path}: rope.dimension_count {rope_dims} != head_dim {args.head_dim}; partial RoPE is "
+                        "not supported")
+    with torch.device("meta"):
+        names = list(Transformer(args).state_dict())
+    state = {}
+    for name in names:
+        g = gguf_name(name)
+        if g not in tensors and name == "output.weight":
+            g = "token_embd.weight"  # tied classifier: llama.cpp reuses the embedding
+        if g not in tensors:
+            raise UserError(f"{path}: missing tensor {g}")
+        t = tensors[g]
+        data = gguf.quants.dequantize(t.data, t.tensor_type)  # f32/f16 pass through, quantized blocks expand
+        state[name] = torch.from_numpy(np.array(data, dtype=np.float32))  # a writable copy
+    return build_model(args, state, path, device, dtype)
+
+
+# -- writing -------------------------------------------------------------------------------------------------------
+
+
+def _dtype_name(dtype) -> str:
+    if dtype is None:
+        return "f32"
+    names = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
+    name = names.get(dtype, dtype) if isinstance(dtype, torch.dtype) else str(dtype).lower()
+    if name not in DTYPES:
+        raise UserError(f"gguf: dtype {dtype}: expected one of {', '.join(DTYPES)}")
+    return name
+
+
+def _add_sentencepiece_vocab(writer, tokenizer_path: Path, vocab_size: int) -> None:
+    import gguf
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor()
+    sp.Load(str(tokenizer_path))
+    if sp.vocab_size() != vocab_size:
+        raise UserError(f"{tokenizer_path}: {sp.vocab_size()} pieces, but the model has vocab_size {vocab_size}")
+    tokens, scores, types = [], [], []
+    for i in range(sp.vocab_size()):
+        tokens.append(sp.id_to_piece(i).encode("utf-8"))
+        scores.append(sp.get_score(i))
+        if sp.is_unknown(i):
+            types.append(gguf.TokenType.UNKNOWN)
+        elif sp.is_control(i):
+            types.append(gguf.TokenType.CONTROL)
+        elif sp.is_byte(i):
+            types.append(gguf.TokenType.BYTE)
+        elif sp.is_unused(i):
+            types.append(gguf.TokenType.UNUSED)
+        else:
+            types.append(gguf.TokenType.NORMAL)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    for setter, i in ((writer.add_bos_token_id, sp.bos_id()), (writer.add_eos_token_id, sp.eos_id()),
+                      (writer.add_unk_token_id, sp.unk_id())):
+        if i >= 0:
+            setter(i)
+    writer.add_add_bos_token(True)  # LLaMA prompts start with BOS
+    writer.add_add_eos_token(False)
+
+
+def save(model, path: Path, tokenizer_path=None, dtype=None) -> None:
+    """Write a GGUF file; dtype "f32" (default), "f16", "bf16" or "q8_0" (or the torch dtype).
+
+    q8_0 quantizes the 2-D weights whose rows are a multiple of 32 (its block size); other 2-D weights are f16."""
+    import gguf
+
+    kind = _dtype_name(dtype)
+    qtype = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
+             "bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}[kind]
+    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                 "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[kind]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # GGUFWriter opens its file by name
+    try:
+        _write(gguf, tmp, model, kind, qtype, file_type, tokenizer_path)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write(gguf, tmp: Path, model, kind: str, qtype, file_type, tokenizer_path) -> None:
+    args: ModelArgs = model.args
+    writer = gguf.GGUFWriter(str(tmp), ARCH)
+    writer.add_name(tmp.name.split(".tmp-")[0].lstrip(".").removesuffix(".gguf"))
+    writer.add_context_length(args.max_seq_len)
+    writer.add_embedding_length(args.dim)
+    writer.add_block_count(args.n_layers)
+    writer.add_feed_forward_length(args.ffn_hidden_dim)
+    writer.add_head_count(args.n_heads)
+    writer.add_head_count_kv(args.n_kv_heads)
+    writer.add_layer_norm_rms_eps(args.norm_eps)
+    writer.add_rope_freq_base(args.rope_theta)
+    writer.add_rope_dimension_count(args.head_dim)
+    writer.add_vocab_size(args.vocab_size)
+    writer.add_file_type(file_type)
+    if tokenizer_path is not None and Path(tokenizer_path).suffix == ".model":
+        _add_sentencepiece_vocab(writer, Path(tokenizer_path), args.vocab_size)
+    else:
+        writer.add_tokenizer_model("no_vocab")  # token ids in, token ids out
+    for name, tensor in model.state_dict().items():
+        data = tensor.detach().to("cpu", torch.float32).numpy()
+        if data.ndim == 1 or kind == "f32":
+            writer.add_tensor(gguf_name(name), data)  # norms stay f32
+        elif kind == "bf16" or (kind == "q8_0" and data.shape[-1] % 32 == 0):  # numpy has no bf16: raw bytes
+            writer.add_tensor(gguf_name(name), gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+        else:
+            writer.add_tensor(gguf_name(name), data.astype(np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()

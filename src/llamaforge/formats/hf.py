@@ -1,0 +1,255 @@
+"""Hugging Face `LlamaForCausalLM` folders: config.json + model.safetensors (or shards with an index).
+
+Two things differ from Meta's layout besides the names:
+- RoPE: Meta rotates interleaved pairs (2i, 2i+1) of each head, HF's `rotate_half` rotates (i, i + head_dim/2).
+  The two agree once the rows of wq and wk are permuted per head (`meta_to_hf_rows` / `hf_to_meta_rows`);
+  v is never permuted.
+- config.json: transformers 5.x keeps the rope base under `rope_parameters`, older versions under `rope_theta`;
+  both are read, both are written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from llamaforge.errors import UserError
+from llamaforge.formats.atomic import atomic_dir
+from llamaforge.formats.weights import args_from_dict, build_model, read_json, read_safetensors
+from llamaforge.model import ModelArgs
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+TORCH_INDEX = "pytorch_model.bin.index.json"  # older exports: pickled tensors, read with weights_only=True
+TORCH_SINGLE = "pytorch_model.bin"
+DEFAULT_MAX_SHARD_SIZE = "5GB"
+TOKENIZER_CONFIG = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
+                    "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False}
+
+# Meta name -> HF name for the per-layer tensors ("{}" is the layer number).
+LAYER_NAMES = {
+    "attention.wq.weight": "self_attn.q_proj.weight",
+    "attention.wk.weight": "self_attn.k_proj.weight",
+    "attention.wv.weight": "self_attn.v_proj.weight",
+    "attention.wo.weight": "self_attn.o_proj.weight",
+    "feed_forward.w1.weight": "mlp.gate_proj.weight",
+    "feed_forward.w3.weight": "mlp.up_proj.weight",
+    "feed_forward.w2.weight": "mlp.down_proj.weight",
+    "attention_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+}
+TOP_NAMES = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
+             "output.weight": "lm_head.weight"}
+
+
+def meta_to_hf_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Reorder each head's rows from interleaved pairs (Meta) to two halves (HF rotate_half)."""
+    rows, cols = w.shape
+    return w.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def hf_to_meta_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Inverse of `meta_to_hf_rows`."""
+    rows, cols = w.shape
+    return w.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def detect(path: Path) -> bool:
+    cfg = path / "config.json"
+    if not (path.is_dir() and cfg.is_file()):
+        return False
+    try:
+        config = json.loads(cfg.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return False
+    if not isinstance(config, dict) or config.get("format") == "llamaforge":  # a native folder
+        return False
+    return config.get("model_type") == "llama" or "LlamaForCausalLM" in (config.get("architectures") or [])
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+def args_from_config(config: dict, source) -> ModelArgs:
+    """ModelArgs from an HF LlamaConfig dict; features this model does not have are refused."""
+    for flag in ("attention_bias", "mlp_bias"):
+        if config.get(flag):
+            raise UserError(f"{source}: {flag}: biases are not part of LLaMA; expected false")
+    if config.get("hidden_act", "silu") != "silu":
+        raise UserError(f"{source}: hidden_act: expected 'silu', got {config['hidden_act']!r}")
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        raise UserError(f"{source}: rope_parameters: rope_type {rope_type!r} is not supported; expected 'default'")
+    try:
+        dim, n_heads = config["hidden_size"], config["num_attention_heads"]
+        fields = dict(
+            dim=dim,
+            n_layers=config["num_hidden_layers"],
+            n_heads=n_heads,
+            n_kv_heads=config.get("num_key_value_heads") or n_heads,
+            vocab_size=config["vocab_size"],
+            norm_eps=config.get("rms_norm_eps", 1e-6),
+            rope_theta=float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
+            max_seq_len=config.get("max_position_embeddings", 2048),
+        )
+        hidden = config["intermediate_size"]
+    except KeyError as e:
+        raise UserError(f"{source}: missing field {e.args[0]!r}") from None
+    if config.get("head_dim") not in (None, dim // n_heads):
+        raise UserError(f"{source}: head_dim: {config['head_dim']} != hidden_size / num_attention_heads")
+    if ModelArgs(**fields).ffn_hidden_dim != hidden:  # keep configs clean when the paper's rule gives the size
+        fields["hidden_dim"] = hidden
+    return args_from_dict(fields, source)
+
+
+def config_from_args(args: ModelArgs, dtype: torch.dtype) -> dict:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": args.dim,
+        "intermediate_size": args.ffn_hidden_dim,
+        "num_attention_heads": args.n_heads,
+        "num_key_value_heads": args.n_kv_heads,
+        "num_hidden_layers": args.n_layers,
+        "head_dim": args.head_dim,
+        "vocab_size": args.vocab_size,
+        "max_position_embeddings": args.max_seq_len,
+        "rms_norm_eps": args.norm_eps,
+        "rope_theta": args.rope_theta,  # transformers < 5
+        "rope_parameters": {"rope_theta": args.rope_theta, "rope_type": "default"},  # transformers >= 5
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "dtype": str(dtype).removeprefix("torch."),
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- load
+
+
+def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """All tensors of the folder (one file, or the shards listed in an index) and the file to blame."""
+    from llamaforge.formats.meta import load_shard as read_torch  # weights_only, memory-mapped
+
+    for index_name, single, read in ((INDEX, SINGLE, read_safetensors), (TORCH_INDEX, TORCH_SINGLE, read_torch)):
+        index = path / index_name
+        if index.is_file():
+            weight_map = read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise UserError(f"{index}: weight_map: expected an object of tensor name -> shard file")
+            tensors: dict[str, torch.Tensor] = {}
+            for shard in sorted(set(weight_map.values())):
+                tensors.update(read(path / shard))
+            return tensors, index
+        if (path / single).is_file():
+            return read(path / single), path / single
+    raise UserError(f"{path}: no {SINGLE}, {INDEX}, {TORCH_SINGLE} or {TORCH_INDEX}")
+
+
+def state_dict_from_hf(hf: dict[str, torch.Tensor], args: ModelArgs, tied: bool) -> dict[str, torch.Tensor]:
+    """Rename HF tensors to Meta names and undo the q/k permutation; unknown names are kept for the check."""
+    hf = {k: v for k, v in hf.items() if not k.endswith("rotary_emb.inv_freq")}  # old exports carry this buffer
+    if tied and "lm_head.weight" not in hf and "model.embed_tokens.weight" in hf:
+        hf["lm_head.weight"] = hf["model.embed_tokens.weight"].clone()  # our output is its own tensor
+    to_meta = {v: k for k, v in TOP_NAMES.items()}
+    for i in range(args.n_layers):
+        to_meta.update({f"model.layers.{i}.{h}": f"layers.{i}.{m}" for m, h in LAYER_NAMES.items()})
+    out = {}
+    for name, w in hf.items():
+        meta = to_meta.get(name, name)
+        if meta.endswith("attention.wq.weight") and w.dim() == 2 and w.shape[0] == args.n_heads * args.head_dim:
+            w = hf_to_meta_rows(w, args.n_heads)
+        elif meta.endswith("attention.wk.weight") and w.dim() == 2 and w.shape[0] == args.n_kv_heads * args.head_dim:
+            w = hf_to_meta_rows(w, args.n_kv_heads)
+        out[meta] = w
+    return out
+
+
+def load(path: Path, device: torch.device, dtype: torch.dtype):
+    config = read_json(path / "config.json")
+    args = args_from_config(config, path / "config.json")
+    tensors, source = _read_tensors(path)
+    state = state_dict_from_hf(tensors, args, tied=bool(config.get("tie_word_embeddings", False)))
+    return build_model(args, state, source, device, dtype)
+
+
+# ---------------------------------------------------------------------------------------------- save
+
+
+def hf_state_dict(model, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The model's tensors under HF names, q/k permuted for rotate_half, contiguous on the CPU."""
+    args = model.args
+    out = {}
+    for name, w in model.state_dict().items():
+        w = w.detach().to("cpu", dtype or w.dtype)
+        if name in TOP_NAMES:
+            out[TOP_NAMES[name]] = w.contiguous()
+            continue
+        _, i, rest = name.split(".", 2)
+        if rest == "attention.wq.weight":
+            w = meta_to_hf_rows(w, args.n_heads)
+        elif rest == "attention.wk.weight":
+            w = meta_to_hf_rows(w, args.n_kv_heads)
+        out[f"model.layers.{i}.{LAYER_NAMES[rest]}"] = w.contiguous()
+    return out
+
+
+def parse_size(size) -> int:
+    """Bytes from 1000000, "5GB", "500MB", "2GiB"."""
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", str(size), flags=re.IGNORECASE)
+    if not m:
+        raise UserError(f"max_shard_size: expected a size like 5GB or 500MB, got {size!r}")
+    unit = (m.group(2) or "B").upper()
+    scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}[unit]
+    return int(float(m.group(1)) * scale)
+
+
+def split_shards(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    """Greedy split in order: a new shard starts when the next tensor would pass max_bytes."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    return shards
+
+
+def save(model, path: Path, tokenizer_path=None, dtype: torch.dtype | None = None,
+         max_shard_size=DEFAULT_MAX_SHARD_SIZE) -> None:
+    tensors = hf_state_dict(model, dtype)
+    out_dtype = next(iter(tensors.values())).dtype
+    shards = split_shards(tensors, parse_size(max_shard_size))
+    with atomic_dir(path) as tmp:
+        (tmp / "config.json").write_text(json.dumps(config_from_args(model.args, out_dtype), indent=2) + "\n")
+        (tmp / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}) + "\n")
+        if len(shards) == 1:
+            save_file(shards[0], str(tmp / SINGLE), metadata={"format": "pt"})
+        else:
+            weight_map = {}
+            for n, shard in enumerate(shards, start=1):
+                fname = f"model-{n:05d}-of-{len(shards):05d}.safetensors"
+                save_file(shard, str(tmp / fname), metadata={"format": "pt"})
+                weight_map.update({k: fname for k in shard})
+            total = sum(t.numel() * t.element_size() for t in tensors.values())
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        if tokenizer_path is not None:
+            shutil.copy(tokenizer_path, tmp / Path(tokenizer_path).name)
+            if Path(tokenizer_path).suffix == ".model":  # lets AutoTokenizer pick the SentencePiece file
+                (tmp / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2) + "\n")

@@ -1,0 +1,186 @@
+"""Meta's release layout: params.json + consolidated.NN.pth, one file per model-parallel rank.
+
+Meta's model uses fairscale's tensor-parallel layers, so a shard holds a slice of every big matrix:
+- column-parallel (output features split, dim 0): wq, wk, wv, w1, w3 and the output projection;
+- row-parallel (input features split, dim 1): wo, w2, and the token embedding (ParallelEmbedding splits dim);
+- RMSNorm gains are replicated.
+Reading concatenates the slices along those dims (any degree: 7B ships MP=1, 65B MP=8); writing splits them
+again for any degree that divides the heads and widths, so a checkpoint can be resharded for fewer GPUs.
+Weights are in Meta's own layout and names: no renaming, no RoPE permutation.
+
+`torch.load(weights_only=True)` never runs code from the pickle; a file that needs code is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from llamaforge.errors import UserError
+from llamaforge.formats.atomic import atomic_dir
+from llamaforge.formats.weights import args_from_dict, build_model, read_json
+from llamaforge.model import ModelArgs
+
+SHARD_RE = re.compile(r"consolidated\.(\d+)\.pth")
+COLUMN_PARALLEL = ("attention.wq.weight", "attention.wk.weight", "attention.wv.weight",
+                   "feed_forward.w1.weight", "feed_forward.w3.weight", "output.weight")
+ROW_PARALLEL = ("attention.wo.weight", "feed_forward.w2.weight", "tok_embeddings.weight")
+PARAMS_KEYS = {"dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim_multiplier",
+               "norm_eps", "rope_theta", "max_seq_len", "max_batch_size", "use_scaled_rope"}
+
+
+def split_dim(name: str) -> int | None:
+    """The dim along which fairscale splits this tensor across ranks (None: replicated)."""
+    if name.endswith(COLUMN_PARALLEL):
+        return 0
+    if name.endswith(ROW_PARALLEL):
+        return 1
+    return None
+
+
+def shard_files(path: Path) -> list[Path]:
+    files = sorted((p for p in path.glob("consolidated.*.pth") if SHARD_RE.fullmatch(p.name)),
+                   key=lambda p: int(SHARD_RE.fullmatch(p.name).group(1)))
+    numbers = [int(SHARD_RE.fullmatch(p.name).group(1)) for p in files]
+    if numbers != list(range(len(files))):
+        raise UserError(f"{path}: shard files are {[p.name for p in files]}; expected consolidated.00.pth up to "
+                        f"consolidated.{len(files) - 1:02d}.pth with none missing")
+    return files
+
+
+def detect(path: Path) -> bool:
+    # A folder of consolidated shards is Meta's even without params.json, so that load() can say it is missing.
+    return path.is_dir() and ((path / "params.json").is_file() or any(path.glob("consolidated.*.pth")))
+
+
+# ---------------------------------------------------------------------------------------------- params.json
+
+
+def args_from_params(params: dict, vocab_size: int, source) -> ModelArgs:
+    """ModelArgs from params.json; LLaMA-1 files say vocab_size -1, so the embedding's rows give it."""
+    unknown = set(params) - PARAMS_KEYS
+    if unknown:
+        raise UserError(f"{source}: unknown field(s) {sorted(unknown)}")
+    if params.get("use_scaled_rope"):
+        raise UserError(f"{source}: use_scaled_rope: Llama 3.1 RoPE scaling is not supported; expected false")
+    fields = {k: v for k, v in params.items() if k not in ("max_batch_size", "use_scaled_rope")}
+    if fields.get("vocab_size", -1) <= 0:
+        fields["vocab_size"] = vocab_size
+    # params.json carries no context length (Meta passes it at build time): LLaMA-1 used 2048, Llama 2
+    # (recognizable by eps 1e-5) 4096.
+    fields.setdefault("max_seq_len", 4096 if fields.get("norm_eps") == 1e-5 else 2048)
+    return args_from_dict(fields, source)
+
+
+def params_from_args(args: ModelArgs) -> dict:
+    """params.json that Meta's `ModelArgs(**params)` accepts and that gives back the same FFN width."""
+    params = {"dim": args.dim, "n_layers": args.n_layers, "n_heads": args.n_heads}
+    if args.n_kv_heads != args.n_heads:
+        params["n_kv_heads"] = args.n_kv_heads
+    params["vocab_size"] = args.vocab_size
+    multiple_of, multiplier = args.multiple_of, args.ffn_dim_multiplier
+    rule = ModelArgs(dim=args.dim, n_heads=args.n_heads, multiple_of=multiple_of, ffn_dim_multiplier=multiplier)
+    if rule.ffn_hidden_dim != args.ffn_hidden_dim:
+        # An explicit width (llama2.c, HF): rounding up to a multiple of the width itself gives the width,
+        # once the unrounded size int(8 dim / 3), scaled by the multiplier when needed, is at most the width.
+        hidden, base = args.ffn_hidden_dim, int(2 * (4 * args.dim) / 3)
+        multiple_of, multiplier = hidden, (None if hidden >= base else hidden / base)
+    params["multiple_of"] = multiple_of
+    if multiplier is not None:
+        params["ffn_dim_multiplier"] = multiplier
+    params["norm_eps"] = args.norm_eps
+    if args.rope_theta != 10000.0:  # Meta's LLaMA-1/2 ModelArgs have no such field: write it only when needed
+        params["rope_theta"] = args.rope_theta
+    return params
+
+
+# ---------------------------------------------------------------------------------------------- load
+
+
+def load_shard(path: Path) -> dict[str, torch.Tensor]:
+    """One consolidated.NN.pth, memory-mapped; pickles that need code to load are refused."""
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):  # legacy (pre-zip) torch.save files cannot be memory-mapped
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message is a page long; keep the line that names what the pickle wanted to run.
+        lines = [line for line in str(e).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+        why = lines[0].strip() if lines else "it needs objects other than tensors"
+        raise UserError(f"{path}: refusing to load a pickle that carries code ({why})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({str(e).splitlines()[0] if str(e) else e!r})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path}: expected a dict of tensor name -> tensor")
+    state.pop("rope.freqs", None)  # LLaMA-1 files carry their RoPE frequencies; they are recomputed
+    return state
+
+
+def merge_shards(shards: list[dict[str, torch.Tensor]], source) -> dict[str, torch.Tensor]:
+    """One state dict from the model-parallel slices (concatenated along each tensor's fairscale dim)."""
+    names = shards[0].keys()
+    for i, shard in enumerate(shards[1:], start=1):
+        if shard.keys() != names:
+            raise UserError(f"{source}: consolidated.{i:02d}.pth holds different tensor names than consolidated.00.pth")
+    if len(shards) == 1:
+        return dict(shards[0])
+    out = {}
+    for name in names:
+        dim = split_dim(name)
+        out[name] = shards[0][name] if dim is None else torch.cat([s[name] for s in shards], dim=dim)
+    return out
+
+
+def load(path: Path, device: torch.device, dtype: torch.dtype):
+    params_path = path / "params.json"
+    if not params_path.is_file():
+        raise UserError(f"{params_path}: missing; a Meta checkpoint folder needs params.json beside consolidated.NN.pth")
+    params = read_json(params_path)
+    files = shard_files(path)
+    if not files:
+        raise UserError(f"{path}: no consolidated.NN.pth files beside params.json")
+    state = merge_shards([load_shard(f) for f in files], path)
+    embedding = state.get("tok_embeddings.weight")
+    args = args_from_params(params, embedding.shape[0] if embedding is not None else -1, params_path)
+    return build_model(args, state, path, device, dtype)
+
+
+# ---------------------------------------------------------------------------------------------- save
+
+
+def shard_state(state: dict[str, torch.Tensor], rank: int, shards: int) -> dict[str, torch.Tensor]:
+    """The slices rank `rank` of `shards` holds (cloned: torch.save of a view would store the whole tensor)."""
+    out = {}
+    for name, w in state.items():
+        dim = split_dim(name)
+        out[name] = (w if dim is None else w.chunk(shards, dim=dim)[rank]).contiguous().clone()
+    return out
+
+
+def check_divisible(args: ModelArgs, shards: int) -> None:
+    sizes = {"n_heads": args.n_heads, "n_kv_heads": args.n_kv_heads, "dim": args.dim,
+             "ffn hidden size": args.ffn_hidden_dim, "vocab_size": args.vocab_size}
+    for what, size in sizes.items():
+        if size % shards:
+            raise UserError(f"shards: {shards} does not divide {what} = {size}; pick a degree that divides it")
+
+
+def save(model, path: Path, shards: int = 1, tokenizer_path=None, dtype: torch.dtype | None = None) -> None:
+    if shards < 1:
+        raise UserError(f"shards: expected a positive number, got {shards}")
+    check_divisible(model.args, shards)
+    state = {k: v.detach().to("cpu", dtype or v.dtype) for k, v in model.state_dict().items()}
+    with atomic_dir(path) as tmp:
+        (tmp / "params.json").write_text(json.dumps(params_from_args(model.args), indent=2) + "\n")
+        for rank in range(shards):  # one rank's slices in memory at a time
+            torch.save(shard_state(state, rank, shards), tmp / f"consolidated.{rank:02d}.pth")
+        if tokenizer_path is not None:
+            shutil.copy(tokenizer_path, tmp / Path(tokenizer_path).name)

@@ -1,0 +1,328 @@
+"""A generation engine in the style of gpt-fast: static KV cache, separate prefill and one-token decode step,
+sampling on the device, and a continuous-batching scheduler.
+
+How it works:
+- The KV cache is allocated once for `max_batch` slots x `max_seq_len` positions (`Transformer.setup_cache`).
+  Every slot holds one sequence at its own positions (`Transformer.forward(..., input_pos=[B, T])`): each query
+  attends to its own row's keys up to its position, so rows of different lengths share one decode step and a
+  slot is reused by simply starting again at position 0 (stale keys beyond the position are masked out).
+- Prefill runs a new prompt (or several, right-padded) through the model in one forward into its slot(s).
+- The decode step feeds one token per slot at that slot's position. Its shapes never change, so it can be
+  compiled once (`torch.compile`, with CUDA graphs on GPU: mode="reduce-overhead").
+- Sampling (`llamaforge.generate.sample_next`) stays on the device; the loop reads the B new token ids back once
+  per step, which it must do anyway to stream text and check stop conditions.
+- `Engine.step()` admits waiting requests into free slots and decodes one token for every active slot:
+  continuous batching. `Engine.generate` drives it to completion; the server drives it from a thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from llamaforge.generate import sample_next
+from llamaforge.model import KVCache, Transformer
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    seed: int | None = None  # a private random stream for this request (None: the engine's)
+    stop: Sequence[str] = ()  # stop strings; the text is cut before the first one found
+    stop_token_ids: Sequence[int] | None = None  # None: the tokenizer's end-of-sequence id
+    logprobs: int | None = None  # also return this many most likely tokens (and the chosen one's logprob)
+    echo_logprobs: bool = False  # score the prompt tokens too (lm-eval's loglikelihood requests)
+
+
+@dataclass(eq=False)  # requests are compared by identity
+class Request:
+    """One sequence to continue. The engine fills the output fields as it goes."""
+
+    prompt: list[int]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    on_update: Callable[[Request, str], None] | None = None  # called with each new piece of text
+    # outputs
+    tokens: list[int] = field(default_factory=list)
+    token_logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[dict[int, float]] = field(default_factory=list)
+    prompt_logprobs: list[float | None] = field(default_factory=list)
+    prompt_top_logprobs: list[dict[int, float] | None] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None  # "stop" | "length"
+    error: BaseException | None = None
+    cancelled: bool = False  # set by another thread (client gone): the engine frees the slot at its next step
+    done: threading.Event = field(default_factory=threading.Event)
+    # internal
+    _slot: int = -1
+    _emitted: int = 0  # characters of `text` already handed to on_update
+    _generator: torch.Generator | None = None
+
+
+def _cache_rows(cache: KVCache, start: int, n: int) -> KVCache:
+    """A KVCache whose tensors are rows [start, start+n) of `cache` (shared memory): prefill writes one slot."""
+    view = KVCache.__new__(KVCache)
+    nn.Module.__init__(view)
+    view.register_buffer("k", cache.k[start : start + n], persistent=False)
+    view.register_buffer("v", cache.v[start : start + n], persistent=False)
+    return view
+
+
+class Engine:
+    """Batched generation with a static KV cache; `max_batch` sequences decode together.
+
+    The engine installs its cache in the model's attention layers: use one engine per model instance."""
+
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer=None,
+        max_batch: int = 1,
+        max_seq_len: int | None = None,
+        compile: bool | None = None,
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = model.tok_embeddings.weight.device
+        self.max_batch = max_batch
+        self.max_seq_len = min(max_seq_len or model.args.max_seq_len, model.args.max_seq_len)
+        model.setup_cache(max_batch, self.max_seq_len)
+        self._caches = [layer.attention.cache for layer in model.layers]
+        # Compiling pays off where launch overhead dominates (GPU: CUDA graphs); on a CPU eager is as fast
+        # for small models and saves the compile time (measured in bench/decode_cpu.py).
+        self.compiled = self.device.type == "cuda" if compile is None else compile
+        self._decode_fn = self._forward_decode
+        if self.compiled:
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self._decode_fn = torch.compile(self._forward_decode, mode=mode, fullgraph=True)
+        self._generator = torch.Generator(self.device).manual_seed(0)
+        self._slots: list[Request | None] = [None] * max_batch
+        self._waiting: list[Request] = []
+        # Per-slot decode state, kept on the device so the decode step reads no host values.
+        self._last = torch.zeros(max_batch, dtype=torch.long, device=self.device)
+        self._pos = torch.zeros(max_batch, dtype=torch.long, device=self.device)
+        self._temperature = torch.zeros(max_batch, device=self.device)
+        self._top_k = torch.zeros(max_batch, dtype=torch.long, device=self.device)
+        self._top_p = torch.ones(max_batch, device=self.device)
+
+    # -- the two model calls ---------------------------------------------------------------------------------
+
+    def _forward_decode(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self.model(tokens[:, None], input_pos=pos[:, None])[:, 0]
+
+    @torch.inference_mode()
+    def decode(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """One token per slot (tokens, pos: [max_batch]) -> next-token logits [max_batch, vocab]."""
+        self._install()  # in case the model was used without a cache meanwhile (e.g. a full forward for scoring)
+        logits = self._decode_fn(tokens, pos)
+        return logits.clone() if self.compiled else logits  # CUDA-graph outputs are overwritten by the next call
+
+    @torch.inference_mode()
+    def prefill(self, prompts: Sequence[Sequence[int]], first_slot: int = 0) -> torch.Tensor:
+        """Run prompts into slots first_slot.. (right-padded, each from position 0) -> logits [n, T, vocab].
+
+        Padding writes junk keys past a prompt's end; decoding overwrites each before any query can see it."""
+        n, width = len(prompts), max(len(p) for p in prompts)
+        tokens = torch.zeros(n, width, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            tokens[i, : len(p)] = torch.tensor(p, dtype=torch.long)
+        tokens = tokens.to(self.device)
+        pos = torch.arange(width, device=self.device).expand(n, width)
+        try:
+            self._install(first_slot, n)
+            return self.model(tokens, input_pos=pos)
+        finally:
+            self._install()
+
+    def _install(self, first_slot: int = 0, n: int | None = None) -> None:
+        """Point every attention layer at this engine's cache (or at rows [first_slot, first_slot+n) of it)."""
+        whole = first_slot == 0 and n in (None, self.max_batch)
+        for layer, cache in zip(self.model.layers, self._caches):
+            layer.attention.cache = cache if whole else _cache_rows(cache, first_slot, n)
+
+    # -- requests ----------------------------------------------------------------------------------------------
+
+    def check(self, request: Request) -> None:
+        """Raise ValueError when a request cannot run (the server turns it into an HTTP 400)."""
+        n, p = len(request.prompt), request.params
+        if n == 0:
+            raise ValueError("prompt is empty")
+        vocab = self.model.args.vocab_size
+        if any(not 0 <= t < vocab for t in request.prompt):
+            raise ValueError(f"prompt token ids must be in [0, {vocab})")
+        if n + max(p.max_tokens, 1) > self.max_seq_len:
+            raise ValueError(
+                f"prompt ({n} tokens) plus max_tokens ({p.max_tokens}) exceeds the context length {self.max_seq_len}"
+            )
+
+    def submit(self, request: Request) -> Request:
+        self.check(request)
+        if request.params.seed is not None:
+            request._generator = torch.Generator(self.device).manual_seed(request.params.seed)
+        self._waiting.append(request)
+        return request
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._waiting) or any(r is not None for r in self._slots)
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None) -> list[Request]:
+        """Continue every prompt (batched by `max_batch`); returns the finished requests in order."""
+        requests = [self.submit(Request(list(p), params or SamplingParams())) for p in prompts]
+        while self.busy:
+            self.step()
+        for r in requests:
+            if r.error is not None:
+                raise r.error
+        return requests
+
+    # -- the scheduler -----------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """Admit waiting requests into free slots (prefill), then decode one token for every active slot."""
+        for r in self._waiting + self._slots:
+            if r is not None and r.cancelled:
+                self._finish(r, "cancelled")
+        self._admit()
+        active = [i for i, r in enumerate(self._slots) if r is not None]
+        if not active:
+            return
+        logits = self.decode(self._last, self._pos)
+        self._pos[torch.tensor(active, device=self.device)] += 1
+        self._take(logits[active], active)
+
+    def _admit(self) -> None:
+        free = [i for i, r in enumerate(self._slots) if r is None]
+        admitted = []
+        while free and self._waiting:
+            slot, request = free.pop(0), self._waiting.pop(0)
+            request._slot = slot
+            self._slots[slot] = request
+            admitted.append(request)
+        # Prefill runs of neighbouring slots together (all prompts at once when a batch starts).
+        for _, run in itertools.groupby(enumerate(admitted), key=lambda ir: ir[1]._slot - ir[0]):
+            run = [r for _, r in run]
+            try:
+                logits = self.prefill([r.prompt for r in run], first_slot=run[0]._slot)
+            except Exception as e:  # e.g. out of memory: fail these requests, keep serving the others
+                for r in run:
+                    self._finish(r, None, error=e)
+                continue
+            for i, r in enumerate(run):
+                n, slot, p = len(r.prompt), r._slot, r.params
+                if p.echo_logprobs:
+                    self._score_prompt(r, logits[i, : n - 1])
+                self._pos[slot] = n
+                self._temperature[slot] = p.temperature
+                self._top_k[slot] = p.top_k
+                self._top_p[slot] = p.top_p
+                if p.max_tokens == 0:
+                    self._finish(r, "length")
+                else:
+                    self._take(logits[i, n - 1][None], [slot])
+
+    def _score_prompt(self, r: Request, logits: torch.Tensor) -> None:
+        """Log-probability of each prompt token given the ones before it (the first has none)."""
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        target = torch.tensor(r.prompt[1:], device=logp.device)
+        r.prompt_logprobs = [None] + logp.gather(-1, target[:, None])[:, 0].tolist()
+        k = max(r.params.logprobs or 1, 1)
+        values, ids = logp.topk(k, dim=-1)
+        r.prompt_top_logprobs = [None] + [dict(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
+
+    def _take(self, logits: torch.Tensor, slots: list[int]) -> None:
+        """Sample the next token of each slot from its logits [len(slots), vocab] and hand it to its request."""
+        index = torch.tensor(slots, device=self.device)
+        requests = [self._slots[s] for s in slots]
+        if all(r.params.temperature <= 0 for r in requests):  # all greedy (known on the host): plain argmax
+            next_ids = sample_next(logits, 0.0)
+        else:
+            generators = [r._generator or self._generator for r in requests]
+            next_ids = sample_next(
+                logits, self._temperature[index], self._top_p[index], generators, top_k=self._top_k[index]
+            )
+        self._last[index] = next_ids
+        want = [i for i, r in enumerate(requests) if r.params.logprobs is not None]
+        scores = {}
+        if want:
+            logp = torch.log_softmax(logits[want].float(), dim=-1)
+            chosen = logp.gather(-1, next_ids[want][:, None])[:, 0].tolist()
+            k = max(max(requests[i].params.logprobs for i in want), 1)
+            values, ids = logp.topk(k, dim=-1)
+            for j, i in enumerate(want):
+                kk = max(requests[i].params.logprobs, 1)
+                scores[i] = (chosen[j], dict(zip(ids[j, :kk].tolist(), values[j, :kk].tolist())))
+        for i, (r, token) in enumerate(zip(requests, next_ids.tolist())):  # the one host sync per step
+            if i in scores:
+                r.token_logprobs.append(scores[i][0])
+                r.top_logprobs.append(scores[i][1])
+            self._append(r, token)
+
+    def _append(self, r: Request, token: int) -> None:
+        p = r.params
+        stop_ids = p.stop_token_ids
+        if stop_ids is None:
+            stop_ids = (self.tokenizer.eos_id,) if self.tokenizer is not None else ()
+        if token in stop_ids:
+            if r.token_logprobs:  # the end-of-sequence token is not part of the text
+                r.token_logprobs.pop()
+                r.top_logprobs.pop()
+            return self._finish(r, "stop")
+        r.tokens.append(token)
+        if self.tokenizer is not None:
+            r.text = self._decode_text(r)
+            for s in p.stop:
+                cut = r.text.find(s)
+                if cut >= 0:
+                    r.text = r.text[:cut]
+                    return self._finish(r, "stop")
+            self._emit(r, final=False)
+        if len(r.tokens) >= p.max_tokens or len(r.prompt) + len(r.tokens) >= self.max_seq_len:
+            self._finish(r, "length")
+
+    def _decode_text(self, r: Request) -> str:
+        # Decode after the prompt's last token so a leading space (SentencePiece's "▁") is kept.
+        anchor = r.prompt[-1:]
+        return self.tokenizer.decode(anchor + r.tokens)[len(self.tokenizer.decode(anchor)) :]
+
+    def _emit(self, r: Request, final: bool) -> None:
+        """Hand on the new text, holding back what could still become a stop string or a multi-byte char."""
+        end = len(r.text)
+        if not final:
+            if r.text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next byte token
+                end -= 1
+            for s in r.params.stop:
+                for k in range(min(len(s) - 1, end), 0, -1):
+                    if r.text[:end].endswith(s[:k]):
+                        end -= k
+                        break
+        if end > r._emitted and r.on_update is not None:
+            r.on_update(r, r.text[r._emitted : end])
+        r._emitted = max(r._emitted, end)
+
+    def abort_all(self, error: BaseException) -> None:
+        """Fail every waiting and running request (after an unexpected error), leaving the engine usable."""
+        for r in self._waiting + self._slots:
+            if r is not None:
+                self._finish(r, None, error=error)
+
+    def _finish(self, r: Request, reason: str | None, error: BaseException | None = None) -> None:
+        r.finish_reason, r.error = reason, error
+        if error is None and self.tokenizer is not None:
+            self._emit(r, final=True)
+        if r in self._waiting:
+            self._waiting.remove(r)
+        elif r._slot >= 0 and self._slots[r._slot] is r:
+            self._slots[r._slot] = None
+            self._pos[r._slot] = 0  # an idle slot decodes a dummy token at position 0
+        r.done.set()
+        if r.on_update is not None:
+            r.on_update(r, "")  # done is set: the listener knows the request has finished

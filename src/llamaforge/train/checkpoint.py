@@ -1,0 +1,138 @@
+"""Whole-state checkpoints with torch.distributed.checkpoint (DCP), written atomically.
+
+A checkpoint is the folder `checkpoints/step_XXXXXXXX/` holding
+- the DCP files of the model and optimizer state (each process writes its own shards; DCP can reload them
+  under another FSDP/TP layout),
+- `rank_NNNNN.pt`: that process's RNG states and data-loader position,
+- `train_state.json`: step, scheduler, spike-guard window, layout and the config, written last by rank 0.
+
+Atomicity: everything is written into `step_XXXXXXXX.tmp/` and renamed to `step_XXXXXXXX/` only when complete,
+so a kill during a save leaves the previous checkpoints untouched and `latest()` never returns a partial one.
+`get_state_dict`/`set_state_dict` translate between FSDP2/TP (DTensor) parameters and DCP's flat names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from llamaforge.errors import UserError
+
+STEP_DIR = re.compile(r"^step_(\d+)$")
+TRAIN_STATE = "train_state.json"
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return Path(root) / f"step_{step:08d}"
+
+
+def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every finished checkpoint under `root`, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = STEP_DIR.match(p.name)
+        if m and (p / TRAIN_STATE).is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest(root: Path) -> Optional[Path]:
+    ckpts = complete_checkpoints(root)
+    return ckpts[-1][1] if ckpts else None
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """The commit point of a save: one rename. Before it the checkpoint does not exist; after it, it is complete."""
+    os.replace(tmp, final)
+
+
+def save(root: Path, step: int, model, optimizer, train_state: dict, rank_state: dict, keep_last_k: int) -> Path:
+    """Collective: every process calls it. Returns the published folder."""
+    root, rank = Path(root), _rank()
+    final, tmp = step_dir(root, step), step_dir(root, step).with_name(step_dir(root, step).name + ".tmp")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed mid-save
+        tmp.mkdir(parents=True)
+    _barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    with warnings.catch_warnings():  # one process without a process group is a supported DCP use: don't warn
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    torch.save({"rng": rng_state(), **rank_state}, tmp / f"rank_{rank:05d}.pt")
+    _barrier()  # every process's files are on disk before rank 0 commits
+    if rank == 0:
+        state = {**train_state, "step": step, "world_size": _world()}
+        with open(tmp / TRAIN_STATE, "w") as f:
+            json.dump(state, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        if final.exists():  # the same step saved again (e.g. a resumed run): replace it
+            shutil.rmtree(final)
+        publish(tmp, final)
+        for _, old in complete_checkpoints(root)[:-keep_last_k] if keep_last_k > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def load(path: Path, model, optimizer) -> tuple[dict, dict]:
+    """Restore model and optimizer in place (collective); return (train_state, this rank's rank_state)."""
+    path = Path(path)
+    train_state_file = path / TRAIN_STATE
+    try:
+        train_state = json.loads(train_state_file.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{train_state_file}: cannot read checkpoint state ({e})") from None
+    if train_state.get("world_size") != _world():
+        raise UserError(
+            f"{path}: written by {train_state.get('world_size')} processes, this run has {_world()}: the data "
+            "loader positions are per process and cannot be resharded; resume with the same number of processes"
+        )
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    rank_state = torch.load(path / f"rank_{_rank():05d}.pt", weights_only=True)
+    set_rng_state(rank_state.pop("rng"))
+    return train_state, rank_state

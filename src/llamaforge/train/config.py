@@ -1,0 +1,239 @@
+"""Training configuration: dataclasses, named TOML recipes, and `--section.key=value` overrides.
+
+A recipe is a TOML file with one table per section below. `llamaforge train --recipe NAME` reads
+`llamaforge/recipes/NAME.toml` (or any path to a .toml file); every key can then be overridden on the
+command line, e.g. `--optim.lr=1e-3 --training.steps=100`. Values are parsed as TOML and type-checked
+against the dataclass field; an unknown section or key is a one-line `UserError` that names it.
+
+The batch is given in tokens, as in the paper (4M tokens per optimizer step): gradient accumulation is derived
+from it, the sequence length, the per-process micro-batch and the number of data-parallel processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from llamaforge.errors import UserError
+from llamaforge.model import ModelArgs
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny-1m"  # a name from llamaforge.presets.PRESETS
+    overrides: dict = field(default_factory=dict)  # any ModelArgs field, e.g. n_layers = 2
+
+
+@dataclass
+class DataConfig:
+    kind: str = "shards"  # "shards": token shards read by llamaforge.data.mixture; "synthetic": a built-in toy task
+    sources: dict = field(default_factory=dict)  # source name -> folder of token shards
+    weights: dict = field(default_factory=dict)  # source name -> sampling proportion (normalized)
+    seq_len: int = 2048
+    tokenizer: str = ""  # checked against the model's vocabulary and copied next to the final model
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    warmup_steps: int = 2000
+    min_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak lr
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainingConfig:
+    steps: int = 1000
+    batch_tokens: int = 4 * 1024 * 1024  # tokens per optimizer step, all processes and micro-batches together
+    micro_batch_size: int = 1  # sequences per process per forward/backward
+    seed: int = 0
+    dtype: str = "bf16"  # "bf16": autocast with fp32 master weights (on GPU); "fp32"
+    compile: bool = False  # torch.compile each transformer block
+    activation_checkpointing: str = "none"  # "none" | "full" | "selective"
+    deterministic: bool = False
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    meta_init: bool = False  # build on the meta device and initialize after sharding (big models); off: every
+    #                          process builds the full model from the seed, so all layouts start identical
+    spike_window: int = 50  # recent steps the spike guard compares against (0: off)
+    spike_zscore: float = 6.0  # skip an update whose loss or grad-norm is this many std above the window mean
+
+
+@dataclass
+class ParallelConfig:
+    dp_shard: int = -1  # FSDP2 degree; -1: all processes left after tensor parallelism
+    tp: int = 1  # tensor (+sequence) parallel degree
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 1000  # steps between checkpoints (0: only at the end)
+    keep_last_k: int = 2
+    export_hf: bool = False  # also write the final model in Hugging Face format (final_hf/)
+
+
+@dataclass
+class MetricsConfig:
+    log_every: int = 1
+    val_every: int = 0  # steps between validation passes (0: only at the end)
+    val_batches: int = 8
+    tensorboard: bool = False
+    progress: bool = True  # tqdm progress bar
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def model_args(self) -> ModelArgs:
+        from llamaforge.presets import get_preset
+
+        return get_preset(self.model.preset, max_seq_len=self.data.seq_len, **self.model.overrides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    ("data", "kind"): ("shards", "synthetic"),
+    ("training", "dtype"): ("bf16", "fp32"),
+    ("training", "activation_checkpointing"): ("none", "full", "selective"),
+    ("training", "device"): ("auto", "cpu", "cuda"),
+}
+
+_MODEL_FIELDS = {f.name: f for f in dataclasses.fields(ModelArgs)}
+
+
+def _check_type(value: Any, tp, where: str) -> Any:
+    """Return `value` converted to the annotation `tp` (int -> float allowed), or raise a UserError."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:  # Optional[X]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _check_type(value, args[0], where)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    expected = origin or tp
+    if expected is dict and isinstance(value, dict):
+        return value
+    if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+        return value
+    raise UserError(f"{where}: expected {getattr(expected, '__name__', expected)}, got {value!r}")
+
+
+def _set(cfg: TrainConfig, section: str, key: str, value: Any, where: str) -> None:
+    sections = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    if section not in sections:
+        raise UserError(f"{where}: unknown config section {section!r}; known: {', '.join(sections)}")
+    sub = getattr(cfg, section)
+    if section == "model" and key != "preset":  # any ModelArgs field is a model override
+        if key == "overrides" and isinstance(value, dict):
+            for k, v in value.items():
+                _set(cfg, "model", k, v, f"{where}.{k}")
+            return
+        if key not in _MODEL_FIELDS:
+            raise UserError(f"{where}: unknown config key 'model.{key}'; known: preset, {', '.join(_MODEL_FIELDS)}")
+        tp = typing.get_type_hints(ModelArgs)[key]
+        sub.overrides[key] = _check_type(value, tp, where)
+        return
+    fields = {f.name: f for f in dataclasses.fields(sub)}
+    if key not in fields:
+        raise UserError(f"{where}: unknown config key '{section}.{key}'; known: {', '.join(fields)}")
+    value = _check_type(value, typing.get_type_hints(type(sub))[key], where)
+    if (section, key) in CHOICES and value not in CHOICES[(section, key)]:
+        raise UserError(f"{where}: expected one of {', '.join(CHOICES[(section, key)])}, got {value!r}")
+    setattr(sub, key, value)
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A recipe name (`debug`, `llama-7b` ...) or a path to a TOML file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise UserError(f"{path}: no such recipe file")
+        return path
+    path = RECIPES_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
+        raise UserError(f"--recipe: unknown recipe {name_or_path!r}; known: {', '.join(known)} or a .toml path")
+    return path
+
+
+def from_dict(data: dict, where: str = "config") -> TrainConfig:
+    cfg = TrainConfig()
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            raise UserError(f"{where}: {section}: expected a [section] table, got {table!r}")
+        for key, value in table.items():
+            _set(cfg, section, key, value, f"{where}: {section}.{key}")
+    return cfg
+
+
+def parse_override(arg: str) -> tuple[str, str, Any]:
+    """'--section.key=value' -> (section, key, value); the value is read as TOML, else as a bare string."""
+    if not arg.startswith("--") or "=" not in arg or "." not in arg.split("=", 1)[0]:
+        raise UserError(f"{arg}: expected an override of the form --section.key=value")
+    name, raw = arg[2:].split("=", 1)
+    section, key = name.split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # bare strings need no quotes on the command line
+    return section, key, value
+
+
+def load_config(recipe: str, overrides: list[str] = ()) -> TrainConfig:
+    path = recipe_path(recipe)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: not valid TOML ({e})") from None
+    cfg = from_dict(data, str(path))
+    for arg in overrides:
+        section, key, value = parse_override(arg)
+        _set(cfg, section, key, value, arg.split("=", 1)[0])
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Checks that need more than one field."""
+    from llamaforge.presets import PRESETS
+
+    if cfg.model.preset not in PRESETS:
+        raise UserError(f"model.preset: unknown preset {cfg.model.preset!r}; known: {', '.join(PRESETS)}")
+    if cfg.data.kind == "shards":
+        if not cfg.data.sources:
+            raise UserError("data.sources: expected at least one source (name = folder of token shards)")
+        missing = set(cfg.data.weights) ^ set(cfg.data.sources)
+        if cfg.data.weights and missing:
+            raise UserError(f"data.weights: sources and weights name different sources: {', '.join(sorted(missing))}")
+    if cfg.training.steps < 1 or cfg.data.seq_len < 1 or cfg.training.micro_batch_size < 1:
+        raise UserError("training.steps, data.seq_len, training.micro_batch_size: expected positive integers")
+    if not 0 < cfg.optim.min_lr_ratio <= 1:
+        raise UserError(f"optim.min_lr_ratio: expected a value in (0, 1], got {cfg.optim.min_lr_ratio}")
+
+
+def grad_accum_steps(cfg: TrainConfig, dp_degree: int) -> int:
+    """Micro-batches per optimizer step so that all processes together see `training.batch_tokens` tokens."""
+    per_micro = cfg.data.seq_len * cfg.training.micro_batch_size * dp_degree
+    if cfg.training.batch_tokens % per_micro:
+        raise UserError(
+            f"training.batch_tokens: {cfg.training.batch_tokens} is not a multiple of seq_len x micro_batch_size "
+            f"x data-parallel degree = {cfg.data.seq_len} x {cfg.training.micro_batch_size} x {dp_degree}"
+        )
+    return cfg.training.batch_tokens // per_micro

@@ -1,0 +1,159 @@
+"""Training metrics: FLOPs per token, MFU from a device-peak table, and the writers (JSONL, TensorBoard,
+tqdm, loss-curve PNG).
+
+One FLOP formula for the whole project (the planner imports it from here): a training step costs
+`6 * N_non-embedding` FLOPs per token for the matmuls (forward 2, backward 4) plus `12 * L * d * T` for attention
+scores and their weighted sum (PaLM appendix B; nanoGPT). The embedding lookup is not a matmul, so it is
+left out; the output projection is one and is counted.
+
+MFU = achieved FLOP/s / the device's dense bf16 peak. The peak comes from a table keyed by device name: an
+unknown device gets no MFU rather than a wrong one (a hard-coded A100 peak gave >100% MFU on H100s elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from llamaforge.model import ModelArgs
+
+# Dense bf16 tensor-core peak, FLOP/s, from the vendors' data sheets (without sparsity).
+DEVICE_PEAK_FLOPS: dict[str, float] = {
+    "H200": 989e12,
+    "H100 SXM": 989e12,
+    "H100 NVL": 835e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,  # "NVIDIA H100 80GB HBM3" is the SXM part; PCIe/NVL are matched first above
+    "GH200": 989e12,
+    "B200": 2250e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "V100": 125e12,  # fp16 (V100 has no bf16)
+    "MI300X": 1307e12,
+    "MI250X": 383e12,
+}
+
+
+def non_embedding_params(args: ModelArgs) -> int:
+    """Parameters that take part in matmuls: everything but the token embedding table."""
+    d, hd, f = args.dim, args.head_dim, args.ffn_hidden_dim
+    attn = d * args.n_heads * hd * 2 + d * args.n_kv_heads * hd * 2  # wq, wo; wk, wv
+    ffn = 3 * d * f
+    norms = 2 * d
+    return args.n_layers * (attn + ffn + norms) + d + d * args.vocab_size  # + final norm + output
+
+
+def flops_per_token(args: ModelArgs, seq_len: int) -> float:
+    """Training FLOPs per token: 6 * N_non-embedding + 12 * n_layers * dim * seq_len."""
+    return 6 * non_embedding_params(args) + 12 * args.n_layers * args.dim * seq_len
+
+
+def device_peak_flops(device: torch.device) -> Optional[float]:
+    """The dense bf16 peak of `device` from DEVICE_PEAK_FLOPS, or None (CPUs, unknown accelerators)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in DEVICE_PEAK_FLOPS.items():  # insertion order: specific names before generic ones
+        if key in name:
+            return peak
+    return None
+
+
+class Throughput:
+    """Tokens/s and MFU over the last logging interval (the first interval includes warmup and compilation)."""
+
+    def __init__(self, flops_per_token: float, peak_flops: Optional[float], world_size: int):
+        self.fpt, self.peak, self.world = flops_per_token, peak_flops, world_size
+        self.t0, self.tokens = time.perf_counter(), 0
+
+    def update(self, tokens: int) -> dict:
+        now = time.perf_counter()
+        dt = max(now - self.t0, 1e-9)
+        tps = tokens / dt  # all processes together
+        out = {"tokens_per_s": tps, "tokens_per_s_per_device": tps / self.world}
+        if self.peak:
+            out["mfu"] = tps / self.world * self.fpt / self.peak
+        self.t0 = now
+        return out
+
+
+def memory_stats(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {"mem_peak_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+    return {}
+
+
+class MetricsWriter:
+    """Rank 0 only: one JSON object per line in metrics.jsonl, TensorBoard scalars on request."""
+
+    def __init__(self, out_dir: Path, tensorboard: bool, resume_step: int = 0):
+        self.path = out_dir / "metrics.jsonl"
+        self._truncate_after(resume_step)  # a resumed run rewrites the steps after its checkpoint
+        self.file = open(self.path, "a")
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+
+    def _truncate_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in keep))
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+
+
+def plot_loss(metrics_path: Path, png_path: Path) -> None:
+    """Training loss per step (and validation loss where measured) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(metrics_path)
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train", lw=1)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = png_path.with_name(png_path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(png_path)
+
+
+def bits_per_byte(loss_nats: float, bytes_per_token: Optional[float]) -> Optional[float]:
+    """Tokenizer-independent loss: nats/token -> bits/token, divided by the bytes one token covers."""
+    if not bytes_per_token:
+        return None
+    return loss_nats / math.log(2) / bytes_per_token

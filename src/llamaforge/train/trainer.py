@@ -1,0 +1,345 @@
+"""The pretraining loop, top to bottom (nanoGPT-style): set up processes, model, optimizer and data; resume;
+then for each step accumulate gradients over micro-batches, clip, guard against spikes, update, log, validate
+and checkpoint; at the end export the model, plot the loss curve.
+
+Runs as one process or under `torchrun` (FSDP2 and tensor/sequence parallelism come from `parallel.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from llamaforge.errors import UserError
+from llamaforge.model import Transformer
+from llamaforge.train import checkpoint
+from llamaforge.train.config import TrainConfig, grad_accum_steps
+from llamaforge.train.metrics import (
+    MetricsWriter,
+    Throughput,
+    bits_per_byte,
+    device_peak_flops,
+    flops_per_token,
+    memory_stats,
+    plot_loss,
+)
+from llamaforge.train.optim import build_optimizer, build_scheduler
+from llamaforge.train.parallel import build_mesh, mesh_shape, parallelize
+from llamaforge.train.synthetic import SyntheticLoader
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Setup
+
+
+def init_processes(device_pref: str) -> tuple[int, int, torch.device]:
+    """(rank, world_size, device). Under torchrun (WORLD_SIZE set) joins the process group: NCCL on GPU, gloo on CPU."""
+    use_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
+    if device_pref == "cuda" and not torch.cuda.is_available():
+        raise UserError("training.device: 'cuda' requested but no GPU is available")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if use_cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
+    return rank, world, device
+
+
+def set_determinism(seed: int, deterministic: bool) -> None:
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
+        torch.backends.cudnn.benchmark = False
+
+
+def check_vocab(cfg: TrainConfig, vocab_size: int) -> None:
+    """Every token id the data or the tokenizer can produce must have a row in the embedding table."""
+    if cfg.data.tokenizer:
+        from llamaforge.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(cfg.data.tokenizer)
+        if tok.vocab_size > vocab_size:
+            raise UserError(
+                f"{cfg.data.tokenizer}: vocab_size: the tokenizer has {tok.vocab_size} tokens, more than the "
+                f"model's {vocab_size}; set --model.vocab_size={tok.vocab_size}"
+            )
+    if cfg.data.kind == "shards":
+        from llamaforge.data.shards import TokenShard
+
+        for name, path in cfg.data.sources.items():
+            shard = TokenShard(path)  # checks sizes and offsets: an empty or corrupt shard is one clear error
+            if shard.vocab_size > vocab_size:
+                raise UserError(
+                    f"{path}: vocab_size: shards of source {name!r} use {shard.vocab_size} token ids, more than "
+                    f"the model's {vocab_size}; set --model.vocab_size={shard.vocab_size}"
+                )
+
+
+def build_loader(cfg: TrainConfig, vocab_size: int, rank: int, world: int):
+    """The data loader of this data-parallel rank (tensor-parallel ranks of one group share it)."""
+    d, t = cfg.data, cfg.training
+    if d.kind == "synthetic":
+        return SyntheticLoader(vocab_size, d.seq_len, t.micro_batch_size, t.seed, rank=rank, world_size=world)
+    from llamaforge.data.mixture import MixtureLoader
+
+    weights = d.weights or {name: 1.0 for name in d.sources}
+    return MixtureLoader(sources=d.sources, weights=weights, seq_len=d.seq_len, batch_size=t.micro_batch_size,
+                         seed=t.seed, split="train", rank=rank, world_size=world)
+
+
+class SpikeGuard:
+    """Skip the update of a step whose loss or gradient norm is a large outlier (z-score against a window of
+    recent accepted steps), or not finite: one bad batch should not undo thousands of steps (llm.c does the same)."""
+
+    def __init__(self, window: int, zscore: float, min_history: int = 10):
+        self.window, self.zscore, self.min_history = window, zscore, min_history
+        self.losses: list[float] = []
+        self.norms: list[float] = []
+
+    @staticmethod
+    def _z(history: list[float], x: float) -> float:
+        mean = sum(history) / len(history)
+        std = math.sqrt(sum((h - mean) ** 2 for h in history) / len(history))
+        return (x - mean) / max(std, 1e-8)
+
+    def check(self, loss: float, grad_norm: float) -> Optional[str]:
+        """The reason to skip this update, or None; accepted values enter the window."""
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            return "non-finite loss or grad-norm"
+        if self.window and len(self.losses) >= self.min_history:
+            if self._z(self.losses, loss) > self.zscore:
+                return f"loss {loss:.4f} is an outlier"
+            if self._z(self.norms, grad_norm) > self.zscore:
+                return f"grad-norm {grad_norm:.4f} is an outlier"
+        if self.window:
+            self.losses = (self.losses + [loss])[-self.window:]
+            self.norms = (self.norms + [grad_norm])[-self.window:]
+        return None
+
+    def state_dict(self) -> dict:
+        return {"losses": self.losses, "norms": self.norms}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.losses, self.norms = list(state["losses"]), list(state["norms"])
+
+
+def all_reduce_mean(x: torch.Tensor) -> float:
+    """Mean over all processes (gloo has no AVG: sum then divide)."""
+    if dist.is_initialized():
+        x = x.clone()
+        dist.all_reduce(x)
+        x /= dist.get_world_size()
+    return x.item()
+
+
+def full_value(x) -> float:
+    """A plain float from a tensor or a DTensor (the grad norm of sharded parameters is a DTensor)."""
+    if hasattr(x, "full_tensor"):
+        x = x.full_tensor()
+    return float(x)
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss; target -100 marks positions without a target."""
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+
+
+@torch.no_grad()
+def evaluate(model, loader, n_batches: int, device, autocast) -> float:
+    model.eval()
+    losses = []
+    for x, y in loader.val_batches(n_batches):
+        with autocast():
+            losses.append(cross_entropy(model(x.to(device)), y.to(device)).float())
+    model.train()
+    return all_reduce_mean(torch.stack(losses).mean())
+
+
+def full_state_dict(model) -> dict:
+    """The unsharded weights on CPU (collective under FSDP/TP), with plain parameter names."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def export_final(cfg: TrainConfig, args, state: dict, out_dir: Path) -> None:
+    """Rank 0: the final model as a native folder (load_model reads it), with the tokenizer; HF on request."""
+    from llamaforge.formats import save_model
+
+    with torch.device("meta"):
+        plain = Transformer(args)
+    plain.load_state_dict(state, assign=True)  # assign: take the CPU tensors, the meta model allocated nothing
+    plain.init_rope("cpu")
+    tokenizer = cfg.data.tokenizer or None
+    save_model(plain, out_dir / "final", format="native", tokenizer_path=tokenizer)
+    if cfg.checkpoint.export_hf:
+        save_model(plain, out_dir / "final_hf", format="hf")
+        if tokenizer:
+            shutil.copy(tokenizer, out_dir / "final_hf" / Path(tokenizer).name)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None) -> dict:
+    """Train per `cfg`, writing metrics, checkpoints and the final model under `out_dir`. Returns a summary."""
+    out_dir = Path(out_dir)
+    t = cfg.training
+    args = cfg.model_args()
+    check_vocab(cfg, args.vocab_size)  # before anything is started or written
+    rank, world, device = init_processes(t.device)
+    master = rank == 0
+    set_determinism(t.seed, t.deterministic)
+
+    # Layout: dp_shard x tp processes; every tensor-parallel group reads the same data.
+    dp, tp = mesh_shape(world, cfg.parallel.dp_shard, cfg.parallel.tp)
+    mesh = build_mesh(device.type, dp, tp) if world > 1 else None
+    dp_rank = mesh["dp_shard"].get_local_rank() if mesh is not None else 0
+    accum = grad_accum_steps(cfg, dp)
+
+    # Mixed precision: bf16 compute on GPU with fp32 master weights (FSDP casts per block; else autocast).
+    bf16 = t.dtype == "bf16" and device.type == "cuda"
+    fsdp = dp > 1
+    if bf16 and not fsdp:
+        autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
+    else:
+        autocast = contextlib.nullcontext
+
+    param_dtype = torch.bfloat16 if bf16 else torch.float32
+    if t.meta_init:  # shapes only, then shard, then allocate and initialize just this process's shards
+        with torch.device("meta"):
+            model = Transformer(args)
+        model = parallelize(model, mesh, cfg, param_dtype=param_dtype)
+        model.to_empty(device=device)
+        model.init_rope(device)
+        model.init_weights()
+    else:  # every rank builds the same full model from the same seed: any layout starts from identical weights
+        model = Transformer(args).to(device)
+        model = parallelize(model, mesh, cfg, param_dtype=param_dtype)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, t.steps)
+    loader = build_loader(cfg, args.vocab_size, dp_rank, dp)
+    guard = SpikeGuard(t.spike_window, t.spike_zscore)
+
+    start = 0
+    ckpt_root = out_dir / "checkpoints"
+    if resume:
+        path = checkpoint.latest(ckpt_root) if resume == "auto" else Path(resume)
+        if path is not None:
+            train_state, rank_state = checkpoint.load(path, model, optimizer)
+            start = train_state["step"]
+            scheduler.load_state_dict(train_state["scheduler"])
+            guard.load_state_dict(train_state["spike_guard"])
+            loader.load_state_dict(rank_state["loader"])
+            if master:
+                print(f"resumed from {path} at step {start}")
+        elif master:
+            print(f"no checkpoint in {ckpt_root}: starting from scratch")
+
+    writer = None
+    if master:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        writer = MetricsWriter(out_dir, cfg.metrics.tensorboard, resume_step=start)
+        n_total, n_nonemb = Transformer.num_params(model), Transformer.num_params(model, non_embedding=True)
+        print(f"model: {args.n_layers} layers, dim {args.dim}; {n_total / 1e6:.2f}M parameters "
+              f"({n_nonemb / 1e6:.2f}M non-embedding); {world} process(es) as dp_shard {dp} x tp {tp}; "
+              f"{cfg.training.batch_tokens} tokens/step = {accum} micro-batch(es) of {t.micro_batch_size} x "
+              f"{cfg.data.seq_len} per process")
+    fpt = flops_per_token(args, cfg.data.seq_len)
+    speed = Throughput(fpt, device_peak_flops(device), world)
+    # bytes of text per token of the validation batches: turns val loss into bits-per-byte (None: synthetic data)
+    bpt = loader.val_bytes_per_token() if hasattr(loader, "val_bytes_per_token") else loader.bytes_per_token
+    progress = None
+    if master and cfg.metrics.progress:
+        from tqdm import tqdm
+
+        progress = tqdm(total=t.steps, initial=start, unit="step", dynamic_ncols=True)
+
+    model.train()
+    tokens_since_log, last = 0, {}
+    for step in range(start, t.steps):
+        # 1. forward/backward over micro-batches; dividing by accum makes the summed gradient a mean
+        loss_sum = torch.zeros((), device=device)
+        for _ in range(accum):
+            x, y = loader.next_batch()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast():
+                loss = cross_entropy(model(x), y)
+            (loss / accum).backward()
+            loss_sum += loss.detach()
+        loss_value = all_reduce_mean(loss_sum / accum)
+
+        # 2. clip (returns the norm before clipping), then update unless this step is a spike
+        grad_norm = full_value(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
+        lr = scheduler.get_last_lr()[0]
+        skipped = guard.check(loss_value, grad_norm)
+        if skipped is None:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()  # the schedule follows the step count even for skipped updates
+
+        # 3. metrics
+        done = step + 1
+        tokens_since_log += cfg.training.batch_tokens
+        if master and (done % cfg.metrics.log_every == 0 or done == t.steps):
+            last = {"step": done, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+                    **speed.update(tokens_since_log), **memory_stats(device)}
+            if skipped:
+                last["skipped"] = skipped
+                print(f"step {done}: update skipped: {skipped}")
+            writer.write(last)
+            tokens_since_log = 0
+            if progress is not None:
+                progress.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
+        if progress is not None:
+            progress.update(1)
+
+        # 4. validation every val_every steps and at the end
+        if (cfg.metrics.val_every and done % cfg.metrics.val_every == 0) or done == t.steps:
+            val = evaluate(model, loader, cfg.metrics.val_batches, device, autocast)
+            if master:
+                record = {"step": done, "val_loss": val}
+                if bits_per_byte(val, bpt) is not None:
+                    record["val_bpb"] = bits_per_byte(val, bpt)
+                for name, st in loader.stats().items():  # realized mixture so far: share and epochs per source
+                    record[f"data/{name}/share"], record[f"data/{name}/epochs"] = st["share"], st["epochs"]
+                writer.write(record)
+                last.update(record)
+
+        # 5. checkpoint (collective)
+        if (cfg.checkpoint.every and done % cfg.checkpoint.every == 0) or done == t.steps:
+            train_state = {"scheduler": scheduler.state_dict(), "spike_guard": guard.state_dict(),
+                           "config": cfg.to_dict()}
+            checkpoint.save(ckpt_root, done, model, optimizer, train_state,
+                            {"loader": loader.state_dict()}, cfg.checkpoint.keep_last_k)
+
+    if progress is not None:
+        progress.close()
+    state = full_state_dict(model)  # collective: every rank takes part in the gather
+    if master:
+        export_final(cfg, args, state, out_dir)
+        writer.close()
+        plot_loss(out_dir / "metrics.jsonl", out_dir / "loss.png")
+        stats = loader.stats() if hasattr(loader, "stats") else {}
+        if stats:
+            (out_dir / "data_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        last["data"] = stats
+    if dist.is_initialized():
+        dist.barrier()
+    return last

@@ -1,0 +1,146 @@
+"""Filters: CCNet line-dedup semantics and groups, exact and MinHash dedup, the n-gram LM, buckets, classifier."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import shared_path
+
+from llamaforge.data.filters import (
+    ExactDedup,
+    LineDedup,
+    MinHashDedup,
+    NGramLM,
+    PerplexityBuckets,
+    ReferenceClassifier,
+    normalize_for_dedup,
+)
+from llamaforge.data.sources import prepare
+
+
+def _run_group(stage, shards: list[list[str]]) -> list[list[str | None]]:
+    """observe -> resolve -> apply, as the pipeline does, on in-memory shards; None for a dropped document."""
+    summaries = []
+    for docs in shards:
+        for i, text in enumerate(docs):
+            stage.observe(i, {"text": text, "meta": {}})
+        summaries.append(stage.summary())
+    decisions = stage.resolve(summaries)
+    out = []
+    for docs, dec in zip(shards, decisions):
+        res = [stage.apply(i, {"text": t, "meta": {}}, dec) for i, t in enumerate(docs)]
+        out.append([r["text"] if isinstance(r, dict) else None for r in res])
+    return out
+
+
+def test_normalize_for_dedup():
+    assert normalize_for_dedup("  Hello, World 2023 “quoted”… ") == "hello, world 0000 quoted"
+
+
+def test_ccnet_line_dedup_removes_every_copy_within_a_group():
+    shards = [["menu\nunique one\nHome", "menu\nunique two"], ["MENU \nunique three"], ["menu\nunique four"]]
+    got = _run_group(LineDedup(mode="ccnet", group_size=2), shards)
+    # "menu" (normalized) is seen 3 times in the group of shards 0-1: gone everywhere there, first copy included;
+    # shard 2 is its own group where "menu" is seen once and stays
+    assert got == [["unique one\nHome", "unique two"], ["unique three"], ["menu\nunique four"]]
+
+
+def test_first_line_dedup_keeps_the_first_copy():
+    got = _run_group(LineDedup(mode="first", algo="md5", lowercase_only=True),
+                     [["a line\nb line", "A Line\nc line"], ["b line"]])
+    assert got == [["a line\nb line", "c line"], [None]]
+
+
+def test_exact_dedup_keeps_first():
+    assert _run_group(ExactDedup(), [["x", "y", "x"], ["y", "z"]]) == [["x", "y", None], [None, "z"]]
+
+
+def test_minhash_dedup_threshold():
+    words = [f"w{i}" for i in range(3000)]
+    base = " ".join(words)
+    near = " ".join(words[:2950] + ["changed"] * 50)  # ~97% of the 5-grams shared
+    far = " ".join(words[:1500] + [f"v{i}" for i in range(1500)])  # ~50% shared
+    got = _run_group(MinHashDedup(threshold=0.9), [[base, near], [far]])
+    assert got == [[base, None], [far]]
+
+
+def test_ngram_lm_is_normalized_and_prefers_fluent_text():
+    lm = NGramLM.train(["the cat sat on the mat", "the dog sat on the log", "a cat and a dog met"], order=3)
+    vocab = [g[0] for g in lm.counts[1]]
+    for history in [("<s>", "<s>"), ("the", "cat"), ("on", "the"), ("never", "seen")]:
+        total = sum(lm.prob(history, w) for w in vocab) + lm.prob(history, "<unseen>")
+        assert math.isclose(total, 1.0, rel_tol=1e-9)
+    assert lm.perplexity("the cat sat on the log") < lm.perplexity("log the on sat cat the")
+
+
+def test_ngram_lm_save_load_roundtrip(tmp_path: Path):
+    lm = NGramLM.train(["one two three four", "two three five"], order=3)
+    lm.save(tmp_path / "lm.json.gz")
+    back = NGramLM.load(tmp_path / "lm.json.gz")
+    assert back.perplexity("one two three five") == pytest.approx(lm.perplexity("one two three five"))
+
+
+def test_perplexity_buckets_by_percentile():
+    stage = PerplexityBuckets(percentiles=(30, 60))
+    ppl = [[float(x) for x in range(1, 51)], [float(x) for x in range(51, 101)]]
+    summaries = []
+    for shard in ppl:
+        for i, p in enumerate(shard):
+            stage.observe(i, {"text": "", "meta": {"perplexity": p}})
+        summaries.append(stage.summary())
+    decisions = stage.resolve(summaries)
+    buckets = [stage.apply(i, {"text": "", "meta": {"perplexity": p}}, d)
+               for shard, d in zip(ppl, decisions) for i, p in enumerate(shard)]
+    kept = [b["meta"]["bucket"] for b in buckets if isinstance(b, dict)]
+    assert kept.count("head") == 30 and kept.count("middle") == 30
+    assert sum(b == "bucket_tail" for b in buckets) == 40
+
+
+def _wikitext_articles() -> list[str]:
+    text = shared_path("wikitext-2/valid.txt").read_text(encoding="utf-8")
+    paragraphs = [p.strip() for p in text.split("\n") if len(p.strip()) > 200 and not p.strip().startswith("=")]
+    return paragraphs
+
+
+def _shakespeare_chunks() -> list[str]:
+    text = shared_path("tinyshakespeare/input.txt").read_text(encoding="utf-8")
+    return [text[i:i + 600] for i in range(0, 600 * 400, 600)]
+
+
+def test_reference_classifier_separates_held_out_pages(tmp_path: Path):
+    wiki, other = _wikitext_articles(), _shakespeare_chunks()
+    clf = ReferenceClassifier.train(wiki[:300], other[:300])
+    clf.save(tmp_path / "clf.npz")
+    clf = ReferenceClassifier.load(tmp_path / "clf.npz")
+    p_wiki = clf.predict_proba(wiki[300:400])
+    p_other = clf.predict_proba(other[300:400])
+    assert np.mean(p_wiki >= 0.5) > 0.95 and np.mean(p_other < 0.5) > 0.95
+
+
+def test_commoncrawl_with_lm_buckets_and_classifier(tmp_path: Path):
+    cc = [str(shared_path(p)) for p in ("commoncrawl/dolma-tests/multiple_files_cc_en_head-0091.jsonl.gz",
+                                        "commoncrawl/dolma-tests/multiple_files_cc_en_head-0174.jsonl.gz",
+                                        "commoncrawl/dolma-tests/provided_documents_000.json.gz")]
+    pos, neg = tmp_path / "pos.jsonl", tmp_path / "neg.jsonl"
+    pos.write_text("".join(json.dumps({"text": t}) + "\n" for t in _wikitext_articles()[:200]))
+    neg.write_text("".join(json.dumps({"text": t}) + "\n" for t in _shakespeare_chunks()[:200]))
+    stats = prepare("commoncrawl", cc, str(tmp_path / "out"), progress=False,
+                    lm_reference=[str(shared_path("wikitext-2/valid.txt"))],
+                    classifier_positives=[str(pos)], classifier_negatives=[str(neg)], classifier_threshold=0.25)
+    st = stats["stages"]
+    assert list(st) == ["read", "min_length", "line_dedup", "langid", "lm_score", "lm_buckets",
+                        "reference_classifier"]
+    n = st["lm_buckets"]["docs_in"]
+    assert n >= 20
+    assert abs(st["lm_buckets"]["drops"]["bucket_tail"] - 0.4 * n) <= 1.5  # above the 60th percentile
+    docs = []
+    for p in sorted((tmp_path / "out").glob("*.jsonl.gz")):
+        with gzip.open(p, "rt", encoding="utf-8") as f:
+            docs += [json.loads(line) for line in f]
+    assert docs and all(d["meta"]["bucket"] in ("head", "middle") for d in docs)
+    assert all(d["meta"]["wiki_prob"] >= 0.25 and d["meta"]["perplexity"] > 1 for d in docs)

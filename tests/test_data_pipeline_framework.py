@@ -1,0 +1,161 @@
+"""Pipeline framework: resume after a kill, malformed input, stats, local processes give identical output."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import shared_path
+
+from llamaforge.data import pipeline
+from llamaforge.data.sources import prepare
+
+CC = ["commoncrawl/dolma-tests/multiple_files_cc_en_head-0091.jsonl.gz",
+      "commoncrawl/dolma-tests/multiple_files_cc_en_head-0174.jsonl.gz",
+      "commoncrawl/dolma-tests/provided_documents_000.json.gz"]
+
+KILLABLE_RUN = """
+import os, signal, sys
+from llamaforge.data import pipeline
+from llamaforge.data.sources import build_source
+
+seen = {"probe0": 0, "probe1": 0}
+
+def probe(name):
+    def step(doc):
+        seen[name] += 1
+        if seen[name] == int(os.environ.get("KILL_" + name, "0")):
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally: like a lost machine
+        return doc
+    return step
+
+src = build_source("c4", sys.argv[2:], langid="resiliparse")  # light model: four processes start
+src.stages.insert(1, pipeline.MapStage("probe0", probe("probe0")))  # before the line dedup (segment 0)
+src.stages.append(pipeline.MapStage("probe1", probe("probe1")))     # after it (segment 1)
+pipeline.run(src, sys.argv[1], progress=False)
+"""
+
+
+def _split_shards(tmp_path: Path, per_shard: int = 4) -> list[str]:
+    """The real CC documents re-cut into many small shards, so a run has several tasks per segment."""
+    docs = []
+    for rel in CC:
+        with gzip.open(shared_path(rel), "rt", encoding="utf-8") as f:
+            docs += [json.loads(line) for line in f]
+    paths = []
+    for i in range(0, len(docs), per_shard):
+        p = tmp_path / "in" / f"part-{i // per_shard:03d}.jsonl"
+        p.parent.mkdir(exist_ok=True)
+        p.write_text("".join(json.dumps({"text": d["text"], "url": d["id"]}) + "\n" for d in docs[i:i + per_shard]))
+        paths.append(str(p))
+    return paths
+
+
+def _outputs(out: Path) -> dict[str, list[str]]:
+    """Decompressed output lines by file name."""
+    res = {}
+    for p in sorted(out.glob("*.jsonl.gz")):
+        with gzip.open(p, "rt", encoding="utf-8") as f:
+            res[p.name] = f.read().splitlines()
+    return res
+
+
+def _run_script(script: Path, out: Path, inputs: list[str], **kill) -> int:
+    env = {**os.environ, **{f"KILL_{k}": str(v) for k, v in kill.items()}}
+    return subprocess.run([sys.executable, str(script), str(out), *inputs], env=env, timeout=300, check=False).returncode
+
+
+def test_kill_and_rerun_loses_and_duplicates_nothing(tmp_path: Path):
+    inputs = _split_shards(tmp_path)
+    assert len(inputs) >= 6
+    script = tmp_path / "run.py"
+    script.write_text(KILLABLE_RUN)
+
+    clean_out = tmp_path / "clean"
+    assert _run_script(script, clean_out, inputs) == 0
+    expected = _outputs(clean_out)
+    assert sum(len(v) for v in expected.values()) > 10
+
+    out = tmp_path / "killed"
+    assert _run_script(script, out, inputs, probe0=10) == -9  # killed in the middle of segment 0's third shard
+    done0 = sorted((out / "_work" / "seg0").glob("*.done"))
+    assert 0 < len(done0) < len(inputs)
+    assert not (out / "stats.json").exists()
+    assert _run_script(script, out, inputs, probe1=5) == -9  # resumed, then killed again in segment 1
+    assert len(list((out / "_work" / "seg0").glob("*.done"))) == len(inputs)
+    assert _run_script(script, out, inputs) == 0  # finishes
+
+    got = _outputs(out)
+    assert got == expected
+    texts = [json.loads(line)["text"] for lines in got.values() for line in lines]
+    assert len(texts) == len(set(texts)), "no document twice"
+    assert json.loads((out / "stats.json").read_text())["stages"] == \
+        json.loads((clean_out / "stats.json").read_text())["stages"]
+    assert not list(out.rglob(".*.tmp-*")), "half-written files of the killed runs are cleaned up"
+
+
+def test_malformed_input_is_counted_and_skipped(tmp_path: Path):
+    good = shared_path(CC[0]).read_bytes()
+    truncated = tmp_path / "truncated.jsonl.gz"
+    truncated.write_bytes(good[: len(good) * 2 // 3])
+    lines = gzip.decompress(good).split(b"\n")
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_bytes(b"\n".join([lines[0], b'{"text": "caf\xe9 broken utf-8"}', b'{"text": unquoted}',
+                                  b'{"no_text": 1}', lines[1]]) + b"\n")
+    stats = prepare("c4", [str(truncated), str(mixed)], str(tmp_path / "out"), progress=False)
+    read = stats["stages"]["read"]
+    assert read["drops"] == {"truncated_gzip": 1, "invalid_utf8": 1, "bad_json": 1, "missing_text": 1}
+    full = len(gzip.decompress(good).splitlines())
+    assert 0 < read["docs_out"] - 2 < full  # the records before the cut, plus the two good lines
+
+
+def test_stats_and_table(tmp_path: Path):
+    inputs = _split_shards(tmp_path, per_shard=10)
+    stats = prepare("c4", inputs, str(tmp_path / "out"), progress=False)
+    assert json.loads((tmp_path / "out" / "stats.json").read_text()) == json.loads(json.dumps(stats))
+    names = list(stats["stages"])
+    assert names == ["read", "c4_rules", "langid", "line_dedup", "sentences_after_dedup"]
+    for a, b in itertools.pairwise(names):  # what leaves one stage enters the next
+        assert stats["stages"][a]["docs_out"] == stats["stages"][b]["docs_in"]
+        assert stats["stages"][a]["bytes_out"] == stats["stages"][b]["bytes_in"]
+    for s in stats["stages"].values():
+        assert s["docs_in"] - s["docs_out"] == sum(s["drops"].values())
+    n_out = sum(len(v) for v in _outputs(tmp_path / "out").values())
+    assert n_out == stats["stages"]["sentences_after_dedup"]["docs_out"]
+    table = pipeline.format_stats_table(stats)
+    assert "c4_rules" in table and "too_few_sentences" in table
+
+
+def test_worker_processes_match_single_process(tmp_path: Path):
+    inputs = _split_shards(tmp_path)
+    prepare("c4", inputs, str(tmp_path / "one"), workers=1, progress=False)
+    prepare("c4", inputs, str(tmp_path / "two"), workers=2, progress=False)
+    one = {p.name: p.read_bytes() for p in (tmp_path / "one").glob("*.jsonl.gz")}
+    two = {p.name: p.read_bytes() for p in (tmp_path / "two").glob("*.jsonl.gz")}
+    assert one == two and len(one) == len(inputs)  # byte-identical gzip files
+
+
+def test_changed_inputs_refuse_to_resume(tmp_path: Path):
+    inputs = _split_shards(tmp_path)
+    prepare("c4", inputs[:2], str(tmp_path / "out"), progress=False)
+    with pytest.raises(pipeline.UserError, match="other inputs"):
+        prepare("c4", inputs[:3], str(tmp_path / "out"), progress=False)
+    prepare("c4", inputs[:3], str(tmp_path / "out"), progress=False, overwrite=True)
+
+
+def test_cli_prepare(tmp_path: Path, capsys):
+    from llamaforge.cli import main
+
+    posts = shared_path("stackexchange/beer.stackexchange.com-Posts.xml")
+    assert main(["prepare", "stackexchange", str(posts), "--out", str(tmp_path / "se"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "docs in" in printed and "wrote 1 shards" in printed
+    assert (tmp_path / "se" / "stackexchange-00000.jsonl.gz").exists()
+    assert main(["prepare", "books", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "b")]) == 2
+    assert "missing.txt: no such file or folder" in capsys.readouterr().err

@@ -1,0 +1,56 @@
+"""Books source on real Project Gutenberg files: boilerplate stripped, a planted near-duplicate removed."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+from conftest import shared_path
+
+from llamaforge.data.sources import prepare
+from llamaforge.data.sources.books import strip_gutenberg
+
+BOOKS = ["pg1080_modest_proposal.txt", "pg1952_yellow_wallpaper.txt", "pg41_legend_of_sleepy_hollow.txt"]
+
+
+def _docs(out: Path) -> list[dict]:
+    docs = []
+    for p in sorted(out.glob("books-*.jsonl.gz")):
+        with gzip.open(p, "rt", encoding="utf-8") as f:
+            docs += [json.loads(line) for line in f]
+    return docs
+
+
+def _near_copy(text: str) -> str:
+    """Another "edition": a different header, a few words changed, the last paragraphs missing (~97% overlap)."""
+    text = text.replace("EBOOK A MODEST PROPOSAL", "EBOOK A MODEST PROPOSAL (SECOND EDITION)")
+    text = text.replace("melancholy", "sad", 1).replace("children", "infants", 2)
+    paragraphs = text.split("\r\n\r\n")
+    return "\r\n\r\n".join(paragraphs[:-6] + paragraphs[-3:])  # drops three paragraphs before the footer
+
+
+def test_books_strip_and_near_dedup(tmp_path: Path):
+    src = [shared_path(f"gutenberg/{b}") for b in BOOKS]
+    planted = tmp_path / "zz_modest_proposal_copy.txt"
+    planted.write_bytes(_near_copy(src[0].read_text(encoding="utf-8-sig")).encode("utf-8"))
+    out = tmp_path / "out"
+    stats = prepare("books", [str(p) for p in src] + [str(planted)], str(out), progress=False)
+
+    docs = _docs(out)
+    files = [d["meta"]["file"] for d in docs]
+    assert files == BOOKS, "the planted near-duplicate is removed, the original (earlier) kept"
+    assert stats["stages"]["near_dedup"]["drops"] == {"near_duplicate": 1}
+    for d in docs:
+        text = d["text"]
+        assert "*** START OF" not in text and "*** END OF" not in text
+        assert "Project Gutenberg License" not in text and "gutenberg.org/license" not in text
+        assert "\r" not in text
+    assert docs[0]["text"].startswith("A Modest Proposal")
+    assert "my wife past child-bearing." in docs[0]["text"]  # the last line of the book survives
+
+
+def test_strip_gutenberg_without_markers():
+    assert strip_gutenberg("just a text\n") == "just a text\n"
+    marked = "header\n*** START OF THE PROJECT GUTENBERG EBOOK X ***\nbody\n*** END OF THE PROJECT GUTENBERG EBOOK X ***\nlicense"
+    assert strip_gutenberg(marked) == "body\n"

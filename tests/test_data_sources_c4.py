@@ -1,0 +1,68 @@
+"""C4 source on real Common Crawl text (CCNet and dolma shards): TFDS's line and page rules, exact line dedup."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+from conftest import shared_path
+
+from llamaforge.data.sources import prepare
+from llamaforge.data.sources.c4 import END_MARKS, POLICY, clean_page, count_sentences
+
+SAMPLES = ["commoncrawl/dolma-tests/multiple_files_cc_en_head-0091.jsonl.gz",
+           "commoncrawl/dolma-tests/provided_documents_000.json.gz"]
+
+
+def _docs(out: Path) -> list[dict]:
+    docs = []
+    for p in sorted(out.glob("c4-*.jsonl.gz")):
+        with gzip.open(p, "rt", encoding="utf-8") as f:
+            docs += [json.loads(line) for line in f]
+    return docs
+
+
+def test_c4_rules_and_line_dedup(tmp_path: Path):
+    inputs = [shared_path(s) for s in SAMPLES]
+    with gzip.open(inputs[0], "rt", encoding="utf-8") as f:
+        first = json.loads(f.readline())
+    planted = tmp_path / "planted.jsonl"
+    with planted.open("w") as f:
+        # a copy of a real page: all its lines already appeared, so it must vanish
+        f.write(json.dumps({"text": first["text"], "url": "http://copy.example/"}) + "\n")
+        f.write(json.dumps({"text": "Dies ist ein deutscher Satz über das Wetter in Berlin heute. Es regnet den "
+                            "ganzen Tag und die Menschen bleiben zu Hause. Morgen soll die Sonne wieder "
+                            "scheinen, sagt der Wetterdienst."}) + "\n")
+    out = tmp_path / "out"
+    stats = prepare("c4", [str(p) for p in inputs] + [str(planted)], str(out), progress=False)
+    docs = _docs(out)
+    assert docs, "some pages must survive"
+    assert not any(d["meta"].get("url") == "http://copy.example/" for d in docs)
+    assert stats["stages"]["line_dedup"]["drops"].get("empty_after_line_dedup", 0) >= 1
+    assert stats["stages"]["langid"]["drops"].get("language", 0) + \
+        stats["stages"]["langid"]["drops"].get("language_unsure", 0) >= 1
+    seen: set[str] = set()
+    for d in docs:
+        assert d["meta"]["language"] == "en"
+        assert count_sentences(d["text"]) >= 3
+        for line in d["text"].split("\n"):
+            low = line.strip().lower()
+            assert line.endswith(END_MARKS) and not line.endswith("...")
+            assert len(line.split()) >= 5
+            assert "javascript" not in low and "{" not in line and not any(p in low for p in POLICY)
+            assert low not in seen, "each line is kept in one page only"
+            seen.add(low)
+
+
+def test_clean_page_rules():
+    good = "This is the first full sentence here. This is another sentence that counts too."
+    text, reason = clean_page(f"{good}\nMenu\nPlease enable JavaScript to view this page properly.\n"
+                              f"Read our privacy policy for more details, please.\n{good} And a third one!")
+    assert reason is None
+    assert text == f"{good}\n{good} And a third one!"
+    assert clean_page(f"{good}\nLorem ipsum dolor sit amet, consectetur adipiscing.\n{good}")[1] == "lorem_ipsum"
+    assert clean_page(f"{good}\nfunction f() {{ return 1; }} is code here.\n{good}")[1] == "curly_bracket"
+    assert clean_page("Only one sentence survives in this short page.")[1] == "too_few_sentences"
+    cited, _ = clean_page(f"Water boils at one hundred degrees.[1] {good}[citation needed]")
+    assert cited == f"Water boils at one hundred degrees. {good}"

@@ -1,0 +1,76 @@
+"""StackExchange source on the real beer.stackexchange.com dump: Q/A pairing, HTML stripped, numeric score order."""
+
+from __future__ import annotations
+
+import gzip
+import html
+import json
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from conftest import shared_path
+
+from llamaforge.data.sources import prepare
+from llamaforge.data.sources.stackexchange import html_to_text
+
+TAG = re.compile(r"</?(?:p|a|em|strong|code|pre|ul|ol|li|blockquote|br|img|h\d|hr|div|span)\b[^>]*>", re.IGNORECASE)
+
+
+def _docs(out: Path) -> list[dict]:
+    docs = []
+    for p in sorted(out.glob("*.jsonl.gz")):
+        with gzip.open(p, "rt", encoding="utf-8") as f:
+            docs += [json.loads(line) for line in f]
+    return docs
+
+
+def test_stackexchange_beer(tmp_path: Path):
+    posts = shared_path("stackexchange/beer.stackexchange.com-Posts.xml")
+    small = tmp_path / "tiny.example.com-Posts.xml"  # a smaller site, dropped by max_sites=1
+    small.write_text('<?xml version="1.0" encoding="utf-8"?>\n<posts>\n  <row Id="1" PostTypeId="1" Score="1" '
+                     'Title="t" Body="&lt;p&gt;q&lt;/p&gt;" />\n</posts>\n')
+    out = tmp_path / "out"
+    stats = prepare("stackexchange", [str(posts), str(small)], str(out), max_sites=1, progress=False)
+    assert stats["inputs"] == [str(posts)]
+    docs = _docs(out)
+
+    # independent reading of the dump: every answer's score, by question
+    root = ET.parse(posts).getroot()
+    rows = [r.attrib for r in root.iter("row")]
+    questions = [r for r in rows if r["PostTypeId"] == "1"]
+    answers: dict[str, list[int]] = {}
+    for r in rows:
+        if r["PostTypeId"] == "2":
+            answers.setdefault(r["ParentId"], []).append(int(r["Score"]))
+    assert len(docs) == len(questions)
+
+    by_url = {d["meta"]["url"]: d for d in docs}
+    n_checked = 0
+    for q in questions:
+        d = by_url[f"https://beer.stackexchange.com/questions/{q['Id']}"]
+        scores = d["meta"]["answer_scores"]
+        assert scores == sorted(answers.get(q["Id"], []), reverse=True)  # numeric, high to low
+        assert d["text"].startswith("Q: " + html.unescape(q["Title"]))
+        assert d["text"].count("\nA: ") >= len(scores)
+        assert not TAG.search(d["text"]), d["text"][:300]
+        n_checked += len(scores) > 1 and any(s >= 10 for s in scores) and any(s < 10 for s in scores)
+    assert n_checked > 0, "the sample must contain scores that sort differently as strings"
+
+
+def test_answers_text_in_score_order_and_html():
+    assert html_to_text("<p>a <b>bold</b> move</p><ul><li>one</li><li>two</li></ul>") == "a bold move\n* one\n* two"
+
+
+def test_broken_row_is_counted_and_skipped(tmp_path: Path):
+    posts = tmp_path / "x.example.com-Posts.xml"
+    posts.write_text('<?xml version="1.0" encoding="utf-8"?>\n<posts>\n'
+                     '  <row Id="1" PostTypeId="1" Score="3" Title="Good?" Body="&lt;p&gt;Yes&lt;/p&gt;" />\n'
+                     '  <row Id="2" PostTypeId="2" ParentId="1" Score="9" Body="&lt;p&gt;nine&lt;/p&gt;" />\n'
+                     '  <row Id="3" PostTypeId="2" ParentId="1" Score="10" Body="&lt;p&gt;broken" <<< />\n'
+                     '  <row Id="4" PostTypeId="2" ParentId="1" Score="10" Body="&lt;p&gt;ten&lt;/p&gt;" />\n'
+                     '</posts>\n')
+    stats = prepare("stackexchange", [str(posts)], str(tmp_path / "out"), progress=False)
+    assert stats["stages"]["read"]["drops"] == {"bad_xml": 1}
+    (doc,) = _docs(tmp_path / "out")
+    assert doc["text"] == "Q: Good?\nYes\nA: ten\nA: nine"

@@ -1,0 +1,68 @@
+"""Wikipedia source on a slice of a real enwiki pages-articles dump."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+import re
+from pathlib import Path
+
+import pytest
+from conftest import shared_path
+
+from llamaforge.data.sources import prepare
+
+DUMP = "wikipedia-xml/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+BROKEN_PAGE = "  <page>\n    <title>Broken</title>\n    <ns>0</ns>\n    <revision><text>oops</revison>\n  </page>\n"
+PROJECT_PAGE = ("  <page>\n    <title>Wikipedia:About</title>\n    <ns>4</ns>\n    <id>1</id>\n"
+                "    <revision><text>About the project.</text></revision>\n  </page>\n")
+
+
+@pytest.fixture
+def dump_slice(tmp_path: Path) -> Path:
+    """The dump's header and first 25 pages (3 articles, 22 redirects), plus a broken and a non-article page."""
+    out, pages = [], 0
+    with bz2.open(shared_path(DUMP), "rt", encoding="utf-8") as f:
+        for line in f:
+            out.append(line)
+            if line.strip() == "</page>":
+                pages += 1
+                if pages == 25:
+                    break
+    out += [BROKEN_PAGE, PROJECT_PAGE, "</mediawiki>\n"]
+    path = tmp_path / "enwiki-slice.xml.bz2"
+    path.write_bytes(bz2.compress("".join(out).encode("utf-8")))
+    return path
+
+
+def _docs(out: Path) -> list[dict]:
+    with gzip.open(next(out.glob("wikipedia-*.jsonl.gz")), "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_wikipedia_articles_cleaned(dump_slice: Path, tmp_path: Path):
+    stats = prepare("wikipedia", [str(dump_slice)], str(tmp_path / "out"), progress=False)
+    assert stats["stages"]["read"]["drops"] == {"redirect": 22, "bad_xml": 1, "not_article": 1}
+    docs = _docs(tmp_path / "out")
+    assert [d["meta"]["title"] for d in docs] == ["Anarchism", "Autism", "Albedo"]
+
+    raw = bz2.decompress(dump_slice.read_bytes()).decode("utf-8")
+    for d in docs:
+        text = d["text"]
+        for markup in ("[[", "]]", "{{", "}}", "<ref", "{|", "|}", "thumb|", "File:", "Image:", "__TOC__", "'''"):
+            assert markup not in text, (d["meta"]["title"], markup)
+        assert d["meta"]["url"] == "https://en.wikipedia.org/wiki/" + d["meta"]["title"]
+        assert d["meta"]["language"] == "en"
+    anarchism = docs[0]["text"]
+    # piped links keep their text: [[Political philosophy|political philosophy]]-style links from the raw page
+    piped = re.findall(r"\[\[([^\]|:]+)\|([^\]|]+)\]\]", raw[raw.index("<title>Anarchism"):][:20000])
+    assert len(piped) >= 5
+    assert sum(label in anarchism for _, label in piped) >= 0.8 * len(piped)
+    assert anarchism.startswith("Anarchism is a political philosophy")
+
+
+def test_wikipedia_language_selection(dump_slice: Path, tmp_path: Path):
+    stats = prepare("wikipedia", [str(dump_slice)], str(tmp_path / "out"), languages=["de"], progress=False)
+    assert stats["stages"]["wiki_clean"]["docs_out"] == 0
+    assert stats["stages"]["wiki_clean"]["drops"] == {"language": 3}

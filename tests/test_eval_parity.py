@@ -1,0 +1,209 @@
+"""Evaluation parity against independent implementations.
+
+- Per-item log-likelihoods from `Scorer` (contexts run once per item, batched, deduplicated) equal those of
+  `transformers` running the HF export of the same weights (<= 1e-4), on stories260K and on a small model
+  trained by the `debug` pretraining recipe.
+- acc / acc_norm on a local multiple-choice task equal lm-evaluation-harness's (its HF backend on the HF export),
+  and so do the results of our `llamaforge` harness backend.
+
+lm-eval's HF backend needs a transformers tokenizer; `hf_tokenizer` puts our tokenizer behind transformers'
+tokenizer API (ids only), so these tests check the model, the request building and the metrics, not the
+tokenizer (tests/test_core_tokenizer.py does that).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import shared_path
+
+transformers = pytest.importorskip("transformers")
+
+from llamaforge import load_model, load_tokenizer, save_model  # noqa: E402
+from llamaforge.eval import evaluate_task_file  # noqa: E402
+from llamaforge.eval.harness import hf_tokenizer  # noqa: E402
+from llamaforge.eval.scoring import Scorer, encode_pair  # noqa: E402
+from llamaforge.eval.items import ChoiceItem, score_choice_items  # noqa: E402
+from llamaforge.eval.tasks.multiple_choice import load_hellaswag, load_piqa  # noqa: E402
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as ids (for the debug recipe's 256-token vocabulary); BOS 1 and EOS 2 never occur in text."""
+
+    bos_id, eos_id, vocab_size, path = 1, 2, 256, "bytes"
+
+    def encode(self, text, bos=False, eos=False):
+        return ([1] if bos else []) + list(text.encode("utf-8")) + ([2] if eos else [])
+
+    def decode(self, ids):
+        return bytes(i for i in ids if i > 2).decode("utf-8", errors="replace")
+
+
+@pytest.fixture(scope="module")
+def stories():
+    model = load_model(shared_path("stories260K/stories260K.bin"))
+    return model, load_tokenizer(shared_path("stories260K/tok512.bin"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small model trained for a few steps by the `debug` pretraining recipe."""
+    from llamaforge.train import load_config, train
+
+    out = tmp_path_factory.mktemp("debug_run")
+    train(load_config("debug", ["--training.steps=4", "--checkpoint.every=100", "--metrics.val_every=100"]), out)
+    return load_model(out / "final"), ByteTokenizer()
+
+
+def hf_export(model, folder):
+    save_model(model, folder, format="hf")
+    return transformers.LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+@torch.no_grad()
+def hf_loglikelihood(hf, ctx, cont):
+    ids = torch.tensor([ctx + cont])
+    logp = torch.log_softmax(hf(ids[:, :-1]).logits.float(), dim=-1)[0, len(ctx) - 1 :]
+    return logp.gather(-1, torch.tensor(cont)[:, None]).sum().item()
+
+
+def mc_items(data_dir_items, n):
+    return data_dir_items[:n]
+
+
+def check_against_transformers(model, tok, items, tmp_path, batch_size):
+    scorer = Scorer(model, tok, batch_size=batch_size)
+    ours = score_choice_items(scorer, items)
+    hf = hf_export(model, tmp_path / "hf")
+    for item, got in zip(items, ours):
+        for ctx_text, cont_text, ll in zip(item.contexts, item.continuations, got["loglikelihoods"]):
+            ctx, cont = encode_pair(tok, ctx_text, cont_text)
+            assert abs(ll - hf_loglikelihood(hf, ctx, cont)) <= 1e-4
+
+
+def test_stories260k_loglikelihoods_match_transformers(stories, tmp_path):
+    model, tok = stories
+    data = shared_path("")
+    items = load_hellaswag(data)[:10] + load_piqa(data)[:4]  # several prefix lengths per batch
+    check_against_transformers(model, tok, items, tmp_path, batch_size=7)
+
+
+def test_trained_model_loglikelihoods_match_transformers(trained, tmp_path):
+    model, tok = trained
+    items = [
+        ChoiceItem.shared_context("The cat sat on the", ["mat.", "hat, said the dog", "x"], 0),
+        ChoiceItem.shared_context("Question: 2+2?\nAnswer:", ["4", "5", "four"], 0),
+        ChoiceItem.partial(["Alice gave Bob", "Bob gave Alice"], "a present.", 1),
+    ]
+    check_against_transformers(model, tok, items, tmp_path, batch_size=3)
+
+
+def test_batching_does_not_change_scores(stories):
+    model, tok = stories
+    items = load_hellaswag(shared_path(""))[:6]
+    one = score_choice_items(Scorer(model, tok, batch_size=1), items)
+    many = score_choice_items(Scorer(model, tok, batch_size=64), items)
+    for a, b in zip(one, many):
+        assert a["loglikelihoods"] == pytest.approx(b["loglikelihoods"], abs=1e-4)  # rounding of other shapes
+        assert a["acc"] == b["acc"] and a["acc_norm"] == b["acc_norm"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# lm-evaluation-harness on a local JSON task
+
+
+TASK_YAML = """task: lf_local_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{query}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{gold}}}}"
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+metadata:
+  version: 1.0
+"""
+
+
+def write_local_task(folder, items):
+    data = folder / "mc.jsonl"
+    with open(data, "w") as f:
+        for it in items:
+            f.write(json.dumps({"query": it.contexts[0], "choices": it.choices, "gold": it.gold}) + "\n")
+    (folder / "lf_local_mc.yaml").write_text(TASK_YAML.format(data=data))
+    return data
+
+
+def run_lm_eval(lm, folder):
+    lm_eval = pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    out = lm_eval.simple_evaluate(model=lm, tasks=["lf_local_mc"], task_manager=TaskManager(include_path=str(folder)),
+                                  log_samples=True, bootstrap_iters=0)
+    metrics = out["results"]["lf_local_mc"]
+    samples = sorted(out["samples"]["lf_local_mc"], key=lambda s: s["doc_id"])
+    lls = [[float(r[0]) for r in s["filtered_resps"]] for s in samples]
+    return metrics["acc,none"], metrics["acc_norm,none"], lls
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["stories", "trained"])
+def test_accuracy_equals_lm_eval(which, request, tmp_path):
+    from lm_eval.models.huggingface import HFLM
+
+    from llamaforge.eval.harness import LlamaforgeLM
+
+    model, tok = request.getfixturevalue(which)
+    if which == "stories":
+        items = load_hellaswag(shared_path(""))[:12] + load_piqa(shared_path(""))[:8]
+    else:
+        items = [ChoiceItem.shared_context(f"Item {i}: the answer is", ["yes", "no", "maybe so"], i % 3)
+                 for i in range(12)]
+    data = write_local_task(tmp_path, items)
+    ours, per_item = evaluate_task_file(Scorer(model, tok, batch_size=8), data)
+
+    hf = hf_export(model, tmp_path / "hf")
+    hflm = HFLM(pretrained=hf, tokenizer=hf_tokenizer(tok), batch_size=4, max_length=model.args.max_seq_len)
+    acc, acc_norm, lls = run_lm_eval(hflm, tmp_path)
+    assert ours.metrics["acc"] == pytest.approx(acc, abs=1e-12)
+    assert ours.metrics["acc_norm"] == pytest.approx(acc_norm, abs=1e-12)
+    for mine, theirs in zip(per_item, lls):
+        assert mine["loglikelihoods"] == pytest.approx(theirs, abs=1e-4)
+
+    # The same task through our harness backend gives the same numbers.
+    acc2, acc_norm2, lls2 = run_lm_eval(LlamaforgeLM(model=model, tokenizer=tok, batch_size=8), tmp_path)
+    assert (acc2, acc_norm2) == (acc, acc_norm)
+    for mine, theirs in zip(lls2, lls):
+        assert mine == pytest.approx(theirs, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_lm_eval_command_line_runs_the_llamaforge_model(stories, tmp_path):
+    """`python -m llamaforge.eval.harness --model llamaforge ...` is lm-eval's own CLI with our model registered."""
+    import subprocess
+    import sys
+
+    model, tok = stories
+    items = load_piqa(shared_path(""))[:6]
+    data = write_local_task(tmp_path, items)
+    ours, _ = evaluate_task_file(Scorer(model, tok), data)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    args = [sys.executable, "-m", "llamaforge.eval.harness", "--model", "llamaforge", "--model_args",
+            f"path={shared_path('stories260K/stories260K.bin')},tokenizer={shared_path('stories260K/tok512.bin')}",
+            "--device", "cpu", "--tasks", "lf_local_mc", "--include_path", str(tmp_path), "--output_path",
+            str(tmp_path / "out")]
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]["lf_local_mc"]
+    assert result["acc,none"] == ours.metrics["acc"] and result["acc_norm,none"] == ours.metrics["acc_norm"]

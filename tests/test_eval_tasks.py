@@ -1,0 +1,217 @@
+"""Task files, task loaders, metrics, results, perplexity, generation and the `llamaforge eval` command."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import shared_path
+from llamaforge.cli import main
+from llamaforge.errors import UserError
+from llamaforge.eval.perplexity import document_nll, windows
+from llamaforge.eval.results import aggregate, markdown_table, to_json
+from llamaforge.eval.scoring import Scorer, cut_at_stop
+from llamaforge.eval.taskfile import load_task_file
+from llamaforge.eval.tasks import TASKS, get_task
+from llamaforge.eval.items import ChoiceItem, ContinuationItem, exact_match, majority, normalize_answer
+from llamaforge.eval.tasks.math import extract_number
+
+
+@pytest.fixture(scope="module")
+def stories():
+    from llamaforge import load_model, load_tokenizer
+
+    return load_model(shared_path("stories260K/stories260K.bin")), load_tokenizer(shared_path("stories260K/tok512.bin"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# task files
+
+
+def write(tmp_path, lines, name="task.jsonl"):
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_task_file_formats(tmp_path):
+    mc = load_task_file(write(tmp_path, ['{"query": "Q", "choices": ["a", "b"], "gold": 1}'], "mc.jsonl"))
+    assert mc == [ChoiceItem(["Q", "Q"], [" a", " b"], 1, ["a", "b"])]
+    schema = load_task_file(write(tmp_path, ['{"context_options": ["A x", "B x"], "continuation": "y", "gold": 0}'],
+                                  "schema.jsonl"))
+    assert schema == [ChoiceItem(["A x", "B x"], [" y", " y"], 0, ["y", "y"])]
+    lm = load_task_file(write(tmp_path, ['{"context": "Once", "continuation": " upon"}'], "lm.jsonl"))
+    assert lm == [ContinuationItem("Once", " upon")]
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"query": "Q", "choices": ["a", "b"], "gold": 1', "not valid JSON"),
+    ('["a", "b"]', "expected a JSON object"),
+    ('{"query": "Q", "choices": ["a", "b"], "gold": 2}', "gold: expected an integer index in [0, 2)"),
+    ('{"query": "Q", "choices": "ab", "gold": 0}', "choices: expected a list of at least 2 strings"),
+    ('{"question": "Q", "answer": "a"}', "unknown line format"),
+    ('{"context": "Once", "continuation": ""}', "continuation: expected a non-empty string"),
+])
+def test_malformed_task_file_names_file_and_line(tmp_path, line, message):
+    good = '{"query": "Q", "choices": ["a", "b"], "gold": 0}'
+    path = write(tmp_path, [good, "", line])
+    with pytest.raises(UserError) as e:
+        load_task_file(path)
+    text = str(e.value)
+    assert text.startswith(f"{path}:3: ") and message in text and "\n" not in text
+
+
+def test_malformed_task_file_is_one_line_cli_error(tmp_path, capsys, stories):
+    path = write(tmp_path, ['{"query": "Q", "choices": ["a"], "gold": 0}'])
+    rc = main(["eval", str(shared_path("stories260K/stories260K.bin")), "--tokenizer",
+               str(shared_path("stories260K/tok512.bin")), "--task-file", str(path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"error: {path}:1: choices:") and err.count("\n") == 1
+
+
+def test_unknown_task_and_missing_data(tmp_path):
+    with pytest.raises(UserError, match="unknown task 'nope'"):
+        get_task("nope")
+    with pytest.raises(UserError, match="no data for task openbookqa"):
+        TASKS["openbookqa"].load(tmp_path, 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# loaders and metrics
+
+
+def test_loaders_read_the_staged_data():
+    data = shared_path("")
+    hella = TASKS["hellaswag"].load(data, 0)
+    assert len(hella) == 10042 and len(hella[0].choices) == 4 and hella[0].gold == 3
+    mmlu = TASKS["mmlu"].load(data, 5)
+    assert len(mmlu) == 14042 and mmlu[0].continuations == [" A", " B", " C", " D"]
+    assert mmlu[0].contexts[0].count("\nAnswer:") == 6  # 5 shots + the question
+    wino = TASKS["winogrande"].load(data, 0)
+    assert wino[0].contexts[0] != wino[0].contexts[1] and wino[0].continuations[0] == wino[0].continuations[1]
+    nq = TASKS["nq_open"].load(data, 5)
+    assert len(nq) == 3610 and nq[0].prompt.startswith("Answer these questions:\nQ: ")
+    assert nq[0].prompt.count("\nA: ") == 5 and nq[0].prompt.endswith("\nA:")
+
+
+def test_normalized_exact_match():
+    assert normalize_answer("The  Eiffel Tower!") == "eiffel tower"
+    assert exact_match("the eiffel tower", ["Eiffel Tower"]) == 1.0
+    assert exact_match("Paris, France", ["Paris"]) == 0.0
+    assert cut_at_stop("Paris, France.\nQ:", ["\n", ".", ","]) == "Paris"
+
+
+def test_gsm8k_answer_extraction_and_majority():
+    assert extract_number("so 3 + 4 = 7. The answer is 1,250.") == "1250"
+    assert extract_number("no numbers") is None
+    assert majority(["3", None, "5", "5", "3", "5"]) == "5"
+
+
+def test_results_json_and_markdown():
+    result = aggregate("piqa", 0, [{"acc": 1.0, "acc_norm": 0.0, "loglikelihoods": [1, 2]},
+                                   {"acc": 0.0, "acc_norm": 0.0, "loglikelihoods": [3, 4]}], "acc_norm")
+    result.paper = {"acc_norm": 79.8}
+    out = to_json([result], {"model": "m"})
+    assert out["results"]["piqa"]["acc"] == 0.5
+    assert out["results"]["piqa"]["acc_stderr"] == pytest.approx(math.sqrt(0.5 / 2))
+    table = markdown_table([result])
+    assert "| piqa | acc_norm (paper's) | 0 | 2 | 0.0 | 0.0 | 79.8 |" in table
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# perplexity
+
+
+def test_windows_cover_every_token_once():
+    for n, context, stride in [(10, 4, 4), (10, 4, 1), (3, 8, 8), (17, 5, 3)]:
+        scored = [i for w in windows(n, context, stride) for i in range(w.scored_from, w.end)]
+        assert scored == list(range(n))
+        assert all(w.end - w.start <= context and w.start <= w.scored_from for w in windows(n, context, stride))
+
+
+def test_disjoint_perplexity_matches_lm_eval_windows_on_transformers(stories, tmp_path):
+    """Our windows vs lm-eval's get_rolling_token_windows, each scored by its own model implementation."""
+    lm_utils = pytest.importorskip("lm_eval.utils")
+    transformers = pytest.importorskip("transformers")
+    from llamaforge import save_model
+
+    model, tok = stories
+    text = shared_path("tinyshakespeare/input.txt").read_text()[:1500]
+    ids = tok.encode(text)
+    context = 64
+    ours = document_nll(model, ids, tok.bos_id, context, context)
+    save_model(model, tmp_path / "hf", format="hf")
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    reference = 0.0
+    for window in lm_utils.get_rolling_token_windows(ids, tok.bos_id, context, 1):
+        ctx, pred = lm_utils.make_disjoint_window(window)
+        with torch.no_grad():
+            inp = torch.tensor([(ctx + pred)[:-1]])
+            logp = torch.log_softmax(hf(inp).logits.float(), -1)[0, -len(pred):]
+        reference -= logp.gather(-1, torch.tensor(pred)[:, None]).sum().item()
+    assert ours == pytest.approx(reference, abs=1e-3)
+
+
+def test_sliding_window_perplexity_against_brute_force(stories):
+    """stride 1: every token is scored with exactly min(its position, context) tokens of history (BOS included),
+    checked one forward pass per token; and a window longer than the text is one plain forward pass."""
+    model, tok = stories
+    ids = tok.encode(shared_path("tinyshakespeare/input.txt").read_text()[:300])
+    seq = [tok.bos_id, *ids]
+    context = 12
+    brute = 0.0
+    with torch.no_grad():
+        for j in range(1, len(seq)):  # label j, predicted from input positions max(0, j - context) .. j - 1
+            window = torch.tensor([seq[max(0, j - context) : j]])
+            brute -= torch.log_softmax(model(window)[0, -1].float(), -1)[seq[j]].item()
+        full = torch.log_softmax(model(torch.tensor([seq[:-1]]))[0].float(), -1)
+        whole = -full.gather(-1, torch.tensor(seq[1:])[:, None]).sum().item()
+    assert document_nll(model, ids, tok.bos_id, context, 1, batch_size=7) == pytest.approx(brute, rel=1e-5)
+    assert document_nll(model, ids, tok.bos_id, len(seq), 5) == pytest.approx(whole, rel=1e-5)
+    assert document_nll(model, ids, tok.bos_id, 16, 4) < document_nll(model, ids, tok.bos_id, 16, 16)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# generation and the command
+
+
+def test_greedy_generation_matches_llamaforge_generate(stories):
+    from llamaforge.generate import generate_tokens
+
+    model, tok = stories
+    prompt = tok.encode("Once upon a time", bos=True)
+    expected = tok.decode(prompt[-1:] + list(generate_tokens(model, prompt, 30)))[len(tok.decode(prompt[-1:])):]
+    got = Scorer(model, tok).generate_until(prompt, until=[], max_new_tokens=30)[0]
+    assert got == expected
+    stop = expected[10:14]
+    cut = Scorer(model, tok).generate_until(prompt, until=[stop], max_new_tokens=30)[0]
+    assert cut == expected[: expected.index(stop)]
+
+
+def test_sampled_generation_shares_the_prompt(stories):
+    model, tok = stories
+    prompt = tok.encode("Once upon a time", bos=True)
+    gen = torch.Generator().manual_seed(0)
+    texts = Scorer(model, tok).generate_until(prompt, [], 12, temperature=1.0, num_samples=4, generator=gen)
+    assert len(texts) == 4 and len(set(texts)) > 1
+
+
+def test_eval_command_end_to_end(stories, tmp_path, capsys):
+    task_file = write(tmp_path, ['{"context": "Once upon a", "continuation": " time"}',
+                                 '{"context": "The cat", "continuation": " sat"}'], "lm.jsonl")
+    text = write(tmp_path, ["Once upon a time there was a little girl."], "story.txt")
+    out = tmp_path / "results.json"
+    rc = main(["eval", str(shared_path("stories260K/stories260K.bin")), "--tokenizer",
+               str(shared_path("stories260K/tok512.bin")), "--tasks", "piqa,winogrande,boolq",
+               "--data-dir", str(shared_path("")), "--limit", "6", "--task-file", str(task_file),
+               "--text", str(text), "--context", "16", "--stride", "8", "--out", str(out)])
+    assert rc == 0
+    results = json.loads(out.read_text())
+    assert set(results["results"]) == {"piqa", "winogrande", "boolq", "lm", "perplexity"}
+    assert {"acc", "acc_norm", "acc_uncond"} <= set(results["results"]["boolq"])
+    assert results["results"]["perplexity"]["context"] == 16 and results["results"]["perplexity"]["stride"] == 8
+    assert results["details"]["piqa"]["n"] == 6
+    assert "| piqa | acc_norm (paper's) | 0 | 6 |" in (tmp_path / "results.md").read_text()

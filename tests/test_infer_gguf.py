@@ -1,0 +1,91 @@
+"""GGUF: write with the gguf package, read back into the same model; read llama.cpp-made files; llama.cpp parity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import shared_path
+
+from llamaforge.formats import detect_format, load_model, save_model
+from llamaforge.infer import Engine, SamplingParams
+from llamaforge.model import ModelArgs, Transformer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a shared machine thread barriers stall."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(vocab=320) -> Transformer:
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=vocab, hidden_dim=96,
+                                  max_seq_len=128, norm_eps=1e-5, rope_theta=5000.0))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("dtype,tol", [("f32", 0.0), ("f16", 1e-3), ("bf16", 8e-3), ("q8_0", 2e-2)])
+def test_round_trip(tmp_path, dtype, tol):
+    model = tiny()
+    path = save_model(model, tmp_path / "m.gguf", format="gguf", dtype=dtype)
+    assert detect_format(path) == "gguf"
+    back = load_model(path)
+    assert back.args == model.args
+    for (k, a), (_, b) in zip(model.state_dict().items(), back.state_dict().items()):
+        err = (a - b).abs().max().item()
+        assert err <= tol * a.abs().max().item() + 1e-12, (k, err)
+    tokens = torch.tensor([[1, 5, 9, 200, 3]])
+    if dtype in ("f32", "f16"):
+        torch.testing.assert_close(back(tokens), model(tokens), atol=5e-3 if tol else 0, rtol=0)
+
+
+def test_tokenizer_metadata_from_sentencepiece(tmp_path):
+    import gguf
+
+    tok = shared_path("llama2-tokenizer/tokenizer.model")
+    path = save_model(tiny(vocab=32000), tmp_path / "m.gguf", format="gguf", dtype="f16", tokenizer_path=tok)
+    reader = gguf.GGUFReader(str(path))
+    assert reader.fields["tokenizer.ggml.model"].contents() == "llama"
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    assert len(tokens) == 32000 and tokens[15043] == "\u2581Hello"
+    assert reader.fields["tokenizer.ggml.bos_token_id"].contents() == 1
+    assert reader.fields["tokenizer.ggml.token_type"].contents()[3] == gguf.TokenType.BYTE  # <0x00>
+
+
+def test_reads_shared_tiny_llama2_gguf():
+    """A file made by llama.cpp's own converter (f16): shapes, metadata and finite outputs."""
+    import gguf
+
+    path = shared_path("llama-2-tiny-random-gguf/llama-2-tiny-random.gguf")
+    model = load_model(path)
+    a = model.args
+    assert (a.dim, a.n_layers, a.n_heads, a.n_kv_heads, a.vocab_size, a.ffn_hidden_dim) == (8, 1, 2, 2, 32000, 32)
+    assert a.max_seq_len == 4096 and a.norm_eps == pytest.approx(1e-5)
+    reader = gguf.GGUFReader(str(path))
+    raw = {t.name: t for t in reader.tensors}["blk.0.attn_q.weight"].data
+    torch.testing.assert_close(model.layers[0].attention.wq.weight, torch.from_numpy(raw.astype("float32")))
+    logits = model(torch.tensor([[1, 15043, 3186]]))
+    assert logits.shape == (1, 3, 32000) and torch.isfinite(logits).all()
+
+
+@pytest.mark.slow
+def test_llama_cpp_greedy_tokens_match(tmp_path):
+    """The same GGUF decoded greedily by llama.cpp (llama-cpp-python, built from source) and by llamaforge."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    model = load_model(shared_path("stories260K/stories260K.bin"))
+    path = save_model(model, tmp_path / "stories.gguf", format="gguf", dtype="f32")
+    llm = llama_cpp.Llama(str(path), n_ctx=128, n_threads=2, verbose=False, logits_all=False)
+    prompt = [1, 403, 407, 261, 378]  # BOS "Once upon a time"-ish ids of tok512
+    ours = Engine(model, max_seq_len=128).generate([prompt], SamplingParams(max_tokens=40, stop_token_ids=()))[0]
+    theirs = []
+    for tok in llm.generate(prompt, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
+        theirs.append(tok)
+        if len(theirs) == 40:
+            break
+    assert theirs == ours.tokens

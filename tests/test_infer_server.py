@@ -1,0 +1,251 @@
+"""The OpenAI-compatible server, driven by the real `openai` client over loopback."""
+
+from __future__ import annotations
+
+import copy
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import torch
+
+openai = pytest.importorskip("openai")
+uvicorn = pytest.importorskip("uvicorn")
+
+from llamaforge.infer import Engine, SamplingParams
+from llamaforge.infer.server import create_app
+from llamaforge.model import ModelArgs, Transformer
+from llamaforge.tokenizer import SentencePieceTokenizer
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a shared machine thread barriers stall."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+TEXT = [
+    "Once upon a time there was a little girl named Lily who loved to play outside in the park.",
+    "She saw a big red ball and wanted to play with it but it was too high.",
+    "The cat sat on the mat and the dog ran to the tree.",
+]
+
+
+def train_tokenizer(path):
+    import sentencepiece as spm
+
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(TEXT * 50), model_prefix=str(path / "tok"), vocab_size=320, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2,
+    )
+    return SentencePieceTokenizer(path / "tok.model")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tok = train_tokenizer(tmp_path_factory.mktemp("tok"))
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(dim=32, n_layers=2, n_heads=4, vocab_size=tok.vocab_size, multiple_of=16,
+                                  max_seq_len=128))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    engine = Engine(model, tok, max_batch=4, max_seq_len=128)
+    app = create_app(engine, model_name="tiny")
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "server did not start"
+    # A second engine over a copy of the weights (an engine owns its model's caches) gives the expected text.
+    reference = Engine(copy.deepcopy(model), tok, max_batch=1, max_seq_len=128)
+    yield {"base": f"http://127.0.0.1:{port}", "tok": tok, "model": model, "reference": reference}
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server["base"] + "/v1", api_key="none", timeout=60, max_retries=0)
+
+
+def expected_text(server, prompt_ids, n):
+    (r,) = server["reference"].generate([prompt_ids], SamplingParams(max_tokens=n))
+    return r
+
+
+def test_models(client):
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["tiny"]
+
+
+def test_completion_matches_engine(server, client):
+    tok = server["tok"]
+    out = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=12, temperature=0)
+    ref = expected_text(server, tok.encode("Once upon a time", bos=True), 12)
+    assert out.choices[0].text == ref.text
+    assert out.choices[0].finish_reason == ref.finish_reason
+    assert out.usage.completion_tokens == len(ref.tokens)
+    assert out.usage.prompt_tokens == len(tok.encode("Once upon a time", bos=True))
+
+
+def test_streaming_completion_concatenates_to_the_same_text(server, client):
+    full = client.completions.create(model="tiny", prompt="The cat", max_tokens=15, temperature=0)
+    stream = client.completions.create(model="tiny", prompt="The cat", max_tokens=15, temperature=0, stream=True)
+    pieces, reasons = [], []
+    for chunk in stream:
+        pieces.append(chunk.choices[0].text)
+        reasons.append(chunk.choices[0].finish_reason)
+    assert "".join(pieces) == full.choices[0].text
+    assert reasons[-1] == full.choices[0].finish_reason and all(r is None for r in reasons[:-1])
+
+
+def test_raw_stream_ends_with_done(server):
+    body = {"prompt": "The dog", "max_tokens": 4, "stream": True, "temperature": 0}
+    with httpx.stream("POST", server["base"] + "/v1/completions", json=body, timeout=60) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
+
+
+def test_echo_logprobs_on_token_ids_like_lm_eval(server, client):
+    """lm-eval local-completions: token-id prompt, echo, logprobs=1, max_tokens=1; reads [ctxlen:-1]."""
+    model, tok = server["reference"].model, server["tok"]
+    ids = tok.encode("She saw a big red ball", bos=True)
+    out = client.completions.create(model="tiny", prompt=ids, echo=True, logprobs=1, max_tokens=1, temperature=0)
+    lp = out.choices[0].logprobs
+    assert len(lp.token_logprobs) == len(ids) + 1 and lp.token_logprobs[0] is None
+    model.clear_cache()
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids])).double()[0], -1)
+    expected = [logp[i - 1, ids[i]].item() for i in range(1, len(ids))]
+    assert lp.token_logprobs[1 : len(ids)] == pytest.approx(expected, abs=1e-4)
+    # is_greedy as lm-eval computes it: the token equals the top-1 entry
+    greedy = [int(logp[i - 1].argmax()) == ids[i] for i in range(1, len(ids))]
+    got = [max(top, key=top.get) == t for t, top in zip(lp.tokens[1 : len(ids)], lp.top_logprobs[1 : len(ids)])]
+    assert got == greedy
+    assert out.choices[0].text.startswith(tok.decode(ids))
+
+
+def test_echo_without_generation(client):
+    out = client.completions.create(model="tiny", prompt=[1, 50, 60, 70], echo=True, logprobs=0, max_tokens=0)
+    assert len(out.choices[0].logprobs.token_logprobs) == 4 and out.usage.completion_tokens == 0
+
+
+def test_chat_and_chat_stream(client):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell a story."}]
+    out = client.chat.completions.create(model="tiny", messages=messages, max_tokens=10, temperature=0)
+    msg = out.choices[0].message
+    assert msg.role == "assistant" and isinstance(msg.content, str)
+    stream = client.chat.completions.create(model="tiny", messages=messages, max_tokens=10, temperature=0,
+                                            stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == msg.content
+    assert chunks[-1].usage.completion_tokens == out.usage.completion_tokens
+
+
+def test_stop_strings_and_seeded_sampling(server, client):
+    full = client.completions.create(model="tiny", prompt="Lily", max_tokens=20, temperature=0).choices[0].text
+    stop = full[5:8]
+    cut = client.completions.create(model="tiny", prompt="Lily", max_tokens=20, temperature=0, stop=[stop])
+    assert cut.choices[0].text == full[: full.find(stop)] and cut.choices[0].finish_reason == "stop"
+    a = client.completions.create(model="tiny", prompt="Lily", max_tokens=10, temperature=1.0, seed=7)
+    b = client.completions.create(model="tiny", prompt="Lily", max_tokens=10, temperature=1.0, seed=7)
+    assert a.choices[0].text == b.choices[0].text
+
+
+BAD = [
+    ({"prompt": "x", "max_tokens": -1}, "max_tokens"),
+    ({"prompt": "x", "max_tokens": "5"}, "max_tokens"),
+    ({"prompt": "x", "temperature": 3}, "temperature"),
+    ({"prompt": "x", "top_p": 0}, "top_p"),
+    ({"prompt": "x", "logprobs": 99}, "logprobs"),
+    ({"prompt": "x", "max_tokens": 1000}, "max_tokens"),
+    ({"prompt": [1, 99999]}, "prompt"),
+    ({"prompt": []}, "prompt"),
+    ({"prompt": [[]]}, "prompt"),
+    ({"prompt": 5}, "prompt"),
+    ({"prompt": "x", "stop": ["a", ""]}, "stop"),
+    ({"prompt": "x", "n": 0}, "n"),
+    ({"prompt": "x", "stream": "yes"}, "stream"),
+    ({"prompt": "x", "bogus": 1}, "bogus"),
+    ({}, "prompt"),
+]
+
+
+@pytest.mark.parametrize("body,param", BAD)
+def test_bad_completion_requests_are_400(server, body, param):
+    r = httpx.post(server["base"] + "/v1/completions", json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
+    assert err["param"].split(".")[0] == param
+
+
+def test_bad_chat_and_malformed_json_then_still_serving(server, client):
+    base = server["base"]
+    for body in ({"messages": []}, {"messages": [{"role": "robot", "content": "hi"}]},
+                 {"messages": [{"role": "user"}]}, {"messages": [{"role": "user", "content": "hi"}], "top_k": -5}):
+        r = httpx.post(base + "/v1/chat/completions", json=body, timeout=30)
+        assert r.status_code == 400 and "error" in r.json(), r.text
+    r = httpx.post(base + "/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="tiny", prompt="x", max_tokens=-3)
+    assert client.completions.create(model="tiny", prompt="The", max_tokens=3).choices[0].text is not None
+
+
+def test_eight_concurrent_clients_batched_and_correct(server):
+    """8 clients at once through 4 slots: continuous batching, each answer equals its unbatched greedy text."""
+    tok = server["tok"]
+    prompts = [f"{w} the" for w in ["Once", "She", "The", "A", "Lily", "cat", "dog", "ball"]]
+    lengths = [5, 9, 13, 7, 11, 6, 10, 8]
+    expected = [expected_text(server, tok.encode(p, bos=True), n).text for p, n in zip(prompts, lengths)]
+
+    def ask(i):
+        c = openai.OpenAI(base_url=server["base"] + "/v1", api_key="none", timeout=60, max_retries=0)
+        return c.completions.create(model="tiny", prompt=prompts[i], max_tokens=lengths[i], temperature=0)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(ask, range(8)))
+    assert [r.choices[0].text for r in results] == expected
+
+
+def test_lm_eval_local_completions_scores_through_the_server(server):
+    """lm-evaluation-harness's own `local-completions` backend (remote tokenizer) against a direct forward."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    tok, model = server["tok"], copy.deepcopy(server["reference"].model)
+    lm = LocalCompletionsAPI(base_url=server["base"] + "/v1/completions", model="tiny", tokenizer_backend="remote",
+                             max_length=128, max_retries=1, num_concurrent=2)
+    pairs = [("She saw a", " big red ball"), ("The cat sat on", " the mat")]
+    got = lm.loglikelihood([Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)])
+    model.clear_cache()
+    for (ctx, cont), (ll, greedy) in zip(pairs, got):
+        ctx_ids = tok.encode(ctx)
+        whole = tok.encode(ctx + cont)
+        cont_ids = whole[len(ctx_ids):]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([whole])).double()[0], -1)
+        n = len(whole)
+        expected = sum(logp[i - 1, whole[i]].item() for i in range(n - len(cont_ids), n))
+        assert ll == pytest.approx(expected, abs=1e-3)
+        assert greedy == all(int(logp[i - 1].argmax()) == whole[i] for i in range(n - len(cont_ids), n))
