@@ -72,11 +72,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         save_model(model, Path(tmp) / "hf", format="hf")
         hf = transformers.LlamaForCausalLM.from_pretrained(Path(tmp) / "hf", dtype=torch.float32).eval()
-    if args.model == "stories260K":
-        hf_tok = hf_tokenizer(tok)
-    else:
-        hf_tok = transformers.LlamaTokenizer(vocab_file=str(tok.path), legacy=True)
-    lm = HFLM(pretrained=hf, tokenizer=hf_tok, batch_size=args.batch_size, max_length=model.args.max_seq_len)
+    # Both sides tokenize with the same tokenizer (ours behind transformers' API), so only scoring differs.
+    lm = HFLM(pretrained=hf, tokenizer=hf_tokenizer(tok), batch_size=args.batch_size, max_length=model.args.max_seq_len)
     requests = [Instance("loglikelihood", {}, (c, x), k) for it in items for k, (c, x) in
                 enumerate(zip(it.contexts, it.continuations))]
     theirs_s, theirs = time_best(lambda: lm.loglikelihood(requests, disable_tqdm=True))

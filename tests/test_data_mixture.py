@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from llamaforge.data.mixture import MixtureLoader
+from llamaforge.data.mixture import MixtureLoader, source_paths
 from llamaforge.data.shards import ShardWriter, TokenShard
 from llamaforge.errors import UserError
 
@@ -80,7 +80,7 @@ def test_realized_share_matches_weights_and_epochs_follow(sources):
     for name, w in WEIGHTS.items():
         assert abs(stats[name]["share"] - w) < 0.01, (name, stats[name])
     assert sum(s["tokens"] for s in stats.values()) == 20_000 * 16
-    assert stats["small"]["epochs"] > 10 > 1 > stats["big"]["epochs"]  # repeated vs left partly unused
+    assert stats["small"]["epochs"] > 10 and stats["big"]["epochs"] < 1  # repeated vs left partly unused
     for s in stats.values():
         assert s["epochs"] == pytest.approx(s["tokens"] / s["tokens_per_epoch"])
 
@@ -88,7 +88,7 @@ def test_realized_share_matches_weights_and_epochs_follow(sources):
 def test_zero_weight_source_is_never_read(sources):
     loader = MixtureLoader(sources[0], {"big": 1, "mid": 1, "small": 0}, seq_len=15, batch_size=20, seed=1)
     seen = torch.cat([x for x, _ in batches(loader, 50)])
-    assert not ((seen >= 2_000_000)).any()
+    assert not (seen >= 2_000_000).any()
     assert loader.stats()["small"]["tokens"] == 0
 
 
@@ -179,6 +179,15 @@ def test_separate_validation_shards(sources, tmp_path):
     assert len(loader.streams["big"].doc_ids) == len(sources[1]["big"])
 
 
+def test_source_paths_finds_shard_folders_only(sources, tmp_path):
+    (tmp_path / ".big.tmp-123").mkdir()  # an interrupted tokenize
+    (tmp_path / ".big.tmp-123" / "header.json").write_text("{}")
+    (tmp_path / "notes").mkdir()
+    assert source_paths(tmp_path) == sources[0]
+    with pytest.raises(UserError, match="no token shard folders"):
+        source_paths(tmp_path / "notes")
+
+
 def test_bytes_per_token_counts_bos_and_eos(sources):
     loader = MixtureLoader(sources[0], WEIGHTS, seq_len=16, batch_size=2, seed=0)
     shard = TokenShard(sources[0]["mid"])
@@ -188,10 +197,12 @@ def test_bytes_per_token_counts_bos_and_eos(sources):
 @pytest.mark.parametrize(
     "weights, kwargs, match",
     [
-        ({"big": 1.0}, {}, "one weight per source"),
+        ({"big": 1.0}, {}, "one per source"),
         ({"big": -1.0, "mid": 1.0, "small": 1.0}, {}, "non-negative"),
         (WEIGHTS, {"rank": 2, "world_size": 2}, "rank"),
         (WEIGHTS, {"split": "test"}, "split"),
+        (WEIGHTS, {"seed": -1}, "seed"),
+        (WEIGHTS, {"val_sources": {"other": "x"}}, "val_sources"),
     ],
 )
 def test_bad_arguments_are_one_line_user_errors(sources, weights, kwargs, match):

@@ -113,6 +113,7 @@ def test_malformed_input_is_counted_and_skipped(tmp_path: Path):
     assert read["drops"] == {"truncated_gzip": 1, "invalid_utf8": 1, "bad_json": 1, "missing_text": 1}
     full = len(gzip.decompress(good).splitlines())
     assert 0 < read["docs_out"] - 2 < full  # the records before the cut, plus the two good lines
+    assert read["docs_in"] == read["docs_out"] + 4
 
 
 def test_stats_and_table(tmp_path: Path):
@@ -159,3 +160,10 @@ def test_cli_prepare(tmp_path: Path, capsys):
     assert (tmp_path / "se" / "stackexchange-00000.jsonl.gz").exists()
     assert main(["prepare", "books", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "b")]) == 2
     assert "missing.txt: no such file or folder" in capsys.readouterr().err
+
+
+def test_changed_settings_refuse_to_resume(tmp_path: Path):
+    inputs = _split_shards(tmp_path)[:2]
+    prepare("c4", inputs, str(tmp_path / "out"), progress=False)
+    with pytest.raises(pipeline.UserError, match="other inputs or stages"):
+        prepare("c4", inputs, str(tmp_path / "out"), lang_threshold=0.5, progress=False)

@@ -70,6 +70,17 @@ def test_meta_tokenizer_roundtrip(tmp_path):
     assert (shard.vocab_size, shard.bos_id, shard.eos_id) == (32000, 1, 2) and folder.name == "x"
 
 
+def test_hf_tokenizer_json_gives_the_same_shard(tmp_path):
+    """Any tokenizer load_tokenizer reads: Meta's vocabulary as HF tokenizer.json tokenizes to the same ids."""
+    meta = shared_path("llama2-tokenizer/tokenizer.model")
+    hf = shared_path("llama2-tokenizer/tokenizer.hf-dolma.json")
+    src = write_jsonl(tmp_path / "m.jsonl", make_texts(200) + ["In 2023, Über café — naïve 😀"])
+    a = TokenShard(tokenize(src, meta, tmp_path / "sp"))
+    b = TokenShard(tokenize(src, hf, tmp_path / "hf"))
+    assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.offsets, b.offsets)
+    assert (b.bos_id, b.eos_id) == (1, 2) and b.dtype == np.uint16
+
+
 def test_workers_do_not_change_the_output(tmp_path, tokenizer):
     for i in range(3):
         write_jsonl(tmp_path / f"part{i}.jsonl", make_texts(1200, seed=10 + i))
@@ -105,13 +116,20 @@ def test_no_documents_is_an_error_and_writes_nothing(tmp_path, tokenizer):
     assert leftovers(tmp_path / "out") == []
 
 
-def test_malformed_line_names_file_and_line_and_writes_nothing(tmp_path, tokenizer):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_malformed_line_names_file_and_line_and_writes_nothing(tmp_path, tokenizer, workers):
     src = tmp_path / "bad.jsonl"
-    src.write_text('{"text": "fine"}\n{"text": 3}\n')
+    src.write_text('{"text": "fine"}\n' * 1000 + '{"text": 3}\n')  # in the second chunk
     (tmp_path / "out").mkdir()
-    with pytest.raises(UserError, match=r"bad\.jsonl:2: text"):
-        tokenize(src, tokenizer, tmp_path / "out")
+    with pytest.raises(UserError, match=r"bad\.jsonl:1001: text"):
+        tokenize(src, tokenizer, tmp_path / "out", workers=workers)
     assert leftovers(tmp_path / "out") == []
+
+
+def test_source_must_be_a_plain_name(tmp_path, tokenizer):
+    src = write_jsonl(tmp_path / "s.jsonl", ["text"])
+    with pytest.raises(UserError, match="source"):
+        tokenize(src, tokenizer, tmp_path / "out", source="../escape")
 
 
 def test_failed_rerun_keeps_the_previous_shard(tmp_path, tokenizer):

@@ -75,17 +75,21 @@ def test_reads_shared_tiny_llama2_gguf():
 
 
 @pytest.mark.slow
-def test_llama_cpp_greedy_tokens_match(tmp_path):
-    """The same GGUF decoded greedily by llama.cpp (llama-cpp-python, built from source) and by llamaforge."""
+@pytest.mark.parametrize("dtype", ["f32", "f16", "q8_0"])
+def test_llama_cpp_greedy_tokens_match(tmp_path, dtype):
+    """The same GGUF decoded greedily by llama.cpp (llama-cpp-python, built from source) and by llamaforge
+    (which reads the file back, so both run the same rounded weights)."""
     llama_cpp = pytest.importorskip("llama_cpp")
-    model = load_model(shared_path("stories260K/stories260K.bin"))
-    path = save_model(model, tmp_path / "stories.gguf", format="gguf", dtype="f32")
-    llm = llama_cpp.Llama(str(path), n_ctx=128, n_threads=2, verbose=False, logits_all=False)
-    prompt = [1, 403, 407, 261, 378]  # BOS "Once upon a time"-ish ids of tok512
-    ours = Engine(model, max_seq_len=128).generate([prompt], SamplingParams(max_tokens=40, stop_token_ids=()))[0]
+    path = save_model(load_model(shared_path("stories260K/stories260K.bin")), tmp_path / "s.gguf", format="gguf",
+                      dtype=dtype)
+    prompt = [1, 403, 407, 261, 378]  # BOS and four tokens of tok512
+    ours = Engine(load_model(path), max_seq_len=128).generate([prompt], SamplingParams(max_tokens=40,
+                                                                                       stop_token_ids=()))[0]
+    llm = llama_cpp.Llama(str(path), n_ctx=128, n_threads=1, verbose=False)
     theirs = []
     for tok in llm.generate(prompt, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
         theirs.append(tok)
         if len(theirs) == 40:
             break
+    llm.close()
     assert theirs == ours.tokens

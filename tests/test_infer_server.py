@@ -249,3 +249,23 @@ def test_lm_eval_local_completions_scores_through_the_server(server):
         expected = sum(logp[i - 1, whole[i]].item() for i in range(n - len(cont_ids), n))
         assert ll == pytest.approx(expected, abs=1e-3)
         assert greedy == all(int(logp[i - 1].argmax()) == whole[i] for i in range(n - len(cont_ids), n))
+
+
+def test_several_prompts_and_n_choices(server, client):
+    tok = server["tok"]
+    out = client.completions.create(model="tiny", prompt=["The cat", "Lily"], max_tokens=6, temperature=0, n=2)
+    assert [c.index for c in out.choices] == [0, 1, 2, 3]
+    for i, prompt in enumerate(["The cat", "Lily"]):
+        ref = expected_text(server, tok.encode(prompt, bos=True), 6).text
+        assert out.choices[2 * i].text == out.choices[2 * i + 1].text == ref  # greedy: both choices agree
+
+
+def test_streamed_text_respects_stop_strings(client):
+    full = client.completions.create(model="tiny", prompt="She", max_tokens=24, temperature=0).choices[0].text
+    stop = full[6:9]
+    ref = client.completions.create(model="tiny", prompt="She", max_tokens=24, temperature=0, stop=stop)
+    stream = client.completions.create(model="tiny", prompt="She", max_tokens=24, temperature=0, stop=stop,
+                                       stream=True)
+    chunks = list(stream)
+    assert "".join(c.choices[0].text for c in chunks) == ref.choices[0].text == full[: full.find(stop)]
+    assert chunks[-1].choices[0].finish_reason == "stop"

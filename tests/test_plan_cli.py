@@ -35,6 +35,7 @@ def test_dims_plan_text(capsys):
                       "--device", "h100-80gb", "--mfu", "0.4", "--micro-batch", "4")
     assert rc == 0
     assert "FLOPs/token" in out and "micro-batch=4" in out and "H100-80GB" in out
+    assert "predicted loss" in out
 
 
 def test_budget_table(capsys):

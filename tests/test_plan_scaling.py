@@ -78,3 +78,15 @@ def test_fit_recovers_known_constants_from_noisy_synthetic_losses():
     assert all(result.stderr[k] > 0 for k in ("E", "alpha", "beta"))
     lo, hi = result.interval["alpha"]
     assert lo <= law.alpha <= hi
+
+
+def test_breakeven_inference_volume_inverts_the_inference_aware_choice():
+    from llamaforge.plan.scaling import breakeven_inference_tokens
+
+    for volume in (1e11, 5e12, 1e14):
+        a = inference_optimal(BESIROGLU, 2.0, volume)
+        assert breakeven_inference_tokens(BESIROGLU, a.n_params, a.n_tokens) == pytest.approx(volume, rel=1e-3)
+    chin = compute_optimal(BESIROGLU, 1e22)
+    assert abs(breakeven_inference_tokens(BESIROGLU, chin.n_params, chin.n_tokens)) < 1e-6 * chin.n_tokens
+    # LLaMA-7B on 1T tokens is far past Chinchilla's 20 tokens/parameter: it pays off only when served at scale.
+    assert breakeven_inference_tokens(BESIROGLU, 6.74e9, 1e12) > 1e12

@@ -123,3 +123,17 @@ def test_isoflop_analysis_recovers_the_law_and_recommends_its_optimum(tmp_path):
     assert len(analysis["isoflop_minima"]) == 3
     plot_isoflop(results, analysis, tmp_path)
     assert _is_png(tmp_path / "isoflop.png") and _is_png(tmp_path / "frontier.png")
+
+
+def test_isoflop_grid_spends_each_budget():
+    from llamaforge.plan.sweep import _base_config, isoflop_grid, parse_shapes
+
+    base = _base_config("debug", [])
+    runs = isoflop_grid(base, parse_shapes("16x1,32x1,64x2"), [1e9, 3e9], min_steps=4)
+    assert len(runs) >= 5 and all(r["steps"] >= 4 for r in runs)
+    for run in runs:
+        assert run["tokens"] == run["steps"] * base.training.batch_tokens
+        step_flops = run["flops"] / run["steps"]
+        assert abs(run["flops"] - run["budget"]) <= step_flops / 2 * 1.0001  # the budget, rounded to whole steps
+    small = [r["n_params"] for r in runs if r["budget"] == 1e9]
+    assert small == sorted(small)  # shapes in order of size

@@ -53,3 +53,17 @@ def test_two_processes_match_one(single, tmp_path, layout):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+
+
+def test_fsdp_checkpoint_resumes_in_one_process(single, tmp_path):
+    """DCP reshards: a checkpoint written by 2 FSDP processes at step 10 resumes in 1 process to step 20 with the
+    losses of the uninterrupted single-process run."""
+    import shutil
+
+    run(tmp_path, 2, "--parallel.dp_shard=2", "--checkpoint.every=10", "--checkpoint.keep_last_k=0")
+    shutil.rmtree(tmp_path / "checkpoints" / "step_00000020")
+    shutil.rmtree(tmp_path / "final")
+    run(tmp_path, 1, "--checkpoint.every=10", "--resume=auto")
+    ref, got = losses(single), losses(tmp_path)
+    assert len(got) == 20
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=0)

@@ -44,7 +44,8 @@ def add_arguments(p) -> None:
     p.add_argument("--master-dtype", default="fp32", help="fp32 | bf16 (parameters, gradients, AdamW moments)")
     p.add_argument("--compute-dtype", default="bf16", help="bf16 | fp32 (matmuls and saved activations)")
     p.add_argument("--inference-tokens", default="0", help="with --budget: lifetime tokens to serve, e.g. 2T")
-    p.add_argument("--constants", default="besiroglu", help="besiroglu | hoffmann | a fit.json written by sweep")
+    p.add_argument("--constants", default="besiroglu",
+                   help="scaling-law constants: besiroglu | hoffmann | a fit.json written by sweep")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -111,7 +112,7 @@ def run_model(args) -> int:
                     master_dtype=args.master_dtype, compute_dtype=args.compute_dtype)
     best = largest_micro_batch(margs, layout, device.memory_bytes)
     if best == 0:
-        need = estimate(margs, layout).total
+        need = estimate(margs, dataclasses.replace(layout, micro_batch=1)).total
         raise UserError(
             f"{name} does not fit on {device.name}: one sequence of {seq_len} tokens needs {need / 2**30:.1f} GiB per "
             f"device of {device.memory_bytes / 2**30:.0f} GiB with fsdp={fsdp} tp={args.tp} ac={args.ac}; "
@@ -121,6 +122,7 @@ def run_model(args) -> int:
     if args.micro_batch and args.micro_batch > best:
         raise UserError(f"--micro-batch: {args.micro_batch} does not fit on {device.name}; the largest that fits is {best}")
     mem = estimate(margs, dataclasses.replace(layout, micro_batch=micro))
+    scaling = _scaling_view(args.constants, total, tokens)
 
     out = {
         "model": name, "params": total, "non_embedding_params": non_emb, "device": device.name, "gpus": args.gpus,
@@ -130,7 +132,7 @@ def run_model(args) -> int:
             "params": mem.params, "grads": mem.grads, "optimizer": mem.optimizer, "compute_copies": mem.compute_copies,
             "activations": mem.activations, "loss": mem.loss, "recompute": mem.recompute, "total": mem.total,
         },
-        "device_memory_bytes": device.memory_bytes, "largest_micro_batch": best,
+        "device_memory_bytes": device.memory_bytes, "largest_micro_batch": best, "scaling": scaling,
     }
     if args.json:
         print(json.dumps(out, indent=2))
@@ -150,7 +152,34 @@ def run_model(args) -> int:
         print(f"  {label:<18} {_gib(value)}")
     print(f"  {'total':<18} {_gib(mem.total)} of {device.memory_bytes / 2**30:.0f} GiB; "
           f"largest micro-batch that fits: {best}")
+    chin = scaling["compute_optimal"]
+    print(f"scaling law          ({scaling['constants']}) predicted loss {scaling['loss']:.4f}; the compute-optimal "
+          f"model for the same 6·N·D = {scaling['flops_6nd']:.3g} FLOPs: {chin['n_params'] / 1e9:.2f}B parameters, "
+          f"{chin['n_tokens'] / 1e12:.3f}T tokens")
+    breakeven = scaling["breakeven_inference_tokens"]
+    if breakeven > 0:
+        print(f"                     this model is the cheapest way to its loss if it serves {breakeven:.3g} tokens "
+              "over its life (training + 2·N FLOPs per served token)")
+    else:
+        print("                     a smaller model trained on more tokens would reach this loss for less compute")
     return 0
+
+
+def _scaling_view(constants: str, n_params: float, tokens: float) -> dict:
+    """Where a (model, tokens) choice sits under the parametric law: its loss, the compute-optimal alternative,
+    and the inference volume that makes it the cheapest model at its loss (LLaMA's argument)."""
+    from llamaforge.plan.scaling import breakeven_inference_tokens, compute_optimal
+
+    label, law = _law(constants)
+    flops = 6 * n_params * tokens
+    chin = compute_optimal(law, flops)
+    return {
+        "constants": label,
+        "loss": float(law.loss(n_params, tokens)),
+        "flops_6nd": flops,
+        "compute_optimal": {"n_params": chin.n_params, "n_tokens": chin.n_tokens, "loss": chin.loss},
+        "breakeven_inference_tokens": breakeven_inference_tokens(law, n_params, tokens),
+    }
 
 
 def run_budget(args) -> int:

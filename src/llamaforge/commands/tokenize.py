@@ -9,7 +9,8 @@ def add_arguments(parser):
     parser.add_argument("--tokenizer", required=True, help="a tokenizer file or a model folder holding one")
     parser.add_argument("--input", nargs="+", required=True, metavar="FILE_OR_DIR",
                         help='JSONL files ({"text": ...} per line, plain or .gz); a folder means its *.jsonl(.gz)')
-    parser.add_argument("--out", required=True, metavar="DIR", help="writes DIR/SOURCE/{header.json,tokens.bin,offsets.bin}")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="writes DIR/SOURCE/{header.json,tokens.bin,offsets.bin}")
     parser.add_argument("--source", help="source name (default: the first input's name without extensions)")
     parser.add_argument("--workers", type=int, default=1, help="tokenizer processes (default: %(default)s)")
 

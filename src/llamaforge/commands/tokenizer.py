@@ -7,7 +7,7 @@ def add_arguments(parser):
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = sub.add_parser("train", help="train a SentencePiece BPE model with Meta's LLaMA trainer spec")
     p.add_argument("--input", nargs="+", required=True, metavar="DIR_OR_FILE",
-                   help="prepared JSONL shards (plain or .gz) or text files; folders are searched recursively")
+                   help="prepared JSONL shards (plain or .gz) or text files; a folder means the ones in it")
     p.add_argument("--vocab-size", type=int, required=True, help="number of pieces (LLaMA: 32000)")
     p.add_argument("--out", required=True, metavar="PREFIX", help="writes PREFIX.model and PREFIX.vocab")
     p.add_argument("--max-sentences", type=int, default=2_000_000,

@@ -10,7 +10,8 @@
 
 Files are visited in an order fixed by a hash of their relative path (a spread sample when a size cap cuts the
 list), so the output depends only on the Python version and the options. `write_builtin_corpus(out_dir)` writes
-`out_dir/code.jsonl` and `out_dir/docs.jsonl` (`{"text": ..., "meta": {...}}` per line), atomically.
+`out_dir/code.jsonl` and `out_dir/docs.jsonl` (`{"text": ..., "meta": {...}}` per line), atomically;
+`prepare_demo_data(out_dir)` goes on to train the tokenizer and write the token shards the demo trains on.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import json
 import os
 import sys
 import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "_bundled"}
 
@@ -66,7 +67,7 @@ def _capped(docs: Iterator[dict], max_bytes: int | None) -> Iterator[dict]:
         size = len(doc["text"].encode("utf-8"))
         if max_bytes is not None and total + size > max_bytes:
             if total == 0:
-                continue  # a first document larger than the cap: try a smaller one
+                continue  # a first document larger than the whole cap: look for a smaller one
             return
         total += size
         yield doc
@@ -105,9 +106,9 @@ def module_docstrings(source: str) -> str | None:
     if doc := ast.get_docstring(tree):
         parts.append(doc)
     for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
-            if doc := ast.get_docstring(node):
-                parts.append(f"{node.name}: {doc}")
+        public = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name[0] != "_"
+        if public and (doc := ast.get_docstring(node)):
+            parts.append(f"{node.name}: {doc}")
     return "\n\n".join(parts) or None
 
 
@@ -145,26 +146,48 @@ def write_jsonl(path: Path, docs: Iterator[dict]) -> dict:
     return {"docs": n_docs, "bytes": n_bytes}
 
 
-def write_builtin_corpus(out_dir, max_mb: float | None = None, github_rules: bool = True) -> dict[str, dict]:
-    """Write `out_dir/code.jsonl` and `out_dir/docs.jsonl`, each capped at max_mb megabytes of text.
+def write_builtin_corpus(out_dir, max_mb: float | dict | None = None, github_rules: bool = True) -> dict[str, dict]:
+    """Write `out_dir/code.jsonl` and `out_dir/docs.jsonl`, each capped at max_mb megabytes of text (one number for
+    both, or {"code": MB, "docs": MB}; None: no cap).
 
     Returns per source {"path", "docs", "bytes"} (and, for code, "drops": files the GitHub rules rejected).
     """
     out_dir = Path(out_dir)
-    cap = None if max_mb is None else int(max_mb * 1e6)
+    caps = max_mb if isinstance(max_mb, dict) else {"code": max_mb, "docs": max_mb}
+    cap = {n: None if caps.get(n) is None else int(caps[n] * 1e6) for n in ("code", "docs")}
     drops: dict = {}
     out = {
-        "code": write_jsonl(out_dir / "code.jsonl", code_documents(cap, github_rules, drops=drops)),
-        "docs": write_jsonl(out_dir / "docs.jsonl", docs_documents(cap)),
+        "code": write_jsonl(out_dir / "code.jsonl", code_documents(cap["code"], github_rules, drops=drops)),
+        "docs": write_jsonl(out_dir / "docs.jsonl", docs_documents(cap["docs"])),
     }
     out["code"]["drops"] = drops
-    for name in out:
-        out[name]["path"] = str(out_dir / f"{name}.jsonl")
+    for name, stats in out.items():
+        stats["path"] = str(out_dir / f"{name}.jsonl")
     if out["code"]["docs"] == 0 or out["docs"]["docs"] == 0:
         from llamaforge.errors import UserError
 
         raise UserError(f"{stdlib_root()}: found no standard-library sources to build the demo corpus from")
     return out
+
+
+def prepare_demo_data(out_dir, vocab_size: int = 4096, code_mb: float = 4.0, docs_mb: float = 1.0,
+                      max_sentences: int = 200_000, workers: int = 1, github_rules: bool = True) -> dict:
+    """Everything a demo training run reads, built from the standard library in seconds:
+
+        out_dir/corpus/{code,docs}.jsonl   the two sources (`write_builtin_corpus`)
+        out_dir/tokenizer.model            SentencePiece BPE, Meta's trainer spec, `vocab_size` pieces
+        out_dir/tokens/{code,docs}/        token shards for `MixtureLoader`
+
+    Returns {"tokenizer": path, "sources": {name: shard folder}, "corpus": write_builtin_corpus's stats}.
+    """
+    from llamaforge.data.shards import tokenize
+    from llamaforge.data.tokenizer_training import train_tokenizer
+
+    out_dir = Path(out_dir)
+    corpus = write_builtin_corpus(out_dir / "corpus", {"code": code_mb, "docs": docs_mb}, github_rules)
+    model = train_tokenizer([out_dir / "corpus"], vocab_size, out_dir / "tokenizer", max_sentences=max_sentences)
+    sources = {n: tokenize(corpus[n]["path"], model, out_dir / "tokens", source=n, workers=workers) for n in corpus}
+    return {"tokenizer": model, "sources": sources, "corpus": corpus}
 
 
 if __name__ == "__main__":  # python -m llamaforge.data.builtin_corpus OUT_DIR [MAX_MB]

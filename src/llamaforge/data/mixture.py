@@ -21,10 +21,10 @@ How a batch is made (paper Table 1: sampling proportions, with epochs falling ou
 - The position (global sequence count and each stream's epoch / document / offset) is the whole state: it does not
   depend on rank, world size or batch size, so a checkpoint can be resumed on a different number of processes.
 
-Validation: by default the last `val_fraction` (1%) of each source's documents, at least one when the source has two
-or more, are held out from training; `val_sources` (a dict like `sources`) uses separate shards instead. `val_batches(n)`
-packs the held-out documents in file order with the same weights (restricted to sources that have held-out documents),
-from a fixed starting point, so every call returns the same batches.
+Validation: by default the last `val_fraction` (1%) of each source's documents, at least one when the source has
+two or more, are held out from training; `val_sources` (a dict like `sources`) uses separate shards instead.
+`val_batches(n)` packs the held-out documents in file order with the same weights (restricted to sources that have
+held-out documents), from a fixed starting point, so every call returns the same batches.
 """
 
 from __future__ import annotations
@@ -45,6 +45,10 @@ TRAIN_STREAM, VAL_STREAM = 0, 1  # distinct RNG keys so validation choices never
 def _name_key(name: str) -> int:
     """A stable integer per source name (independent of dict order and of the other sources)."""
     return zlib.crc32(name.encode("utf-8"))
+
+
+def _tokenizer_id(shard: TokenShard) -> tuple:
+    return shard.vocab_size, shard.header.get("tokenizer_sha256")
 
 
 def _bytes_per_packed_token(shard: TokenShard) -> float:
@@ -118,13 +122,17 @@ class MixtureLoader:
                  split: str = "train", rank: int = 0, world_size: int = 1, val_fraction: float = 0.01,
                  val_sources: dict | None = None):
         if set(sources) != set(weights):
-            raise UserError(f"mixture: weights: expected one weight per source {sorted(sources)}, got {sorted(weights)}")
+            raise UserError(f"mixture: weights: expected one per source {sorted(sources)}, got {sorted(weights)}")
+        if val_sources is not None and not set(val_sources) <= set(sources):
+            raise UserError(f"mixture: val_sources: {sorted(set(val_sources) - set(sources))} are not training sources")
         if split not in ("train", "val"):
             raise UserError(f"mixture: split: expected 'train' or 'val', got {split!r}")
         if not 0 <= rank < world_size:
             raise UserError(f"mixture: rank: expected 0 <= rank < world_size={world_size}, got {rank}")
         if seq_len < 1 or batch_size < 1:
             raise UserError(f"mixture: seq_len and batch_size must be >= 1, got {seq_len} and {batch_size}")
+        if int(seed) != seed or seed < 0:  # numpy's seed sequences take non-negative integers
+            raise UserError(f"mixture: seed: expected a non-negative integer, got {seed!r}")
         self.names = sorted(sources)  # sorted: the same mixture whatever the dict order
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.split, self.rank, self.world_size = split, rank, world_size
@@ -139,7 +147,8 @@ class MixtureLoader:
         docs = self._train_docs if split == "train" else self._val_docs
         for name in self.names:
             if self.weights[name] > 0 and len(docs[name][1]) == 0:
-                raise UserError(f"{self.shards[name].path}: no {split} documents (the shard has {len(self.shards[name])})")
+                n_docs = len(self.shards[name])
+                raise UserError(f"{self.shards[name].path}: no {split} documents (the shard has {n_docs})")
         self.streams = {n: SourceStream(*docs[n], seed, _name_key(n), shuffle=split == "train") for n in self.names}
         self.seq_index = 0  # global sequences consumed so far (all ranks)
         self._choices = {}  # (stream key, names) -> (block, source indices): the current block of choices
@@ -157,7 +166,7 @@ class MixtureLoader:
         shards = list(self.shards.values()) + list(self.val_shards.values())
         ref = shards[0]
         for s in shards[1:]:
-            if (s.vocab_size, s.header.get("tokenizer_sha256")) != (ref.vocab_size, ref.header.get("tokenizer_sha256")):
+            if _tokenizer_id(s) != _tokenizer_id(ref):
                 raise UserError(f"{s.path}: tokenizer: differs from the one of {ref.path}; tokenize all sources alike")
 
     def _split_documents(self, val_fraction: float, val_sources: dict | None):
@@ -205,7 +214,7 @@ class MixtureLoader:
         probs = np.array([self.weights[n] for n in self.names])
         seq = self._fill(self.streams, self.seq_index, TRAIN_STREAM, self.names, probs)
         self.seq_index += self.batch_size * self.world_size
-        return seq[:, :-1], seq[:, 1:]
+        return seq[:, :-1].contiguous(), seq[:, 1:].contiguous()
 
     def __iter__(self):
         while True:
@@ -224,7 +233,7 @@ class MixtureLoader:
         batches = []
         for i in range(n):
             seq = self._fill(streams, i * self.batch_size * self.world_size, VAL_STREAM, names, probs)
-            batches.append((seq[:, :-1], seq[:, 1:]))
+            batches.append((seq[:, :-1].contiguous(), seq[:, 1:].contiguous()))
         return batches
 
     def val_bytes_per_token(self, source: str | None = None) -> float:
@@ -272,13 +281,16 @@ class MixtureLoader:
 
     def __repr__(self) -> str:
         srcs = ", ".join(f"{n}={self.weights[n]:.3f}" for n in self.names)
-        return f"MixtureLoader({srcs}; seq_len={self.seq_len}, batch_size={self.batch_size}, rank={self.rank}/{self.world_size})"
+        shape = f"seq_len={self.seq_len}, batch_size={self.batch_size}, rank={self.rank}/{self.world_size}"
+        return f"MixtureLoader({srcs}; {shape})"
 
 
 def source_paths(root) -> dict[str, Path]:
     """{source name: folder} for every token shard folder directly under `root` (as written by `tokenize`)."""
     root = Path(root)
-    found = {p.name: p for p in sorted(root.iterdir()) if (p / "header.json").is_file()} if root.is_dir() else {}
+    # names starting with "." are temporary folders of an interrupted `tokenize`
+    shard_dirs = sorted(p for p in root.iterdir() if not p.name.startswith(".")) if root.is_dir() else []
+    found = {p.name: p for p in shard_dirs if (p / "header.json").is_file()}
     if not found:
         raise UserError(f"{root}: no token shard folders (with header.json) found")
     return found

@@ -109,6 +109,9 @@ class Source:
 
 @dataclass
 class StageStats:
+    """Counts of one stage: documents, UTF-8 bytes of their text, drops by reason (docs_in = docs_out + drops).
+    For `read`, docs_in also counts the records the reader skipped, whose bytes are unknown."""
+
     docs_in: int = 0
     docs_out: int = 0
     bytes_in: int = 0
@@ -277,6 +280,8 @@ def run_task(plan: Plan, seg: int, shard: int) -> dict:
     if next_group is not None:
         _save_npz(plan.task_file(seg, shard, "summary.npz"), next_group.summary())
 
+    if seg == 0:  # records the reader skipped (malformed, wrong license, ...) came in too
+        stats["read"].docs_in += sum(stats["read"].drops.values())
     result = {name: s.as_dict() for name, s in stats.items()}
     _write_json(stats_path, result)
     done.touch()  # last: a shard with a marker has all of its files
@@ -398,11 +403,24 @@ def run(source: Source, out: str | os.PathLike, workers: int = 1, executor: str 
     return stats
 
 
+def _settings(stage: Stage | GroupStage) -> dict:
+    """A stage's plain settings (thresholds, languages, modes): a changed one must not reuse old results."""
+    out = {}
+    for k, v in sorted(vars(stage).items()):
+        if k.startswith("_") or callable(v):
+            continue
+        if isinstance(v, (set, frozenset)):
+            v = sorted(v)
+        if isinstance(v, (str, int, float, bool, type(None), list, tuple)):
+            out[k] = v
+    return json.loads(json.dumps(out))  # tuples -> lists, as they come back from the manifest
+
+
 def _check_same_inputs(plan: Plan) -> None:
     """A resumed run must see the same shards in the same order, or markers would point at the wrong files."""
     manifest = plan.work / "inputs.json"
     current = {"source": plan.source.name, "shards": plan.source.shards,
-               "stages": [s.name for s in plan.source.stages]}
+               "stages": [[s.name, _settings(s)] for s in plan.source.stages]}
     if manifest.exists():
         saved = json.loads(manifest.read_text())
         if saved != current:

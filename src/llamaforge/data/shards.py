@@ -22,11 +22,13 @@ from __future__ import annotations
 import collections
 import gzip
 import hashlib
+import itertools
 import json
 import multiprocessing
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -203,7 +205,7 @@ def encode_chunk(tokenizer, path: str, first: int, lines: list[bytes], dtype: np
     encoded = batch(texts) if batch else [tokenizer.encode(t) for t in texts]
     kept = [(ids, t) for ids, t in zip(encoded, texts) if len(ids) > 0]
     lengths = np.array([len(ids) for ids, _ in kept], dtype=np.int64)
-    ids = np.fromiter((i for ids, _ in kept for i in ids), dtype=dtype, count=int(lengths.sum()))
+    ids = np.fromiter(itertools.chain.from_iterable(ids for ids, _ in kept), dtype=dtype, count=int(lengths.sum()))
     n_bytes = sum(len(t.encode("utf-8")) for _, t in kept)
     return ids, lengths, n_bytes, len(texts) - len(kept)
 
@@ -304,6 +306,8 @@ def tokenize(inputs, tokenizer_path, out_dir, source: str | None = None, workers
         inputs = [inputs]
     files = jsonl_files(inputs)
     source = source or Path(inputs[0]).name.split(".")[0]
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", source):  # a folder name, never a path
+        raise UserError(f"source: expected a name of letters, digits, '_', '.', '-', got {source!r}")
     tokenizer = load_tokenizer(tokenizer_path)
     tokenizer_file = Path(tokenizer.path)
     dtype = token_dtype(tokenizer.vocab_size)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import io
 import json
 import random
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from llamaforge.data.shards import open_text_lines
 from llamaforge.errors import UserError
@@ -58,11 +58,12 @@ TEXT_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".txt", ".txt.gz")
 
 
 def input_files(inputs: Iterable) -> list[Path]:
-    """Files as given; folders as their sorted JSONL and text files (searched recursively)."""
+    """Files as given; folders as their sorted JSONL and text files (not recursive: `prepare` keeps its intermediate
+    files in a subfolder, and only the final shards at the top belong in a tokenizer's training set)."""
     files = []
     for p in map(Path, inputs):
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file() and q.name.endswith(TEXT_SUFFIXES))
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.name.endswith(TEXT_SUFFIXES))
             if not found:
                 raise UserError(f"{p}: no {' / '.join('*' + s for s in TEXT_SUFFIXES)} files in folder")
             files.extend(found)

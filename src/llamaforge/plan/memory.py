@@ -22,15 +22,19 @@ Four parts, each per device:
       SwiGLU          4p · f              w1 x, silu(w1 x), w3 x, their product (= w2's input)
 
   r = p, except under autocast, where the residual stream stays fp32 (r = 4).
-  With tensor parallelism the paper's sequence parallelism is assumed (Korthikanti §4.2.2): every saved tensor is
-  split t ways. Activation checkpointing:
+  Tensor parallelism of degree t, as `train.parallel` does it: sequence parallelism (Korthikanti §4.2.2) splits
+  the norms' tensors t ways and column/row parallelism splits the heads and the FFN width t ways, but the gathered
+  input each matmul saves (the norms' scaled output) and the full-size partial sums of wo and w2 (saved by
+  selective checkpointing) are not split; Megatron-LM avoids the former by re-gathering in the backward pass.
+  Activation checkpointing:
     none       everything above;
     selective  the paper's §2.4 choice, as `train.parallel` implements it: save what is expensive to recompute,
                the block input and the outputs of all seven matmuls and of attention; recompute norms, RoPE and
                the SwiGLU gate;
     full       the block input only (r·h per token); one layer is recomputed at a time during backward;
 - the loss: logits [b, s, vocab] in fp32 held by the caller, log-softmax output, its incoming gradient and its
-  input gradient: 16·vocab bytes per token at the start of the backward pass (split t ways by a vocab-parallel loss).
+  input gradient: 16·vocab bytes per token at the start of the backward pass (not split by TP: the trainer
+  gathers full logits on every rank).
 
 The peak is states + compute copies + all saved activations + the larger of the loss buffers and one recomputed
 layer. tests/test_plan_memory.py holds this to 10% of the peak resident memory of real training steps on a CPU.
@@ -100,30 +104,33 @@ class MemoryEstimate:
 
 
 def layer_activation_bytes_per_token(
-    args: ModelArgs, compute_dtype: str, ac: str, autocast: bool = False
+    args: ModelArgs, compute_dtype: str, ac: str, autocast: bool = False, tp: int = 1
 ) -> dict[str, float]:
-    """Bytes one transformer block keeps for its backward pass, per token of the micro-batch (no parallelism)."""
+    """Bytes one transformer block keeps for its backward pass per token of the micro-batch, on one device."""
     p = DTYPE_BYTES[compute_dtype]
     r = 4 if autocast else p  # residual stream: autocast leaves the non-matmul ops (and the stream) in fp32
     h, f, a = args.dim, args.ffn_hidden_dim, args.n_heads
     kv = args.n_kv_heads * args.head_dim
+    # Terms not divided by tp are full size on every TP rank: the matmuls take the gathered sequence as input,
+    # and the row-parallel ones (wo, w2) produce full-size partial sums before their reduce-scatter.
     if ac == "full":
-        return {"block input": r * h}
+        return {"block input": r * h / tp}
     if ac == "selective":
         return {
-            "block input": r * h,
-            "q, k, v": p * (h + 2 * kv),
-            "attention out + lse": p * h + 4 * a,
+            "block input": r * h / tp,
+            "q, k, v": p * (h + 2 * kv) / tp,
+            "attention out + lse": (p * h + 4 * a) / tp,
             "wo out, w2 out": 2 * p * h,
-            "w1 out, w3 out": 2 * p * f,
+            "w1 out, w3 out": 2 * p * f / tp,
         }
-    # fp32 copy of the input, the normalized input, the scaled output (+ autocast's bf16 copy of it)
-    norm = (4 + 2 * r) * h + (p * h if autocast else 0)
+    # fp32 copy of the input and the normalized input (sequence-split under TP), the scaled output that the next
+    # matmul saves (gathered under TP), and under autocast the bf16 copy the matmul makes of it
+    norm = (4 + r) * h / tp + r * h + (p * h if autocast else 0)
     return {
         "RMSNorm x2": 2 * norm,
-        "RoPE (fp32 q, k)": 4 * (h + kv),
-        "attention (q, k, v, out, lse)": p * (2 * h + 2 * kv) + 4 * a,
-        "SwiGLU": 4 * p * f,
+        "RoPE (fp32 q, k)": 4 * (h + kv) / tp,
+        "attention (q, k, v, out, lse)": (p * (2 * h + 2 * kv) + 4 * a) / tp,
+        "SwiGLU": 4 * p * f / tp,
     }
 
 
@@ -151,12 +158,12 @@ def estimate(args: ModelArgs, layout: Layout) -> MemoryEstimate:
         compute_copies = (n_params - units[0]) * p / t
 
     tokens = layout.micro_batch * layout.seq_len
-    per_layer = layer_activation_bytes_per_token(args, layout.compute_dtype, layout.ac, layout.autocast)
-    full_layer = layer_activation_bytes_per_token(args, layout.compute_dtype, "none", layout.autocast)
+    per_layer = layer_activation_bytes_per_token(args, layout.compute_dtype, layout.ac, layout.autocast, t)
+    full_layer = layer_activation_bytes_per_token(args, layout.compute_dtype, "none", layout.autocast, t)
     final_norm = full_layer["RMSNorm x2"] / 2
-    activations = tokens * (args.n_layers * sum(per_layer.values()) + final_norm) / t
-    loss = tokens * 16 * args.vocab_size / t  # fp32 logits, log-softmax out, its gradient in and out
-    recompute = 0.0 if layout.ac == "none" else tokens * sum(full_layer.values()) / t
+    activations = tokens * (args.n_layers * sum(per_layer.values()) + final_norm)
+    loss = tokens * 16 * args.vocab_size  # fp32 logits (gathered on every TP rank), log-softmax out, 2 gradients
+    recompute = 0.0 if layout.ac == "none" else tokens * sum(full_layer.values())
 
     return MemoryEstimate(
         params=n_params * m / shards,

@@ -286,7 +286,7 @@ def plot_isoflop(results: list[dict], analysis: dict, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     cs = np.geomspace(min(budgets) / 3, max(budgets + [analysis["target_budget"]]) * 3, 50)
     try:
-        ax.plot(cs, [compute_optimal(law, c).n_params for c in cs], "-", label="fitted law: compute-optimal N")
+        ax.plot(cs, [compute_optimal(law, c).n_params for c in cs], "-", label="fitted law: compute-optimal N (C = 6ND)")
     except (UserError, OverflowError, ValueError):
         pass
     minima = analysis["isoflop_minima"]

@@ -3,7 +3,8 @@
 A checkpoint is the folder `checkpoints/step_XXXXXXXX/` holding
 - the DCP files of the model and optimizer state (each process writes its own shards; DCP can reload them
   under another FSDP/TP layout),
-- `rank_NNNNN.pt`: that process's RNG states and data-loader position,
+- `rank_NNNNN.pt`: that process's RNG states and data-loader position (the loaders keep a global position, so a
+  checkpoint resumes on another number of processes too; only then are the RNG states not restored),
 - `train_state.json`: step, scheduler, spike-guard window, layout and the config, written last by rank 0.
 
 Atomicity: everything is written into `step_XXXXXXXX.tmp/` and renamed to `step_XXXXXXXX/` only when complete,
@@ -122,17 +123,17 @@ def load(path: Path, model, optimizer) -> tuple[dict, dict]:
         train_state = json.loads(train_state_file.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"{train_state_file}: cannot read checkpoint state ({e})") from None
-    if train_state.get("world_size") != _world():
-        raise UserError(
-            f"{path}: written by {train_state.get('world_size')} processes, this run has {_world()}: the data "
-            "loader positions are per process and cannot be resharded; resume with the same number of processes"
-        )
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    rank_state = torch.load(path / f"rank_{_rank():05d}.pt", weights_only=True)
-    set_rng_state(rank_state.pop("rng"))
+    # Same layout: each process takes its own file. Another number of processes: DCP has resharded the model and
+    # optimizer above; the loader position is global (the same on every rank), so rank 0's serves everyone.
+    same = train_state.get("world_size") == _world()
+    rank_state = torch.load(path / f"rank_{_rank() if same else 0:05d}.pt", weights_only=True)
+    rng = rank_state.pop("rng")
+    if same:  # RNG streams are per process: only meaningful in the layout that produced them
+        set_rng_state(rng)
     return train_state, rank_state

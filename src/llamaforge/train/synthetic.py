@@ -19,7 +19,7 @@ class SyntheticLoader:
         self.vocab_size, self.seq_len, self.batch_size = vocab_size, seq_len, batch_size
         self.seed, self.split, self.rank, self.world_size = seed, split, rank, world_size
         self.bytes_per_token = None  # no text behind these tokens: no bits-per-byte
-        self.next_index = 0  # global index of the next micro-batch (all ranks together)
+        self.seq_index = 0  # global sequences consumed so far (all ranks): the position, whatever the layout
 
     def _samples(self, first: int, count: int, split: str) -> torch.Tensor:
         rows = []
@@ -31,25 +31,25 @@ class SyntheticLoader:
             rows.append((start + stride * torch.arange(self.seq_len + 1)) % self.vocab_size)
         return torch.stack(rows)
 
-    def _batch(self, index: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        first = (index * self.world_size + self.rank) * self.batch_size
-        seq = self._samples(first, self.batch_size, split)
+    def _batch(self, seq_index: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's block of the global batch that starts at global sequence `seq_index`."""
+        seq = self._samples(seq_index + self.rank * self.batch_size, self.batch_size, split)
         return seq[:, :-1], seq[:, 1:]  # inputs, next-token targets
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self._batch(self.next_index, self.split)
-        self.next_index += 1
+        batch = self._batch(self.seq_index, self.split)
+        self.seq_index += self.batch_size * self.world_size
         return batch
 
     def val_batches(self, n: int):
         for i in range(n):
-            yield self._batch(i, "val")
+            yield self._batch(i * self.batch_size * self.world_size, "val")
 
     def state_dict(self) -> dict:
-        return {"next_index": self.next_index}
+        return {"seq_index": self.seq_index}
 
     def load_state_dict(self, state: dict) -> None:
-        self.next_index = int(state["next_index"])
+        self.seq_index = int(state["seq_index"])
 
     def stats(self) -> dict:
         return {}

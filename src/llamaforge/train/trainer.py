@@ -11,7 +11,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -187,9 +186,7 @@ def export_final(cfg: TrainConfig, args, state: dict, out_dir: Path) -> None:
     tokenizer = cfg.data.tokenizer or None
     save_model(plain, out_dir / "final", format="native", tokenizer_path=tokenizer)
     if cfg.checkpoint.export_hf:
-        save_model(plain, out_dir / "final_hf", format="hf")
-        if tokenizer:
-            shutil.copy(tokenizer, out_dir / "final_hf" / Path(tokenizer).name)
+        save_model(plain, out_dir / "final_hf", format="hf", tokenizer_path=tokenizer)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ class LineDedup(GroupStage):
         if mode not in ("ccnet", "first"):
             raise ValueError(f"mode must be 'ccnet' or 'first', got {mode!r}")
         self.mode, self.group_size, self.algo, self.name = mode, group_size, algo, name
+        self.lowercase_only = lowercase_only
         self.normalize = strip_lower if lowercase_only else normalize_for_dedup  # C4 vs CCNet
         self._reset()
 
@@ -140,6 +141,7 @@ class ExactDedup(GroupStage):
 
 
 _NON_WORD = re.compile(r"[^\w\s]+")
+SIGNATURE_CHUNK = 20_000  # shingles hashed at once: bounds memory to ~20 MB for 128 permutations
 
 
 def shingles(text: str, n: int = 5) -> set[bytes]:
@@ -167,7 +169,9 @@ class MinHashDedup(GroupStage):
         from datasketch import MinHash
 
         m = MinHash(num_perm=self.num_perm, seed=self.seed)
-        m.update_batch(list(shingles(text, self.ngram)))
+        items = list(shingles(text, self.ngram))
+        for i in range(0, len(items), SIGNATURE_CHUNK):  # update_batch holds a (chunk x num_perm) array
+            m.update_batch(items[i:i + SIGNATURE_CHUNK])
         return m.hashvalues.astype(np.uint64)
 
     def observe(self, index: int, doc: Doc) -> None:

@@ -101,7 +101,7 @@ class C4Reader:
                 doc["meta"]["source"] = "c4"
                 yield doc
             return
-        for obj in iter_jsonl(shard, drops):
+        for obj in iter_jsonl(shard, drops, text_keys=("text", "raw_content")):
             meta = {"source": "c4"}
             for key in ("url", "timestamp", "id"):
                 if key in obj:

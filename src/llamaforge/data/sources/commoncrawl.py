@@ -57,11 +57,10 @@ class CCReader:
         if ".warc" in shard:
             yield from self._warc(shard, drops)
         else:
-            for obj in iter_jsonl(shard, drops):
-                meta = dict(obj.get("metadata") or obj.get("meta") or {})
-                for key in ("url", "id"):
-                    if key in obj:
-                        meta.setdefault(key, obj[key])
+            for obj in iter_jsonl(shard, drops, text_keys=("text", "raw_content")):  # CCNet: raw_content
+                # CCNet puts its fields at the top level, dolma under "metadata"
+                meta = {k: v for k, v in obj.items() if k not in ("text", "raw_content", "metadata", "meta")}
+                meta.update(obj.get("metadata") or obj.get("meta") or {})
                 yield {"text": obj["text"], "meta": {"source": "commoncrawl", **_keep_meta(meta)}}
 
     def _warc(self, shard: str, drops: Counter) -> Iterator[Doc]:

@@ -1,4 +1,4 @@
-"""StackExchange: each question with its answers, HTML stripped, answers sorted by score (high to low).
+r"""StackExchange: each question with its answers, HTML stripped, answers sorted by score (high to low).
 
 Inputs: Stack Exchange data-dump `Posts.xml` files, named `<site>-Posts.xml` or `<site>/Posts.xml` (one site a
 shard). With `max_sites=N` only the N largest sites (by number of posts) are used; the paper took the 28 largest.
@@ -6,14 +6,18 @@ Document: `Q: <title>\n<question>\nA: <best answer>\nA: <next>...`. Scores are c
 sorted the XML strings, so "9" came before "10"); ties keep the dump's order. A question with no answer is kept.
 
 Each row of a dump is one line, so rows are parsed one by one: a broken row is counted (`bad_xml`) and skipped.
-A site's questions and answers are held in memory while pairing them (one site at a time).
+Pairing goes through a temporary SQLite file (answers indexed by question), so memory stays bounded even for
+Stack Overflow's ~60M posts; the disk holds one site's posts at a time.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import sqlite3
+import tempfile
 import xml.etree.ElementTree as ET
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +25,8 @@ import lxml.html
 
 from llamaforge.data.pipeline import Doc, Source
 from llamaforge.data.readers import expand_inputs, iter_lines
+
+BATCH = 10_000  # rows inserted at once
 
 
 def site_name(path: str) -> str:
@@ -59,26 +65,49 @@ def count_posts(path: str) -> int:
 class StackExchangeReader:
     def __call__(self, shard: str, drops: Counter) -> Iterator[Doc]:
         site = site_name(shard)
-        questions: dict[str, dict[str, str]] = {}
-        answers: dict[str, list[tuple[int, str]]] = defaultdict(list)
-        for row in iter_rows(shard, drops):
+        with tempfile.TemporaryDirectory(prefix="llamaforge-se-") as tmp:
+            db = sqlite3.connect(os.path.join(tmp, "posts.db"))
+            try:
+                self._load(db, shard, drops)
+                yield from self._pairs(db, site)
+            finally:
+                db.close()
+
+    @staticmethod
+    def _load(db: sqlite3.Connection, shard: str, drops: Counter) -> None:
+        """Questions and answers into two tables, in dump order (`pos`), a batch of rows at a time."""
+        db.execute("CREATE TABLE q (pos INTEGER PRIMARY KEY, id TEXT, title TEXT, body TEXT, score INTEGER)")
+        db.execute("CREATE TABLE a (pos INTEGER PRIMARY KEY, parent TEXT, body TEXT, score INTEGER)")
+        qs, ans = [], []
+        for pos, row in enumerate(iter_rows(shard, drops)):
             try:
                 score = int(row.get("Score", "0"))
             except ValueError:
                 drops["bad_score"] += 1
                 continue
             if row.get("PostTypeId") == "1":
-                questions[row["Id"]] = row
+                qs.append((pos, row["Id"], row.get("Title", ""), row.get("Body", ""), score))
             elif row.get("PostTypeId") == "2" and "ParentId" in row:
-                answers[row["ParentId"]].append((score, row.get("Body", "")))
-        for qid, q in questions.items():
-            ranked = sorted(answers.get(qid, []), key=lambda a: -a[0])  # stable: ties keep dump order
-            question = (q.get("Title", "") + "\n" + html_to_text(q.get("Body", ""))).strip()
-            parts = ["Q: " + question] + ["A: " + html_to_text(body) for _, body in ranked]
+                ans.append((pos, row["ParentId"], row.get("Body", ""), score))
+            if len(qs) + len(ans) >= BATCH:
+                db.executemany("INSERT INTO q VALUES (?, ?, ?, ?, ?)", qs)
+                db.executemany("INSERT INTO a VALUES (?, ?, ?, ?)", ans)
+                qs, ans = [], []
+        db.executemany("INSERT INTO q VALUES (?, ?, ?, ?, ?)", qs)
+        db.executemany("INSERT INTO a VALUES (?, ?, ?, ?)", ans)
+        db.execute("CREATE INDEX a_by_parent ON a (parent, score DESC, pos)")
+
+    @staticmethod
+    def _pairs(db: sqlite3.Connection, site: str) -> Iterator[Doc]:
+        for qid, title, body, score in db.cursor().execute("SELECT id, title, body, score FROM q ORDER BY pos"):
+            # integer scores, high to low; ties keep the dump's order
+            ranked = db.execute("SELECT score, body FROM a WHERE parent = ? ORDER BY score DESC, pos",
+                                (qid,)).fetchall()
+            question = (title + "\n" + html_to_text(body)).strip()
+            parts = ["Q: " + question] + ["A: " + html_to_text(b) for _, b in ranked]
             yield {"text": "\n".join(parts),
                    "meta": {"source": "stackexchange", "site": site, "url": f"https://{site}/questions/{qid}",
-                            "question_score": int(q.get("Score", "0")),
-                            "answer_scores": [s for s, _ in ranked]}}
+                            "question_score": score, "answer_scores": [s for s, _ in ranked]}}
 
 
 def build(inputs: list[str], max_sites: int | None = None, **_) -> Source:
