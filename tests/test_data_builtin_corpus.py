@@ -13,12 +13,12 @@ from llamaforge.data.builtin_corpus import (
     code_documents,
     docs_documents,
     module_docstrings,
-    prepare_demo_data,
     stdlib_root,
     write_builtin_corpus,
 )
 from llamaforge.data.mixture import MixtureLoader
-from llamaforge.data.shards import TokenShard
+from llamaforge.data.shards import TokenShard, tokenize
+from llamaforge.data.tokenizer_training import train_tokenizer
 
 
 def read(path):
@@ -67,8 +67,9 @@ def test_github_rules_hook():
 
 
 def test_end_to_end_tokenizer_tokenize_and_loader(tmp_path):
-    data = prepare_demo_data(tmp_path, vocab_size=1000, code_mb=0.3, docs_mb=0.2, max_sentences=20_000)
-    corpus, model, sources = data["corpus"], data["tokenizer"], data["sources"]
+    corpus = write_builtin_corpus(tmp_path / "corpus", max_mb={"code": 0.3, "docs": 0.2})
+    model = train_tokenizer([tmp_path / "corpus"], 1000, tmp_path / "tok", max_sentences=20_000)
+    sources = {n: tokenize(corpus[n]["path"], model, tmp_path / "shards", source=n) for n in ("code", "docs")}
     tok = load_tokenizer(model)
     assert tok.vocab_size == 1000 and corpus["docs"]["bytes"] <= 200_000
     for n, folder in sources.items():

@@ -93,7 +93,9 @@ def test_zero_weight_source_is_never_read(sources):
 
 
 def test_deterministic_for_a_seed_and_different_across_seeds(sources):
-    make = lambda seed: batches(MixtureLoader(sources[0], WEIGHTS, seq_len=16, batch_size=4, seed=seed), 10)
+    def make(seed):
+        return batches(MixtureLoader(sources[0], WEIGHTS, seq_len=16, batch_size=4, seed=seed), 10)
+
     a, b, c = make(7), make(7), make(8)
     assert all(torch.equal(p[0], q[0]) for p, q in zip(a, b))
     assert not all(torch.equal(p[0], q[0]) for p, q in zip(a, c))

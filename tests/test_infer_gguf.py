@@ -93,3 +93,22 @@ def test_llama_cpp_greedy_tokens_match(tmp_path, dtype):
             break
     llm.close()
     assert theirs == ours.tokens
+
+
+def test_convert_command_writes_q8_0_gguf(tmp_path, capsys):
+    from llamaforge.cli import main
+
+    model = tiny()
+    model.args.hidden_dim = 80  # w2 then has 80 inputs: not whole 32-wide q8_0 blocks, so it is stored f16
+    for layer in model.layers:
+        layer.feed_forward = type(layer.feed_forward)(64, 80)
+    src = save_model(model, tmp_path / "native")
+    assert main(["convert", str(src), str(tmp_path / "m.gguf"), "--to", "gguf", "--dtype", "q8_0"]) == 0
+    import gguf
+
+    reader = gguf.GGUFReader(str(tmp_path / "m.gguf"))
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert types["blk.0.attn_q.weight"] == "Q8_0" and types["blk.0.attn_norm.weight"] == "F32"
+    assert types["blk.0.ffn_up.weight"] == "Q8_0" and types["blk.0.ffn_down.weight"] == "F16"
+    assert load_model(tmp_path / "m.gguf").args == model.args
+    assert main(["convert", str(src), str(tmp_path / "x"), "--to", "native", "--dtype", "q8_0"]) == 2

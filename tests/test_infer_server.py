@@ -12,6 +12,8 @@ import httpx
 import pytest
 import torch
 
+pytestmark = pytest.mark.timeout(180)  # a hung server fails the test instead of the whole run
+
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 

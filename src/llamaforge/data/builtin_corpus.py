@@ -11,7 +11,7 @@
 Files are visited in an order fixed by a hash of their relative path (a spread sample when a size cap cuts the
 list), so the output depends only on the Python version and the options. `write_builtin_corpus(out_dir)` writes
 `out_dir/code.jsonl` and `out_dir/docs.jsonl` (`{"text": ..., "meta": {...}}` per line), atomically;
-`prepare_demo_data(out_dir)` goes on to train the tokenizer and write the token shards the demo trains on.
+`llamaforge demo` (commands/demo.py) goes on to train the tokenizer and the token shards from them.
 """
 
 from __future__ import annotations
@@ -168,26 +168,6 @@ def write_builtin_corpus(out_dir, max_mb: float | dict | None = None, github_rul
 
         raise UserError(f"{stdlib_root()}: found no standard-library sources to build the demo corpus from")
     return out
-
-
-def prepare_demo_data(out_dir, vocab_size: int = 4096, code_mb: float = 4.0, docs_mb: float = 1.0,
-                      max_sentences: int = 200_000, workers: int = 1, github_rules: bool = True) -> dict:
-    """Everything a demo training run reads, built from the standard library in seconds:
-
-        out_dir/corpus/{code,docs}.jsonl   the two sources (`write_builtin_corpus`)
-        out_dir/tokenizer.model            SentencePiece BPE, Meta's trainer spec, `vocab_size` pieces
-        out_dir/tokens/{code,docs}/        token shards for `MixtureLoader`
-
-    Returns {"tokenizer": path, "sources": {name: shard folder}, "corpus": write_builtin_corpus's stats}.
-    """
-    from llamaforge.data.shards import tokenize
-    from llamaforge.data.tokenizer_training import train_tokenizer
-
-    out_dir = Path(out_dir)
-    corpus = write_builtin_corpus(out_dir / "corpus", {"code": code_mb, "docs": docs_mb}, github_rules)
-    model = train_tokenizer([out_dir / "corpus"], vocab_size, out_dir / "tokenizer", max_sentences=max_sentences)
-    sources = {n: tokenize(corpus[n]["path"], model, out_dir / "tokens", source=n, workers=workers) for n in corpus}
-    return {"tokenizer": model, "sources": sources, "corpus": corpus}
 
 
 if __name__ == "__main__":  # python -m llamaforge.data.builtin_corpus OUT_DIR [MAX_MB]

@@ -203,7 +203,7 @@ def encode_chunk(tokenizer, path: str, first: int, lines: list[bytes], dtype: np
     texts = parse_texts(path, first, lines)
     batch = getattr(tokenizer, "encode_batch", None)
     encoded = batch(texts) if batch else [tokenizer.encode(t) for t in texts]
-    kept = [(ids, t) for ids, t in zip(encoded, texts) if len(ids) > 0]
+    kept = [(ids, t) for ids, t in zip(encoded, texts, strict=True) if len(ids) > 0]
     lengths = np.array([len(ids) for ids, _ in kept], dtype=np.int64)
     ids = np.fromiter(itertools.chain.from_iterable(ids for ids, _ in kept), dtype=dtype, count=int(lengths.sum()))
     n_bytes = sum(len(t.encode("utf-8")) for _, t in kept)

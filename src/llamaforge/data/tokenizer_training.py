@@ -22,7 +22,6 @@ from pathlib import Path
 
 from llamaforge.data.shards import open_text_lines
 from llamaforge.errors import UserError
-from llamaforge.formats.atomic import atomic_file
 
 META_TRAINER_SPEC = dict(
     model_type="bpe",
@@ -141,6 +140,8 @@ def train_tokenizer(inputs, vocab_size: int, out_prefix, max_sentences: int = 2_
     """
     import sentencepiece as spm
 
+    from llamaforge.formats.atomic import atomic_file  # here: `formats` imports torch, which training never needs
+
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     files = input_files(inputs)
@@ -166,6 +167,8 @@ def train_tokenizer(inputs, vocab_size: int, out_prefix, max_sentences: int = 2_
 def write_vocab(model_path: Path, vocab_path: Path):
     """`piece<TAB>score` per id, the same listing `spm_train` writes beside the model, for reading by eye."""
     import sentencepiece as spm
+
+    from llamaforge.formats.atomic import atomic_file
 
     sp = spm.SentencePieceProcessor(model_file=str(model_path))
     lines = (f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.vocab_size()))

@@ -236,7 +236,13 @@ def create_app(engine: Engine, model_name: str = "llamaforge", chat_template: st
         events: asyncio.Queue = asyncio.Queue()
 
         def listener(index):
-            return lambda r, delta: loop.call_soon_threadsafe(events.put_nowait, (index, delta, r, r.done.is_set()))
+            def on_update(r, delta):  # runs in the engine thread
+                try:
+                    loop.call_soon_threadsafe(events.put_nowait, (index, delta, r, r.done.is_set()))
+                except RuntimeError:  # the event loop is closed (server shutting down): nobody is listening
+                    r.cancelled = True
+
+            return on_update
 
         requests = []
         try:
