@@ -112,3 +112,20 @@ def test_convert_command_writes_q8_0_gguf(tmp_path, capsys):
     assert types["blk.0.ffn_up.weight"] == "Q8_0" and types["blk.0.ffn_down.weight"] == "F16"
     assert load_model(tmp_path / "m.gguf").args == model.args
     assert main(["convert", str(src), str(tmp_path / "x"), "--to", "native", "--dtype", "q8_0"]) == 2
+
+
+def test_tokenizer_rebuilt_from_gguf_metadata(tmp_path):
+    """tokenizer.model -> GGUF metadata -> SentencePiece again: same ids; and the shared llama.cpp-made file."""
+    from llamaforge.formats.gguf import load_tokenizer
+    from llamaforge.tokenizer import SentencePieceTokenizer
+
+    original = SentencePieceTokenizer(shared_path("llama2-tokenizer/tokenizer.model"))
+    path = save_model(tiny(vocab=32000), tmp_path / "m.gguf", format="gguf", tokenizer_path=original.path)
+    rebuilt = load_tokenizer(path)
+    texts = ["Hello world", "  two  spaces\nand a newline", "naïve café 東京 🙂", "x=1; y = [2, 3]"]
+    for text in texts:
+        assert rebuilt.encode(text, bos=True) == original.encode(text, bos=True)
+        assert rebuilt.decode(original.encode(text)) == text
+    shared = load_tokenizer(shared_path("llama-2-tiny-random-gguf/llama-2-tiny-random.gguf"))
+    assert shared.encode("Hello world") == [15043, 3186]
+    assert load_tokenizer(save_model(tiny(), tmp_path / "nv.gguf", format="gguf")) is None

@@ -75,7 +75,7 @@ def server(tmp_path_factory):
     assert srv.started, "server did not start"
     # A second engine over a copy of the weights (an engine owns its model's caches) gives the expected text.
     reference = Engine(copy.deepcopy(model), tok, max_batch=1, max_seq_len=128)
-    yield {"base": f"http://127.0.0.1:{port}", "tok": tok, "model": model, "reference": reference}
+    yield {"base": f"http://127.0.0.1:{port}", "tok": tok, "engine": engine, "reference": reference}
     srv.should_exit = True
     thread.join(timeout=10)
 
@@ -224,9 +224,21 @@ def test_eight_concurrent_clients_batched_and_correct(server):
         c = openai.OpenAI(base_url=server["base"] + "/v1", api_key="none", timeout=60, max_retries=0)
         return c.completions.create(model="tiny", prompt=prompts[i], max_tokens=lengths[i], temperature=0)
 
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(ask, range(8)))
+    engine, busy = server["engine"], []
+    decode = engine.decode
+
+    def counting_decode(tokens, pos):  # how many slots each decode step serves
+        busy.append(sum(r is not None for r in engine._slots))
+        return decode(tokens, pos)
+
+    engine.decode = counting_decode
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(ask, range(8)))
+    finally:
+        del engine.decode
     assert [r.choices[0].text for r in results] == expected
+    assert max(busy) > 1  # requests really shared decode steps
 
 
 def test_lm_eval_local_completions_scores_through_the_server(server):

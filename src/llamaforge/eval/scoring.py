@@ -87,14 +87,20 @@ class Scorer:
             requests_of_row[row_of[key]].append(q)
             targets.append(cont)
 
-        item_prefix = [list(p) for p in prefixes]
-        item_rows: list[list[int]] = [[] for _ in item_prefix]
+        # A group: one prefix and at most batch_size of its rows (an item with more choices is split).
+        item_rows: dict[int, list[int]] = {}
         for r, row in enumerate(rows):
-            item_rows[row.item].append(r)
+            item_rows.setdefault(row.item, []).append(r)
+        prefix_of = list(prefixes)
+        groups = [
+            (prefix_of[item], rs[s : s + self.batch_size])
+            for item, rs in item_rows.items()
+            for s in range(0, len(rs), self.batch_size)
+        ]
         results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
-        for items in self._batches(item_prefix, item_rows, rows):
-            batch_rows = [r for i in items for r in item_rows[i]]
-            logp = self._forward_rows(items, batch_rows, item_prefix, item_rows, rows)
+        for batch in self._batches(groups, rows):
+            batch_rows = [r for g in batch for r in groups[g][1]]
+            logp = self._forward_rows([groups[g] for g in batch], rows)
             for k, r in enumerate(batch_rows):
                 for q in requests_of_row[r]:
                     lp = logp[k, : len(targets[q])]
@@ -113,60 +119,58 @@ class Scorer:
         keep = self.max_seq_len + 1 - len(cont)  # at least one context token is kept
         return ctx[-keep:], cont
 
-    def _batches(self, item_prefix, item_rows, rows):
-        """Groups of items with at most batch_size rows in all, longest first (so similar lengths share a batch)."""
-        order = sorted(
-            range(len(item_prefix)),
-            key=lambda i: (-len(item_prefix[i]), -max(len(rows[r].feed) for r in item_rows[i])),
-        )
-        batch, n_rows, feed_len = [], 0, 0
-        for i in order:
-            item_feed = max(len(rows[r].feed) for r in item_rows[i])
-            # Padded positions must stay inside the model's window: the first (longest) prefix plus the
-            # longest feed of the batch.
-            too_long = batch and len(item_prefix[batch[0]]) + max(feed_len, item_feed) > self.max_seq_len
-            if batch and (too_long or n_rows + len(item_rows[i]) > self.batch_size):
+    def _batches(self, groups, rows):
+        """Lists of group indices with at most batch_size rows in all, longest first (similar lengths together)."""
+        feed_len = [max(len(rows[r].feed) for r in rs) for _, rs in groups]
+        order = sorted(range(len(groups)), key=lambda g: (-len(groups[g][0]), -feed_len[g]))
+        batch, n_rows, longest_feed = [], 0, 0
+        for g in order:
+            # Padded positions must stay inside the model's window: the batch's first (longest) prefix plus its
+            # longest feed.
+            too_long = batch and len(groups[batch[0]][0]) + max(longest_feed, feed_len[g]) > self.max_seq_len
+            if batch and (too_long or n_rows + len(groups[g][1]) > self.batch_size):
                 yield batch
-                batch, n_rows, feed_len = [], 0, 0
-            batch.append(i)
-            n_rows += len(item_rows[i])
-            feed_len = max(feed_len, item_feed)
+                batch, n_rows, longest_feed = [], 0, 0
+            batch.append(g)
+            n_rows += len(groups[g][1])
+            longest_feed = max(longest_feed, feed_len[g])
         if batch:
             yield batch
 
-    def _forward_rows(self, items, batch_rows, item_prefix, item_rows, rows) -> torch.Tensor:
-        """Log-softmax over the vocabulary at every fed position of every row: [rows, feed_len, vocab].
+    def _forward_rows(self, groups, rows) -> torch.Tensor:
+        """Log-softmax over the vocabulary at every fed position of every row of `groups`: [rows, feed_len, vocab].
 
-        Each row carries its own positions (`input_pos`), so items with prefixes of different lengths share the
-        batch: right padding is harmless because a query only attends to keys at positions up to its own, and
-        the continuation overwrites the prefix's padding in the cache before anything can see it.
+        Each row carries its own positions (`input_pos`), so prefixes of different lengths share the batch: right
+        padding is harmless because a query only attends to keys at positions up to its own, and the continuation
+        overwrites the prefix's padding in the cache before anything can see it.
         """
         model, dev = self.model, self.device
-        prefix_lens = [len(item_prefix[i]) for i in items]
-        row_item = [k for k, i in enumerate(items) for _ in item_rows[i]]  # batch row -> item slot
-        max_prefix = max(prefix_lens)
-        feed_len = max(len(rows[r].feed) for r in batch_rows)
-        model.setup_cache(max_batch=max(len(batch_rows), len(items)), max_seq_len=max_prefix + feed_len)
+        prefix_lens = [len(prefix) for prefix, _ in groups]
+        row_group = [k for k, (_, rs) in enumerate(groups) for _ in rs]  # batch row -> its group
+        feeds = [rows[r].feed for _, rs in groups for r in rs]
+        max_prefix, feed_len = max(prefix_lens), max(len(f) for f in feeds)
+        model.setup_cache(max_batch=max(len(feeds), len(groups)), max_seq_len=max_prefix + feed_len)
         try:
             if max_prefix:
-                prefix = torch.zeros(len(items), max_prefix, dtype=torch.long, device=dev)
-                for k, i in enumerate(items):
-                    prefix[k, : prefix_lens[k]] = torch.tensor(item_prefix[i])
-                pos = torch.arange(max_prefix, device=dev).expand(len(items), -1)
-                model(prefix, input_pos=pos)  # fills the cache; the prefix's own logits are not needed
-                source = torch.tensor(row_item, device=dev)
-                for layer in model.layers:  # copy each item's cached prefix to all of its choice rows
+                prefix = torch.zeros(len(groups), max_prefix, dtype=torch.long)
+                for k, (tokens, _) in enumerate(groups):
+                    prefix[k, : len(tokens)] = torch.tensor(tokens)
+                pos = torch.arange(max_prefix, device=dev).expand(len(groups), -1)
+                model(prefix.to(dev), input_pos=pos)  # fills the cache; the prefix's own logits are not needed
+                source = torch.tensor(row_group, device=dev)
+                for layer in model.layers:  # copy each group's cached prefix to all of its rows
                     cache = layer.attention.cache
-                    cache.k[: len(batch_rows)] = cache.k[source]
-                    cache.v[: len(batch_rows)] = cache.v[source]
-            feed = torch.zeros(len(batch_rows), feed_len, dtype=torch.long, device=dev)
-            for k, r in enumerate(batch_rows):
-                feed[k, : len(rows[r].feed)] = torch.tensor(rows[r].feed)
-            start = torch.tensor([prefix_lens[row_item[k]] for k in range(len(batch_rows))], device=dev)
-            logits = model(feed, input_pos=start[:, None] + torch.arange(feed_len, device=dev))
+                    cache.k[: len(feeds)] = cache.k[source]
+                    cache.v[: len(feeds)] = cache.v[source]
+            feed = torch.zeros(len(feeds), feed_len, dtype=torch.long)
+            for k, tokens in enumerate(feeds):
+                feed[k, : len(tokens)] = torch.tensor(tokens)
+            start = torch.tensor([prefix_lens[g] for g in row_group], device=dev)
+            logits = model(feed.to(dev), input_pos=start[:, None] + torch.arange(feed_len, device=dev))
         finally:
             model.clear_cache()
         return F.log_softmax(logits.float(), dim=-1)
+
 
     # ----------------------------------------------------------------------------------------------------------
     # generation

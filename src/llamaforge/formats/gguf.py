@@ -215,3 +215,39 @@ def _write(gguf, tmp: Path, model, kind: str, qtype, file_type, tokenizer_path) 
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def load_tokenizer(path: Path):
+    """The SentencePiece tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata (model "llama"), rebuilt
+    as a SentencePiece model; None when the file carries no such vocabulary."""
+    import tempfile
+
+    import gguf
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    from llamaforge.tokenizer import SentencePieceTokenizer
+
+    reader = gguf.GGUFReader(str(path))
+    if _field(reader, "tokenizer.ggml.model") != "llama":
+        return None
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    scores = _field(reader, "tokenizer.ggml.scores") or [0.0] * len(tokens)
+    types = _field(reader, "tokenizer.ggml.token_type") or [int(gguf.TokenType.NORMAL)] * len(tokens)
+    proto = pb.ModelProto()
+    for piece, score, kind in zip(tokens, scores, types):  # GGUF's token types number SentencePiece's
+        proto.pieces.add(piece=piece, score=float(score), type=int(kind))
+    spec = proto.trainer_spec
+    spec.model_type = pb.TrainerSpec.BPE  # LLaMA's scores are BPE merge priorities
+    spec.vocab_size = len(tokens)
+    spec.byte_fallback = any(int(k) == int(gguf.TokenType.BYTE) for k in types)
+    spec.unk_id = int(_field(reader, "tokenizer.ggml.unknown_token_id", 0))
+    spec.bos_id = int(_field(reader, "tokenizer.ggml.bos_token_id", -1))
+    spec.eos_id = int(_field(reader, "tokenizer.ggml.eos_token_id", -1))
+    spec.pad_id = -1
+    norm = proto.normalizer_spec  # Meta's: no normalization, a dummy "▁" prefix, spaces kept as they are
+    norm.name, norm.add_dummy_prefix, norm.remove_extra_whitespaces, norm.escape_whitespaces = (
+        "identity", bool(_field(reader, "tokenizer.ggml.add_space_prefix", True)), False, True)
+    with tempfile.NamedTemporaryFile(suffix=".model") as f:  # SentencePiece loads it into memory
+        f.write(proto.SerializeToString())
+        f.flush()
+        return SentencePieceTokenizer(f.name)
