@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import shared_path
+from data_helpers import CC_SAMPLES, run_source
 
 from llamaforge.data.filters import (
     ExactDedup,
@@ -20,7 +20,6 @@ from llamaforge.data.filters import (
     ReferenceClassifier,
     normalize_for_dedup,
 )
-from llamaforge.data.sources import prepare
 
 
 def _run_group(stage, shards: list[list[str]]) -> list[list[str | None]]:
@@ -123,24 +122,19 @@ def test_reference_classifier_separates_held_out_pages(tmp_path: Path):
 
 
 def test_commoncrawl_with_lm_buckets_and_classifier(tmp_path: Path):
-    cc = [str(shared_path(p)) for p in ("commoncrawl/dolma-tests/multiple_files_cc_en_head-0091.jsonl.gz",
-                                        "commoncrawl/dolma-tests/multiple_files_cc_en_head-0174.jsonl.gz",
-                                        "commoncrawl/dolma-tests/provided_documents_000.json.gz")]
+    cc = [shared_path(p) for p in CC_SAMPLES]
     pos, neg = tmp_path / "pos.jsonl", tmp_path / "neg.jsonl"
     pos.write_text("".join(json.dumps({"text": t}) + "\n" for t in _wikitext_articles()[:200]))
     neg.write_text("".join(json.dumps({"text": t}) + "\n" for t in _shakespeare_chunks()[:200]))
-    stats = prepare("commoncrawl", cc, str(tmp_path / "out"), progress=False,
-                    lm_reference=[str(shared_path("wikitext-2/valid.txt"))],
-                    classifier_positives=[str(pos)], classifier_negatives=[str(neg)], classifier_threshold=0.25)
+    stats, docs = run_source("commoncrawl", cc, tmp_path / "out",
+                             lm_reference=[str(shared_path("wikitext-2/valid.txt"))],
+                             classifier_positives=[str(pos)], classifier_negatives=[str(neg)],
+                             classifier_threshold=0.25)
     st = stats["stages"]
     assert list(st) == ["read", "min_length", "line_dedup", "langid", "lm_score", "lm_buckets",
                         "reference_classifier"]
     n = st["lm_buckets"]["docs_in"]
     assert n >= 20
     assert abs(st["lm_buckets"]["drops"]["bucket_tail"] - 0.4 * n) <= 1.5  # above the 60th percentile
-    docs = []
-    for p in sorted((tmp_path / "out").glob("*.jsonl.gz")):
-        with gzip.open(p, "rt", encoding="utf-8") as f:
-            docs += [json.loads(line) for line in f]
     assert docs and all(d["meta"]["bucket"] in ("head", "middle") for d in docs)
     assert all(d["meta"]["wiki_prob"] >= 0.25 and d["meta"]["perplexity"] > 1 for d in docs)

@@ -12,13 +12,11 @@ from pathlib import Path
 
 import pytest
 from conftest import shared_path
+from data_helpers import CC_SAMPLES, cc_input_shards, output_docs
 
 from llamaforge.data import pipeline
+from llamaforge.data.readers import iter_jsonl
 from llamaforge.data.sources import prepare
-
-CC = ["commoncrawl/dolma-tests/multiple_files_cc_en_head-0091.jsonl.gz",
-      "commoncrawl/dolma-tests/multiple_files_cc_en_head-0174.jsonl.gz",
-      "commoncrawl/dolma-tests/provided_documents_000.json.gz"]
 
 KILLABLE_RUN = """
 import os, signal, sys
@@ -42,21 +40,6 @@ pipeline.run(src, sys.argv[1], progress=False)
 """
 
 
-def _split_shards(tmp_path: Path, per_shard: int = 4) -> list[str]:
-    """The real CC documents re-cut into many small shards, so a run has several tasks per segment."""
-    docs = []
-    for rel in CC:
-        with gzip.open(shared_path(rel), "rt", encoding="utf-8") as f:
-            docs += [json.loads(line) for line in f]
-    paths = []
-    for i in range(0, len(docs), per_shard):
-        p = tmp_path / "in" / f"part-{i // per_shard:03d}.jsonl"
-        p.parent.mkdir(exist_ok=True)
-        p.write_text("".join(json.dumps({"text": d["text"], "url": d["id"]}) + "\n" for d in docs[i:i + per_shard]))
-        paths.append(str(p))
-    return paths
-
-
 def _outputs(out: Path) -> dict[str, list[str]]:
     """Decompressed output lines by file name."""
     res = {}
@@ -72,7 +55,7 @@ def _run_script(script: Path, out: Path, inputs: list[str], **kill) -> int:
 
 
 def test_kill_and_rerun_loses_and_duplicates_nothing(tmp_path: Path):
-    inputs = _split_shards(tmp_path)
+    inputs = cc_input_shards(tmp_path / "in")
     assert len(inputs) >= 6
     script = tmp_path / "run.py"
     script.write_text(KILLABLE_RUN)
@@ -101,7 +84,7 @@ def test_kill_and_rerun_loses_and_duplicates_nothing(tmp_path: Path):
 
 
 def test_malformed_input_is_counted_and_skipped(tmp_path: Path):
-    good = shared_path(CC[0]).read_bytes()
+    good = shared_path(CC_SAMPLES[0]).read_bytes()
     truncated = tmp_path / "truncated.jsonl.gz"
     truncated.write_bytes(good[: len(good) * 2 // 3])
     lines = gzip.decompress(good).split(b"\n")
@@ -116,8 +99,17 @@ def test_malformed_input_is_counted_and_skipped(tmp_path: Path):
     assert read["docs_in"] == read["docs_out"] + 4
 
 
+def test_unpaired_surrogate_escape_is_counted_and_skipped(tmp_path: Path):
+    src = tmp_path / "s.jsonl"  # "\ud800" alone is valid JSON but no UTF-8 text; "\ud83d\ude00" is an emoji
+    src.write_text('{"text": "lone \\ud800 surrogate"}\n{"text": "a pair: \\ud83d\\ude00"}\n')
+    source = pipeline.Source("s", [str(src)], iter_jsonl)
+    stats = pipeline.run(source, tmp_path / "out", progress=False)
+    assert stats["stages"]["read"]["drops"] == {"invalid_utf8": 1}
+    assert [d["text"] for d in output_docs(tmp_path / "out")] == ["a pair: \U0001f600"]
+
+
 def test_stats_and_table(tmp_path: Path):
-    inputs = _split_shards(tmp_path, per_shard=10)
+    inputs = cc_input_shards(tmp_path / "in", per_shard=10)
     stats = prepare("c4", inputs, str(tmp_path / "out"), progress=False)
     assert json.loads((tmp_path / "out" / "stats.json").read_text()) == json.loads(json.dumps(stats))
     names = list(stats["stages"])
@@ -134,7 +126,7 @@ def test_stats_and_table(tmp_path: Path):
 
 
 def test_worker_processes_match_single_process(tmp_path: Path):
-    inputs = _split_shards(tmp_path)
+    inputs = cc_input_shards(tmp_path / "in")
     prepare("c4", inputs, str(tmp_path / "one"), workers=1, progress=False)
     prepare("c4", inputs, str(tmp_path / "two"), workers=2, progress=False)
     one = {p.name: p.read_bytes() for p in (tmp_path / "one").glob("*.jsonl.gz")}
@@ -143,7 +135,7 @@ def test_worker_processes_match_single_process(tmp_path: Path):
 
 
 def test_changed_inputs_refuse_to_resume(tmp_path: Path):
-    inputs = _split_shards(tmp_path)
+    inputs = cc_input_shards(tmp_path / "in")
     prepare("c4", inputs[:2], str(tmp_path / "out"), progress=False)
     with pytest.raises(pipeline.UserError, match="other inputs"):
         prepare("c4", inputs[:3], str(tmp_path / "out"), progress=False)
@@ -163,7 +155,7 @@ def test_cli_prepare(tmp_path: Path, capsys):
 
 
 def test_changed_settings_refuse_to_resume(tmp_path: Path):
-    inputs = _split_shards(tmp_path)[:2]
+    inputs = cc_input_shards(tmp_path / "in")[:2]
     prepare("c4", inputs, str(tmp_path / "out"), progress=False)
     with pytest.raises(pipeline.UserError, match="other inputs or stages"):
         prepare("c4", inputs, str(tmp_path / "out"), lang_threshold=0.5, progress=False)

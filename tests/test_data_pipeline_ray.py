@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 
 import pytest
-from conftest import shared_path
+from data_helpers import cc_input_shards
 
 from llamaforge.data.sources import prepare
 
 ray = pytest.importorskip("ray")
-
-CC = ["commoncrawl/dolma-tests/multiple_files_cc_en_head-0091.jsonl.gz",
-      "commoncrawl/dolma-tests/multiple_files_cc_en_head-0174.jsonl.gz",
-      "commoncrawl/dolma-tests/provided_documents_000.json.gz"]
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +21,7 @@ def local_ray():
 
 @pytest.mark.slow
 def test_ray_matches_local(tmp_path: Path, local_ray):
-    docs = []
-    for rel in CC:
-        with gzip.open(shared_path(rel), "rt", encoding="utf-8") as f:
-            docs += [json.loads(line) for line in f]
-    inputs = []
-    for i in range(0, len(docs), 6):  # five shards, so tasks run concurrently on the two Ray CPUs
-        p = tmp_path / "in" / f"part-{i // 6}.jsonl"
-        p.parent.mkdir(exist_ok=True)
-        p.write_text("".join(json.dumps({"text": d["text"], "url": d["id"]}) + "\n" for d in docs[i:i + 6]))
-        inputs.append(str(p))
+    inputs = cc_input_shards(tmp_path / "in", per_shard=6)  # five shards: tasks run concurrently on two Ray CPUs
 
     local = prepare("c4", inputs, str(tmp_path / "local"), progress=False)
     on_ray = prepare("c4", inputs, str(tmp_path / "ray"), executor="ray", progress=False)

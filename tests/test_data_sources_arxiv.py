@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import gzip
 import io
-import json
 import re
 import tarfile
 from pathlib import Path
 
 from conftest import shared_path
+from data_helpers import run_source
 
-from llamaforge.data.sources import prepare
 from llamaforge.data.sources.arxiv import (
     SECTION,
     clean_paper,
@@ -22,18 +20,10 @@ from llamaforge.data.sources.arxiv import (
 COMMENT = re.compile(r"(?<!\\)%")
 
 
-def _docs(out: Path) -> list[dict]:
-    docs = []
-    for p in sorted(out.glob("arxiv-*.jsonl.gz")):
-        with gzip.open(p, "rt", encoding="utf-8") as f:
-            docs += [json.loads(line) for line in f]
-    return docs
-
-
 def test_arxiv_papers(tmp_path: Path):
     root = shared_path("arxiv-latex")
-    stats = prepare("arxiv", [str(root)], str(tmp_path / "out"), progress=False)
-    docs = {d["meta"]["arxiv_id"]: d for d in _docs(tmp_path / "out")}
+    stats, written = run_source("arxiv", [root], tmp_path / "out")
+    docs = {d["meta"]["arxiv_id"]: d for d in written}
     assert set(docs) == {"1707.08043", "1708.00137"}
     assert stats["stages"]["latex_clean"]["docs_out"] == 2
     for paper_id, d in docs.items():
@@ -81,7 +71,6 @@ def test_arxiv_tarball(tmp_path: Path):
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     (tmp_path / "2101.00001.tar.gz").write_bytes(buf.getvalue())
-    prepare("arxiv", [str(tmp_path / "2101.00001.tar.gz")], str(tmp_path / "out"), progress=False)
-    (doc,) = _docs(tmp_path / "out")
+    _, (doc,) = run_source("arxiv", [tmp_path / "2101.00001.tar.gz"], tmp_path / "out")
     assert doc["text"] == "\\section{Intro}\nLet $n \\in \\mathbb{N}$."
     assert doc["meta"]["arxiv_id"] == "2101.00001"

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 
 from conftest import shared_path
+from data_helpers import run_source
 
-from llamaforge.data.sources import prepare
 from llamaforge.data.sources.books import strip_gutenberg
 
 BOOKS = ["pg1080_modest_proposal.txt", "pg1952_yellow_wallpaper.txt", "pg41_legend_of_sleepy_hollow.txt"]
-
-
-def _docs(out: Path) -> list[dict]:
-    docs = []
-    for p in sorted(out.glob("books-*.jsonl.gz")):
-        with gzip.open(p, "rt", encoding="utf-8") as f:
-            docs += [json.loads(line) for line in f]
-    return docs
 
 
 def _near_copy(text: str) -> str:
@@ -34,10 +24,7 @@ def test_books_strip_and_near_dedup(tmp_path: Path):
     src = [shared_path(f"gutenberg/{b}") for b in BOOKS]
     planted = tmp_path / "zz_modest_proposal_copy.txt"
     planted.write_bytes(_near_copy(src[0].read_text(encoding="utf-8-sig")).encode("utf-8"))
-    out = tmp_path / "out"
-    stats = prepare("books", [str(p) for p in src] + [str(planted)], str(out), progress=False)
-
-    docs = _docs(out)
+    stats, docs = run_source("books", src + [planted], tmp_path / "out")
     files = [d["meta"]["file"] for d in docs]
     assert files == BOOKS, "the planted near-duplicate is removed, the original (earlier) kept"
     assert stats["stages"]["near_dedup"]["drops"] == {"near_duplicate": 1}

@@ -7,20 +7,12 @@ import json
 from pathlib import Path
 
 from conftest import shared_path
+from data_helpers import run_source
 
-from llamaforge.data.sources import prepare
 from llamaforge.data.sources.c4 import END_MARKS, POLICY, clean_page, count_sentences
 
 SAMPLES = ["commoncrawl/dolma-tests/multiple_files_cc_en_head-0091.jsonl.gz",
            "commoncrawl/dolma-tests/provided_documents_000.json.gz"]
-
-
-def _docs(out: Path) -> list[dict]:
-    docs = []
-    for p in sorted(out.glob("c4-*.jsonl.gz")):
-        with gzip.open(p, "rt", encoding="utf-8") as f:
-            docs += [json.loads(line) for line in f]
-    return docs
 
 
 def test_c4_rules_and_line_dedup(tmp_path: Path):
@@ -34,9 +26,7 @@ def test_c4_rules_and_line_dedup(tmp_path: Path):
         f.write(json.dumps({"text": "Dies ist ein deutscher Satz über das Wetter in Berlin heute. Es regnet den "
                             "ganzen Tag und die Menschen bleiben zu Hause. Morgen soll die Sonne wieder "
                             "scheinen, sagt der Wetterdienst."}) + "\n")
-    out = tmp_path / "out"
-    stats = prepare("c4", [str(p) for p in inputs] + [str(planted)], str(out), progress=False)
-    docs = _docs(out)
+    stats, docs = run_source("c4", inputs + [planted], tmp_path / "out")
     assert docs, "some pages must survive"
     assert not any(d["meta"].get("url") == "http://copy.example/" for d in docs)
     assert stats["stages"]["line_dedup"]["drops"].get("empty_after_line_dedup", 0) >= 1

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 from collections import Counter
 from pathlib import Path
 
 from conftest import shared_path
+from data_helpers import run_source
 
 from llamaforge.data.filters.dedup import normalize_for_dedup
-from llamaforge.data.sources import prepare
 from llamaforge.data.sources.commoncrawl import CCReader
 
 WARCS = ["commoncrawl/dolma-tests/warc_sample-0000.warc.gz", "commoncrawl/dolma-tests/warc_sample-0001.warc.gz"]
 WET = "commoncrawl/whirlwind/whirlwind.warc.wet.gz"
-
-
-def _docs(out: Path) -> list[dict]:
-    docs = []
-    for p in sorted(out.glob("commoncrawl-*.jsonl.gz")):
-        with gzip.open(p, "rt", encoding="utf-8") as f:
-            docs += [json.loads(line) for line in f]
-    return docs
 
 
 def test_commoncrawl_ccnet_steps(tmp_path: Path):
@@ -40,9 +31,7 @@ def test_commoncrawl_ccnet_steps(tmp_path: Path):
     boilerplate = {line for line, n in counts.items() if n >= 5 and line}
     assert boilerplate, "the WARC sample shares navigation lines across pages"
 
-    out = tmp_path / "out"
-    stats = prepare("commoncrawl", inputs, str(out), progress=False)
-    docs = _docs(out)
+    stats, docs = run_source("commoncrawl", inputs, tmp_path / "out")
     st = stats["stages"]
     assert st["read"]["docs_out"] == 22 + 15 + 1 + 1
     assert st["min_length"]["drops"] == {"too_short": 1}

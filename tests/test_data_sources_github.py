@@ -9,21 +9,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from data_helpers import run_source
 
-from llamaforge.data.sources import prepare
 from llamaforge.data.sources.github import clean_file, detect_license, remove_header
 
 MIT = "MIT License\n\nPermission is hereby granted, free of charge, to any person obtaining a copy..."
 GPL = "GNU GENERAL PUBLIC LICENSE\nVersion 3, 29 June 2007\n"
 STDLIB = Path(textwrap.__file__).parent
-
-
-def _read_out(out: Path) -> list[dict]:
-    docs = []
-    for p in sorted(out.glob("github-*.jsonl.gz")):
-        with gzip.open(p, "rt", encoding="utf-8") as f:
-            docs += [json.loads(line) for line in f]
-    return docs
 
 
 @pytest.fixture
@@ -45,9 +37,7 @@ def repos(tmp_path: Path) -> Path:
 
 
 def test_github_rules_on_repositories(repos: Path, tmp_path: Path):
-    out = tmp_path / "out"
-    stats = prepare("github", [str(p) for p in sorted(repos.iterdir())], str(out), progress=False)
-    docs = _read_out(out)
+    stats, docs = run_source("github", sorted(repos.iterdir()), tmp_path / "out")
     paths = {(d["meta"]["repo_name"], d["meta"]["path"]) for d in docs}
     assert ("a_mit", "pkg/textwrap.py") in paths and ("a_mit", "pkg/shlex.py") in paths
     assert ("c_mit", "pkg/colorsys.py") in paths
@@ -92,8 +82,7 @@ def test_github_jsonl_export_with_license_field(tmp_path: Path):
             {"content": "int main() { return 0; }\n" * 3, "path": "d/m.c", "repo_name": "x/d", "license": "bsd-3-clause"}]
     with gzip.open(export / "part-000.jsonl.gz", "wt") as f:
         f.write("".join(json.dumps(r) + "\n" for r in rows))
-    stats = prepare("github", [str(export)], str(tmp_path / "out"), progress=False)
-    docs = _read_out(tmp_path / "out")
+    stats, docs = run_source("github", [export], tmp_path / "out")
     assert [d["meta"]["repo_name"] for d in docs] == ["x/a", "x/d"]
     assert stats["stages"]["read"]["drops"] == {"license": 1}
     assert stats["stages"]["exact_dedup"]["drops"] == {"duplicate": 1}

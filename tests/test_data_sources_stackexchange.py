@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import gzip
 import html
-import json
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from conftest import shared_path
+from data_helpers import run_source
 
-from llamaforge.data.sources import prepare
 from llamaforge.data.sources.stackexchange import html_to_text
 
 TAG = re.compile(r"</?(?:p|a|em|strong|code|pre|ul|ol|li|blockquote|br|img|h\d|hr|div|span)\b[^>]*>", re.IGNORECASE)
-
-
-def _docs(out: Path) -> list[dict]:
-    docs = []
-    for p in sorted(out.glob("*.jsonl.gz")):
-        with gzip.open(p, "rt", encoding="utf-8") as f:
-            docs += [json.loads(line) for line in f]
-    return docs
 
 
 def test_stackexchange_beer(tmp_path: Path):
@@ -30,10 +20,8 @@ def test_stackexchange_beer(tmp_path: Path):
     small = tmp_path / "tiny.example.com-Posts.xml"  # a smaller site, dropped by max_sites=1
     small.write_text('<?xml version="1.0" encoding="utf-8"?>\n<posts>\n  <row Id="1" PostTypeId="1" Score="1" '
                      'Title="t" Body="&lt;p&gt;q&lt;/p&gt;" />\n</posts>\n')
-    out = tmp_path / "out"
-    stats = prepare("stackexchange", [str(posts), str(small)], str(out), max_sites=1, progress=False)
+    stats, docs = run_source("stackexchange", [posts, small], tmp_path / "out", max_sites=1)
     assert stats["inputs"] == [str(posts)]
-    docs = _docs(out)
 
     # independent reading of the dump: every answer's score, by question
     root = ET.parse(posts).getroot()
@@ -70,7 +58,6 @@ def test_broken_row_is_counted_and_skipped(tmp_path: Path):
                      '  <row Id="3" PostTypeId="2" ParentId="1" Score="10" Body="&lt;p&gt;broken" <<< />\n'
                      '  <row Id="4" PostTypeId="2" ParentId="1" Score="10" Body="&lt;p&gt;ten&lt;/p&gt;" />\n'
                      '</posts>\n')
-    stats = prepare("stackexchange", [str(posts)], str(tmp_path / "out"), progress=False)
+    stats, (doc,) = run_source("stackexchange", [posts], tmp_path / "out")
     assert stats["stages"]["read"]["drops"] == {"bad_xml": 1}
-    (doc,) = _docs(tmp_path / "out")
     assert doc["text"] == "Q: Good?\nYes\nA: ten\nA: nine"

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import bz2
-import gzip
-import json
 import re
 from pathlib import Path
 
 import pytest
 from conftest import shared_path
-
-from llamaforge.data.sources import prepare
+from data_helpers import run_source
 
 DUMP = "wikipedia-xml/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 BROKEN_PAGE = "  <page>\n    <title>Broken</title>\n    <ns>0</ns>\n    <revision><text>oops</revison>\n  </page>\n"
@@ -36,15 +33,9 @@ def dump_slice(tmp_path: Path) -> Path:
     return path
 
 
-def _docs(out: Path) -> list[dict]:
-    with gzip.open(next(out.glob("wikipedia-*.jsonl.gz")), "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
-
-
 def test_wikipedia_articles_cleaned(dump_slice: Path, tmp_path: Path):
-    stats = prepare("wikipedia", [str(dump_slice)], str(tmp_path / "out"), progress=False)
+    stats, docs = run_source("wikipedia", [dump_slice], tmp_path / "out")
     assert stats["stages"]["read"]["drops"] == {"redirect": 22, "bad_xml": 1, "not_article": 1}
-    docs = _docs(tmp_path / "out")
     assert [d["meta"]["title"] for d in docs] == ["Anarchism", "Autism", "Albedo"]
 
     raw = bz2.decompress(dump_slice.read_bytes()).decode("utf-8")
@@ -63,6 +54,6 @@ def test_wikipedia_articles_cleaned(dump_slice: Path, tmp_path: Path):
 
 
 def test_wikipedia_language_selection(dump_slice: Path, tmp_path: Path):
-    stats = prepare("wikipedia", [str(dump_slice)], str(tmp_path / "out"), languages=["de"], progress=False)
+    stats, _ = run_source("wikipedia", [dump_slice], tmp_path / "out", languages=["de"])
     assert stats["stages"]["wiki_clean"]["docs_out"] == 0
     assert stats["stages"]["wiki_clean"]["drops"] == {"language": 3}

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import shared_path
-from llamaforge.eval.sandbox import Limits, network_namespace_available, run_program, run_programs
-from llamaforge.eval.tasks.code import load_humaneval, load_mbpp, program
+
 from llamaforge.eval.items import pass_at_k
+from llamaforge.eval.sandbox import (
+    Limits,
+    network_namespace_available,
+    run_program,
+    run_programs,
+)
+from llamaforge.eval.tasks.code import load_humaneval, load_mbpp, program
 
 FAST = Limits(timeout_s=10.0, memory_mb=512)
 

@@ -7,16 +7,22 @@ import math
 
 import pytest
 import torch
-
 from conftest import shared_path
+
 from llamaforge.cli import main
 from llamaforge.errors import UserError
+from llamaforge.eval.items import (
+    ChoiceItem,
+    ContinuationItem,
+    exact_match,
+    majority,
+    normalize_answer,
+)
 from llamaforge.eval.perplexity import document_nll, windows
 from llamaforge.eval.results import aggregate, markdown_table, to_json
 from llamaforge.eval.scoring import Scorer, cut_at_stop
 from llamaforge.eval.taskfile import load_task_file
 from llamaforge.eval.tasks import TASKS, get_task
-from llamaforge.eval.items import ChoiceItem, ContinuationItem, exact_match, majority, normalize_answer
 from llamaforge.eval.tasks.math import extract_number
 
 
@@ -215,3 +221,20 @@ def test_eval_command_end_to_end(stories, tmp_path, capsys):
     assert results["results"]["perplexity"]["context"] == 16 and results["results"]["perplexity"]["stride"] == 8
     assert results["details"]["piqa"]["n"] == 6
     assert "| piqa | acc_norm (paper's) | 0 | 6 |" in (tmp_path / "results.md").read_text()
+
+
+def test_paper_numbers_only_where_preset_metric_and_shots_match():
+    from types import SimpleNamespace
+
+    from llamaforge.eval import preset_of
+    from llamaforge.eval.tasks import paper_number
+    from llamaforge.presets import PRESETS
+
+    assert preset_of(SimpleNamespace(args=PRESETS["llama-13b"])) == "llama-13b"
+    assert preset_of(SimpleNamespace(args=PRESETS["llama2-7b"])) is None  # not a model of this paper
+    assert paper_number(TASKS["hellaswag"], "acc_norm", 0, "llama-7b") == 76.1
+    assert paper_number(TASKS["hellaswag"], "acc", 0, "llama-7b") is None  # the paper's metric is acc_norm
+    assert paper_number(TASKS["hellaswag"], "acc_norm", 5, "llama-7b") is None  # the paper is zero-shot
+    assert paper_number(TASKS["boolq"], "acc_uncond", 0, "llama-65b") == 85.3
+    assert paper_number(TASKS["triviaqa"], "exact_match", 64, "llama-33b") == 70.4
+    assert paper_number(TASKS["humaneval"], "pass@100", 0, "llama-7b") == 36.5

@@ -51,7 +51,7 @@ def test_serve_subprocess_answers_and_shuts_down():
         assert httpx.post(base + "/v1/completions", json={"prompt": 3}, timeout=10).status_code == 400
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.communicate(timeout=30)  # also closes the pipe
 
 
 def test_serve_bad_arguments_exit_2(tmp_path):
@@ -69,3 +69,21 @@ def test_chat_reads_turns_from_stdin():
             input="Once upon a time\n/reset\nLily\n")
     assert r.returncode == 0, r.stderr
     assert len([line for line in r.stdout.splitlines() if line.strip()]) == 2
+
+
+def test_generate_command_on_the_engine(capsys):
+    from llamaforge.cli import main
+
+    model = shared_path("stories260K/stories260K.bin")
+    tok = shared_path("stories260K/tok512.bin")
+    base = ["generate", str(model), "--tokenizer", str(tok), "--prompt", "Once upon a time"]
+    assert main([*base, "--max-new-tokens", "30"]) == 0
+    full = capsys.readouterr().out
+    assert full.startswith("Once upon a time, there was a little girl named Lily.")
+    assert main([*base, "--max-new-tokens", "30", "--stop", "Lily", "--quantize", "int8"]) == 0
+    assert capsys.readouterr().out == full[: full.index("Lily")] + "\n"
+    args = [*base, "--max-new-tokens", "20", "--temperature", "0.9", "--top-k", "10", "--seed", "5"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main(args) == 0 and capsys.readouterr().out == first  # seeded: reproducible
+    assert main([*base, "--top-k", "-1"]) == 2

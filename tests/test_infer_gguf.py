@@ -129,3 +129,37 @@ def test_tokenizer_rebuilt_from_gguf_metadata(tmp_path):
     shared = load_tokenizer(shared_path("llama-2-tiny-random-gguf/llama-2-tiny-random.gguf"))
     assert shared.encode("Hello world") == [15043, 3186]
     assert load_tokenizer(save_model(tiny(), tmp_path / "nv.gguf", format="gguf")) is None
+
+
+STORY_TEXTS = ["Once upon a time, there was a little girl named Lily.", "  two  spaces\nnew line", "naïve café 東京"]
+
+
+def test_llama2c_tokenizer_goes_into_gguf(tmp_path):
+    from llamaforge.formats.gguf import load_tokenizer
+    from llamaforge.tokenizer import Llama2cTokenizer
+
+    tok_bin = shared_path("stories260K/tok512.bin")
+    path = save_model(load_model(shared_path("stories260K/stories260K.bin")), tmp_path / "s.gguf", format="gguf",
+                      tokenizer_path=tok_bin)
+    original, rebuilt = Llama2cTokenizer(tok_bin), load_tokenizer(path)
+    for text in STORY_TEXTS:
+        assert rebuilt.encode(text, bos=True) == original.encode(text, bos=True)
+
+
+@pytest.mark.slow
+def test_llama_cpp_tokenizes_and_writes_like_llamaforge(tmp_path):
+    """A self-contained GGUF (weights + vocabulary): llama.cpp's tokens and greedy text equal ours."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from llamaforge.tokenizer import Llama2cTokenizer
+
+    tok = Llama2cTokenizer(shared_path("stories260K/tok512.bin"))
+    model = load_model(shared_path("stories260K/stories260K.bin"))
+    path = save_model(model, tmp_path / "s.gguf", format="gguf", tokenizer_path=tok.path)
+    llm = llama_cpp.Llama(str(path), n_ctx=128, n_threads=1, verbose=False)
+    for text in STORY_TEXTS:
+        assert llm.tokenize(text.encode(), add_bos=True) == tok.encode(text, bos=True)
+    theirs = llm("Once upon a time", max_tokens=30, temperature=0.0, top_k=1)["choices"][0]["text"]
+    llm.close()
+    engine = Engine(model, tok, max_seq_len=128)
+    (ours,) = engine.generate([tok.encode("Once upon a time", bos=True)], SamplingParams(max_tokens=30))
+    assert theirs == ours.text

@@ -15,6 +15,7 @@ from llamaforge.infer import Engine, SamplingParams
 from llamaforge.infer.quantize import WeightOnlyInt4Linear, WeightOnlyInt8Linear, quantize
 from llamaforge.tokenizer import load_tokenizer
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny models gain nothing from threads, and on a shared machine thread barriers stall."""

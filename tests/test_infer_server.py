@@ -22,6 +22,7 @@ from llamaforge.infer.server import create_app
 from llamaforge.model import ModelArgs, Transformer
 from llamaforge.tokenizer import SentencePieceTokenizer
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny models gain nothing from threads, and on a shared machine thread barriers stall."""
@@ -141,6 +142,12 @@ def test_echo_logprobs_on_token_ids_like_lm_eval(server, client):
     got = [max(top, key=top.get) == t for t, top in zip(lp.tokens[1 : len(ids)], lp.top_logprobs[1 : len(ids)])]
     assert got == greedy
     assert out.choices[0].text.startswith(tok.decode(ids))
+
+
+def test_null_max_tokens_means_the_default(server):
+    r = httpx.post(server["base"] + "/v1/completions", json={"prompt": "The", "max_tokens": None,
+                                                              "temperature": 0}, timeout=60)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 16
 
 
 def test_echo_without_generation(client):

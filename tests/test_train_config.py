@@ -11,8 +11,17 @@ import torch
 from llamaforge.errors import UserError
 from llamaforge.model import ModelArgs, Transformer
 from llamaforge.presets import count_params
-from llamaforge.train.config import RECIPES_DIR, grad_accum_steps, load_config, parse_override
-from llamaforge.train.metrics import DEVICE_PEAK_FLOPS, flops_per_token, non_embedding_params
+from llamaforge.train.config import (
+    RECIPES_DIR,
+    grad_accum_steps,
+    load_config,
+    parse_override,
+)
+from llamaforge.train.metrics import (
+    DEVICE_PEAK_FLOPS,
+    flops_per_token,
+    non_embedding_params,
+)
 from llamaforge.train.optim import build_optimizer, build_scheduler, lr_at, param_groups
 
 PAPER = {  # paper Table 2 / model card: peak lr, tokens
@@ -107,7 +116,7 @@ def test_param_groups_decay_matrices_not_norms():
     ModelArgs(),  # llama-7b
 ])
 def test_flops_per_token(preset_args):
-    total, non_emb = count_params(preset_args)
+    _, non_emb = count_params(preset_args)
     assert non_embedding_params(preset_args) == non_emb  # the formula's N is the model's own count
     T = 2048
     assert flops_per_token(preset_args, T) == 6 * non_emb + 12 * preset_args.n_layers * preset_args.dim * T

@@ -40,7 +40,7 @@ def run_train(out: Path, *extra: str, kill_at: int | None = None, when: str = "a
     if kill_at is not None:
         env.update(LF_KILL_AT=str(kill_at), LF_KILL_WHEN=when)
     cmd = [sys.executable, "-c", KILLER, "train", "--recipe", "debug", "--out", str(out), *extra]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
 
 
 def train_losses(out: Path) -> list[float]:

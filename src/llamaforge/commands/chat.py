@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import sys
 
-from llamaforge.commands.serve import add_model_arguments, load_engine
+from llamaforge.commands.serve import add_chat_template_argument, add_model_arguments, load_engine
 
 
 def add_arguments(parser) -> None:
     add_model_arguments(parser)
+    add_chat_template_argument(parser)
     parser.add_argument("--system", default=None, help="a system message to start the conversation with")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.7, help="0: greedy")

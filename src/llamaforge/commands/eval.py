@@ -9,7 +9,7 @@ from __future__ import annotations
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("model", help="a checkpoint in any format (native / HF folder, Meta folder, .bin, .gguf)")
+    parser.add_argument("model", nargs="?", help="a checkpoint in any format (native / HF folder, Meta folder, .bin, .gguf)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer file (default: the one in the model folder)")
     parser.add_argument("--tasks", default="", help="comma-separated task names (see --list-tasks)")
     parser.add_argument("--data-dir", default=None, help="folder with the benchmark files (layout of SOURCES.md)")
@@ -50,6 +50,8 @@ def run(args) -> int:
         for name, t in TASKS.items():
             print(f"{name:14s} {t.kind:7s} shots={t.shots} metric={t.paper_metric}")
         return 0
+    if args.model is None:
+        raise UserError("eval: MODEL: expected a checkpoint path")
     tasks = [t for t in args.tasks.split(",") if t]
     if not (tasks or args.task_file or args.text):
         raise UserError("eval: nothing to do; give --tasks, --task-file or --text")

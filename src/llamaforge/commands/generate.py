@@ -1,54 +1,52 @@
-"""`llamaforge generate MODEL [--tokenizer PATH] --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-p P]
-[--seed S]`: print the completion as it is produced."""
+"""`llamaforge generate MODEL [--tokenizer PATH] --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-k K]
+[--top-p P] [--seed S] [--stop STR ...] [--quantize int8|int4]`: print the completion as it is produced.
+
+Runs on the inference engine (`llamaforge.infer`): static KV cache, sampling on the device, text streamed as
+soon as it is whole (a multi-byte character split over byte tokens waits for its last byte)."""
 
 from __future__ import annotations
 
 import sys
 
+from llamaforge.commands.serve import add_model_arguments, load_engine
+
 
 def add_arguments(parser) -> None:
-    parser.add_argument("model", help="a checkpoint in any format (native / HF folder, Meta folder, .bin, .gguf)")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer file (default: the one in the model folder)")
+    add_model_arguments(parser)
     parser.add_argument("--prompt", required=True, help="text to continue ('' starts from BOS)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    parser.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--stop", action="append", default=[], help="stop before this text (repeatable)")
 
 
 def run(args) -> int:
-    from pathlib import Path
-
-    import torch
-
     from llamaforge.errors import UserError
-    from llamaforge.formats import load_model
-    from llamaforge.generate import generate
-    from llamaforge.tokenizer import load_tokenizer
+    from llamaforge.infer import Request, SamplingParams
 
-    if args.max_new_tokens < 0 or args.temperature < 0 or not 0 < args.top_p <= 1:
-        raise UserError("--max-new-tokens >= 0, --temperature >= 0 and 0 < --top-p <= 1 expected")
-    model_path = Path(args.model)
-    if args.tokenizer is None and not model_path.is_dir():
-        raise UserError(f"{model_path}: --tokenizer: required when MODEL is a file (no folder to find it in)")
-    tokenizer = load_tokenizer(args.tokenizer or model_path)
-    model = load_model(model_path, device=args.device, dtype=getattr(torch, args.dtype))
-    too_big = [i for i in tokenizer.encode(args.prompt, bos=True) if i >= model.args.vocab_size]
-    if too_big:
-        raise UserError(f"{tokenizer.path}: token id {too_big[0]} is outside the model's vocabulary of "
-                        f"{model.args.vocab_size}; expected the model's own tokenizer")
+    if args.max_new_tokens < 0 or args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
+        raise UserError("--max-new-tokens >= 0, --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1 expected")
+    if any(not s for s in args.stop):
+        raise UserError("--stop: expected non-empty text")
+    engine = load_engine(args, max_batch=1)
+    prompt = engine.tokenizer.encode(args.prompt, bos=True)
+    if len(prompt) >= engine.max_seq_len:
+        raise UserError(f"--prompt: {len(prompt)} tokens, but the context holds {engine.max_seq_len}")
+    params = SamplingParams(max_tokens=min(args.max_new_tokens, engine.max_seq_len - len(prompt)),
+                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                            stop=args.stop)
 
-    def show(piece: str) -> None:
+    def show(_, piece: str) -> None:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
     sys.stdout.write(args.prompt)
-    try:
-        generate(model, tokenizer, args.prompt, args.max_new_tokens, temperature=args.temperature,
-                 top_p=args.top_p, seed=args.seed, on_text=show)
-    except ValueError as e:  # e.g. a prompt longer than the model's context
-        raise UserError(f"--prompt: {e}") from None
+    request = engine.submit(Request(prompt, params, on_update=show))
+    while not request.done.is_set():
+        engine.step()
+    if request.error is not None:
+        raise request.error
     sys.stdout.write("\n")
     return 0

@@ -7,15 +7,19 @@ from pathlib import Path
 
 
 def add_model_arguments(parser) -> None:
-    """Arguments shared by `serve` and `chat`: which model, on what device, how it runs."""
+    """Arguments shared by `generate`, `serve` and `chat`: which model, on what device, how it runs."""
     parser.add_argument("model", help="a checkpoint in any format (native / HF folder, Meta folder, .bin, .gguf)")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer file (default: the one in the model folder)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer file (default: the one in the model folder, or inside a .gguf)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--quantize", default=None, choices=["int8", "int4"], help="weight-only quantization")
     parser.add_argument("--max-seq-len", type=int, default=None, help="KV cache length (default: the model's)")
     parser.add_argument("--compile", action="store_true", default=None,
                         help="compile the decode step (default: on for CUDA, off for CPU)")
+
+
+def add_chat_template_argument(parser) -> None:
     parser.add_argument("--chat-template", default="plain",
                         help="plain | chatml | llama2, a Jinja file, or a Jinja string")
 
@@ -25,17 +29,22 @@ def load_engine(args, max_batch: int):
     import torch
 
     from llamaforge.errors import UserError
-    from llamaforge.formats import load_model
+    from llamaforge.formats import detect_format, load_model
+    from llamaforge.formats.gguf import load_tokenizer as gguf_tokenizer
     from llamaforge.infer import Engine
     from llamaforge.infer.quantize import quantize
     from llamaforge.tokenizer import load_tokenizer
 
     model_path = Path(args.model)
-    if args.tokenizer is None and not model_path.is_dir():
-        raise UserError(f"{model_path}: --tokenizer: required when MODEL is a file (no folder to find it in)")
     if args.max_seq_len is not None and args.max_seq_len < 2:
         raise UserError("--max-seq-len: expected at least 2")
-    tokenizer = load_tokenizer(args.tokenizer or model_path)
+    tokenizer = None
+    if args.tokenizer is None and model_path.is_file() and detect_format(model_path) == "gguf":
+        tokenizer = gguf_tokenizer(model_path)  # a GGUF file may carry its SentencePiece vocabulary
+    if tokenizer is None:
+        if args.tokenizer is None and not model_path.is_dir():
+            raise UserError(f"{model_path}: --tokenizer: required when MODEL is a file without a tokenizer inside")
+        tokenizer = load_tokenizer(args.tokenizer or model_path)
     model = load_model(model_path, device=args.device, dtype=getattr(torch, args.dtype))
     if tokenizer.vocab_size > model.args.vocab_size:
         raise UserError(f"{tokenizer.path}: tokenizer has {tokenizer.vocab_size} tokens, model only "
@@ -47,6 +56,7 @@ def load_engine(args, max_batch: int):
 
 def add_arguments(parser) -> None:
     add_model_arguments(parser)
+    add_chat_template_argument(parser)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-batch", type=int, default=8, help="sequences decoded together")

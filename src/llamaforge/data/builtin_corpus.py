@@ -1,9 +1,9 @@
 """The built-in corpus for `make demo`: two sources that every Python install has, so the demo runs offline.
 
 - **code**: the standard library's own source, one document per `.py` file (test folders, site-packages and caches
-  left out). When the data pipeline's GitHub rules are importable (`llamaforge.data.sources.github.clean_file`),
-  each file goes through them (leading license header removed, line-length and alphanumeric filters), as the paper's
-  GitHub slice does; otherwise files are taken as they are.
+  left out). Each file goes through the data pipeline's GitHub rules (`llamaforge.data.sources.github.clean_file`:
+  leading license header removed, line-length and alphanumeric filters), as the paper's GitHub slice does, unless
+  `github_rules=False`.
 - **docs**: English prose about Python: every entry of `pydoc_data.topics` (the language reference that `help()`
   shows), then per module its docstring and the docstrings of its public classes and functions, read from the source
   with `ast` (nothing is imported, so no module's import side effects run).
@@ -25,6 +25,8 @@ import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
+from llamaforge.errors import UserError
+
 SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "_bundled"}
 
 
@@ -45,11 +47,9 @@ def stdlib_files(root: Path | None = None) -> list[Path]:
 
 
 def _github_rules():
-    """The data pipeline's per-file GitHub rules, or None when that module is not there."""
-    try:
-        from llamaforge.data.sources.github import clean_file
-    except ImportError:
-        return None
+    """The data pipeline's per-file GitHub rules (imported only when used: the pipeline module imports torch)."""
+    from llamaforge.data.sources.github import clean_file
+
     return clean_file
 
 
@@ -164,8 +164,6 @@ def write_builtin_corpus(out_dir, max_mb: float | dict | None = None, github_rul
     for name, stats in out.items():
         stats["path"] = str(out_dir / f"{name}.jsonl")
     if out["code"]["docs"] == 0 or out["docs"]["docs"] == 0:
-        from llamaforge.errors import UserError
-
         raise UserError(f"{stdlib_root()}: found no standard-library sources to build the demo corpus from")
     return out
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llamaforge.data.shards import TokenShard
+from llamaforge.data.shards import HEADER, TokenShard
 from llamaforge.errors import UserError
 
 CHOICE_BLOCK = 4096  # source choices are drawn this many sequences at a time, each block from its own seeded RNG
@@ -222,10 +222,10 @@ class MixtureLoader:
 
     def val_batches(self, n: int, source: str | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """n held-out batches (this rank's part), the same at every call; only `source`'s when given."""
-        names = [m for m in self.names if len(self._val_docs[m][1]) > 0 and (source is None or m == source)]
         if source is not None and source not in self.names:
             raise UserError(f"mixture: source: expected one of {self.names}, got {source!r}")
-        weights = np.array([self.weights[m] if source is None else 1.0 for m in names])
+        val_weights = self._val_weights(source)
+        names, weights = list(val_weights), np.array(list(val_weights.values()))
         if not names or weights.sum() <= 0:
             raise UserError(f"mixture: no held-out documents for {source or 'any weighted source'}")
         probs = weights / weights.sum()
@@ -238,11 +238,15 @@ class MixtureLoader:
 
     def val_bytes_per_token(self, source: str | None = None) -> float:
         """Expected UTF-8 bytes per token of `val_batches(n, source)`: bits/byte = loss / ln 2 / this."""
-        names = [m for m in self.names if len(self._val_docs[m][1]) > 0 and (source is None or m == source)]
-        w = {m: self.weights[m] if source is None else 1.0 for m in names}
+        w = self._val_weights(source)
         total = sum(w.values())
         # each sequence has the same length, so source m supplies a w_m share of the tokens
-        return sum(w[m] / total * _bytes_per_packed_token(self._val_docs[m][0]) for m in names)
+        return sum(w[m] / total * _bytes_per_packed_token(self._val_docs[m][0]) for m in w)
+
+    def _val_weights(self, source: str | None) -> dict[str, float]:
+        """Sampling weight of each source that has held-out documents; only `source`, at weight 1, when given."""
+        return {m: self.weights[m] if source is None else 1.0
+                for m in self.names if len(self._val_docs[m][1]) > 0 and (source is None or m == source)}
 
     # -- position and statistics
 
@@ -290,7 +294,7 @@ def source_paths(root) -> dict[str, Path]:
     root = Path(root)
     # names starting with "." are temporary folders of an interrupted `tokenize`
     shard_dirs = sorted(p for p in root.iterdir() if not p.name.startswith(".")) if root.is_dir() else []
-    found = {p.name: p for p in shard_dirs if (p / "header.json").is_file()}
+    found = {p.name: p for p in shard_dirs if (p / HEADER).is_file()}
     if not found:
         raise UserError(f"{root}: no token shard folders (with header.json) found")
     return found

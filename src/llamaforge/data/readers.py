@@ -1,7 +1,12 @@
-"""Reading raw inputs robustly: a malformed record is counted under a reason and skipped, the run goes on.
+"""Reading inputs, under two policies.
 
+Lenient (`prepare`, raw dumps): a malformed record is counted under a reason and skipped, the run goes on.
 Reasons used here: `truncated_gzip` (the compressed stream ends early or is corrupt: what was read before is
-kept), `invalid_utf8`, `bad_json`, `missing_text`, `unreadable` (the file cannot be opened).
+kept), `invalid_utf8` (also a JSON text with an unpaired surrogate escape), `bad_json`, `missing_text`,
+`unreadable` (the file cannot be opened).
+
+Strict (`tokenize`, `tokenizer train`: they read what `prepare` wrote, so a bad line is a real problem): the first
+unreadable file or malformed line is a `UserError` naming the file and the line number.
 """
 
 from __future__ import annotations
@@ -10,19 +15,28 @@ import bz2
 import gzip
 import json
 import lzma
+import re
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from llamaforge.errors import UserError
 
 # what a compressed stream raises when it is cut short or corrupt
 STREAM_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error, OSError, lzma.LZMAError)
+# JSON's spelling of a UTF-16 surrogate ("\ud800"): unpaired, it decodes to a str that UTF-8 cannot encode;
+# searched for first so that only the rare line that has one pays for the full check
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-def expand_inputs(inputs: list[str], suffixes: tuple[str, ...], dirs_are_shards: bool = False) -> list[str]:
-    """Files (and folders searched recursively for `suffixes`) as a sorted, de-duplicated list of shard paths.
+# ----------------------------------------------------------------------------------------------------------------
+# finding and opening files
+
+
+def expand_inputs(inputs: Iterable, suffixes: tuple[str, ...], dirs_are_shards: bool = False,
+                  recursive: bool = True) -> list[str]:
+    """Files (and folders searched for `suffixes`) as a sorted, de-duplicated list of shard paths.
 
     With `dirs_are_shards`, a folder given on the command line is one shard itself (a GitHub repository).
     """
@@ -34,21 +48,51 @@ def expand_inputs(inputs: list[str], suffixes: tuple[str, ...], dirs_are_shards:
         if p.is_dir() and dirs_are_shards:
             out.append(str(p))
         elif p.is_dir():
-            out += sorted(str(f) for f in p.rglob("*") if f.is_file() and f.name.endswith(suffixes))
+            found = p.rglob("*") if recursive else p.iterdir()
+            out += sorted(str(f) for f in found if f.is_file() and f.name.endswith(suffixes))
         else:
             out.append(str(p))
     return list(dict.fromkeys(out))  # keep order, drop repeats
 
 
-def open_binary(path: str):
-    """Open plain, .gz, .bz2 or .xz files for binary reading."""
-    if path.endswith(".gz"):
+def input_files(inputs: Iterable, suffixes: tuple[str, ...]) -> list[Path]:
+    """The strict form for `tokenize` and `tokenizer train`: files as given, folders as their sorted files ending
+    in `suffixes`, top level only (`prepare` keeps its intermediate files in a subfolder, and only the final shards
+    at the top are its output); a folder without any such file is an error."""
+    files: list[Path] = []
+    for item in inputs:
+        found = expand_inputs([item], suffixes, recursive=False)
+        if not found:
+            raise UserError(f"{item}: no {' / '.join('*' + s for s in suffixes)} files in folder")
+        files += map(Path, found)
+    if not files:
+        raise UserError("no input files given")
+    return files
+
+
+def is_jsonl(path) -> bool:
+    """Whether a file holds JSON lines, by its name (`x.jsonl`, `x.jsonl.gz`, `x.json.gz`) rather than text."""
+    name = Path(path).name
+    return ".jsonl" in name or name.endswith(".json.gz")
+
+
+def open_binary(path):
+    """Open a plain, gzip, .bz2 or .xz file for binary reading. Gzip is recognized by its magic bytes rather than
+    its name, so a JSONL file gzipped without a `.gz` suffix still reads."""
+    path = str(path)
+    with open(path, "rb") as f:
+        is_gzip = f.read(2) == b"\x1f\x8b"
+    if is_gzip:
         return gzip.open(path, "rb")
     if path.endswith(".bz2"):
         return bz2.open(path, "rb")
     if path.endswith(".xz"):
         return lzma.open(path, "rb")
     return open(path, "rb")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# lenient reading
 
 
 def iter_lines(path: str, drops: Counter) -> Iterator[str]:
@@ -103,5 +147,50 @@ def iter_jsonl(path: str, drops: Counter, text_keys: tuple[str, ...] = ("text",)
         if key is None:
             drops["missing_text"] += 1
             continue
+        if SURROGATE_ESCAPE.search(line) and not _is_utf8_encodable(obj[key]):
+            drops["invalid_utf8"] += 1  # a text that no UTF-8 file (our output shards included) can hold
+            continue
         obj["text"] = obj[key]
         yield obj
+
+
+def _is_utf8_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# strict reading
+
+
+def numbered_lines(path) -> Iterator[tuple[int, bytes]]:
+    """(line number from 1, raw line) of a plain or compressed file; a file that cannot be read is a UserError."""
+    try:
+        with open_binary(path) as f:
+            yield from enumerate(f, 1)
+    except STREAM_ERRORS as e:  # unreadable file, truncated or corrupt compressed stream
+        raise UserError(f"{path}: cannot read ({e})") from None
+
+
+def text_of_line(path, lineno: int, line: bytes) -> str | None:
+    """The "text" of one JSONL line (None for a blank line); anything else is a UserError naming file and line."""
+    if not line.strip():
+        return None
+    try:
+        doc = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:  # json.loads decodes bytes itself
+        raise UserError(f"{path}:{lineno}: not a JSON line ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
+        raise UserError(f'{path}:{lineno}: text: expected a JSON object with a "text" string')
+    return doc["text"]
+
+
+def jsonl_texts(path) -> Iterator[str]:
+    """The texts of a JSONL(.gz) file, strictly (see `text_of_line`)."""
+    for lineno, line in numbered_lines(path):
+        text = text_of_line(path, lineno, line)
+        if text is not None:
+            yield text

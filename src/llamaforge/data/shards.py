@@ -20,22 +20,23 @@ number of workers.
 from __future__ import annotations
 
 import collections
-import gzip
 import hashlib
 import itertools
 import json
 import multiprocessing
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from llamaforge.data.readers import input_files, numbered_lines, text_of_line
 from llamaforge.errors import UserError
 
 FORMAT = "llamaforge.tokens/1"
 HEADER, TOKENS, OFFSETS = "header.json", "tokens.bin", "offsets.bin"
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")  # what a folder given to `tokenize` contributes
 CHUNK_LINES = 512  # documents per worker task: large enough to amortize pickling, small enough to keep memory flat
 
 
@@ -65,7 +66,7 @@ class TokenShard:
 
     def __init__(self, path):
         path = Path(path)
-        self.path = path.parent if path.name == HEADER else path
+        self.path = path.parent if path.name == HEADER else path  # the header file stands for its folder too
         self.header = self._read_header()
         self.dtype = np.dtype(self.header["dtype"])
         self.vocab_size = int(self.header["vocab_size"])
@@ -125,64 +126,25 @@ class TokenShard:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Input documents
-
-
-def jsonl_files(inputs: Iterable) -> list[Path]:
-    """The JSONL files named by `inputs`: files as given, folders as their sorted *.jsonl / *.jsonl.gz."""
-    files = []
-    for p in map(Path, inputs):
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.name.endswith((".jsonl", ".jsonl.gz")) and q.is_file())
-            if not found:
-                raise UserError(f"{p}: no *.jsonl or *.jsonl.gz files in folder")
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise UserError(f"{p}: no such file or folder")
-    if not files:
-        raise UserError("no input files given")
-    return files
-
-
-def open_text_lines(path: Path):
-    """Lines of a plain or gzip file (detected by the gzip magic, not the name), as bytes."""
-    with open(path, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rb") if gz else open(path, "rb")
+# Input documents (read strictly: see `readers`)
 
 
 def read_chunks(files: Sequence[Path], chunk_lines: int = CHUNK_LINES) -> Iterator[tuple[str, int, list[bytes]]]:
     """(file, first line number, raw lines) in file order; JSON parsing happens in the workers."""
     for path in files:
         lines, first = [], 1
-        try:
-            with open_text_lines(path) as f:
-                for lineno, line in enumerate(f, 1):
-                    lines.append(line)
-                    if len(lines) == chunk_lines:
-                        yield str(path), first, lines
-                        lines, first = [], lineno + 1
-        except (OSError, EOFError) as e:  # truncated gzip, unreadable file
-            raise UserError(f"{path}: cannot read ({e})") from None
+        for lineno, line in numbered_lines(path):
+            lines.append(line)
+            if len(lines) == chunk_lines:
+                yield str(path), first, lines
+                lines, first = [], lineno + 1
         if lines:
             yield str(path), first, lines
 
 
 def parse_texts(path: str, first: int, lines: list[bytes]) -> list[str]:
-    texts = []
-    for lineno, line in enumerate(lines, first):
-        if not line.strip():
-            continue
-        try:
-            doc = json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UserError(f"{path}:{lineno}: not a JSON line ({e})") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
-            raise UserError(f'{path}:{lineno}: text: expected a JSON object with a "text" string')
-        texts.append(doc["text"])
-    return texts
+    texts = (text_of_line(path, lineno, line) for lineno, line in enumerate(lines, first))
+    return [t for t in texts if t is not None]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -304,7 +266,7 @@ def tokenize(inputs, tokenizer_path, out_dir, source: str | None = None, workers
 
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
-    files = jsonl_files(inputs)
+    files = input_files(inputs, JSONL_SUFFIXES)
     source = source or Path(inputs[0]).name.split(".")[0]
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", source):  # a folder name, never a path
         raise UserError(f"source: expected a name of letters, digits, '_', '.', '-', got {source!r}")

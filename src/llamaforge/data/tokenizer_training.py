@@ -15,12 +15,11 @@ merges fall differently), so the count is a fixed default rather than the machin
 from __future__ import annotations
 
 import io
-import json
 import random
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from llamaforge.data.shards import open_text_lines
+from llamaforge.data import readers
 from llamaforge.errors import UserError
 
 META_TRAINER_SPEC = dict(
@@ -57,44 +56,16 @@ TEXT_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".txt", ".txt.gz")
 
 
 def input_files(inputs: Iterable) -> list[Path]:
-    """Files as given; folders as their sorted JSONL and text files (not recursive: `prepare` keeps its intermediate
-    files in a subfolder, and only the final shards at the top belong in a tokenizer's training set)."""
-    files = []
-    for p in map(Path, inputs):
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and q.name.endswith(TEXT_SUFFIXES))
-            if not found:
-                raise UserError(f"{p}: no {' / '.join('*' + s for s in TEXT_SUFFIXES)} files in folder")
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise UserError(f"{p}: no such file or folder")
-    if not files:
-        raise UserError("no input files given")
-    return files
+    """Files as given; folders as their sorted JSONL and text files (top level only, see `readers.input_files`)."""
+    return readers.input_files(inputs, TEXT_SUFFIXES)
 
 
 def documents(path: Path) -> Iterator[str]:
     """Texts of a JSONL file (`{"text": ...}` per line; gzip or plain), or the whole of a text file."""
-    is_jsonl = ".jsonl" in path.name or path.name.endswith(".json.gz")
-    try:
-        with open_text_lines(path) as f:
-            if not is_jsonl:
-                yield f.read().decode("utf-8", errors="replace")
-                return
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    text = json.loads(line).get("text")
-                except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-                    text = None
-                if not isinstance(text, str):
-                    raise UserError(f'{path}:{lineno}: text: expected a JSON object with a "text" string')
-                yield text
-    except (OSError, EOFError) as e:
-        raise UserError(f"{path}: cannot read ({e})") from None
+    if readers.is_jsonl(path):
+        yield from readers.jsonl_texts(path)
+    else:
+        yield b"".join(line for _, line in readers.numbered_lines(path)).decode("utf-8", errors="replace")
 
 
 def sentences(text: str, max_bytes: int) -> Iterator[str]:
@@ -102,8 +73,8 @@ def sentences(text: str, max_bytes: int) -> Iterator[str]:
     for line in text.splitlines():
         if not line.strip():
             continue
-        while len(line.encode("utf-8")) > max_bytes:
-            head = line.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
+        while len(encoded := line.encode("utf-8")) > max_bytes:
+            head = encoded[:max_bytes].decode("utf-8", errors="ignore")  # a character cut in two goes to the next piece
             cut = head.rfind(" ")
             head = head[:cut] if cut > 0 else head
             yield head

@@ -16,9 +16,8 @@ lm-evaluation-harness.
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from llamaforge.eval.results import TaskResult, aggregate
 
@@ -27,7 +26,8 @@ def preset_of(model) -> str | None:
     """The paper's preset name whose shape this model has (for putting the paper's number beside ours)."""
     from llamaforge.presets import PRESETS
 
-    shape = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size")
+    # norm_eps and max_seq_len tell LLaMA-1 from Llama 2 at 7B / 13B, whose shapes are equal.
+    shape = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "norm_eps", "max_seq_len")
     mine = tuple(getattr(model.args, k) for k in shape)
     for name, args in PRESETS.items():
         if name.startswith("llama-") and tuple(getattr(args, k) for k in shape) == mine:
@@ -41,22 +41,26 @@ def evaluate_task(scorer, name: str, data_dir, shots: int | None = None, limit: 
     from llamaforge.eval.tasks import get_task, paper_number, score_items
 
     task = get_task(name)
-    shots = task.shots if shots is None else shots
+    shots = task.shots if shots is None or task.shots_fixed else shots
     items = task.load(Path(data_dir), shots)
     items = items[:limit] if limit else items
     per_item = score_items(task, scorer, items, options or {})
     result = aggregate(name, shots, per_item, task.paper_metric)
-    metric = task.paper_metric if task.kind != "math" else f"maj@{(options or {}).get('samples', 1)}"
-    number = paper_number(dataclasses.replace(task, paper_metric=metric), metric, shots, preset)
-    if number is not None:
-        result.paper = {metric: number}
+    for metric in result.metrics:
+        number = paper_number(task, metric, shots, preset)
+        if number is not None:
+            result.paper[metric] = number
     return result, per_item
 
 
 def evaluate_task_file(scorer, path, limit: int | None = None) -> tuple[TaskResult, list[dict]]:
     """Score a `--task-file` (see `llamaforge.eval.taskfile`)."""
+    from llamaforge.eval.items import (
+        ChoiceItem,
+        score_choice_items,
+        score_continuation_items,
+    )
     from llamaforge.eval.taskfile import load_task_file
-    from llamaforge.eval.items import ChoiceItem, score_choice_items, score_continuation_items
 
     items = load_task_file(path)
     items = items[:limit] if limit else items

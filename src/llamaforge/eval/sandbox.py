@@ -1,7 +1,9 @@
 """Run generated code (HumanEval, MBPP) in a child process with limits. Read this before trusting it.
 
 What is enforced, and by what:
-- **Time**: a wall-clock timeout kills the child's whole process group; RLIMIT_CPU caps CPU seconds as well.
+- **Time**: a wall-clock timeout kills the child's whole process group (its own session); RLIMIT_CPU caps CPU
+  seconds as well.
+- Resource limits are set by the child's first lines, before the program (soft = hard: it cannot raise them).
 - **Memory**: RLIMIT_AS caps the address space (an allocation beyond it raises MemoryError in the child).
 - **File size**: RLIMIT_FSIZE caps any file the child writes; RLIMIT_CORE = 0 (no core dumps).
 - **Network**: when `unshare -rn` works on the host (Linux user + network namespaces), the child runs in an empty
@@ -86,31 +88,33 @@ def network_namespace_available() -> bool:
     if shutil.which("unshare") is None:
         return False
     try:
-        return subprocess.run(["unshare", "-rn", "true"], capture_output=True, timeout=10).returncode == 0
+        probe = subprocess.run(["unshare", "-rn", "true"], capture_output=True, timeout=10, check=False)
+        return probe.returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
 
 
-def _set_limits(limits: Limits):
-    def apply():
-        import resource
+def _rlimits(limits: Limits) -> str:
+    """Prelude that sets the child's resource limits (soft = hard, so the program cannot raise them again).
 
-        os.setsid()  # a process group of its own, so a timeout kills everything it started
-        cpu = int(limits.timeout_s) + 1
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-        memory = limits.memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        size = limits.file_size_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    Set by the child itself rather than in a `preexec_fn`, which is unsafe in a threaded parent."""
+    cpu = int(limits.timeout_s) + 1
+    memory = limits.memory_mb * 1024 * 1024
+    size = limits.file_size_mb * 1024 * 1024
+    return (
+        "import resource\n"
+        f"resource.setrlimit(resource.RLIMIT_CPU, ({cpu}, {cpu}))\n"
+        f"resource.setrlimit(resource.RLIMIT_AS, ({memory}, {memory}))\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({size}, {size}))\n"
+        "resource.setrlimit(resource.RLIMIT_CORE, (0, 0))\n"
+    )
 
-    return apply
 
-
-def run_program(program: str, limits: Limits = Limits()) -> Outcome:
+def run_program(program: str, limits: Limits | None = None) -> Outcome:
     """Run a Python program; it passes when it exits with status 0 within the limits."""
+    limits = limits or Limits()
     with tempfile.TemporaryDirectory(prefix="llamaforge-sandbox-") as folder:
-        Path(folder, "program.py").write_text(GUARD + "\n" + program)
+        Path(folder, "program.py").write_text(_rlimits(limits) + GUARD + "\n" + program)
         command = [sys.executable, "-I", "-B", "program.py"]  # -I: ignore env vars and user site-packages
         if network_namespace_available():
             command = ["unshare", "-rn", *command]
@@ -118,7 +122,7 @@ def run_program(program: str, limits: Limits = Limits()) -> Outcome:
                "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
         proc = subprocess.Popen(
             command, cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, preexec_fn=_set_limits(limits),
+            stderr=subprocess.PIPE, start_new_session=True,  # own process group: a timeout kills all of it
         )
         try:
             _, err = proc.communicate(timeout=limits.timeout_s)
@@ -134,7 +138,7 @@ def run_program(program: str, limits: Limits = Limits()) -> Outcome:
         return Outcome(False, "failed", detail)
 
 
-def run_programs(programs: list[str], limits: Limits = Limits(), workers: int | None = None) -> list[Outcome]:
+def run_programs(programs: list[str], limits: Limits | None = None, workers: int | None = None) -> list[Outcome]:
     """Run many programs in parallel (each in its own sandboxed process); results in input order."""
     workers = workers or max(1, min(8, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:

@@ -13,13 +13,15 @@ Continuations that feed identical tokens (e.g. MMLU's single letters " A", " B",
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from llamaforge.generate import sample_next  # the project's one sampler, shared with `llamaforge generate`
+from llamaforge.generate import (
+    sample_next,  # the project's one sampler, shared with `llamaforge generate`
+)
 
 Tokens = Sequence[int]
 
@@ -32,12 +34,13 @@ class _Row:
     feed: tuple[int, ...]  # [ctx[-1]] + cont[:-1]
 
 
-def encode_pair(tokenizer, context: str, continuation: str, bos: bool = True, encode=None) -> tuple[list[int], list[int]]:
+def encode_pair(tokenizer, context: str, continuation: str, bos: bool = True, encode=None):
     """Token ids for (context, continuation), the way lm-evaluation-harness splits them.
 
     Trailing spaces of the context move to the continuation (" Paris" is one word piece, "Paris" after a space is
     not), and the continuation's ids are read off the encoding of the whole string so that the tokenizer's merges
-    across the boundary are respected. An empty context becomes the BOS token.
+    across the boundary are respected. An empty context becomes the BOS token. Returns (context ids, continuation
+    ids); `encode(text)` may be given to memoize the tokenizer.
     """
     encode = encode or (lambda text: tokenizer.encode(text, bos=bos))
     n_spaces = len(context) - len(context.rstrip())
@@ -170,7 +173,6 @@ class Scorer:
         finally:
             model.clear_cache()
         return F.log_softmax(logits.float(), dim=-1)
-
 
     # ----------------------------------------------------------------------------------------------------------
     # generation

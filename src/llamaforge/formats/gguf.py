@@ -6,8 +6,9 @@ with the `gguf` package.
 - q/k rows stay in Meta's interleaved-pair RoPE layout: llama.cpp's LLAMA architecture rotates consecutive pairs
   (its converter un-permutes HF weights back to this layout), which is exactly llamaforge's own layout.
 - Weights are stored f32, f16, bf16 or q8_0 (blocks of 32 int8 with one f16 scale); norms always stay f32.
-- A SentencePiece `tokenizer.model` given to `save` goes in as `tokenizer.ggml.*` (model "llama"), so llama.cpp
-  can tokenize; without one the file says "no_vocab" and llama.cpp takes token ids only.
+- A SentencePiece `tokenizer.model` (or llama2.c's `tokenizer.bin`, the same vocabulary in another file) given to
+  `save` goes in as `tokenizer.ggml.*` (model "llama"), so llama.cpp can tokenize, and `load_tokenizer` rebuilds
+  it; without one the file says "no_vocab" and llama.cpp takes token ids only.
 """
 
 from __future__ import annotations
@@ -162,6 +163,39 @@ def _add_sentencepiece_vocab(writer, tokenizer_path: Path, vocab_size: int) -> N
     writer.add_add_eos_token(False)
 
 
+def _add_llama2c_vocab(writer, tokenizer_path: Path, vocab_size: int) -> None:
+    """llama2.c's tokenizer.bin is a SentencePiece vocabulary with "▁" written as " " and <s>, </s> as
+    "\n<s>\n", "\n</s>\n" (its export's convention); ids 3..258 are the byte tokens."""
+    import gguf
+
+    from llamaforge.tokenizer import Llama2cTokenizer
+
+    tok = Llama2cTokenizer(tokenizer_path)
+    if tok.vocab_size != vocab_size:
+        raise UserError(f"{tokenizer_path}: {tok.vocab_size} pieces, but the model has vocab_size {vocab_size}")
+    tokens, types = [], []
+    for i, piece in enumerate(tok.pieces):
+        if i == 0:
+            piece, kind = b"<unk>", gguf.TokenType.UNKNOWN
+        elif i in (tok.bos_id, tok.eos_id):
+            piece, kind = piece.strip(), gguf.TokenType.CONTROL
+        elif tok.BYTE_OFFSET <= i < tok.BYTE_OFFSET + 256:
+            kind = gguf.TokenType.BYTE  # "<0x0A>"
+        else:
+            piece, kind = piece.replace(b" ", "\u2581".encode()), gguf.TokenType.NORMAL
+        tokens.append(piece)
+        types.append(kind)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(tok.scores)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(tok.bos_id)
+    writer.add_eos_token_id(tok.eos_id)
+    writer.add_unk_token_id(0)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+
+
 def save(model, path: Path, tokenizer_path=None, dtype=None) -> None:
     """Write a GGUF file; dtype "f32" (default), "f16", "bf16" or "q8_0" (or the torch dtype).
 
@@ -201,6 +235,8 @@ def _write(gguf, tmp: Path, model, kind: str, qtype, file_type, tokenizer_path) 
     writer.add_file_type(file_type)
     if tokenizer_path is not None and Path(tokenizer_path).suffix == ".model":
         _add_sentencepiece_vocab(writer, Path(tokenizer_path), args.vocab_size)
+    elif tokenizer_path is not None and Path(tokenizer_path).suffix == ".bin":
+        _add_llama2c_vocab(writer, Path(tokenizer_path), args.vocab_size)
     else:
         writer.add_tokenizer_model("no_vocab")  # token ids in, token ids out
     for name, tensor in model.state_dict().items():

@@ -308,6 +308,10 @@ class Engine:
             r.on_update(r, r.text[r._emitted : end])
         r._emitted = max(r._emitted, end)
 
+    def fail(self, request: Request, error: BaseException) -> None:
+        """End one request with an error (it is removed from the queue or its slot)."""
+        self._finish(request, None, error=error)
+
     def abort_all(self, error: BaseException) -> None:
         """Fail every waiting and running request (after an unexpected error), leaving the engine usable."""
         for r in self._waiting + self._slots:

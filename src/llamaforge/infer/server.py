@@ -123,7 +123,10 @@ class EngineLoop:
                 item = False
             while item is not False:
                 if item is not None:
-                    self.engine.submit(item)
+                    try:
+                        self.engine.submit(item)
+                    except Exception as e:  # checked already; never let one request end the thread
+                        self.engine.fail(item, e)
                 try:
                     item = self._inbox.get_nowait()
                 except queue.Empty:
@@ -291,14 +294,15 @@ def create_app(engine: Engine, model_name: str = "llamaforge", chat_template: st
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, http: HTTPRequest):
         prompts = _prompts(body.prompt, tokenizer)
-        if body.max_tokens == 0 and not body.echo:
+        max_tokens = 16 if body.max_tokens is None else body.max_tokens  # OpenAI's default
+        if max_tokens == 0 and not body.echo:
             raise APIError("max_tokens: must be at least 1 unless echo is set", "max_tokens")
         if body.stream and body.echo:
             raise APIError("echo: not supported with stream", "echo")
         jobs = []
         for prompt in prompts:
             for j in range(body.n):
-                params = sampling(body, body.max_tokens, [], body.logprobs, body.echo and body.logprobs is not None, j)
+                params = sampling(body, max_tokens, [], body.logprobs, body.echo and body.logprobs is not None, j)
                 jobs.append((prompt, params))
         cid, model = f"cmpl-{uuid.uuid4().hex}", body.model or model_name
         if body.stream:

@@ -5,7 +5,9 @@ from llamaforge.train.config import TrainConfig, load_config
 
 
 def train(cfg: TrainConfig, out_dir, resume=None) -> dict:
-    from llamaforge.train.trainer import train as _train  # torch.distributed imports only when training
+    from llamaforge.train.trainer import (
+        train as _train,  # torch.distributed imports only when training
+    )
 
     return _train(cfg, out_dir, resume)
 

@@ -20,7 +20,6 @@ import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -63,7 +62,7 @@ def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def latest(root: Path) -> Optional[Path]:
+def latest(root: Path) -> Path | None:
     ckpts = complete_checkpoints(root)
     return ckpts[-1][1] if ckpts else None
 

@@ -12,11 +12,12 @@ from it, the sequence length, the per-process micro-batch and the number of data
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
+
+import tomllib
 
 from llamaforge.errors import UserError
 from llamaforge.model import ModelArgs
@@ -162,7 +163,7 @@ def _set(cfg: TrainConfig, section: str, key: str, value: Any, where: str) -> No
 def recipe_path(name_or_path: str) -> Path:
     """A recipe name (`debug`, `llama-7b` ...) or a path to a TOML file."""
     path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
+    if path.suffix == ".toml" or len(path.parts) > 1:  # a path, not a name
         if not path.is_file():
             raise UserError(f"{path}: no such recipe file")
         return path

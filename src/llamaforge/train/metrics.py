@@ -16,7 +16,6 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -54,7 +53,7 @@ def flops_per_token(args: ModelArgs, seq_len: int) -> float:
     return 6 * non_embedding_params(args) + 12 * args.n_layers * args.dim * seq_len
 
 
-def device_peak_flops(device: torch.device) -> Optional[float]:
+def device_peak_flops(device: torch.device) -> float | None:
     """The dense bf16 peak of `device` from DEVICE_PEAK_FLOPS, or None (CPUs, unknown accelerators)."""
     if device.type != "cuda":
         return None
@@ -68,7 +67,7 @@ def device_peak_flops(device: torch.device) -> Optional[float]:
 class Throughput:
     """Tokens/s and MFU over the last logging interval (the first interval includes warmup and compilation)."""
 
-    def __init__(self, flops_per_token: float, peak_flops: Optional[float], world_size: int):
+    def __init__(self, flops_per_token: float, peak_flops: float | None, world_size: int):
         self.fpt, self.peak, self.world = flops_per_token, peak_flops, world_size
         self.t0, self.tokens = time.perf_counter(), 0
 
@@ -84,9 +83,15 @@ class Throughput:
 
 
 def memory_stats(device: torch.device) -> dict:
+    """Peak memory so far: allocated GPU memory, or the process's peak resident set on CPU."""
     if device.type == "cuda":
         return {"mem_peak_gib": torch.cuda.max_memory_allocated(device) / 2**30}
-    return {}
+    try:
+        import resource
+
+        return {"mem_peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # KiB on Linux
+    except ImportError:  # Windows
+        return {}
 
 
 class MetricsWriter:
@@ -95,7 +100,7 @@ class MetricsWriter:
     def __init__(self, out_dir: Path, tensorboard: bool, resume_step: int = 0):
         self.path = out_dir / "metrics.jsonl"
         self._truncate_after(resume_step)  # a resumed run rewrites the steps after its checkpoint
-        self.file = open(self.path, "a")
+        self.file = open(self.path, "a")  # noqa: SIM115 (open for the writer's lifetime, closed by close())
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -152,7 +157,7 @@ def plot_loss(metrics_path: Path, png_path: Path) -> None:
     tmp.replace(png_path)
 
 
-def bits_per_byte(loss_nats: float, bytes_per_token: Optional[float]) -> Optional[float]:
+def bits_per_byte(loss_nats: float, bytes_per_token: float | None) -> float | None:
     """Tokenizer-independent loss: nats/token -> bits/token, divided by the bytes one token covers."""
     if not bytes_per_token:
         return None

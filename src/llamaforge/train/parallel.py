@@ -77,7 +77,10 @@ def apply_tensor_parallel(model: Transformer, tp_mesh: DeviceMesh) -> None:
 
 def _selective_policy():
     """Keep the outputs of matmuls and attention (expensive to recompute); recompute everything else."""
-    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+    from torch.utils.checkpoint import (
+        CheckpointPolicy,
+        create_selective_checkpoint_contexts,
+    )
 
     aten = torch.ops.aten
     save = {aten.mm.default, aten.addmm.default, aten.bmm.default,
@@ -95,7 +98,9 @@ def _selective_policy():
 
 
 def apply_activation_checkpointing(model: Transformer, mode: str) -> None:
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        checkpoint_wrapper,
+    )
 
     for i, block in enumerate(model.layers):
         if mode == "full":
@@ -105,7 +110,10 @@ def apply_activation_checkpointing(model: Transformer, mode: str) -> None:
 
 
 def apply_fsdp(model: Transformer, dp_mesh: DeviceMesh, param_dtype: torch.dtype) -> None:
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # public path since torch 2.6
+    from torch.distributed.fsdp import (  # public path since torch 2.6
+        MixedPrecisionPolicy,
+        fully_shard,
+    )
 
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)  # reduce grads in fp32
     for i, block in enumerate(model.layers):

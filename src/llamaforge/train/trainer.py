@@ -12,7 +12,6 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -34,7 +33,6 @@ from llamaforge.train.metrics import (
 from llamaforge.train.optim import build_optimizer, build_scheduler
 from llamaforge.train.parallel import build_mesh, mesh_shape, parallelize
 from llamaforge.train.synthetic import SyntheticLoader
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Setup
@@ -115,7 +113,7 @@ class SpikeGuard:
         std = math.sqrt(sum((h - mean) ** 2 for h in history) / len(history))
         return (x - mean) / max(std, 1e-8)
 
-    def check(self, loss: float, grad_norm: float) -> Optional[str]:
+    def check(self, loss: float, grad_norm: float) -> str | None:
         """The reason to skip this update, or None; accepted values enter the window."""
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             return "non-finite loss or grad-norm"
@@ -170,7 +168,10 @@ def evaluate(model, loader, n_batches: int, device, autocast) -> float:
 
 def full_state_dict(model) -> dict:
     """The unsharded weights on CPU (collective under FSDP/TP), with plain parameter names."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
@@ -193,7 +194,7 @@ def export_final(cfg: TrainConfig, args, state: dict, out_dir: Path) -> None:
 # The loop
 
 
-def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None) -> dict:
+def train(cfg: TrainConfig, out_dir, resume: str | None = None) -> dict:
     """Train per `cfg`, writing metrics, checkpoints and the final model under `out_dir`. Returns a summary."""
     out_dir = Path(out_dir)
     t = cfg.training
@@ -213,7 +214,7 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None) -> dict:
     bf16 = t.dtype == "bf16" and device.type == "cuda"
     fsdp = dp > 1
     if bf16 and not fsdp:
-        autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
+        autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
     else:
         autocast = contextlib.nullcontext
 
@@ -339,4 +340,5 @@ def train(cfg: TrainConfig, out_dir, resume: Optional[str] = None) -> dict:
         last["data"] = stats
     if dist.is_initialized():
         dist.barrier()
+        dist.destroy_process_group()
     return last

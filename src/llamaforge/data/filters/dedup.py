@@ -57,7 +57,7 @@ class LineDedup(GroupStage):
         if mode not in ("ccnet", "first"):
             raise ValueError(f"mode must be 'ccnet' or 'first', got {mode!r}")
         self.mode, self.group_size, self.algo, self.name = mode, group_size, algo, name
-        self.lowercase_only = lowercase_only
+        self.lowercase_only = lowercase_only  # the plain setting the resume check compares (not the function)
         self.normalize = strip_lower if lowercase_only else normalize_for_dedup  # C4 vs CCNet
         self._reset()
 

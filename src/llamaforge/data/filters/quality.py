@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from llamaforge.data.pipeline import Doc, GroupStage, Result, Stage
+from llamaforge.data.readers import is_jsonl, iter_jsonl, iter_lines
 from llamaforge.errors import UserError
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -264,14 +265,10 @@ class ReferenceClassifierFilter(Stage):
 
 def load_texts(paths: Iterable[str]) -> list[str]:
     """Example documents from JSONL(.gz) files with a "text" field, or plain text files (one document a line)."""
-    from collections import Counter as _Counter
-
-    from llamaforge.data.readers import iter_jsonl, iter_lines
-
     texts: list[str] = []
-    drops: _Counter = _Counter()
+    drops: Counter = Counter()  # malformed lines are skipped, as in `prepare`
     for p in paths:
-        if ".jsonl" in p or p.endswith(".json.gz"):
+        if is_jsonl(p):
             texts += [o["text"] for o in iter_jsonl(p, drops)]
         else:
             texts += [line.rstrip("\n") for line in iter_lines(p, drops) if line.strip()]

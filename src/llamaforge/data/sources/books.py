@@ -16,7 +16,7 @@ from pathlib import Path
 
 from llamaforge.data.filters.dedup import MinHashDedup
 from llamaforge.data.pipeline import Doc, MapStage, Result, Source
-from llamaforge.data.readers import expand_inputs, iter_jsonl, read_text_file
+from llamaforge.data.readers import expand_inputs, is_jsonl, iter_jsonl, read_text_file
 
 START = re.compile(r"^\*\*\*\s*START OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK.*$", re.MULTILINE | re.IGNORECASE)
 END = re.compile(r"^\*\*\*\s*END OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK.*$", re.MULTILINE | re.IGNORECASE)
@@ -37,14 +37,14 @@ def strip_gutenberg(text: str) -> str:
 
 class BookReader:
     def __call__(self, shard: str, drops: Counter) -> Iterator[Doc]:
-        if ".jsonl" in shard or shard.endswith(".json.gz"):
+        if is_jsonl(shard):
             for obj in iter_jsonl(shard, drops):
                 yield {"text": obj["text"], "meta": {"source": "books", **obj.get("meta", {})}}
             return
         text = read_text_file(shard, drops)
         if text is None:
             return
-        title = TITLE.search(text[:5000])
+        title = TITLE.search(text[:5000])  # Gutenberg's "Title:" line is in the header, near the top
         meta = {"source": "books", "file": Path(shard).name}
         if title:
             meta["title"] = title.group(1).strip()

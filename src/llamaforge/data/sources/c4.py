@@ -21,8 +21,10 @@ from collections.abc import Iterator
 
 from llamaforge.data.filters.dedup import LineDedup
 from llamaforge.data.filters.langid import LanguageFilter
+from llamaforge.data.filters.quality import load_texts
 from llamaforge.data.pipeline import Doc, MapStage, Result, Source, Stage
 from llamaforge.data.readers import expand_inputs, iter_jsonl
+from llamaforge.data.sources.commoncrawl import CCReader
 
 MIN_WORDS_PER_LINE = 5
 MIN_SENTENCES = 3
@@ -95,8 +97,6 @@ class C4Reader:
 
     def __call__(self, shard: str, drops: Counter) -> Iterator[Doc]:
         if ".warc" in shard:
-            from llamaforge.data.sources.commoncrawl import CCReader
-
             for doc in CCReader()(shard, drops):
                 doc["meta"]["source"] = "c4"
                 yield doc
@@ -113,8 +113,6 @@ def build(inputs: list[str], badwords: str | None = None, lang_threshold: float 
           langid: str = "py3langid", languages: list[str] | None = None, **_) -> Source:
     words = frozenset()
     if badwords:
-        from llamaforge.data.filters.quality import load_texts
-
         words = frozenset(w.strip().lower() for w in load_texts([badwords]))
     shards = expand_inputs(inputs, (".jsonl", ".jsonl.gz", ".json.gz", ".warc.gz", ".wet.gz", ".warc"))
     return Source("c4", shards, C4Reader(), [

@@ -17,7 +17,6 @@ Stages, in CCNet's order:
 
 from __future__ import annotations
 
-import gzip
 from collections import Counter
 from collections.abc import Iterator
 
@@ -32,7 +31,7 @@ from llamaforge.data.filters.quality import (
     load_texts,
 )
 from llamaforge.data.pipeline import Doc, Result, Source, Stage
-from llamaforge.data.readers import STREAM_ERRORS, expand_inputs, iter_jsonl
+from llamaforge.data.readers import STREAM_ERRORS, expand_inputs, iter_jsonl, open_binary
 
 MIN_LENGTH = 300
 
@@ -68,7 +67,7 @@ class CCReader:
 
         types = WarcRecordType.response | WarcRecordType.conversion
         # Python's gzip (not fastwarc's) so that a cut-short file raises instead of ending quietly
-        with gzip.open(shard, "rb") if shard.endswith(".gz") else open(shard, "rb") as stream:
+        with open_binary(shard) as stream:
             try:
                 for rec in ArchiveIterator(stream, record_types=types, parse_http=True):
                     doc = self._record(rec, drops)

@@ -108,7 +108,8 @@ def clean_file(path_or_text: str | Path, name: str | None = None) -> tuple[str |
 
 
 def detect_license(repo: Path) -> str | None:
-    """The license of a repository folder from its LICENSE / COPYING file, or None when absent or unknown."""
+    """The license of a repository folder from its LICENSE / COPYING file: an id of `LICENSE_PHRASES`, "other"
+    for a license text not recognized, None when there is no license file."""
     for fname in LICENSE_FILES:
         p = repo / fname
         if p.is_file():

@@ -49,7 +49,7 @@ def html_to_text(html: str) -> str:
 def iter_rows(path: str, drops: Counter) -> Iterator[dict[str, str]]:
     """Attributes of each `<row .../>` of a Posts.xml, one line at a time."""
     for line in iter_lines(path, drops):
-        line = line.strip().lstrip("\ufeff")
+        line = line.strip().lstrip("\ufeff")  # the first line may carry a byte-order mark
         if not line.startswith("<row"):
             continue  # <?xml ...?>, <posts>, </posts>
         try:

@@ -23,7 +23,7 @@ from llamaforge.data.readers import expand_inputs, iter_lines
 PAPER_LANGUAGES = ("bg", "ca", "cs", "da", "de", "en", "es", "fr", "hr", "hu", "it", "nl", "pl", "pt", "ro", "ru",
                    "sl", "sr", "sv", "uk")
 # namespace prefixes of media links (English and the most common localized ones)
-MEDIA_PREFIXES = ("file", "image", "media", "datei", "bild", "fichier", "archivo", "imagen", "immagine", "file",
+MEDIA_PREFIXES = ("file", "image", "media", "datei", "bild", "fichier", "archivo", "imagen", "immagine",
                   "plik", "bestand", "arquivo", "imagem", "fișier", "soubor", "fil", "kép", "файл", "изображение",
                   "слика", "датотека", "податотека", "fitxer", "slika", "súbor")
 CATEGORY_PREFIXES = ("category", "kategorie", "catégorie", "categoría", "categoria", "kategoria", "categorie",

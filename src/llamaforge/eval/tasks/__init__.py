@@ -3,13 +3,13 @@ metric for it and the paper's numbers (Touvron et al. 2023, Tables 3-9; 7B/13B/3
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from llamaforge.errors import UserError
-from llamaforge.eval.tasks import code, generative_qa, math, multiple_choice
 from llamaforge.eval.items import score_choice_items
+from llamaforge.eval.tasks import code, generative_qa, math, multiple_choice
 
 
 @dataclass
@@ -22,6 +22,7 @@ class Task:
     paper: dict[str, float] = field(default_factory=dict)  # preset name -> the paper's score (%)
     shots_fixed: bool = False  # the loader ignores --shots (e.g. MMLU's own dev exemplars)
     unconditional: bool = False  # also score P(choice | "Answer:") (OpenBookQA, BoolQ)
+    paper_other: dict[str, dict[str, float]] = field(default_factory=dict)  # other metric -> preset -> score
 
 
 def _choice(loader):
@@ -55,10 +56,12 @@ TASKS: dict[str, Task] = {
         Task("mmlu", "choice", lambda d, k: multiple_choice.load_mmlu(d, k), 5, "acc", _paper(35.1, 46.9, 57.8, 63.4)),
         Task("nq_open", "qa", generative_qa.load_nq_open, 0, "exact_match", _paper(16.8, 20.1, 24.9, 23.8)),
         Task("triviaqa", "qa", generative_qa.load_triviaqa, 0, "exact_match", _paper(50.0, 56.6, 65.1, 68.2)),
-        Task("gsm8k", "math", lambda d, k: math.load_gsm8k(d, k), 8, "maj@1", _paper(11.0, 17.8, 35.6, 50.9)),
+        Task("gsm8k", "math", lambda d, k: math.load_gsm8k(d, k), 8, "maj@1", _paper(11.0, 17.8, 35.6, 50.9),
+             paper_other={"maj@100": _paper(18.1, 29.3, 53.1, 69.7)}),
         Task("humaneval", "code", lambda d, k: code.load_humaneval(d), 0, "pass@1", _paper(10.5, 15.8, 21.7, 23.7),
-             shots_fixed=True),
-        Task("mbpp", "code", lambda d, k: code.load_mbpp(d, k), 3, "pass@1", _paper(17.7, 22.0, 30.2, 37.7)),
+             shots_fixed=True, paper_other={"pass@100": _paper(36.5, 52.5, 70.7, 79.3)}),
+        Task("mbpp", "code", lambda d, k: code.load_mbpp(d, k), 3, "pass@1", _paper(17.7, 22.0, 30.2, 37.7),
+             paper_other={"pass@80": _paper(56.2, 64.0, 73.4, 76.8)}),
     ]
 }
 
@@ -79,13 +82,15 @@ def get_task(name: str) -> Task:
 
 def paper_number(task: Task, metric: str, shots: int, preset: str | None) -> float | None:
     """The paper's score for this task, metric, shot count and preset, when the paper reports it."""
-    if preset is None or metric != task.paper_metric:
+    if preset is None:
         return None
-    if task.name in QA_PAPER:
+    if task.name in QA_PAPER and metric == task.paper_metric:
         return QA_PAPER[task.name].get(shots, {}).get(preset)
     if shots != task.shots and not task.shots_fixed:
         return None
-    return task.paper.get(preset)
+    if metric == task.paper_metric:
+        return task.paper.get(preset)
+    return task.paper_other.get(metric, {}).get(preset)
 
 
 def score_items(task: Task, scorer, items, options: dict) -> list[dict]:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
+from llamaforge.eval.items import pass_at_k
 from llamaforge.eval.sandbox import Limits, run_programs
 from llamaforge.eval.taskfile import read_jsonl
-from llamaforge.eval.items import pass_at_k
 from llamaforge.eval.tasks.multiple_choice import GAUNTLET, find_data
 
 HUMANEVAL_STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]
@@ -70,7 +70,7 @@ def program(item: CodeItem, completion: str) -> str:
 
 def score_code_items(
     scorer, items: list[CodeItem], samples: int = 1, temperature: float = 0.0, ks=(1, 10, 100),
-    max_new_tokens: int = 384, limits: Limits = Limits(), seed: int = 0,
+    max_new_tokens: int = 384, limits: Limits | None = None, seed: int = 0,
 ) -> list[dict]:
     stop = MBPP_STOP if items and items[0].task_id.startswith("MBPP") else HUMANEVAL_STOP
     generator = torch.Generator(device=scorer.device).manual_seed(seed)

@@ -14,8 +14,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamaforge.eval.taskfile import read_jsonl
 from llamaforge.eval.items import exact_match
+from llamaforge.eval.taskfile import read_jsonl
 from llamaforge.eval.tasks.multiple_choice import GAUNTLET, find_data
 
 STOP = ["\n", ".", ","]

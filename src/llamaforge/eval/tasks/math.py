@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from llamaforge.eval.taskfile import read_jsonl
 from llamaforge.eval.items import majority
+from llamaforge.eval.taskfile import read_jsonl
 from llamaforge.eval.tasks.multiple_choice import GAUNTLET, find_data
 
 STOP = ["\n\nQuestion:", "Question:"]
@@ -41,7 +41,7 @@ def extract_number(text: str) -> str | None:
     if not found:
         return None
     value = found[-1].replace(",", "").rstrip(".")
-    return value[:-2] if value.endswith(".0") else value
+    return value.removesuffix(".0")
 
 
 def load_gsm8k(data_dir: Path, shots: int = 8) -> list[MathItem]:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import bz2
 import csv
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from llamaforge.errors import UserError
-from llamaforge.eval.taskfile import read_jsonl
 from llamaforge.eval.items import ChoiceItem
+from llamaforge.eval.taskfile import read_jsonl
 
 GAUNTLET = "llm-foundry-gauntlet"
 
