@@ -213,10 +213,8 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None) -> dict:
     # Mixed precision: bf16 compute on GPU with fp32 master weights (FSDP casts per block; else autocast).
     bf16 = t.dtype == "bf16" and device.type == "cuda"
     fsdp = dp > 1
-    if bf16 and not fsdp:
-        autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    else:
-        autocast = contextlib.nullcontext
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and not fsdp else contextlib.nullcontext()
 
     param_dtype = torch.bfloat16 if bf16 else torch.float32
     if t.meta_init:  # shapes only, then shard, then allocate and initialize just this process's shards
