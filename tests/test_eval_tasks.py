@@ -238,3 +238,44 @@ def test_paper_numbers_only_where_preset_metric_and_shots_match():
     assert paper_number(TASKS["boolq"], "acc_uncond", 0, "llama-65b") == 85.3
     assert paper_number(TASKS["triviaqa"], "exact_match", 64, "llama-33b") == 70.4
     assert paper_number(TASKS["humaneval"], "pass@100", 0, "llama-7b") == 36.5
+
+
+class ScriptedScorer:
+    """Stands in for `Scorer` in generation tasks: answers each prompt from a table (no model)."""
+
+    device = "cpu"
+
+    def __init__(self, answer):
+        self.answer = answer  # prompt text -> list of completions
+        self.tokenizer = self
+        self.last_prompt = None
+
+    def encode(self, text, bos=False):
+        self.last_prompt = text
+        return [1]
+
+    def generate_until(self, prompt, until, max_new_tokens, temperature=0.0, num_samples=1, **kwargs):
+        from llamaforge.eval.scoring import cut_at_stop
+
+        return [cut_at_stop(c, until) for c in self.answer(self.last_prompt)][:num_samples]
+
+
+def test_generation_tasks_score_scripted_answers():
+    from llamaforge.eval.tasks import score_items
+
+    data = shared_path("")
+    code_items = TASKS["humaneval"].load(data, 0)[:3]
+    by_prompt = {it.prompt: it.reference for it in code_items}
+    right = ScriptedScorer(lambda p: [by_prompt[p] + "\ndef unrelated():\n    pass\n", "    return None\n"])
+    scores = score_items(TASKS["humaneval"], right, code_items, {"samples": 2})
+    assert [s["pass@1"] for s in scores] == [0.5, 0.5, 0.5]  # one of two samples passes (the stop cuts the extra def)
+
+    gsm = TASKS["gsm8k"].load(data, 8)[:1]  # Janet's ducks: 18
+    assert gsm[0].prompt.count("Question:") == 9
+    votes = ScriptedScorer(lambda p: [" 9 eggs, so 9 * 2 = 18. The answer is 18.", " The answer is 20.", " It is 18."])
+    assert score_items(TASKS["gsm8k"], votes, gsm, {"samples": 3})[0]["maj@3"] == 1.0
+
+    qa = TASKS["triviaqa"].load(data, 0)[:1]  # types of onion
+    onion = ScriptedScorer(lambda p: [" The onion, of course\nQ: next"])
+    scored = score_items(TASKS["triviaqa"], onion, qa, {})[0]
+    assert scored["prediction"] == "The onion" and scored["exact_match"] == 1.0

@@ -54,7 +54,10 @@ def encode_pair(tokenizer, context: str, continuation: str, bos: bool = True, en
 
 
 class Scorer:
-    """Batched log-likelihoods and generation for one model and tokenizer (no gradients, eval mode)."""
+    """Batched log-likelihoods and generation for one model and tokenizer (no gradients, eval mode).
+
+    batch_size counts continuation rows per forward pass (a 4-choice item is 4 rows); max_seq_len caps the
+    window (default: the model's), contexts are cut from the left to fit it."""
 
     def __init__(self, model, tokenizer, batch_size: int = 16, max_seq_len: int | None = None):
         self.model = model.eval()

@@ -2,11 +2,12 @@
 
 One JSON object per line, in one of three formats (the format is read off each line's keys):
 
-| format           | keys                                         | scored as                                          |
-|------------------|----------------------------------------------|----------------------------------------------------|
-| multiple choice  | `query`, `choices` (list), `gold` (index)      | log p(" " + choice \\| query) per choice             |
-| schema           | `context_options` (list), `continuation`, `gold` | log p(" " + continuation \\| option) per option (WinoGrande's partial scoring) |
-| language model   | `context`, `continuation`                      | log p(continuation \\| context); accuracy = greedy   |
+- multiple choice: `{"query": str, "choices": [str, ...], "gold": int}`; each choice is scored as
+  log p(" " + choice | query).
+- schema: `{"context_options": [str, ...], "continuation": str, "gold": int}`; the continuation is scored after
+  each option (WinoGrande's partial scoring).
+- language model: `{"context": str, "continuation": str}`; log p(continuation | context), accuracy = the
+  continuation is the greedy decode.
 
 A malformed line raises `UserError("FILE:LINE: what was expected")`.
 """

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from llamaforge.errors import UserError
 from llamaforge.eval.items import ChoiceItem
-from llamaforge.eval.taskfile import read_jsonl
+from llamaforge.eval.taskfile import parse_line, read_jsonl
 
 GAUNTLET = "llm-foundry-gauntlet"
 
@@ -30,8 +30,6 @@ def find_data(data_dir: Path, task: str, candidates: Sequence[str]) -> Path:
 
 def _mc_jsonl(path: Path, suffix: str = "") -> list[ChoiceItem]:
     """A `{"query", "choices", "gold"}` file; `suffix` completes the query into the harness's prompt."""
-    from llamaforge.eval.taskfile import parse_line
-
     items = []
     for n, obj in read_jsonl(path):
         item = parse_line(obj, f"{path}:{n}")
