@@ -124,3 +124,22 @@ def test_flops_per_token(preset_args):
 
 def test_device_peaks():
     assert DEVICE_PEAK_FLOPS["H100 SXM"] == 989e12 and DEVICE_PEAK_FLOPS["A100"] == 312e12
+
+
+def test_mesh_shape_constraints():
+    from llamaforge.train.parallel import mesh_shape
+
+    assert mesh_shape(8, -1, 2) == (4, 2) and mesh_shape(4, 4, 1) == (4, 1)
+    with pytest.raises(UserError, match="parallel.tp"):
+        mesh_shape(4, -1, 3)
+    with pytest.raises(UserError, match="dp_shard x tp"):
+        mesh_shape(4, 3, 1)
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_recipes_fit_their_tensor_parallel_degree(name):
+    cfg = load_config(name)
+    args, tp = cfg.model_args(), cfg.parallel.tp
+    assert args.n_heads % tp == 0 and args.ffn_hidden_dim % tp == 0 and args.vocab_size % tp == 0
+    assert cfg.data.seq_len % tp == 0
+    assert cfg.training.batch_tokens % (cfg.data.seq_len * cfg.training.micro_batch_size) == 0

@@ -58,13 +58,15 @@ def straight(tmp_path_factory) -> Path:
 
 def test_debug_golden_losses(straight):
     """The first 20 losses of the debug recipe (deterministic CPU fp32) match the stored golden file.
-    Any change to the model, loss, optimizer, schedule or data order changes them by far more than 2e-6."""
+
+    5e-6 relative leaves room for another CPU's fp32 rounding, yet catches small changes of the math (measured:
+    Adam eps 1e-8 -> 1e-7 moves a loss by 1.5e-5, weight decay 0.1 -> 0.11 by 3e-5, RMSNorm eps 1e-6 -> 1e-5 by 7e-4)."""
     losses = train_losses(straight)
     golden = json.loads(GOLDEN.read_text())["losses"]
     assert len(losses) == len(golden) == 20
     assert losses[-1] < losses[0] - 0.5  # and the run does learn
     torch.testing.assert_close(torch.tensor(losses, dtype=torch.float64), torch.tensor(golden, dtype=torch.float64),
-                               rtol=2e-6, atol=0)
+                               rtol=5e-6, atol=0)
 
 
 def test_exact_resume_after_sigkill(straight, tmp_path):

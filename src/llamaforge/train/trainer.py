@@ -327,6 +327,11 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None) -> dict:
 
     if progress is not None:
         progress.close()
+    if start >= t.steps:  # resumed a finished run: nothing trained, but still report where it stands
+        val = evaluate(model, loader, cfg.metrics.val_batches, device, autocast)
+        last = {"step": start, "val_loss": val}
+        if bits_per_byte(val, bpt) is not None:
+            last["val_bpb"] = bits_per_byte(val, bpt)
     state = full_state_dict(model)  # collective: every rank takes part in the gather
     if master:
         export_final(cfg, args, state, out_dir)
