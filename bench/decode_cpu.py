@@ -1,7 +1,8 @@
 """CPU decode speed at batch 1: llamaforge's engine vs HF transformers `generate` (and llama.cpp when
 llama-cpp-python is installed), on the same random-weight model of the `small-17m` shape, in the same run.
 
-    .venv/bin/python bench/decode_cpu.py [--new-tokens 256] [--threads 2] [--compile] [--repeats 3]
+    .venv/bin/python bench/decode_cpu.py [--new-tokens 256] [--threads 2] [--compile] [--repeats 3] [--int8]
+        [--row-major]
 
 Every runner decodes greedily from the same 16-token prompt for exactly --new-tokens tokens (no early stop);
 tokens/s = new tokens / wall time of the whole generate call (prefill included, as HF's is). The best of
@@ -36,8 +37,9 @@ def best_of(repeats: int, fn):
     return min(times), out
 
 
-def bench_engine(model, prompt, n, repeats, compile_step=False, label="llamaforge"):
-    engine = Engine(model, max_batch=1, max_seq_len=len(prompt) + n + 1, compile=compile_step)
+def bench_engine(model, prompt, n, repeats, compile_step=False, label="llamaforge", cpu_layout=None):
+    engine = Engine(model, max_batch=1, max_seq_len=len(prompt) + n + 1, compile=compile_step,
+                    cpu_layout=cpu_layout)
     params = SamplingParams(max_tokens=n, stop_token_ids=())
     t = time.perf_counter()
     engine.generate([prompt], SamplingParams(max_tokens=8, stop_token_ids=()))  # warm-up (and compile)
@@ -93,6 +95,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="also time the torch.compile'd decode step")
     p.add_argument("--int8", action="store_true", help="also time int8 weight-only weights")
+    p.add_argument("--row-major", action="store_true",
+                   help="also time the engine without its CPU decode layout (Engine(cpu_layout=False)): the before")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -101,14 +105,21 @@ def main() -> None:
     n = args.new_tokens
     print(f"small-17m ({model.num_params() / 1e6:.1f}M params, fp32), batch 1, {len(prompt)}-token prompt, {n} new "
           f"tokens, {args.threads} threads; torch {torch.__version__}, Python {platform.python_version()}")
-    ours, ours_tokens = bench_engine(model, prompt, n, args.repeats)
     results = {}
+    if args.row_major:  # first: the main run below re-lays `model`'s weights in place
+        results["llamaforge no cpu_layout"] = bench_engine(copy.deepcopy(model), prompt, n, args.repeats,
+                                                       label="llamaforge (no cpu_layout)", cpu_layout=False)
+    ours, ours_tokens = bench_engine(model, prompt, n, args.repeats)
     if args.compile:
         results["llamaforge compiled"] = bench_engine(copy.deepcopy(model), prompt, n, args.repeats, True,
                                                       "llamaforge (torch.compile)")
     if args.int8:
         results["llamaforge int8"] = bench_engine(quantize(copy.deepcopy(model), "int8"), prompt, n, args.repeats,
                                                   label="llamaforge int8 weights")
+        if args.row_major:
+            results["llamaforge int8 no cpu_layout"] = bench_engine(
+                quantize(copy.deepcopy(model), "int8"), prompt, n, args.repeats,
+                label="llamaforge int8 (no cpu_layout)", cpu_layout=False)
     with tempfile.TemporaryDirectory() as workdir:
         import transformers
 

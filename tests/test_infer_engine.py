@@ -145,3 +145,16 @@ def test_compiled_decode_step_matches_recompute():
     engine = Engine(model, max_batch=2, max_seq_len=32, compile=True)
     out = engine.generate(PROMPTS, SamplingParams(max_tokens=10, stop_token_ids=()))
     assert [r.tokens for r in out] == refs
+
+
+def test_decode_over_the_filled_part_of_the_cache_matches_recompute():
+    """Eager CPU decoding attends over the first positions of the cache only (a multiple of 64): sequences that
+    cross such a boundary, next to a short one in the same batch, still match."""
+    model = tiny_model(max_seq_len=192)
+    long_prompt = [(7 * i) % 97 for i in range(58)]
+    prompts = [long_prompt, [5, 17, 3]]
+    refs = [recompute_greedy(model, p, 12) for p in prompts]
+    engine = Engine(model, max_batch=2, max_seq_len=192)
+    out = engine.generate(prompts, SamplingParams(max_tokens=12, stop_token_ids=()))
+    assert [r.tokens for r in out] == refs
+    assert engine.model.layers[0].attention.cache.k.shape[2] == 128  # the last step read 70 -> 128 positions
