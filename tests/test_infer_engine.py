@@ -10,13 +10,7 @@ from llamaforge.infer import Engine, Request, SamplingParams
 from llamaforge.model import ModelArgs, Transformer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared machine thread barriers stall."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run on one thread
 
 
 def tiny_model(dtype=torch.float64, **kw) -> Transformer:

@@ -11,13 +11,7 @@ from llamaforge.infer import Engine, SamplingParams
 from llamaforge.model import ModelArgs, Transformer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared machine thread barriers stall."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run on one thread
 
 
 def tiny(vocab=320) -> Transformer:

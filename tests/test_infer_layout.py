@@ -15,13 +15,7 @@ from llamaforge.infer.layout import SplitKInt8Linear, SplitKLinear, decode_layou
 from llamaforge.infer.quantize import WeightOnlyInt8Linear, quantize
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads; the split-K path is exercised through explicit `splits`."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run on one thread
 
 
 @pytest.mark.parametrize("splits", [1, 2, 3, 4])

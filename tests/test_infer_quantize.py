@@ -16,13 +16,7 @@ from llamaforge.infer.quantize import WeightOnlyInt4Linear, WeightOnlyInt8Linear
 from llamaforge.tokenizer import load_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared machine thread barriers stall."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run on one thread
 
 
 # Written for this test (not from TinyStories' training data), in the simple style the model knows.

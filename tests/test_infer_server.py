@@ -12,7 +12,10 @@ import httpx
 import pytest
 import torch
 
-pytestmark = pytest.mark.timeout(180)  # a hung server fails the test instead of the whole run
+pytestmark = [
+    pytest.mark.timeout(180),  # a hung server fails the test instead of the whole run
+    pytest.mark.usefixtures("one_thread"),  # conftest: tiny models run on one thread
+]
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
@@ -23,13 +26,6 @@ from llamaforge.model import ModelArgs, Transformer
 from llamaforge.tokenizer import SentencePieceTokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared machine thread barriers stall."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 TEXT = [
