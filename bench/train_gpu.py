@@ -16,6 +16,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from peers import hf_llama  # bench/peers.py: the HF model of the same shape
 
 from llamaforge.model import ModelArgs, Transformer
 from llamaforge.train.metrics import device_peak_flops, flops_per_token
@@ -26,13 +27,7 @@ B, T = 8, 2048
 
 
 def hf_model():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(vocab_size=ARGS.vocab_size, hidden_size=ARGS.dim, intermediate_size=ARGS.hidden_dim,
-                      num_hidden_layers=ARGS.n_layers, num_attention_heads=ARGS.n_heads,
-                      num_key_value_heads=ARGS.n_heads, max_position_embeddings=T, rms_norm_eps=ARGS.norm_eps,
-                      tie_word_embeddings=False, attn_implementation="sdpa")
-    return LlamaForCausalLM(cfg)
+    return hf_llama(ARGS)
 
 
 def logits_of(hf):

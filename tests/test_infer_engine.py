@@ -39,21 +39,14 @@ def recompute_greedy(model: Transformer, prompt: list[int], n: int) -> list[int]
 PROMPTS = [[5, 17, 3], [42], [7, 7, 8, 9, 10, 11, 12, 1], [60, 2]]
 
 
-def test_unbatched_greedy_matches_recompute():
+@pytest.mark.parametrize("max_batch", [1, 4], ids=["unbatched", "batched-different-lengths"])
+def test_greedy_matches_recompute(max_batch):
     model = tiny_model()
     refs = [recompute_greedy(model, p, 12) for p in PROMPTS]
-    engine = Engine(model, max_batch=1, max_seq_len=32)
+    engine = Engine(model, max_batch=max_batch, max_seq_len=32)
     out = engine.generate(PROMPTS, SamplingParams(max_tokens=12, stop_token_ids=()))
     assert [r.tokens for r in out] == refs
     assert all(r.finish_reason == "length" for r in out)
-
-
-def test_batched_greedy_matches_recompute_with_different_lengths():
-    model = tiny_model()
-    refs = [recompute_greedy(model, p, 12) for p in PROMPTS]
-    engine = Engine(model, max_batch=4, max_seq_len=32)
-    out = engine.generate(PROMPTS, SamplingParams(max_tokens=12, stop_token_ids=()))
-    assert [r.tokens for r in out] == refs
 
 
 def test_continuous_batching_more_requests_than_slots():

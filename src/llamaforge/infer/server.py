@@ -287,9 +287,17 @@ def create_app(engine: Engine, model_name: str = "llamaforge", chat_template: st
         top = [None if t is None else {piece(k): v for k, v in t.items()} for t in tops]
         return {"tokens": strings, "token_logprobs": lps, "top_logprobs": top, "text_offset": offsets}
 
-    def check_result(r: Request) -> None:
-        if r.error is not None:
-            raise APIError(f"generation failed: {type(r.error).__name__}: {r.error}", status=500)
+    async def run_to_end(jobs: list[tuple[list[int], SamplingParams]], http: HTTPRequest) -> list[Request]:
+        """Run every job to completion (non-streaming responses); the finished requests in job order."""
+        finished: dict[int, Request] = {}
+        async for index, _, r, done in run_all(jobs, http):
+            if done:
+                finished[index] = r
+        requests = [finished[i] for i in range(len(jobs))]
+        for r in requests:
+            if r.error is not None:
+                raise APIError(f"generation failed: {type(r.error).__name__}: {r.error}", status=500)
+        return requests
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, http: HTTPRequest):
@@ -307,14 +315,9 @@ def create_app(engine: Engine, model_name: str = "llamaforge", chat_template: st
         cid, model = f"cmpl-{uuid.uuid4().hex}", body.model or model_name
         if body.stream:
             return _sse(_stream_completion(run_all(jobs, http), cid, model, created, body, jobs, usage))
-        requests: dict[int, Request] = {}
-        async for index, _, r, finished in run_all(jobs, http):
-            if finished:
-                requests[index] = r
+        requests = await run_to_end(jobs, http)
         choices = []
-        for index, (prompt, _) in enumerate(jobs):
-            r = requests[index]
-            check_result(r)
+        for index, ((prompt, _), r) in enumerate(zip(jobs, requests)):
             prompt_text = tokenizer.decode(prompt)
             choices.append({
                 "index": index,
@@ -323,7 +326,7 @@ def create_app(engine: Engine, model_name: str = "llamaforge", chat_template: st
                 "finish_reason": r.finish_reason,
             })
         return {"id": cid, "object": "text_completion", "created": int(time.time()), "model": model,
-                "choices": choices, "usage": usage(jobs, [requests[i] for i in range(len(jobs))])}
+                "choices": choices, "usage": usage(jobs, requests)}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, http: HTTPRequest):
@@ -338,14 +341,9 @@ def create_app(engine: Engine, model_name: str = "llamaforge", chat_template: st
         cid, model = f"chatcmpl-{uuid.uuid4().hex}", body.model or model_name
         if body.stream:
             return _sse(_stream_chat(run_all(jobs, http), cid, model, created, body, jobs, usage))
-        requests: dict[int, Request] = {}
-        async for index, _, r, finished in run_all(jobs, http):
-            if finished:
-                requests[index] = r
+        requests = await run_to_end(jobs, http)
         choices = []
-        for index in range(len(jobs)):
-            r = requests[index]
-            check_result(r)
+        for index, r in enumerate(requests):
             logprobs = None
             if body.logprobs:
                 content = [{"token": piece(t), "logprob": lp,
@@ -355,7 +353,7 @@ def create_app(engine: Engine, model_name: str = "llamaforge", chat_template: st
             choices.append({"index": index, "message": {"role": "assistant", "content": r.text},
                             "logprobs": logprobs, "finish_reason": r.finish_reason})
         return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-                "choices": choices, "usage": usage(jobs, [requests[i] for i in range(len(jobs))])}
+                "choices": choices, "usage": usage(jobs, requests)}
 
     return app
 
