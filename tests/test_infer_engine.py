@@ -126,12 +126,29 @@ def test_sample_next_distribution_and_filters():
 
 @pytest.mark.slow
 def test_compiled_decode_step_matches_recompute():
-    """torch.compile'd decode step (the GPU default; ~30 s to compile on 2 CPU cores), with slot reuse."""
+    """torch.compile'd decode step (the GPU default; on a CPU inductor's GEMM templates with frozen weights,
+    ~15 s to compile on 2 cores), batched, with slot reuse."""
     model = tiny_model(torch.float32)
     refs = [recompute_greedy(model, p, 10) for p in PROMPTS]
     engine = Engine(model, max_batch=2, max_seq_len=32, compile=True)
     out = engine.generate(PROMPTS, SamplingParams(max_tokens=10, stop_token_ids=()))
     assert [r.tokens for r in out] == refs
+
+
+def test_failed_compile_falls_back_to_eager_decoding():
+    """A CPU without a working inductor toolchain (no C++ compiler): the engine warns once and decodes eagerly."""
+    model = tiny_model(torch.float32)
+    refs = [recompute_greedy(model, p, 6) for p in PROMPTS[:2]]
+    engine = Engine(model, max_batch=1, max_seq_len=32, compile=True)
+
+    def no_compiler(*args):
+        raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+
+    engine._decode_fn = no_compiler
+    with pytest.warns(UserWarning, match="decoding eagerly"):
+        out = engine.generate(PROMPTS[:2], SamplingParams(max_tokens=6, stop_token_ids=()))
+    assert [r.tokens for r in out] == refs
+    assert not engine.compiled and engine.cpu_layout
 
 
 def test_decode_over_the_filled_part_of_the_cache_matches_recompute():

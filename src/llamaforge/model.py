@@ -114,9 +114,10 @@ class KVCache(nn.Module):
         """Write k, v ([B, Hkv, T, D]) of row b at positions input_pos[b] ([B, T]); return the whole cache rows
         (static shapes, so a compiled decode step never recompiles)."""
         bsz = k.shape[0]
-        index = input_pos[:, None, :, None].expand_as(k)
-        self.k[:bsz].scatter_(2, index, k)
-        self.v[:bsz].scatter_(2, index, v)
+        rows = torch.arange(bsz, device=k.device)[:, None]  # [B, 1], pairs with input_pos [B, T]
+        # index_put_ (not scatter_): a compiled decode step then updates the cache in place
+        self.k[rows, :, input_pos] = k.transpose(1, 2)  # the indexed view is [B, T, Hkv, D]
+        self.v[rows, :, input_pos] = v.transpose(1, 2)
         return self.k[:bsz], self.v[:bsz]
 
 
