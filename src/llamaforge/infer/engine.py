@@ -92,7 +92,9 @@ def _cache_view(cache: KVCache, start: int, n: int, length: int | None = None) -
 # They are read while the graph is compiled, i.e. during the first call: `Engine._run_compiled` patches them
 # around it (passed as torch.compile's `options` they do not all reach the freezing passes).
 #   cpp_wrapper: the graph's kernel calls are made from C++, not Python (~0.04 ms of a 1 ms step).
-CPU_COMPILE_CONFIG = {"max_autotune": True, "freezing": True, "cpp.enable_concat_linear": True, "cpp_wrapper": True}
+#   autotune_num_choices_displayed=0: autotuning does not print its tables to stderr.
+CPU_COMPILE_CONFIG = {"max_autotune": True, "freezing": True, "cpp.enable_concat_linear": True, "cpp_wrapper": True,
+                      "autotune_num_choices_displayed": 0}
 
 
 class Engine:
@@ -160,7 +162,9 @@ class Engine:
         try:
             import torch._inductor.config as inductor_config
 
-            with inductor_config.patch(CPU_COMPILE_CONFIG if self.device.type == "cpu" else {}):
+            known = inductor_config.get_config_copy()  # settings this torch version lacks are left out
+            wanted = CPU_COMPILE_CONFIG if self.device.type == "cpu" else {}
+            with inductor_config.patch({k: v for k, v in wanted.items() if k in known}):
                 logits = self._decode_fn(tokens, pos)  # the first call compiles
         except Exception as e:  # e.g. no C++ compiler for inductor on this machine: decode eagerly instead
             if self.device.type != "cpu":
