@@ -91,8 +91,8 @@ def main() -> None:
           f"Python {platform.python_version()}")
 
     # Every engine gets its own copy: the eager CPU layout re-lays weights in place, compiling freezes them.
-    fresh = lambda: copy.deepcopy(model)  # noqa: E731
-    int8 = lambda: quantize(copy.deepcopy(model), "int8")  # noqa: E731
+    fresh = lambda: copy.deepcopy(model)
+    int8 = lambda: quantize(copy.deepcopy(model), "int8")
     builders: dict[str, Callable[[], Callable[[], list[int]]]] = {
         "llamaforge eager": lambda: engine_runner(fresh(), prompt, n)}
     if args.row_major:
@@ -131,7 +131,7 @@ def main() -> None:
 
     ref = tokens["llamaforge eager"]
     best = {name: n / min(ts) for name, ts in times.items()}
-    print(f"\n| runner | tok/s best | tok/s median | greedy tokens equal to llamaforge eager fp32 |")
+    print("\n| runner | tok/s best | tok/s median | greedy tokens equal to llamaforge eager fp32 |")
     print("|---|---|---|---|")
     for name, ts in times.items():
         same = sum(a == b for a, b in zip(tokens[name], ref))

@@ -205,3 +205,25 @@ def test_lm_eval_command_line_runs_the_llamaforge_model(stories, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]["lf_local_mc"]
     assert result["acc,none"] == ours.metrics["acc"] and result["acc_norm,none"] == ours.metrics["acc_norm"]
+
+
+def test_harness_backend_generates_batched_in_request_order(stories):
+    """lm-eval's generate_until requests with different settings: grouped, batched, answered in request order, each
+    equal to that request's own greedy completion."""
+    from lm_eval.api.instance import Instance
+
+    from llamaforge.eval.harness import LlamaforgeLM
+
+    model, tok = stories
+    lm = LlamaforgeLM(model=model, tokenizer=tok, batch_size=4)
+    asks = [("Once upon a time", {"until": ["."], "max_gen_toks": 20}),
+            ("The dog", {"until": "\n", "max_gen_toks": 12}),
+            ("Tom and Sue went", {"until": ["."], "max_gen_toks": 20}),
+            ("Lily saw a", {"until": ["."], "max_gen_toks": 20, "do_sample": False})]
+    requests = [Instance("generate_until", {}, args, i) for i, args in enumerate(asks)]
+    got = lm.generate_until(requests)
+    scorer = Scorer(model, tok, batch_size=1)
+    for (context, kw), text in zip(asks, got):
+        until = [kw["until"]] if isinstance(kw["until"], str) else kw["until"]
+        assert text == scorer.generate_until(lm.tok_encode(context), until, kw["max_gen_toks"])[0]
+    assert len(set(got)) == 4

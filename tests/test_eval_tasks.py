@@ -200,9 +200,21 @@ def test_greedy_generation_matches_llamaforge_generate(stories):
 def test_sampled_generation_shares_the_prompt(stories):
     model, tok = stories
     prompt = tok.encode("Once upon a time", bos=True)
-    gen = torch.Generator().manual_seed(0)
-    texts = Scorer(model, tok).generate_until(prompt, [], 12, temperature=1.0, num_samples=4, generator=gen)
+    texts = Scorer(model, tok).generate_until(prompt, [], 12, temperature=1.0, num_samples=4, seed=0)
     assert len(texts) == 4 and len(set(texts)) > 1
+    # each sample has its own seeded stream: the same texts whatever the batch size
+    assert Scorer(model, tok, batch_size=1).generate_until(prompt, [], 12, temperature=1.0, num_samples=4) == texts
+
+
+def test_batched_greedy_generation_equals_one_at_a_time(stories):
+    """generate_many runs prompts of different lengths together (continuous batching through the engine): each
+    answer equals that prompt's own unbatched greedy completion, stop strings included."""
+    model, tok = stories
+    prompts = [tok.encode(t, bos=True) for t in ["Once upon a time", "Tom and Sue went", "The dog", "Lily saw a"]]
+    alone = [Scorer(model, tok, batch_size=1).generate_until(p, ["."], 24)[0] for p in prompts]
+    together = Scorer(model, tok, batch_size=3).generate_many(prompts, ["."], 24)
+    assert [t for (t,) in together] == alone
+    assert all("." not in t for t in alone) and len(set(alone)) == 4
 
 
 def test_eval_command_end_to_end(stories, tmp_path, capsys):
@@ -248,16 +260,16 @@ class ScriptedScorer:
     def __init__(self, answer):
         self.answer = answer  # prompt text -> list of completions
         self.tokenizer = self
-        self.last_prompt = None
+        self.texts = []  # a prompt's "token ids" are [its index here]
 
     def encode(self, text, bos=False):
-        self.last_prompt = text
-        return [1]
+        self.texts.append(text)
+        return [len(self.texts) - 1]
 
-    def generate_until(self, prompt, until, max_new_tokens, temperature=0.0, num_samples=1, **kwargs):
+    def generate_many(self, prompts, until, max_new_tokens, temperature=0.0, num_samples=1, **kwargs):
         from llamaforge.eval.scoring import cut_at_stop
 
-        return [cut_at_stop(c, until) for c in self.answer(self.last_prompt)][:num_samples]
+        return [[cut_at_stop(c, until) for c in self.answer(self.texts[p[0]])][:num_samples] for p in prompts]
 
 
 def test_generation_tasks_score_scripted_answers():

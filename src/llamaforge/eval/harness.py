@@ -14,7 +14,7 @@ dtype (float32 / bfloat16 / float16), batch_size, max_length (default: the model
 
 The three request types run on llamaforge's own code: `loglikelihood` on `Scorer` (contexts run once per item),
 `loglikelihood_rolling` on `perplexity.document_nll` with disjoint windows (the harness's own rolling windows,
-conditioned on BOS), `generate_until` on `Scorer.generate_until`.
+conditioned on BOS), `generate_until` on `Scorer.generate_many` (requests with the same settings batched together).
 """
 
 from __future__ import annotations
@@ -80,16 +80,21 @@ class LlamaforgeLM(TemplateLM):
         return out
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        out = []
-        for context, gen_kwargs in [r.args for r in requests]:
+        # Requests with the same settings are generated together (batched); answers go back in request order.
+        groups: dict[tuple, list[int]] = {}
+        prompts = []
+        for i, (context, gen_kwargs) in enumerate(r.args for r in requests):
             kwargs = dict(gen_kwargs)
             until = kwargs.get("until") or []
-            until = [until] if isinstance(until, str) else list(until)
+            until = (until,) if isinstance(until, str) else tuple(until)
             temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample", False) else 0.0
-            prompt = self.tok_encode(context)
-            text = self.scorer.generate_until(prompt, until, int(kwargs.get("max_gen_toks", 256)), temperature,
-                                              float(kwargs.get("top_p", 1.0)))[0]
-            out.append(text)
+            settings = (until, int(kwargs.get("max_gen_toks", 256)), temperature, float(kwargs.get("top_p", 1.0)))
+            groups.setdefault(settings, []).append(i)
+            prompts.append(self.tok_encode(context))
+        out = [""] * len(prompts)
+        for settings, indices in groups.items():
+            for i, (text,) in zip(indices, self.scorer.generate_many([prompts[i] for i in indices], *settings)):
+                out[i] = text
         return out
 
 

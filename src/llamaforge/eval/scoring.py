@@ -1,4 +1,5 @@
-"""Log-likelihood of continuations given contexts, and generation with stop strings, for evaluation.
+"""Log-likelihood of continuations given contexts, and generation with stop strings (batched, through the
+inference engine), for evaluation.
 
 Scoring a continuation `cont` after a context `ctx` (token ids) follows the usual convention (lm-evaluation-harness,
 GPT-3): feed `(ctx + cont)[:-1]` and sum log p(cont[i] | everything before it) over the continuation's positions.
@@ -19,9 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from llamaforge.generate import (
-    sample_next,  # the project's one sampler, shared with `llamaforge generate`
-)
+from llamaforge.infer.engine import Engine, Request, SamplingParams
 
 Tokens = Sequence[int]
 
@@ -180,7 +179,6 @@ class Scorer:
     # ----------------------------------------------------------------------------------------------------------
     # generation
 
-    @torch.inference_mode()
     def generate_until(
         self,
         prompt: Tokens,
@@ -189,49 +187,56 @@ class Scorer:
         temperature: float = 0.0,
         top_p: float = 1.0,
         num_samples: int = 1,
-        generator: torch.Generator | None = None,
+        seed: int = 0,
     ) -> list[str]:
-        """Complete one prompt `num_samples` times; each completion is cut before its first stop string.
+        """Complete one prompt `num_samples` times (see `generate_many`)."""
+        return self.generate_many([prompt], until, max_new_tokens, temperature, top_p, num_samples, seed)[0]
 
-        The prompt is run once and its cache shared by all samples. Temperature 0 is greedy decoding.
-        """
-        model, tok = self.model, self.tokenizer
-        prompt = list(prompt)[-(self.max_seq_len - 1) :]  # keep room for at least one new token
-        max_new_tokens = max(0, min(max_new_tokens, self.max_seq_len - len(prompt)))
-        if max_new_tokens == 0:
-            return [""] * num_samples
-        # Decode after the prompt's last token: decoding new tokens alone would drop a leading space (SentencePiece
-        # strips the first piece's dummy-prefix space), which would break the indentation of generated code.
-        anchor = prompt[-1:]
-        anchor_text = tok.decode(anchor)
-        generated: list[list[int]] = [[] for _ in range(num_samples)]
-        texts = [""] * num_samples
-        done = [False] * num_samples
-        model.setup_cache(max_batch=num_samples, max_seq_len=len(prompt) + max_new_tokens)
+    @torch.inference_mode()
+    def generate_many(
+        self,
+        prompts: Sequence[Tokens],
+        until: Sequence[str] = (),
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        num_samples: int = 1,
+        seed: int = 0,
+    ) -> list[list[str]]:
+        """Complete every prompt `num_samples` times; each completion is cut before its first stop string.
+
+        All completions run through the inference engine (`llamaforge.infer.Engine`, eager), `batch_size` sequences
+        at a time with continuous batching: a finished sequence's slot takes the next waiting one. Temperature 0
+        is greedy decoding. With sampling, completion k (prompt-major order) draws from its own random stream
+        seeded `seed + k`, so the results do not depend on the batch size."""
+        jobs = []
+        for p in prompts:
+            p = list(p)[-(self.max_seq_len - 1) :]  # keep room for at least one new token
+            jobs.append((p, max(0, min(max_new_tokens, self.max_seq_len - len(p)))))
+        out = [[""] * num_samples for _ in jobs]
+        n_requests = sum(num_samples for _, n in jobs if n)
+        if n_requests == 0:
+            return out
+        # The engine's KV cache spans only what this call needs; it is dropped when the call ends.
+        engine = Engine(self.model, self.tokenizer, max_batch=min(self.batch_size, n_requests),
+                        max_seq_len=max(len(p) + n for p, n in jobs if n), compile=False)
+        stop = [s for s in until if s]
+        requests = {}
         try:
-            logits = model(torch.tensor([prompt], device=self.device), start_pos=0)[:, -1]
-            for layer in model.layers:  # every sample continues from the same cached prompt
-                cache = layer.attention.cache
-                cache.k[:, :, : len(prompt)] = cache.k[:1, :, : len(prompt)]
-                cache.v[:, :, : len(prompt)] = cache.v[:1, :, : len(prompt)]
-            logits = logits.expand(num_samples, -1)
-            for step in range(max_new_tokens):
-                next_tokens = sample_next(logits, temperature=temperature, top_p=top_p, generator=generator)
-                for b, t in enumerate(next_tokens.tolist()):
-                    if done[b]:
-                        continue
-                    if t == tok.eos_id:
-                        done[b] = True
-                        continue
-                    generated[b].append(t)
-                    texts[b] = tok.decode(anchor + generated[b])[len(anchor_text) :]
-                    done[b] = any(s and s in texts[b] for s in until)
-                if all(done) or step == max_new_tokens - 1:
-                    break
-                logits = model(next_tokens[:, None], start_pos=len(prompt) + step)[:, -1]
+            for i, (p, n) in enumerate(jobs):
+                for k in range(num_samples if n else 0):
+                    params = SamplingParams(max_tokens=n, temperature=temperature, top_p=top_p,
+                                            seed=seed + len(requests), stop=stop)
+                    requests[i, k] = engine.submit(Request(p, params))
+            while engine.busy:
+                engine.step()
         finally:
-            model.clear_cache()
-        return [cut_at_stop(t, until) for t in texts]
+            self.model.clear_cache()
+        for (i, k), r in requests.items():
+            if r.error is not None:
+                raise r.error
+            out[i][k] = r.text
+        return out
 
 
 def cut_at_stop(text: str, until: Sequence[str]) -> str:

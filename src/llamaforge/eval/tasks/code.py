@@ -11,8 +11,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from llamaforge.eval.items import pass_at_k
 from llamaforge.eval.sandbox import Limits, run_programs
 from llamaforge.eval.taskfile import read_jsonl
@@ -73,14 +71,10 @@ def score_code_items(
     max_new_tokens: int = 384, limits: Limits | None = None, seed: int = 0,
 ) -> list[dict]:
     stop = MBPP_STOP if items and items[0].task_id.startswith("MBPP") else HUMANEVAL_STOP
-    generator = torch.Generator(device=scorer.device).manual_seed(seed)
-    completions = []
-    for it in items:
-        prompt = scorer.tokenizer.encode(it.prompt, bos=True)
-        completions.append(scorer.generate_until(
-            prompt, stop, max_new_tokens, temperature=temperature if samples > 1 else 0.0, num_samples=samples,
-            generator=generator,
-        ))
+    prompts = [scorer.tokenizer.encode(it.prompt, bos=True) for it in items]
+    completions = scorer.generate_many(
+        prompts, stop, max_new_tokens, temperature=temperature if samples > 1 else 0.0, num_samples=samples, seed=seed
+    )
     outcomes = run_programs([program(it, c) for it, cs in zip(items, completions) for c in cs], limits)
     out = []
     for i, it in enumerate(items):

@@ -61,9 +61,9 @@ def load_triviaqa(data_dir: Path, shots: int = 0, seed: int = 1234) -> list[QAIt
 
 
 def score_qa_items(scorer, items: list[QAItem], max_new_tokens: int = 32) -> list[dict]:
+    prompts = [scorer.tokenizer.encode(it.prompt, bos=True) for it in items]
     out = []
-    for it in items:
-        prompt = scorer.tokenizer.encode(it.prompt, bos=True)
-        answer = scorer.generate_until(prompt, until=STOP, max_new_tokens=max_new_tokens)[0].strip()
+    for it, (answer,) in zip(items, scorer.generate_many(prompts, until=STOP, max_new_tokens=max_new_tokens)):
+        answer = answer.strip()
         out.append({"exact_match": exact_match(answer, it.answers), "prediction": answer})
     return out

@@ -11,8 +11,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from llamaforge.eval.items import majority
 from llamaforge.eval.taskfile import read_jsonl
 from llamaforge.eval.tasks.multiple_choice import GAUNTLET, find_data
@@ -65,14 +63,12 @@ def load_gsm8k(data_dir: Path, shots: int = 8) -> list[MathItem]:
 def score_math_items(
     scorer, items: list[MathItem], samples: int = 1, temperature: float = 0.0, max_new_tokens: int = 256, seed=0
 ) -> list[dict]:
-    generator = torch.Generator(device=scorer.device).manual_seed(seed)
+    prompts = [scorer.tokenizer.encode(it.prompt, bos=True) for it in items]
+    completions = scorer.generate_many(
+        prompts, STOP, max_new_tokens, temperature=temperature if samples > 1 else 0.0, num_samples=samples, seed=seed
+    )
     out = []
-    for it in items:
-        prompt = scorer.tokenizer.encode(it.prompt, bos=True)
-        texts = scorer.generate_until(
-            prompt, STOP, max_new_tokens, temperature=temperature if samples > 1 else 0.0, num_samples=samples,
-            generator=generator,
-        )
+    for it, texts in zip(items, completions):
         vote = majority([extract_number(t) for t in texts])
         out.append({f"maj@{samples}": float(vote is not None and float(vote) == float(it.answer)), "prediction": vote})
     return out
