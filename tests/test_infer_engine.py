@@ -131,6 +131,8 @@ def test_compiled_decode_step_matches_recompute():
     model = tiny_model(torch.float32)
     refs = [recompute_greedy(model, p, 10) for p in PROMPTS]
     engine = Engine(model, max_batch=2, max_seq_len=32, compile=True)
+    engine.warmup()  # compiles now (as `serve` does before listening); the dummy step must not leak into outputs
+    assert engine._warm
     out = engine.generate(PROMPTS, SamplingParams(max_tokens=10, stop_token_ids=()))
     assert [r.tokens for r in out] == refs
 

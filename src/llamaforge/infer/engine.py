@@ -92,9 +92,9 @@ def _cache_view(cache: KVCache, start: int, n: int, length: int | None = None) -
 # They are read while the graph is compiled, i.e. during the first call: `Engine._run_compiled` patches them
 # around it (passed as torch.compile's `options` they do not all reach the freezing passes).
 #   cpp_wrapper: the graph's kernel calls are made from C++, not Python (~0.04 ms of a 1 ms step).
-#   autotune_num_choices_displayed=0: autotuning does not print its tables to stderr.
+#   autotune_num_choices_displayed=0, max_autotune_report_choices_stats=False: autotuning prints nothing.
 CPU_COMPILE_CONFIG = {"max_autotune": True, "freezing": True, "cpp.enable_concat_linear": True, "cpp_wrapper": True,
-                      "autotune_num_choices_displayed": 0}
+                      "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
 
 
 class Engine:
@@ -164,7 +164,8 @@ class Engine:
 
             known = inductor_config.get_config_copy()  # settings this torch version lacks are left out
             wanted = CPU_COMPILE_CONFIG if self.device.type == "cpu" else {}
-            with inductor_config.patch({k: v for k, v in wanted.items() if k in known}):
+            with inductor_config.patch({k: v for k, v in wanted.items() if k in known}), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="TypedStorage is deprecated")  # inductor's own use
                 logits = self._decode_fn(tokens, pos)  # the first call compiles
         except Exception as e:  # e.g. no C++ compiler for inductor on this machine: decode eagerly instead
             if self.device.type != "cpu":
@@ -175,6 +176,12 @@ class Engine:
             return self._forward_decode(tokens, pos)
         self._warm = True
         return logits
+
+    def warmup(self) -> None:
+        """Compile the decode step now rather than on the first request (a dummy step on the idle slots: each
+        slot's next prefill rewrites the cache position it touches)."""
+        if self.compiled and not self._warm and not self.busy:
+            self.decode(self._last, self._pos)
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
