@@ -1,8 +1,8 @@
 """CPU decode speed at batch 1: llamaforge's engine vs HF transformers `generate` and llama.cpp (when
-llama-cpp-python is installed), on the same random-weight model of the `small-17m` shape, in the same run.
+llama-cpp-python is installed), on the same random-weight model (default: the `small-17m` shape), in the same run.
 
-    .venv/bin/python bench/decode_cpu.py [--new-tokens 256] [--threads 2] [--rounds 5] [--no-compile] [--int8]
-        [--row-major]
+    .venv/bin/python bench/decode_cpu.py [--preset small-17m] [--new-tokens 256] [--threads 2] [--rounds 5]
+        [--no-compile] [--int8] [--row-major]
 
 Every runner decodes greedily from the same 16-token prompt for exactly --new-tokens tokens (no early stop);
 tokens/s = new tokens / wall time of the whole generate call (prefill included, as HF's is). All runners are built
@@ -72,6 +72,7 @@ def llama_cpp_runner(model, prompt, n, threads, workdir, dtype) -> Callable[[], 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="small-17m", help="model shape (random weights): small-17m, small-42m, ...")
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
@@ -83,10 +84,10 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = Transformer(get_preset("small-17m")).eval()
+    model = Transformer(get_preset(args.preset)).eval()
     prompt = torch.randint(3, model.args.vocab_size, (16,)).tolist()
     n = args.new_tokens
-    print(f"small-17m ({model.num_params() / 1e6:.1f}M params, fp32), batch 1, {len(prompt)}-token prompt, {n} new "
+    print(f"{args.preset} ({model.num_params() / 1e6:.1f}M params, fp32), batch 1, {len(prompt)}-token prompt, {n} new "
           f"tokens, {args.threads} threads, {args.rounds} rounds; torch {torch.__version__}, "
           f"Python {platform.python_version()}")
 

@@ -78,8 +78,10 @@ def test_generate_command_on_the_engine(capsys):
     tok = shared_path("stories260K/tok512.bin")
     base = ["generate", str(model), "--tokenizer", str(tok), "--prompt", "Once upon a time"]
     assert main([*base, "--max-new-tokens", "30"]) == 0
-    full = capsys.readouterr().out
+    out = capsys.readouterr()
+    full = out.out
     assert full.startswith("Once upon a time, there was a little girl named Lily.")
+    assert "30 new tokens, then" in out.err and "tokens/s]" in out.err  # timings on stderr, text alone on stdout
     assert main([*base, "--max-new-tokens", "30", "--stop", "Lily", "--quantize", "int8"]) == 0
     assert capsys.readouterr().out == full[: full.index("Lily")] + "\n"
     args = [*base, "--max-new-tokens", "20", "--temperature", "0.9", "--top-k", "10", "--seed", "5"]

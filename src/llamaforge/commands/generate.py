@@ -7,6 +7,7 @@ soon as it is whole (a multi-byte character split over byte tokens waits for its
 from __future__ import annotations
 
 import sys
+import time
 
 from llamaforge.commands.serve import add_model_arguments, load_engine
 
@@ -44,9 +45,18 @@ def run(args) -> int:
 
     sys.stdout.write(args.prompt)
     request = engine.submit(Request(prompt, params, on_update=show))
+    start = time.perf_counter()
+    engine.step()  # prefill (and the first token)
+    first = time.perf_counter()
     while not request.done.is_set():
         engine.step()
     if request.error is not None:
         raise request.error
     sys.stdout.write("\n")
+    # Timings on stderr (stdout holds only the text), as llama.cpp reports them.
+    n, decode_s = len(request.tokens), time.perf_counter() - first
+    rate = f", then {(n - 1) / decode_s:.1f} tokens/s" if n > 1 and decode_s > 0 else ""
+    compiled = ", first step compiled" if engine.compiled else ""
+    print(f"[{len(prompt)} prompt tokens and the first new one in {first - start:.2f} s{compiled}; {n} new tokens"
+          f"{rate}]", file=sys.stderr)
     return 0
