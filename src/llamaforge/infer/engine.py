@@ -88,11 +88,11 @@ def _cache_view(cache: KVCache, start: int, n: int, length: int | None = None) -
 #   max_autotune: inductor's C++ GEMM templates, which beat the BLAS calls on one-row products;
 #   freezing: the weights become constants of the graph, packed once for those kernels (the model's weights must
 #     not change afterwards: one engine per model, for inference);
-#   cpp.enable_concat_linear: products sharing an input (wq/wk/wv, w1/w3) run as one wider product.
-# They are read while the graph is compiled, i.e. during the first call: `Engine._run_compiled` patches them
-# around it (passed as torch.compile's `options` they do not all reach the freezing passes).
-#   cpp_wrapper: the graph's kernel calls are made from C++, not Python (~0.04 ms of a 1 ms step).
+#   cpp.enable_concat_linear: products sharing an input (wq/wk/wv, w1/w3) run as one wider product;
+#   cpp_wrapper: the graph's kernel calls are made from C++, not Python (~0.04 ms of a 1 ms step);
 #   autotune_num_choices_displayed=0, max_autotune_report_choices_stats=False: autotuning prints nothing.
+# They are read while the graph is compiled, i.e. during the first call, so `Engine._run_compiled` patches them
+# around that call (passed as torch.compile's `options`, freezing did not take effect: plain aten::mm, 2.5x slower).
 CPU_COMPILE_CONFIG = {"max_autotune": True, "freezing": True, "cpp.enable_concat_linear": True, "cpp_wrapper": True,
                       "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
 
@@ -120,8 +120,8 @@ class Engine:
         # Eager on a CPU, the decode step's matvecs run ~1.7x faster with the weights stored transposed and split
         # over the threads (infer/layout.py); this swaps the model's linear layers in place, weights shared, math
         # unchanged. Off elsewhere (GPU matmuls gain nothing from it).
-        # Compiled by default on a GPU (CUDA graphs); on a CPU compiling is 2.5-3x faster per token but takes
-        # ~20-30 s (max-autotune), so it is asked for (--compile). See bench/decode_cpu.py.
+        # Compiled by default on a GPU (CUDA graphs); on a CPU the compiled step is 2.5-3x faster per token but
+        # takes 15-45 s to compile (max-autotune), so it is asked for (--compile). See bench/decode_cpu.py.
         self.compiled = self.device.type == "cuda" if compile is None else compile
         # On a CPU the decode layout (eager) and the compiled step (its own packed GEMMs) exclude each other.
         self.cpu_layout = self.device.type == "cpu" and not self.compiled if cpu_layout is None else cpu_layout
@@ -155,8 +155,9 @@ class Engine:
 
     def _run_compiled(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         if self._warm:
-            # Dynamo's guards check every parameter and buffer on each call (~0.13 ms on a CPU, 10% of a step);
-            # this step's inputs never change shape, dtype or device, so after the first call they are skipped.
+            # Dynamo's guards check every parameter and buffer on each call (~0.13 ms on a CPU, 10% of a step).
+            # This step's inputs never change shape, dtype or device (`decode` always installs the whole cache
+            # when compiled), so after the first call they are skipped.
             with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
                 return self._decode_fn(tokens, pos)
         try:
