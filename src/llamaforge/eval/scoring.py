@@ -179,18 +179,9 @@ class Scorer:
     # ----------------------------------------------------------------------------------------------------------
     # generation
 
-    def generate_until(
-        self,
-        prompt: Tokens,
-        until: Sequence[str] = (),
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        num_samples: int = 1,
-        seed: int = 0,
-    ) -> list[str]:
-        """Complete one prompt `num_samples` times (see `generate_many`)."""
-        return self.generate_many([prompt], until, max_new_tokens, temperature, top_p, num_samples, seed)[0]
+    def generate_until(self, prompt: Tokens, *args, **kwargs) -> list[str]:
+        """`generate_many` for one prompt (same arguments after it): its `num_samples` completions."""
+        return self.generate_many([prompt], *args, **kwargs)[0]
 
     @torch.inference_mode()
     def generate_many(
