@@ -17,7 +17,7 @@ def add_model_arguments(parser) -> None:
     parser.add_argument("--max-seq-len", type=int, default=None, help="KV cache length (default: the model's)")
     parser.add_argument("--compile", action="store_true", default=None,
                         help="compile the decode step (default: on for CUDA; on a CPU ~3x faster per token after "
-                             "~15-30 s of compiling)")
+                             "15-45 s of compiling)")
 
 
 def add_chat_template_argument(parser) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from llamaforge.infer.engine import Engine, Request, SamplingParams
+from llamaforge.infer.engine import Engine, Request, SamplingParams, cut_at_stop  # noqa: F401 (re-exported)
 
 Tokens = Sequence[int]
 
@@ -228,14 +228,3 @@ class Scorer:
                 raise r.error
             out[i][k] = r.text
         return out
-
-
-def cut_at_stop(text: str, until: Sequence[str]) -> str:
-    """text up to (not including) the earliest occurrence of any stop string."""
-    end = len(text)
-    for s in until:
-        if s:
-            i = text.find(s)
-            if i != -1:
-                end = min(end, i)
-    return text[:end]

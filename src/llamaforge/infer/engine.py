@@ -10,7 +10,7 @@ How it works:
 - The decode step feeds one token per slot at that slot's position. Its shapes never change, so it is compiled
   once (`torch.compile`): with CUDA graphs on a GPU (the default there); on a CPU, when asked (`compile=True`,
   `--compile`), with inductor's C++ GEMM templates over frozen, concatenated weights (`CPU_COMPILE_CONFIG`:
-  ~3x faster per token than eager, for ~15-30 s of compiling). After the first call Dynamo's guards are skipped.
+  ~3x faster per token than eager, for 15-45 s of compiling). After the first call Dynamo's guards are skipped.
 - Eager on a CPU, the engine swaps the model's linear layers for a decode-friendly weight layout
   (`infer/layout.py`: transposed-contiguous weights, one-row products split over the threads) and the decode
   step attends only to the cache positions filled so far.
@@ -82,6 +82,17 @@ def _cache_view(cache: KVCache, start: int, n: int, length: int | None = None) -
     view.register_buffer("k", cache.k[start : start + n, :, :length], persistent=False)
     view.register_buffer("v", cache.v[start : start + n, :, :length], persistent=False)
     return view
+
+
+def cut_at_stop(text: str, until: Sequence[str]) -> str:
+    """text up to (not including) the earliest occurrence of any stop string."""
+    end = len(text)
+    for s in until:
+        if s:
+            i = text.find(s)
+            if i != -1:
+                end = min(end, i)
+    return text[:end]
 
 
 # Inductor settings for compiling the CPU decode step (measured on small-17m, 2 cores: 2.6 -> 1.0 ms per token):
@@ -222,8 +233,7 @@ class Engine:
         positions [0, length) of it)."""
         n = self.max_batch - first_slot if n is None else n
         whole = first_slot == 0 and n == self.max_batch and length in (None, self.max_seq_len)
-        attentions = [layer.attention for layer in self.model.layers]
-        if whole and all(a.cache is c for a, c in zip(attentions, self._caches)):
+        if whole and all(layer.attention.cache is c for layer, c in zip(self.model.layers, self._caches)):
             return  # already in place (every compiled decode step): no module attribute writes
         for layer, cache in zip(self.model.layers, self._caches):
             layer.attention.cache = cache if whole else _cache_view(cache, first_slot, n, length)
@@ -365,11 +375,10 @@ class Engine:
         r.tokens.append(token)
         if self.tokenizer is not None:
             r.text = self._decode_text(r)
-            for s in p.stop:
-                cut = r.text.find(s)
-                if cut >= 0:
-                    r.text = r.text[:cut]
-                    return self._finish(r, "stop")
+            cut = cut_at_stop(r.text, p.stop)
+            if len(cut) < len(r.text):  # a stop string appeared (with several, the earliest one cuts)
+                r.text = cut
+                return self._finish(r, "stop")
             self._emit(r, final=False)
         if len(r.tokens) >= p.max_tokens or len(r.prompt) + len(r.tokens) >= self.max_seq_len:
             self._finish(r, "length")

@@ -426,7 +426,7 @@ def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000, model_name:
     import uvicorn
 
     if engine.compiled:  # pay for compiling before the first client waits on it
-        print("compiling the decode step (once; ~15-30 s on a CPU)...", file=sys.stderr, flush=True)
+        print("compiling the decode step (once; 15-45 s on a CPU)...", file=sys.stderr, flush=True)
         engine.warmup()
     app = create_app(engine, model_name=model_name, chat_template=chat_template)
     uvicorn.run(app, host=host, port=port, log_level="info")
