@@ -16,6 +16,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e '.[test]'
 	# llama.cpp for the GGUF parity tests: built from source (minutes); if the build fails those tests skip.
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install -q -e '.[llamacpp]' || echo "warning: llama-cpp-python did not build; the llama.cpp parity tests will skip"
+	# bubblewrap isolates the generated code of HumanEval/MBPP (eval/sandbox.py); without it those tasks refuse
+	# in one line unless --unsafe-exec is given.
+	command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get install -y -q bubblewrap >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null; }; }; } || \
+		echo "warning: bubblewrap is not installed; HumanEval/MBPP will refuse to run generated code (see eval/sandbox.py)"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -25,6 +25,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--out", default=None, help="write results JSON here (and a .md table beside it)")
+    parser.add_argument("--unsafe-exec", action="store_true",
+                        help="run generated code (HumanEval, MBPP) even where the OS sandbox (bwrap namespaces) is "
+                             "unavailable, with only rlimits and a Python-level guard")
     parser.add_argument("--list-tasks", action="store_true", help="list the task names and exit")
 
 
@@ -68,7 +71,7 @@ def run(args) -> int:
     tokenizer = load_tokenizer(args.tokenizer or args.model)
     scorer = Scorer(model, tokenizer, batch_size=args.batch_size)
     preset = preset_of(model)
-    options = {"samples": args.samples}
+    options = {"samples": args.samples, "unsafe_exec": args.unsafe_exec}
     if args.temperature is not None:
         options["temperature"] = args.temperature
 

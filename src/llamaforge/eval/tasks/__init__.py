@@ -94,7 +94,7 @@ def paper_number(task: Task, metric: str, shots: int, preset: str | None) -> flo
 
 
 def score_items(task: Task, scorer, items, options: dict) -> list[dict]:
-    """Per-item metric dicts for a task's items (options: samples, temperature, max_new_tokens, limits)."""
+    """Per-item metric dicts for a task's items (options: samples, temperature, max_new_tokens, unsafe_exec)."""
     if task.kind == "choice":
         return score_choice_items(scorer, items, unconditional=task.unconditional)
     if task.kind == "qa":
@@ -103,6 +103,9 @@ def score_items(task: Task, scorer, items, options: dict) -> list[dict]:
         return math.score_math_items(scorer, items, samples=options.get("samples", 1),
                                      temperature=options.get("temperature", 0.6))
     if task.kind == "code":
+        from llamaforge.eval.sandbox import Limits
+
         return code.score_code_items(scorer, items, samples=options.get("samples", 1),
-                                     temperature=options.get("temperature", 0.1))
+                                     temperature=options.get("temperature", 0.1),
+                                     limits=Limits(unsafe_exec=bool(options.get("unsafe_exec", False))))
     raise ValueError(f"unknown task kind {task.kind}")
