@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from llamaforge.errors import UserError
+from llamaforge.io import atomic_file
 
 SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "_bundled"}
 
@@ -135,8 +136,6 @@ def docs_documents(max_bytes: int | None = None, root: Path | None = None) -> It
 
 def write_jsonl(path: Path, docs: Iterator[dict]) -> dict:
     """Write documents as JSONL, atomically; returns {"docs", "bytes"} of the texts written."""
-    from llamaforge.formats.atomic import atomic_file
-
     n_docs = n_bytes = 0
     with atomic_file(path) as f:
         for doc in docs:

@@ -38,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from llamaforge.errors import UserError
-from llamaforge.formats.atomic import atomic_file
+from llamaforge.io import atomic_file, read_jsonl
 
 Doc = dict[str, Any]
 Result = Doc | str  # a kept (maybe changed) document, or the reason it was dropped
@@ -183,10 +183,9 @@ def write_jsonl_gz(path: Path, docs: Iterable[Doc]) -> int:
 
 
 def read_jsonl_gz(path: Path) -> Iterator[Doc]:
-    """Read a shard this pipeline wrote (trusted: no error handling beyond what json raises)."""
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            yield json.loads(line)
+    """Read a shard this pipeline wrote (`llamaforge.io.read_jsonl`: a damaged shard is a `FILE:LINE` error)."""
+    for _, doc in read_jsonl(path):
+        yield doc
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

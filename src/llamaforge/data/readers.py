@@ -11,20 +11,15 @@ unreadable file or malformed line is a `UserError` naming the file and the line 
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import json
-import lzma
 import re
-import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from llamaforge.errors import UserError
+from llamaforge.io import STREAM_ERRORS, open_binary, parse_jsonl_line, read_jsonl
 
-# what a compressed stream raises when it is cut short or corrupt
-STREAM_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error, OSError, lzma.LZMAError)
 # JSON's spelling of a UTF-16 surrogate ("\ud800"): unpaired, it decodes to a str that UTF-8 cannot encode;
 # searched for first so that only the rare line that has one pays for the full check
 SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -74,21 +69,6 @@ def is_jsonl(path) -> bool:
     """Whether a file holds JSON lines, by its name (`x.jsonl`, `x.jsonl.gz`, `x.json.gz`) rather than text."""
     name = Path(path).name
     return ".jsonl" in name or name.endswith(".json.gz")
-
-
-def open_binary(path):
-    """Open a plain, gzip, .bz2 or .xz file for binary reading. Gzip is recognized by its magic bytes rather than
-    its name, so a JSONL file gzipped without a `.gz` suffix still reads."""
-    path = str(path)
-    with open(path, "rb") as f:
-        is_gzip = f.read(2) == b"\x1f\x8b"
-    if is_gzip:
-        return gzip.open(path, "rb")
-    if path.endswith(".bz2"):
-        return bz2.open(path, "rb")
-    if path.endswith(".xz"):
-        return lzma.open(path, "rb")
-    return open(path, "rb")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -166,31 +146,19 @@ def _is_utf8_encodable(text: str) -> bool:
 # strict reading
 
 
-def numbered_lines(path) -> Iterator[tuple[int, bytes]]:
-    """(line number from 1, raw line) of a plain or compressed file; a file that cannot be read is a UserError."""
-    try:
-        with open_binary(path) as f:
-            yield from enumerate(f, 1)
-    except STREAM_ERRORS as e:  # unreadable file, truncated or corrupt compressed stream
-        raise UserError(f"{path}: cannot read ({e})") from None
-
-
 def text_of_line(path, lineno: int, line: bytes) -> str | None:
     """The "text" of one JSONL line (None for a blank line); anything else is a UserError naming file and line."""
-    if not line.strip():
+    doc = parse_jsonl_line(path, lineno, line)
+    if doc is None:
         return None
-    try:
-        doc = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:  # json.loads decodes bytes itself
-        raise UserError(f"{path}:{lineno}: not a JSON line ({e})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
+    if not isinstance(doc.get("text"), str):
         raise UserError(f'{path}:{lineno}: text: expected a JSON object with a "text" string')
     return doc["text"]
 
 
 def jsonl_texts(path) -> Iterator[str]:
     """The texts of a JSONL(.gz) file, strictly (see `text_of_line`)."""
-    for lineno, line in numbered_lines(path):
-        text = text_of_line(path, lineno, line)
-        if text is not None:
-            yield text
+    for lineno, doc in read_jsonl(path):
+        if not isinstance(doc.get("text"), str):
+            raise UserError(f'{path}:{lineno}: text: expected a JSON object with a "text" string')
+        yield doc["text"]

@@ -31,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from llamaforge.data.readers import input_files, numbered_lines, text_of_line
+from llamaforge.data.readers import input_files, text_of_line
 from llamaforge.errors import UserError
+from llamaforge.io import atomic_dir, numbered_lines
 
 FORMAT = "llamaforge.tokens/1"
 HEADER, TOKENS, OFFSETS = "header.json", "tokens.bin", "offsets.bin"
@@ -217,8 +218,6 @@ class ShardWriter:
         self.n_tokens = self.n_docs = self.n_bytes = self.n_empty = 0
 
     def __enter__(self):
-        from llamaforge.formats.atomic import atomic_dir  # here, not at the top: `formats` imports torch
-
         self._atomic = atomic_dir(self.dest)
         self.tmp = self._atomic.__enter__()
         self._tokens = open(self.tmp / TOKENS, "wb")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from llamaforge.data import readers
 from llamaforge.errors import UserError
+from llamaforge.io import atomic_file, numbered_lines
 
 META_TRAINER_SPEC = dict(
     model_type="bpe",
@@ -65,7 +66,7 @@ def documents(path: Path) -> Iterator[str]:
     if readers.is_jsonl(path):
         yield from readers.jsonl_texts(path)
     else:
-        yield b"".join(line for _, line in readers.numbered_lines(path)).decode("utf-8", errors="replace")
+        yield b"".join(line for _, line in numbered_lines(path)).decode("utf-8", errors="replace")
 
 
 def sentences(text: str, max_bytes: int) -> Iterator[str]:
@@ -111,8 +112,6 @@ def train_tokenizer(inputs, vocab_size: int, out_prefix, max_sentences: int = 2_
     """
     import sentencepiece as spm
 
-    from llamaforge.formats.atomic import atomic_file  # here: `formats` imports torch, which training never needs
-
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     files = input_files(inputs)
@@ -138,8 +137,6 @@ def train_tokenizer(inputs, vocab_size: int, out_prefix, max_sentences: int = 2_
 def write_vocab(model_path: Path, vocab_path: Path):
     """`piece<TAB>score` per id, the same listing `spm_train` writes beside the model, for reading by eye."""
     import sentencepiece as spm
-
-    from llamaforge.formats.atomic import atomic_file
 
     sp = spm.SentencePieceProcessor(model_file=str(model_path))
     lines = (f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.vocab_size()))

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llamaforge.formats.atomic import atomic_file
+from llamaforge.io import atomic_file
 
 
 @dataclass

@@ -14,11 +14,11 @@ A malformed line raises `UserError("FILE:LINE: what was expected")`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from llamaforge.errors import UserError
 from llamaforge.eval.items import ChoiceItem, ContinuationItem
+from llamaforge.io import read_jsonl as _read_jsonl
 
 FORMATS = {
     "multiple choice": ("query", "choices", "gold"),
@@ -28,22 +28,12 @@ FORMATS = {
 
 
 def read_jsonl(path) -> list[tuple[int, dict]]:
-    """(line number, object) for every non-blank line; a line that is not a JSON object is a UserError."""
+    """(line number, object) for every non-blank line (`llamaforge.io.read_jsonl`: plain or gzip, `FILE:LINE`
+    errors); a missing or empty file is a UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such task file")
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise UserError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
-            out.append((n, obj))
+    out = list(_read_jsonl(path))
     if not out:
         raise UserError(f"{path}: empty task file; expected one JSON object per line")
     return out

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from llamaforge.errors import UserError
-from llamaforge.formats.atomic import atomic_dir
+from llamaforge.io import atomic_dir
 from llamaforge.formats.weights import args_from_dict, build_model, read_json, read_safetensors
 from llamaforge.model import ModelArgs
 

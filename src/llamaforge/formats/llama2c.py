@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from llamaforge.errors import UserError
-from llamaforge.formats.atomic import atomic_file
+from llamaforge.io import atomic_file
 from llamaforge.formats.weights import args_from_dict, build_model
 from llamaforge.model import ModelArgs
 

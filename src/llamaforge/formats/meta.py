@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from llamaforge.errors import UserError
-from llamaforge.formats.atomic import atomic_dir
+from llamaforge.io import atomic_dir
 from llamaforge.formats.weights import args_from_dict, build_model, read_json
 from llamaforge.model import ModelArgs
 

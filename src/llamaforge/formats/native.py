@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from llamaforge.formats.atomic import atomic_dir
+from llamaforge.io import atomic_dir
 from llamaforge.formats.weights import args_from_dict, build_model, read_json, read_safetensors
 
 FORMAT_TAG = "llamaforge"

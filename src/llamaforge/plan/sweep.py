@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from llamaforge.errors import UserError
-from llamaforge.formats.atomic import atomic_file
+from llamaforge.io import atomic_file
 
 # ---------------------------------------------------------------------------------------------------------------
 # The design

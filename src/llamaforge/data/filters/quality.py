@@ -26,6 +26,7 @@ import numpy as np
 from llamaforge.data.pipeline import Doc, GroupStage, Result, Stage
 from llamaforge.data.readers import is_jsonl, iter_jsonl, iter_lines
 from llamaforge.errors import UserError
+from llamaforge.io import atomic_file
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _DIGIT = re.compile(r"\d")
@@ -120,8 +121,6 @@ class NGramLM:
 
     # ---- files (gzip JSON, no pickle)
     def save(self, path: str | Path) -> None:
-        from llamaforge.formats.atomic import atomic_file
-
         obj = {"order": self.order, "discount": self.discount,
                "counts": [[[" ".join(g), c] for g, c in self.counts[k].items()] for k in range(self.order + 1)]}
         with atomic_file(Path(path), "wb") as f:
@@ -228,8 +227,6 @@ class ReferenceClassifier:
         return 1.0 / (1.0 + np.exp(-(x @ self.weights + self.bias)))
 
     def save(self, path: str | Path) -> None:
-        from llamaforge.formats.atomic import atomic_file
-
         with atomic_file(Path(path), "wb") as f:
             np.savez_compressed(f, weights=self.weights, bias=np.float64(self.bias),
                                 n_features=np.int64(self.n_features))

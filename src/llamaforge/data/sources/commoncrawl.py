@@ -31,7 +31,8 @@ from llamaforge.data.filters.quality import (
     load_texts,
 )
 from llamaforge.data.pipeline import Doc, Result, Source, Stage
-from llamaforge.data.readers import STREAM_ERRORS, expand_inputs, iter_jsonl, open_binary
+from llamaforge.data.readers import expand_inputs, iter_jsonl
+from llamaforge.io import STREAM_ERRORS, open_binary
 
 MIN_LENGTH = 300
 

@@ -6,8 +6,6 @@ pass@100 / pass@80 at 0.8); each completion runs with the problem's tests in `ll
 
 from __future__ import annotations
 
-import gzip
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +29,7 @@ class CodeItem:
 
 def load_humaneval(data_dir: Path) -> list[CodeItem]:
     path = find_data(data_dir, "humaneval", ["humaneval/HumanEval.jsonl.gz", f"{GAUNTLET}/human_eval.jsonl"])
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        problems = [json.loads(line) for line in f if line.strip()]
+    problems = [p for _, p in read_jsonl(path)]
     return [
         CodeItem(p["task_id"], p["prompt"], p["prompt"], f"\n{p['test']}\ncheck({p['entry_point']})\n",
                  p["canonical_solution"])

@@ -1,0 +1,140 @@
+"""Neutral I/O that every room may use: atomic writes and the one JSONL reader.
+
+Writing: a file or a folder is written under a temporary name, then renamed, so readers never see half of it.
+Reading: `read_jsonl` is the project's one strict JSONL reader (plain, gzip by magic bytes, bz2, xz), with
+`FILE:LINE` errors.
+
+This module imports no torch and nothing from the project except `llamaforge.errors` (a leaf with no imports of
+its own), so `llamaforge prepare` and the data workers stay free of torch.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import gzip
+import json
+import lzma
+import os
+import shutil
+import tempfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from llamaforge.errors import UserError
+
+
+def _umask_mode(mode: int) -> int:
+    """`mode` filtered by the process umask: what a plain mkdir/open would give (mkdtemp/mkstemp give 0700/0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path):
+    """Yield a temporary folder beside `path`; on success it replaces `path`, on error it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp.chmod(_umask_mode(0o777))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: str = "wb"):
+    """Yield an open file beside `path`; on success it is fsynced and renamed onto `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.chmod(tmp, _umask_mode(0o666))
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# reading: the one JSONL reader
+
+
+# what a compressed stream raises when it is cut short or corrupt
+STREAM_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error, OSError, lzma.LZMAError)
+
+
+def open_binary(path):
+    """Open a plain, gzip, .bz2 or .xz file for binary reading.
+
+    Gzip is recognized by its magic bytes (1f 8b, RFC 1952) rather than its name, so a JSONL file gzipped without
+    a `.gz` suffix still reads; bz2 and xz by their suffix. Raises OSError when the file cannot be opened.
+    """
+    path = str(path)
+    with open(path, "rb") as f:
+        is_gzip = f.read(2) == b"\x1f\x8b"
+    if is_gzip:
+        return gzip.open(path, "rb")
+    if path.endswith(".bz2"):
+        return bz2.open(path, "rb")
+    if path.endswith(".xz"):
+        return lzma.open(path, "rb")
+    return open(path, "rb")
+
+
+def numbered_lines(path) -> Iterator[tuple[int, bytes]]:
+    """(line number from 1, raw line) of a plain or compressed file.
+
+    Raises `UserError("PATH: cannot read (...)")` when the file cannot be opened or its compressed stream is cut
+    short or corrupt.
+    """
+    try:
+        with open_binary(path) as f:
+            yield from enumerate(f, 1)
+    except STREAM_ERRORS as e:  # unreadable file, truncated or corrupt compressed stream
+        raise UserError(f"{path}: cannot read ({e})") from None
+
+
+def parse_jsonl_line(path, lineno: int, line: bytes | str) -> dict | None:
+    """One line of a JSONL file as a dict, or None for a blank line.
+
+    Raises `UserError("PATH:LINE: ...")` when the line is not UTF-8 JSON or not a JSON object.
+    """
+    if not line.strip():
+        return None
+    try:
+        obj = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:  # json.loads decodes bytes itself
+        raise UserError(f"{path}:{lineno}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def read_jsonl(path) -> Iterator[tuple[int, dict]]:
+    """(line number from 1, object) for every non-blank line of a JSONL file, plain or compressed (`open_binary`).
+
+    Strict: a line that is not JSON, or not a JSON object, raises `UserError("PATH:LINE: ...")`; an unreadable or
+    cut-short file raises `UserError("PATH: cannot read ...")`. (`prepare` reads raw dumps leniently instead,
+    counting bad lines: `llamaforge.data.readers.iter_jsonl`.)
+    """
+    for lineno, line in numbered_lines(path):
+        obj = parse_jsonl_line(path, lineno, line)
+        if obj is not None:
+            yield lineno, obj
