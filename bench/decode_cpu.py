@@ -34,7 +34,7 @@ from llamaforge.presets import get_preset
 
 def engine_runner(model, prompt, n, compile_step=False, cpu_layout=None) -> Callable[[], list[int]]:
     engine = Engine(model, max_batch=1, max_seq_len=len(prompt) + n + 1, compile=compile_step, cpu_layout=cpu_layout)
-    params = SamplingParams(max_tokens=n, stop_token_ids=())
+    params = SamplingParams(max_new_tokens=n, stop_token_ids=())
     return lambda: engine.generate([prompt], params)[0].tokens
 
 

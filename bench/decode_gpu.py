@@ -29,10 +29,10 @@ def weight_bytes(model: Transformer) -> int:
 
 def run(model: Transformer, label: str, prompt, n: int, peak_gbs: float) -> None:
     engine = Engine(model, max_batch=1, max_seq_len=len(prompt) + n + 1, compile=True)
-    params = SamplingParams(max_tokens=n, stop_token_ids=())
+    params = SamplingParams(max_new_tokens=n, stop_token_ids=())
     t = time.perf_counter()
-    engine.generate([prompt], SamplingParams(max_tokens=4, stop_token_ids=()))
-    engine.generate([prompt], SamplingParams(max_tokens=4, stop_token_ids=()))  # CUDA graphs recorded
+    engine.generate([prompt], SamplingParams(max_new_tokens=4, stop_token_ids=()))
+    engine.generate([prompt], SamplingParams(max_new_tokens=4, stop_token_ids=()))  # CUDA graphs recorded
     torch.cuda.synchronize()
     warm = time.perf_counter() - t
     best = float("inf")

@@ -23,7 +23,7 @@ from llamaforge.eval.results import aggregate, markdown_table, to_json
 from llamaforge.eval.scoring import Scorer, cut_at_stop
 from llamaforge.eval.taskfile import load_task_file
 from llamaforge.eval.tasks import TASKS, get_task
-from llamaforge.eval.tasks.math import extract_number
+from llamaforge.eval.tasks.gsm8k import extract_number
 
 
 @pytest.fixture(scope="module")

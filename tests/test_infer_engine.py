@@ -44,7 +44,7 @@ def test_greedy_matches_recompute(max_batch):
     model = tiny_model()
     refs = [recompute_greedy(model, p, 12) for p in PROMPTS]
     engine = Engine(model, max_batch=max_batch, max_seq_len=32)
-    out = engine.generate(PROMPTS, SamplingParams(max_tokens=12, stop_token_ids=()))
+    out = engine.generate(PROMPTS, SamplingParams(max_new_tokens=12, stop_token_ids=()))
     assert [r.tokens for r in out] == refs
     assert all(r.finish_reason == "length" for r in out)
 
@@ -56,7 +56,7 @@ def test_continuous_batching_more_requests_than_slots():
     lengths = [3, 9, 5, 12, 2, 7]
     refs = [recompute_greedy(model, p, n) for p, n in zip(prompts, lengths)]
     engine = Engine(model, max_batch=2, max_seq_len=32)
-    reqs = [engine.submit(Request(p, SamplingParams(max_tokens=n, stop_token_ids=()))) for p, n in zip(prompts, lengths)]
+    reqs = [engine.submit(Request(p, SamplingParams(max_new_tokens=n, stop_token_ids=()))) for p, n in zip(prompts, lengths)]
     while engine.busy:
         engine.step()
     assert [r.tokens for r in reqs] == refs
@@ -65,7 +65,7 @@ def test_continuous_batching_more_requests_than_slots():
 def test_float32_engine_matches_recompute():
     model = tiny_model(torch.float32)
     refs = [recompute_greedy(model, p, 10) for p in PROMPTS]
-    out = Engine(model, max_batch=4, max_seq_len=32).generate(PROMPTS, SamplingParams(max_tokens=10, stop_token_ids=()))
+    out = Engine(model, max_batch=4, max_seq_len=32).generate(PROMPTS, SamplingParams(max_new_tokens=10, stop_token_ids=()))
     assert [r.tokens for r in out] == refs
 
 
@@ -75,17 +75,17 @@ def test_stop_token_and_context_limit():
     stop = ref[4]
     first = ref.index(stop)
     engine = Engine(model, max_batch=1, max_seq_len=32)
-    (r,) = engine.generate([PROMPTS[0]], SamplingParams(max_tokens=10, stop_token_ids=(stop,)))
+    (r,) = engine.generate([PROMPTS[0]], SamplingParams(max_new_tokens=10, stop_token_ids=(stop,)))
     assert r.tokens == ref[:first] and r.finish_reason == "stop"
     with pytest.raises(ValueError, match="context length"):
-        engine.submit(Request([1] * 30, SamplingParams(max_tokens=5)))
+        engine.submit(Request([1] * 30, SamplingParams(max_new_tokens=5)))
 
 
 def test_logprobs_and_echo_match_full_forward():
     model = tiny_model()
     prompt = PROMPTS[2]
     engine = Engine(model, max_batch=2, max_seq_len=32)
-    (r,) = engine.generate([prompt], SamplingParams(max_tokens=3, logprobs=2, echo_logprobs=True, stop_token_ids=()))
+    (r,) = engine.generate([prompt], SamplingParams(max_new_tokens=3, logprobs=2, echo_logprobs=True, stop_token_ids=()))
     model.clear_cache()
     full = prompt + r.tokens
     logp = torch.log_softmax(model(torch.tensor([full]))[0].double(), -1)
@@ -99,7 +99,7 @@ def test_logprobs_and_echo_match_full_forward():
 
 def test_sampling_is_seeded_per_request_and_respects_top_k():
     model = tiny_model()
-    params = SamplingParams(max_tokens=8, temperature=1.0, seed=123, stop_token_ids=())
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, seed=123, stop_token_ids=())
     engine = Engine(model, max_batch=3, max_seq_len=32)
     a, b, _ = engine.generate([[1, 2], [1, 2], [3]], params)
     assert a.tokens == b.tokens  # same seed, same prompt: same draw even inside one batch
@@ -107,7 +107,7 @@ def test_sampling_is_seeded_per_request_and_respects_top_k():
     assert d.tokens == a.tokens
     # top_k=1 is greedy whatever the temperature
     greedy = recompute_greedy(model, [3], 8)
-    (e,) = engine.generate([[3]], SamplingParams(max_tokens=8, temperature=5.0, top_k=1, stop_token_ids=()))
+    (e,) = engine.generate([[3]], SamplingParams(max_new_tokens=8, temperature=5.0, top_k=1, stop_token_ids=()))
     assert e.tokens == greedy
 
 
@@ -133,7 +133,7 @@ def test_compiled_decode_step_matches_recompute():
     engine = Engine(model, max_batch=2, max_seq_len=32, compile=True)
     engine.warmup()  # compiles now (as `serve` does before listening); the dummy step must not leak into outputs
     assert engine._warm
-    out = engine.generate(PROMPTS, SamplingParams(max_tokens=10, stop_token_ids=()))
+    out = engine.generate(PROMPTS, SamplingParams(max_new_tokens=10, stop_token_ids=()))
     assert [r.tokens for r in out] == refs
 
 
@@ -148,7 +148,7 @@ def test_failed_compile_falls_back_to_eager_decoding():
 
     engine._decode_fn = no_compiler
     with pytest.warns(UserWarning, match="decoding eagerly"):
-        out = engine.generate(PROMPTS[:2], SamplingParams(max_tokens=6, stop_token_ids=()))
+        out = engine.generate(PROMPTS[:2], SamplingParams(max_new_tokens=6, stop_token_ids=()))
     assert [r.tokens for r in out] == refs
     assert not engine.compiled and engine.cpu_layout
 
@@ -161,6 +161,6 @@ def test_decode_over_the_filled_part_of_the_cache_matches_recompute():
     prompts = [long_prompt, [5, 17, 3]]
     refs = [recompute_greedy(model, p, 12) for p in prompts]
     engine = Engine(model, max_batch=2, max_seq_len=192)
-    out = engine.generate(prompts, SamplingParams(max_tokens=12, stop_token_ids=()))
+    out = engine.generate(prompts, SamplingParams(max_new_tokens=12, stop_token_ids=()))
     assert [r.tokens for r in out] == refs
     assert engine.model.layers[0].attention.cache.k.shape[2] == 128  # the last step read 70 -> 128 positions

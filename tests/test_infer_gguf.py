@@ -77,7 +77,7 @@ def test_llama_cpp_greedy_tokens_match(tmp_path, dtype):
     path = save_model(load_model(shared_path("stories260K/stories260K.bin")), tmp_path / "s.gguf", format="gguf",
                       dtype=dtype)
     prompt = [1, 403, 407, 261, 378]  # BOS and four tokens of tok512
-    ours = Engine(load_model(path), max_seq_len=128).generate([prompt], SamplingParams(max_tokens=40,
+    ours = Engine(load_model(path), max_seq_len=128).generate([prompt], SamplingParams(max_new_tokens=40,
                                                                                        stop_token_ids=()))[0]
     llm = llama_cpp.Llama(str(path), n_ctx=128, n_threads=1, verbose=False)
     theirs = []
@@ -155,5 +155,5 @@ def test_llama_cpp_tokenizes_and_writes_like_llamaforge(tmp_path):
     theirs = llm("Once upon a time", max_tokens=30, temperature=0.0, top_k=1)["choices"][0]["text"]
     llm.close()
     engine = Engine(model, tok, max_seq_len=128)
-    (ours,) = engine.generate([tok.encode("Once upon a time", bos=True)], SamplingParams(max_tokens=30))
+    (ours,) = engine.generate([tok.encode("Once upon a time", bos=True)], SamplingParams(max_new_tokens=30))
     assert theirs == ours.text

@@ -74,7 +74,7 @@ def test_engine_with_split_k_layout_matches_recompute(dtype):
     model = tiny_model(dtype)
     refs = [recompute_greedy(model, p, 12) for p in PROMPTS]
     engine = Engine(decode_layout(model, splits=2), max_batch=2, max_seq_len=32, cpu_layout=True)
-    out = engine.generate(PROMPTS, SamplingParams(max_tokens=12, stop_token_ids=()))
+    out = engine.generate(PROMPTS, SamplingParams(max_new_tokens=12, stop_token_ids=()))
     assert [r.tokens for r in out] == refs
 
 
@@ -95,5 +95,5 @@ def test_int8_split_k_matches_int8():
         torch.testing.assert_close(model(tokens[:, :1]), ref(tokens[:, :1]), rtol=0, atol=1e-5)
         torch.testing.assert_close(model(tokens), ref(tokens), rtol=0, atol=1e-5)
     refs = [recompute_greedy(ref, p, 8) for p in PROMPTS]
-    out = Engine(model, max_batch=2, max_seq_len=32).generate(PROMPTS, SamplingParams(max_tokens=8, stop_token_ids=()))
+    out = Engine(model, max_batch=2, max_seq_len=32).generate(PROMPTS, SamplingParams(max_new_tokens=8, stop_token_ids=()))
     assert [r.tokens for r in out] == refs

@@ -55,7 +55,7 @@ def test_int8_stories260k_greedy_and_perplexity(stories):
     model, tok = stories
     q = quantize(copy.deepcopy(model), "int8")
     assert isinstance(q.layers[0].attention.wq, WeightOnlyInt8Linear) and isinstance(q.output, WeightOnlyInt8Linear)
-    params = SamplingParams(max_tokens=60)
+    params = SamplingParams(max_new_tokens=60)
     (ref,) = Engine(model, tok, max_seq_len=128).generate([[tok.bos_id]], params)
     (got,) = Engine(q, tok, max_seq_len=128).generate([[tok.bos_id]], params)
     model.clear_cache(), q.clear_cache()
@@ -70,7 +70,7 @@ def test_int8_stories260k_greedy_and_perplexity(stories):
 def test_int8_compiled_decode_keeps_stories260k_text(stories):
     """The compiled CPU decode step (inductor's weight-only int8 GEMMs, frozen weights) keeps the greedy text."""
     model, tok = stories
-    params = SamplingParams(max_tokens=60)
+    params = SamplingParams(max_new_tokens=60)
     (ref,) = Engine(copy.deepcopy(model), tok, max_seq_len=128).generate([[tok.bos_id]], params)
     engine = Engine(quantize(copy.deepcopy(model), "int8"), tok, max_seq_len=128, compile=True)
     (got,) = engine.generate([[tok.bos_id]], params)

@@ -83,7 +83,7 @@ def client(server):
 
 
 def expected_text(server, prompt_ids, n):
-    (r,) = server["reference"].generate([prompt_ids], SamplingParams(max_tokens=n))
+    (r,) = server["reference"].generate([prompt_ids], SamplingParams(max_new_tokens=n))
     return r
 
 

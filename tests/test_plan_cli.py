@@ -32,10 +32,18 @@ def test_model_plan_json(capsys):
 
 def test_dims_plan_text(capsys):
     rc, out, _ = _run(capsys, "--dims", "dim=512,n_layers=8,n_heads=8,vocab_size=32000", "--tokens", "2B",
-                      "--device", "h100-80gb", "--mfu", "0.4", "--micro-batch", "4")
+                      "--gpu", "h100-80gb", "--mfu", "0.4", "--micro-batch", "4")
     assert rc == 0
     assert "FLOPs/token" in out and "micro-batch=4" in out and "H100-80GB" in out
     assert "predicted loss" in out
+
+
+def test_old_device_flag_still_names_the_gpu(capsys):
+    """`--device` was the planner's GPU flag before `--gpu`; scripts that pass it get the same plan."""
+    common = ("--model", "llama-7b", "--gpus", "8", "--json")
+    _, new, _ = _run(capsys, *common, "--gpu", "H100-80GB")
+    _, old, _ = _run(capsys, *common, "--device", "H100-80GB")
+    assert json.loads(old) == json.loads(new) and json.loads(new)["device"] == "H100-80GB"
 
 
 def test_budget_table(capsys):
@@ -58,7 +66,7 @@ def test_budget_with_fitted_constants_file(tmp_path, capsys):
     (["--model", "llama-65b", "--gpus", "1"], "does not fit"),
     (["--model", "llama-7b", "--gpus", "8", "--micro-batch", "100000"], "--micro-batch"),
     (["--model", "nope"], "--model"),
-    (["--model", "llama-7b", "--device", "TPU-v9"], "--device"),
+    (["--model", "llama-7b", "--gpu", "TPU-v9"], "--gpu"),
     (["--model", "llama-7b", "--tokens=-5"], "--tokens"),
     (["--budget", "1e21", "--constants", "missing.json"], "--constants"),
 ])

@@ -14,7 +14,7 @@ import sys
 from llamaforge.errors import UserError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "presets": ("llamaforge.commands.core", "list model presets with parameter counts computed from the code"),
+    "presets": ("llamaforge.commands.presets", "list model presets with parameter counts computed from the code"),
     "convert": ("llamaforge.commands.convert", "convert a checkpoint between native, hf, meta, llama2c and gguf"),
     "generate": ("llamaforge.commands.generate", "generate text from a prompt"),
     "chat": ("llamaforge.commands.chat", "interactive chat session"),

@@ -60,7 +60,7 @@ def run(args) -> int:
             room = engine.max_seq_len - len(prompt) - 1
         if room < 1:
             raise UserError(f"message of {len(prompt)} tokens does not fit the context ({engine.max_seq_len})")
-        params = SamplingParams(max_tokens=min(args.max_new_tokens, room), temperature=args.temperature,
+        params = SamplingParams(max_new_tokens=min(args.max_new_tokens, room), temperature=args.temperature,
                                 top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=template.stops)
         request = engine.submit(Request(prompt, params, on_update=show))
         while not request.done.is_set():

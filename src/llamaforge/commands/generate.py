@@ -35,7 +35,7 @@ def run(args) -> int:
     prompt = engine.tokenizer.encode(args.prompt, bos=True)
     if len(prompt) >= engine.max_seq_len:
         raise UserError(f"--prompt: {len(prompt)} tokens, but the context holds {engine.max_seq_len}")
-    params = SamplingParams(max_tokens=min(args.max_new_tokens, engine.max_seq_len - len(prompt)),
+    params = SamplingParams(max_new_tokens=min(args.max_new_tokens, engine.max_seq_len - len(prompt)),
                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                             stop=args.stop)
 

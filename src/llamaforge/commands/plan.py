@@ -1,6 +1,6 @@
 """`llamaforge plan`: what a training run costs, whether it fits, and which model size a budget should buy.
 
-    llamaforge plan --model llama-65b --device A100-80GB --gpus 2048 --tokens 1.4T --fsdp 256 --tp 8 --ac selective
+    llamaforge plan --model llama-65b --gpu A100-80GB --gpus 2048 --tokens 1.4T --fsdp 256 --tp 8 --ac selective
     llamaforge plan --dims dim=1024,n_layers=16,n_heads=16 --tokens 20B --gpus 8 --mfu 0.4
     llamaforge plan --budget 5.76e23 --inference-tokens 2T --constants besiroglu
     llamaforge plan --paper            # the paper's Table 15 GPU-hours recomputed from the formula
@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import re
@@ -32,7 +33,9 @@ def add_arguments(p) -> None:
     what.add_argument("--dims", help="model fields, e.g. dim=1024,n_layers=16,n_heads=16,vocab_size=32000")
     what.add_argument("--budget", help="training compute in FLOPs: the compute-optimal and inference-aware (N, D)")
     what.add_argument("--paper", action="store_true", help="reproduce the paper's GPU-hours (Table 15)")
-    p.add_argument("--device", default="A100-80GB", help="device name from the planner's table (default A100-80GB)")
+    p.add_argument("--gpu", default="A100-80GB", help="GPU model from the planner's table (default A100-80GB)")
+    # the flag's old name, still read so that existing scripts keep working (`--device` means cpu/cuda elsewhere)
+    p.add_argument("--device", dest="gpu", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.add_argument("--gpus", type=int, default=1, help="number of devices")
     p.add_argument("--mfu", type=float, default=None, help="model FLOPs utilization (default: the paper's 65B, ~0.49)")
     p.add_argument("--tokens", help="training tokens, e.g. 1.4T (default: 20 tokens per parameter)")
@@ -91,12 +94,12 @@ def _gib(x: float) -> str:
 
 
 def run_model(args) -> int:
-    from llamaforge.plan.flops import get_device, paper_mfu, training_cost
+    from llamaforge.plan.flops import get_gpu, paper_mfu, training_cost
     from llamaforge.plan.memory import Layout, estimate, largest_micro_batch
     from llamaforge.presets import count_params
 
     name, margs = _model_args(args)
-    device = get_device(args.device)
+    device = get_gpu(args.gpu)
     total, non_emb = count_params(margs)
     seq_len = args.seq_len or margs.max_seq_len
     tokens = parse_count(args.tokens, "--tokens") if args.tokens else 20.0 * total

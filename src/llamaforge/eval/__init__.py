@@ -6,7 +6,7 @@ lm-evaluation-harness.
 | scoring       | `Scorer`: batched log-likelihoods (shared context run once per item), greedy/sampled generation with stop strings |
 | items         | item kinds (multiple choice, continuation) and metrics (acc, acc_norm, acc_uncond, EM, pass@k) |
 | perplexity    | token perplexity, bits per byte, with disjoint or strided sliding windows                 |
-| tasks/        | one file per family: multiple_choice, generative_qa, math, code; the registry in `tasks/__init__` |
+| tasks/        | one file per family: multiple_choice, generative_qa, gsm8k, code; the registry in `tasks/__init__` |
 | taskfile      | `--task-file FILE.jsonl` generic formats                                                 |
 | sandbox       | running generated code with limits                                                       |
 | harness       | `llamaforge` model for lm-evaluation-harness                                             |

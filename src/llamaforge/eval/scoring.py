@@ -216,7 +216,7 @@ class Scorer:
         try:
             for i, (p, n) in enumerate(jobs):
                 for k in range(num_samples if n else 0):
-                    params = SamplingParams(max_tokens=n, temperature=temperature, top_p=top_p,
+                    params = SamplingParams(max_new_tokens=n, temperature=temperature, top_p=top_p,
                                             seed=seed + len(requests), stop=stop)
                     requests[i, k] = engine.submit(Request(p, params))
             while engine.busy:

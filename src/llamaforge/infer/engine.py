@@ -39,7 +39,7 @@ from llamaforge.model import KVCache, Transformer
 
 @dataclass
 class SamplingParams:
-    max_tokens: int = 16
+    max_new_tokens: int = 16
     temperature: float = 0.0  # 0: greedy
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1: off
@@ -248,9 +248,9 @@ class Engine:
         vocab = self.model.args.vocab_size
         if any(not 0 <= t < vocab for t in request.prompt):
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
-        if n + max(p.max_tokens, 1) > self.max_seq_len:
+        if n + max(p.max_new_tokens, 1) > self.max_seq_len:
             raise ValueError(
-                f"prompt ({n} tokens) plus max_tokens ({p.max_tokens}) exceeds the context length {self.max_seq_len}"
+                f"prompt ({n} tokens) plus max_new_tokens ({p.max_new_tokens}) exceeds the context length {self.max_seq_len}"
             )
 
     def submit(self, request: Request) -> Request:
@@ -319,7 +319,7 @@ class Engine:
                 self._temperature[slot] = p.temperature
                 self._top_k[slot] = p.top_k
                 self._top_p[slot] = p.top_p
-                if p.max_tokens == 0:
+                if p.max_new_tokens == 0:
                     self._finish(r, "length")
                 else:
                     self._take(logits[i, n - 1][None], [slot])
@@ -380,7 +380,7 @@ class Engine:
                 r.text = cut
                 return self._finish(r, "stop")
             self._emit(r, final=False)
-        if len(r.tokens) >= p.max_tokens or len(r.prompt) + len(r.tokens) >= self.max_seq_len:
+        if len(r.tokens) >= p.max_new_tokens or len(r.prompt) + len(r.tokens) >= self.max_seq_len:
             self._finish(r, "length")
 
     def _decode_text(self, r: Request) -> str:

@@ -214,13 +214,13 @@ def create_app(engine: Engine, model_name: str = "llamaforge", chat_template: st
             raise APIError("tokens: expected a list of integers", "tokens")
         return {"prompt": tokenizer.decode(ids)}
 
-    def sampling(body: _Sampling, max_tokens: int, stops: list[str], logprobs: int | None, echo: bool, i: int):
+    def sampling(body: _Sampling, max_new_tokens: int, stops: list[str], logprobs: int | None, echo: bool, i: int):
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stop) > MAX_STOP_STRINGS or any(not s for s in stop):
             raise APIError(f"stop: expected at most {MAX_STOP_STRINGS} non-empty strings", "stop")
         seed = None if body.seed is None else body.seed + i  # n > 1 with a seed: different, reproducible draws
         return SamplingParams(
-            max_tokens=max_tokens, temperature=body.temperature, top_k=max(body.top_k, 0), top_p=body.top_p,
+            max_new_tokens=max_new_tokens, temperature=body.temperature, top_k=max(body.top_k, 0), top_p=body.top_p,
             seed=seed, stop=stop + stops, logprobs=logprobs, echo_logprobs=echo,
         )
 
@@ -229,8 +229,9 @@ def create_app(engine: Engine, model_name: str = "llamaforge", chat_template: st
         try:
             loop_thread.submit(request)
         except ValueError as e:
-            param = "max_tokens" if "max_tokens" in str(e) else "prompt"
-            raise APIError(str(e), param, code="context_length_exceeded" if "context" in str(e) else None)
+            message = str(e).replace("max_new_tokens", "max_tokens")  # the HTTP field's name
+            param = "max_tokens" if "max_tokens" in message else "prompt"
+            raise APIError(message, param, code="context_length_exceeded" if "context" in str(e) else None)
         return request
 
     async def run_all(jobs: list[tuple[list[int], SamplingParams]], http: HTTPRequest):
@@ -302,15 +303,15 @@ def create_app(engine: Engine, model_name: str = "llamaforge", chat_template: st
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, http: HTTPRequest):
         prompts = _prompts(body.prompt, tokenizer)
-        max_tokens = 16 if body.max_tokens is None else body.max_tokens  # OpenAI's default
-        if max_tokens == 0 and not body.echo:
+        max_new_tokens = 16 if body.max_tokens is None else body.max_tokens  # OpenAI's default
+        if max_new_tokens == 0 and not body.echo:
             raise APIError("max_tokens: must be at least 1 unless echo is set", "max_tokens")
         if body.stream and body.echo:
             raise APIError("echo: not supported with stream", "echo")
         jobs = []
         for prompt in prompts:
             for j in range(body.n):
-                params = sampling(body, max_tokens, [], body.logprobs, body.echo and body.logprobs is not None, j)
+                params = sampling(body, max_new_tokens, [], body.logprobs, body.echo and body.logprobs is not None, j)
                 jobs.append((prompt, params))
         cid, model = f"cmpl-{uuid.uuid4().hex}", body.model or model_name
         if body.stream:
@@ -335,9 +336,9 @@ def create_app(engine: Engine, model_name: str = "llamaforge", chat_template: st
         except ValueError as e:
             raise APIError(f"messages: {e}", "messages")
         prompt = tokenizer.encode(text, bos=True)
-        max_tokens = body.max_completion_tokens or body.max_tokens or max(engine.max_seq_len - len(prompt) - 1, 1)
+        max_new_tokens = body.max_completion_tokens or body.max_tokens or max(engine.max_seq_len - len(prompt) - 1, 1)
         top = (body.top_logprobs or 0) if body.logprobs else None
-        jobs = [(prompt, sampling(body, max_tokens, template.stops, top, False, j)) for j in range(body.n)]
+        jobs = [(prompt, sampling(body, max_new_tokens, template.stops, top, False, j)) for j in range(body.n)]
         cid, model = f"chatcmpl-{uuid.uuid4().hex}", body.model or model_name
         if body.stream:
             return _sse(_stream_chat(run_all(jobs, http), cid, model, created, body, jobs, usage))

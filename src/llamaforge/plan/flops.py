@@ -66,11 +66,15 @@ DEVICES: dict[str, Device] = {
 }
 
 
-def get_device(name: str) -> Device:
+def get_gpu(name: str) -> Device:
+    """The planner's entry for a GPU model, by case-insensitive name (`llamaforge plan --gpu NAME`).
+
+    Raises UserError naming `--gpu` and the known names when `name` is not in `DEVICES`.
+    """
     for key, device in DEVICES.items():
         if key.lower() == name.lower():
             return device
-    raise UserError(f"--device: unknown device {name!r}; known: {', '.join(DEVICES)}")
+    raise UserError(f"--gpu: unknown GPU {name!r}; known: {', '.join(DEVICES)}")
 
 
 # The paper's reported costs (Table 15: A100-80GB GPU-hours; §2.4: 65B throughput on 2048 GPUs).

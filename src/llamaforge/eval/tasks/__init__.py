@@ -9,7 +9,7 @@ from pathlib import Path
 
 from llamaforge.errors import UserError
 from llamaforge.eval.items import score_choice_items
-from llamaforge.eval.tasks import code, generative_qa, math, multiple_choice
+from llamaforge.eval.tasks import code, generative_qa, gsm8k, multiple_choice
 
 
 @dataclass
@@ -56,7 +56,7 @@ TASKS: dict[str, Task] = {
         Task("mmlu", "choice", lambda d, k: multiple_choice.load_mmlu(d, k), 5, "acc", _paper(35.1, 46.9, 57.8, 63.4)),
         Task("nq_open", "qa", generative_qa.load_nq_open, 0, "exact_match", _paper(16.8, 20.1, 24.9, 23.8)),
         Task("triviaqa", "qa", generative_qa.load_triviaqa, 0, "exact_match", _paper(50.0, 56.6, 65.1, 68.2)),
-        Task("gsm8k", "math", lambda d, k: math.load_gsm8k(d, k), 8, "maj@1", _paper(11.0, 17.8, 35.6, 50.9),
+        Task("gsm8k", "math", lambda d, k: gsm8k.load_gsm8k(d, k), 8, "maj@1", _paper(11.0, 17.8, 35.6, 50.9),
              paper_other={"maj@100": _paper(18.1, 29.3, 53.1, 69.7)}),
         Task("humaneval", "code", lambda d, k: code.load_humaneval(d), 0, "pass@1", _paper(10.5, 15.8, 21.7, 23.7),
              shots_fixed=True, paper_other={"pass@100": _paper(36.5, 52.5, 70.7, 79.3)}),
@@ -100,7 +100,7 @@ def score_items(task: Task, scorer, items, options: dict) -> list[dict]:
     if task.kind == "qa":
         return generative_qa.score_qa_items(scorer, items)
     if task.kind == "math":
-        return math.score_math_items(scorer, items, samples=options.get("samples", 1),
+        return gsm8k.score_math_items(scorer, items, samples=options.get("samples", 1),
                                      temperature=options.get("temperature", 0.6))
     if task.kind == "code":
         from llamaforge.eval.sandbox import Limits
