@@ -50,15 +50,16 @@ def test_presets_prints_paper_counts(capsys):
 
 def test_convert_through_every_writable_format(tmp_path, capsys, hf_folder):
     ref = load_model(hf_folder)
-    rc, _, err = run_cli(capsys, "convert", hf_folder, tmp_path / "meta", "--to", "meta", "--shards", "2")
+    rc, _, err = run_cli(capsys, "convert", hf_folder, tmp_path / "meta", "--to", "meta", "--shards", "2",
+                         "--no-tokenizer")
     assert rc == 0, err
-    assert run_cli(capsys, "convert", tmp_path / "meta", tmp_path / "m.bin", "--to", "llama2c")[0] == 0
-    assert run_cli(capsys, "convert", tmp_path / "m.bin", tmp_path / "native", "--to", "native")[0] == 0
-    assert run_cli(capsys, "convert", tmp_path / "native", tmp_path / "hf2", "--to", "hf")[0] == 0
+    for src, dst, to in (("meta", "m.bin", "llama2c"), ("m.bin", "native", "native"), ("native", "hf2", "hf")):
+        assert run_cli(capsys, "convert", tmp_path / src, tmp_path / dst, "--to", to, "--no-tokenizer")[0] == 0
     back = load_model(tmp_path / "hf2")
     for k, v in ref.state_dict().items():
         assert torch.equal(back.state_dict()[k], v), k
-    rc, _, _ = run_cli(capsys, "convert", hf_folder, tmp_path / "bf16", "--to", "native", "--dtype", "bfloat16")
+    rc, _, _ = run_cli(capsys, "convert", hf_folder, tmp_path / "bf16", "--to", "native", "--dtype", "bfloat16",
+                       "--no-tokenizer")
     assert rc == 0 and load_model(tmp_path / "bf16", dtype=torch.bfloat16).output.weight.dtype == torch.bfloat16
 
 
@@ -79,7 +80,7 @@ def test_generate_command_stories260k(capsys):
 def test_truncated_safetensors(tmp_path, capsys, hf_folder):
     f = hf_folder / "model.safetensors"
     f.write_bytes(f.read_bytes()[:-500])
-    rc, _, err = run_cli(capsys, "convert", hf_folder, tmp_path / "out", "--to", "native")
+    rc, _, err = run_cli(capsys, "convert", hf_folder, tmp_path / "out", "--to", "native", "--no-tokenizer")
     assert_one_line_error(rc, err, "model.safetensors")
     assert not (tmp_path / "out").exists() and os.listdir(tmp_path) == ["hf"]
 
@@ -88,7 +89,7 @@ def test_wrong_shapes(tmp_path, capsys, hf_folder):
     cfg = json.loads((hf_folder / "config.json").read_text())
     cfg["intermediate_size"] += 16
     (hf_folder / "config.json").write_text(json.dumps(cfg))
-    rc, _, err = run_cli(capsys, "convert", hf_folder, tmp_path / "out", "--to", "meta")
+    rc, _, err = run_cli(capsys, "convert", hf_folder, tmp_path / "out", "--to", "meta", "--no-tokenizer")
     assert_one_line_error(rc, err, "shape")
     assert not (tmp_path / "out").exists()
 
@@ -107,7 +108,7 @@ def test_unknown_format(tmp_path, capsys):
 def test_missing_params_json(tmp_path, capsys):
     save_model(Transformer(ARGS), tmp_path / "meta", format="meta")
     (tmp_path / "meta" / "params.json").unlink()
-    rc, _, err = run_cli(capsys, "convert", tmp_path / "meta", tmp_path / "out", "--to", "hf")
+    rc, _, err = run_cli(capsys, "convert", tmp_path / "meta", tmp_path / "out", "--to", "hf", "--no-tokenizer")
     assert_one_line_error(rc, err, "params.json", "missing")
     assert not (tmp_path / "out").exists()
 
@@ -121,7 +122,7 @@ def test_pickle_with_code(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     save_model(Transformer(ARGS), tmp_path / "meta", format="meta")
     torch.save({"tok_embeddings.weight": torch.zeros(3), "evil": Exploit()}, tmp_path / "meta/consolidated.00.pth")
-    rc, _, err = run_cli(capsys, "convert", tmp_path / "meta", tmp_path / "out", "--to", "hf")
+    rc, _, err = run_cli(capsys, "convert", tmp_path / "meta", tmp_path / "out", "--to", "hf", "--no-tokenizer")
     assert_one_line_error(rc, err, "consolidated.00.pth", "refusing")
     assert not (tmp_path / "PWNED").exists() and not (tmp_path / "out").exists()
 

@@ -86,3 +86,15 @@ def test_github_jsonl_export_with_license_field(tmp_path: Path):
     assert [d["meta"]["repo_name"] for d in docs] == ["x/a", "x/d"]
     assert stats["stages"]["read"]["drops"] == {"license": 1}
     assert stats["stages"]["exact_dedup"]["drops"] == {"duplicate": 1}
+
+
+def test_folder_of_repositories_each_with_its_own_license(repos: Path, tmp_path: Path):
+    """`prepare github DIR` with one folder per repository (or per owner/repo) = every repository given one by one."""
+    _, one_by_one = run_source("github", sorted(repos.iterdir()), tmp_path / "each")
+    stats, whole = run_source("github", [repos], tmp_path / "whole")
+    assert whole == one_by_one and len(whole) >= 4
+    assert stats["stages"]["read"]["drops"]["license"] == 2  # only the GPL repository's files
+    owners = tmp_path / "owners"
+    shutil.copytree(repos, owners / "someone")  # GitHub's owner/repo layout
+    _, nested = run_source("github", [owners], tmp_path / "nested")
+    assert [d["meta"]["path"] for d in nested] == [d["meta"]["path"] for d in one_by_one]

@@ -57,3 +57,24 @@ def test_wikipedia_language_selection(dump_slice: Path, tmp_path: Path):
     stats, _ = run_source("wikipedia", [dump_slice], tmp_path / "out", languages=["de"])
     assert stats["stages"]["wiki_clean"]["docs_out"] == 0
     assert stats["stages"]["wiki_clean"]["drops"] == {"language": 3}
+
+
+def test_wikimedia_dump_names_found_in_folder(dump_slice: Path, tmp_path: Path):
+    """Split and multistream dumps under their real names are found in a folder; the index file is not a dump."""
+    from llamaforge.errors import UserError
+
+    folder = tmp_path / "dumps"
+    folder.mkdir()
+    names = ["enwiki-20231101-pages-articles1.xml-p1p41242.bz2",
+             "enwiki-20231101-pages-articles-multistream2.xml-p41243p151573.bz2",
+             "enwiki-20231101-pages-articles-multistream.xml.bz2"]
+    for name in names:
+        (folder / name).write_bytes(dump_slice.read_bytes())
+    (folder / "enwiki-20231101-pages-articles-multistream-index1.txt-p1p41242.bz2").write_bytes(b"not a dump")
+    stats, docs = run_source("wikipedia", [folder], tmp_path / "out")
+    assert stats["shards"] == 3 and len(docs) == 9
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no dump here")
+    with pytest.raises(UserError, match=r"\*\.xml-p\*p\*\.bz2"):
+        run_source("wikipedia", [empty], tmp_path / "out2")

@@ -2,6 +2,11 @@
 
 The source format is detected from SRC. DST is written under a temporary name and renamed at the end, so a
 failed conversion leaves nothing behind.
+
+The tokenizer travels with the model: `--tokenizer FILE`, else the one in SRC's folder, else the one embedded in a
+GGUF file. Folders get it under its standard name (`tokenizer.model` ...), GGUF embeds it, llama2.c gets a
+`tokenizer.bin` beside the file. With none of those, convert refuses unless `--no-tokenizer` says a model without
+one is what is wanted (token ids in, token ids out).
 """
 
 from __future__ import annotations
@@ -22,11 +27,15 @@ def add_arguments(parser) -> None:
                         help="tensor type to compute and store (default float32: exact for every source)")
     parser.add_argument("--max-shard-size", default=None, help="hf only: split into files of at most this size "
                         "(e.g. 5GB, 500MB) with model.safetensors.index.json; default 5GB")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer file to copy along (default: the one in SRC)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer file to copy along (default: the one in SRC's folder or GGUF file)")
+    parser.add_argument("--no-tokenizer", action="store_true",
+                        help="write the model without a tokenizer (otherwise a missing tokenizer is an error)")
 
 
-def _tokenizer_file(src: Path, given):
-    """The tokenizer to carry over: the given file, or the one in the source folder, if any."""
+def _tokenizer_file(src: Path, fmt: str, given, scratch: Path):
+    """The tokenizer to carry over: the given file, the one in the source folder, or a GGUF's embedded vocabulary
+    (written to `scratch` as a SentencePiece model); None when there is none."""
     from llamaforge.errors import UserError
     from llamaforge.tokenizer import TOKENIZER_FILES
 
@@ -38,14 +47,27 @@ def _tokenizer_file(src: Path, given):
         for name in TOKENIZER_FILES:
             if (src / name).is_file():
                 return src / name
+    if fmt == "llama2c" and (src.parent / "tokenizer.bin").is_file():  # llama2.c's convention (run.c's -z)
+        return src.parent / "tokenizer.bin"
+    if fmt == "gguf":
+        from llamaforge.formats.gguf import load_tokenizer
+
+        tok = load_tokenizer(src)
+        if tok is not None:
+            path = scratch / "tokenizer.model"
+            path.write_bytes(tok.sp.serialized_model_proto())
+            return path
     return None
 
 
 def run(args) -> int:
+    import tempfile
+
     import torch
 
     from llamaforge.errors import UserError
     from llamaforge.formats import detect_format, load_model, save_model
+    from llamaforge.tokenizer import TOKENIZER_FILES
 
     src, dst = Path(args.src), Path(args.dst)
     if src.resolve() == dst.resolve():
@@ -56,15 +78,23 @@ def run(args) -> int:
         raise UserError(f"--dtype q8_0: only the gguf format stores it, not {args.to}")
     if args.max_shard_size is not None and args.to != "hf":
         raise UserError(f"--max-shard-size: only the hf format is split by size, not {args.to}")
+    if args.no_tokenizer and args.tokenizer is not None:
+        raise UserError("--no-tokenizer: cannot be given with --tokenizer")
     fmt = detect_format(src)
     dtype = getattr(torch, args.dtype) if args.dtype != "q8_0" else torch.float32
-    model = load_model(src, dtype=dtype, format=fmt)
     options = {"dtype": args.dtype if args.dtype == "q8_0" else dtype}
     if args.max_shard_size is not None:
         options["max_shard_size"] = args.max_shard_size
-    tokenizer = _tokenizer_file(src, args.tokenizer)
-    if tokenizer is not None and args.to != "llama2c":
-        options["tokenizer_path"] = tokenizer
-    save_model(model, dst, format=args.to, shards=args.shards, **options)
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer = None if args.no_tokenizer else _tokenizer_file(src, fmt, args.tokenizer, Path(scratch))
+        if tokenizer is None and not args.no_tokenizer:
+            looked = {"gguf": "in the GGUF file", "llama2c": "beside the file (tokenizer.bin)"}.get(
+                fmt, "in the folder (" + ", ".join(TOKENIZER_FILES) + ")")
+            raise UserError(f"{src}: no tokenizer found {looked}; give --tokenizer FILE (the model's tokenizer), "
+                            "or --no-tokenizer for a model without one")
+        if tokenizer is not None:
+            options["tokenizer_path"] = tokenizer
+        model = load_model(src, dtype=dtype, format=fmt)
+        save_model(model, dst, format=args.to, shards=args.shards, **options)
     print(f"{src} ({fmt}) -> {dst} ({args.to}{f', {args.shards} shards' if args.shards != 1 else ''})")
     return 0

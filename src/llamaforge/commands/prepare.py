@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 
-from llamaforge.data.sources import SOURCES
-
 
 def _floats(text: str) -> tuple[float, ...]:
     try:
@@ -23,39 +21,73 @@ def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", choices=SOURCES)
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders (folders are searched)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
-    p.add_argument("--executor", choices=("local", "ray"), default="local")
-    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
-    p.add_argument("--overwrite", action="store_true", help="delete a previous run in --out instead of resuming")
-    p.add_argument("--keep-work", action="store_true", help="keep intermediate shards under OUT/_work")
-    p.add_argument("--no-progress", action="store_true")
+# which option groups each source takes: a source refuses the options it does not use (argparse: unrecognized)
+SOURCE_GROUPS = {
+    "commoncrawl": ("langid", "commoncrawl"),
+    "c4": ("langid", "c4"),
+    "github": (),
+    "wikipedia": ("wikipedia",),
+    "books": ("books",),
+    "arxiv": (),
+    "stackexchange": ("stackexchange",),
+}
 
-    g = p.add_argument_group("language id (commoncrawl, c4)")
-    g.add_argument("--languages", type=_names, help="languages to keep, e.g. en or en,de (wikipedia: dumps to use)")
-    g.add_argument("--lang-threshold", type=float, help="min language score (commoncrawl 0.5, c4 0.99)")
-    g.add_argument("--langid", help="py3langid (default), resiliparse or fasttext:PATH")
 
-    g = p.add_argument_group("commoncrawl")
-    g.add_argument("--min-length", type=int, help="drop documents under this many characters (300)")
-    g.add_argument("--dedup-group", type=int, help="line dedup over groups of this many shards (50; 0 = all)")
-    g.add_argument("--lm", help="n-gram LM file (from NGramLM.save) for perplexity buckets")
-    g.add_argument("--lm-reference", nargs="+", help="train the n-gram LM on these texts (JSONL or text)")
-    g.add_argument("--bucket-percentiles", type=_floats, help="head/middle percentile cuts (30,60)")
-    g.add_argument("--bucket-cutoffs", type=_floats, help="fixed perplexity cutoffs instead of percentiles")
-    g.add_argument("--keep-buckets", type=_names, help="buckets to keep (head,middle)")
-    g.add_argument("--classifier", help="reference classifier file (from ReferenceClassifier.save)")
-    g.add_argument("--classifier-positives", nargs="+", help="train it on pages cited by Wikipedia ...")
-    g.add_argument("--classifier-negatives", nargs="+", help="... against random pages")
-    g.add_argument("--classifier-threshold", type=float, help="keep documents with P(reference) >= this (0.25)")
+def input_layout(source: str) -> str:
+    """The "Inputs:" paragraph of the source module's docstring: the file layout `prepare SOURCE` reads."""
+    import importlib
 
-    g = p.add_argument_group("other sources")
-    g.add_argument("--badwords", help="c4: file of bad words, one a line")
-    g.add_argument("--near-dup-threshold", type=float, help="books: Jaccard similarity counted as duplicate (0.9)")
-    g.add_argument("--max-sites", type=int, help="stackexchange: keep the N largest sites (the paper: 28)")
+    doc = importlib.import_module(f"llamaforge.data.sources.{source}").__doc__ or ""
+    paragraphs = [" ".join(p.split()) for p in doc.split("\n\n")]
+    return next((p for p in paragraphs if p.startswith("Inputs")), paragraphs[0])
+
+
+def _add_groups(p: argparse.ArgumentParser, groups: tuple[str, ...]) -> None:
+    if "langid" in groups:
+        g = p.add_argument_group("language id")
+        g.add_argument("--languages", type=_names, help="languages to keep, e.g. en or en,de")
+        g.add_argument("--lang-threshold", type=float, help="min language score (commoncrawl 0.5, c4 0.99)")
+        g.add_argument("--langid", help="py3langid (default), resiliparse or fasttext:PATH")
+    if "commoncrawl" in groups:
+        g = p.add_argument_group("commoncrawl")
+        g.add_argument("--min-length", type=int, help="drop documents under this many characters (300)")
+        g.add_argument("--dedup-group", type=int, help="line dedup over groups of this many shards (50; 0 = all)")
+        g.add_argument("--lm", help="n-gram LM file (from NGramLM.save) for perplexity buckets")
+        g.add_argument("--lm-reference", nargs="+", help="train the n-gram LM on these texts (JSONL or text)")
+        g.add_argument("--bucket-percentiles", type=_floats, help="head/middle percentile cuts (30,60)")
+        g.add_argument("--bucket-cutoffs", type=_floats, help="fixed perplexity cutoffs instead of percentiles")
+        g.add_argument("--keep-buckets", type=_names, help="buckets to keep (head,middle)")
+        g.add_argument("--classifier", help="reference classifier file (from ReferenceClassifier.save)")
+        g.add_argument("--classifier-positives", nargs="+", help="train it on pages cited by Wikipedia ...")
+        g.add_argument("--classifier-negatives", nargs="+", help="... against random pages")
+        g.add_argument("--classifier-threshold", type=float, help="keep documents with P(reference) >= this (0.25)")
+    if "c4" in groups:
+        p.add_argument_group("c4").add_argument("--badwords", help="file of bad words, one a line")
+    if "wikipedia" in groups:
+        p.add_argument_group("wikipedia").add_argument(
+            "--languages", type=_names, help="dumps to use by language, e.g. en,de (default: the paper's 20)")
+    if "books" in groups:
+        p.add_argument_group("books").add_argument(
+            "--near-dup-threshold", type=float, help="Jaccard similarity counted as duplicate (0.9)")
+    if "stackexchange" in groups:
+        p.add_argument_group("stackexchange").add_argument(
+            "--max-sites", type=int, help="keep the N largest sites (the paper: 28)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    for source, groups in SOURCE_GROUPS.items():
+        layout = input_layout(source)
+        p = sub.add_parser(source, help=layout.split(". ")[0], description=layout)
+        p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders, laid out as described above")
+        p.add_argument("--out", required=True, help="output folder")
+        p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+        p.add_argument("--executor", choices=("local", "ray"), default="local")
+        p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
+        p.add_argument("--overwrite", action="store_true", help="delete a previous run in --out instead of resuming")
+        p.add_argument("--keep-work", action="store_true", help="keep intermediate shards under OUT/_work")
+        p.add_argument("--no-progress", action="store_true")
+        _add_groups(p, groups)
 
 
 OPTIONS = ("languages", "lang_threshold", "langid", "min_length", "dedup_group", "lm", "lm_reference",
@@ -67,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from llamaforge.data.pipeline import format_stats_table
     from llamaforge.data.sources import prepare
 
-    options = {k: getattr(args, k) for k in OPTIONS if getattr(args, k) is not None}
+    options = {k: getattr(args, k) for k in OPTIONS if getattr(args, k, None) is not None}
     if options.get("dedup_group") == 0:
         options["dedup_group"] = None  # one group: every shard
     stats = prepare(args.source, args.inputs, args.out, workers=args.workers, executor=args.executor,

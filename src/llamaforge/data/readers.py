@@ -50,6 +50,30 @@ def expand_inputs(inputs: Iterable, suffixes: tuple[str, ...], dirs_are_shards: 
     return list(dict.fromkeys(out))  # keep order, drop repeats
 
 
+def match_inputs(inputs: Iterable, patterns: tuple[str, ...], exclude: tuple[str, ...] = (),
+                 what: str = "input") -> list[str]:
+    """Files given as they are, plus the files under each folder (searched recursively) whose name matches one of
+    the glob `patterns` and none of `exclude`; sorted within a folder, repeats dropped. A folder with no match is a
+    UserError that lists the patterns, so a user sees which names are looked for."""
+    import fnmatch
+
+    out: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if not p.exists():
+            raise UserError(f"{item}: no such file or folder")
+        if not p.is_dir():
+            out.append(str(p))
+            continue
+        found = sorted(str(f) for f in p.rglob("*") if f.is_file()
+                       and any(fnmatch.fnmatch(f.name, pat) for pat in patterns)
+                       and not any(fnmatch.fnmatch(f.name, pat) for pat in exclude))
+        if not found:
+            raise UserError(f"{item}: no {what} files in folder; looked for names matching {', '.join(patterns)}")
+        out += found
+    return list(dict.fromkeys(out))
+
+
 def input_files(inputs: Iterable, suffixes: tuple[str, ...]) -> list[Path]:
     """The strict form for `tokenize` and `tokenizer train`: files as given, folders as their sorted files ending
     in `suffixes`, top level only (`prepare` keeps its intermediate files in a subfolder, and only the final shards

@@ -20,6 +20,26 @@ import torch
 from llamaforge.errors import UserError
 
 FORMATS = ("native", "hf", "meta", "llama2c", "gguf")
+# A model folder carries its tokenizer under the name `load_tokenizer(folder)` looks for, whatever the file was
+# called before (a trainer's `llama8k.model` becomes `tokenizer.model`): the same names Meta's and HF's folders use.
+TOKENIZER_NAMES = {".model": "tokenizer.model", ".json": "tokenizer.json", ".bin": "tokenizer.bin"}
+
+
+def copy_tokenizer(tokenizer_path, folder) -> Path:
+    """Copy a tokenizer file into a model folder under its standard name (`TOKENIZER_NAMES`); returns the copy.
+
+    Raises UserError for a file that is missing or of a type no loader reads."""
+    import shutil
+
+    src = Path(tokenizer_path)
+    if not src.is_file():
+        raise UserError(f"{src}: tokenizer: no such file")
+    name = TOKENIZER_NAMES.get(src.suffix)
+    if name is None:
+        raise UserError(f"{src}: tokenizer: expected a .model, .json or .bin file")
+    dst = Path(folder) / name
+    shutil.copy(src, dst)
+    return dst
 
 
 def _module(fmt: str):

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from llamaforge.errors import UserError
+from llamaforge.formats import copy_tokenizer
 from llamaforge.io import atomic_dir
 from llamaforge.formats.weights import args_from_dict, build_model, read_json, read_safetensors
 from llamaforge.model import ModelArgs
@@ -250,6 +250,6 @@ def save(model, path: Path, tokenizer_path=None, dtype: torch.dtype | None = Non
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
         if tokenizer_path is not None:
-            shutil.copy(tokenizer_path, tmp / Path(tokenizer_path).name)
+            copy_tokenizer(tokenizer_path, tmp)
             if Path(tokenizer_path).suffix == ".model":  # lets AutoTokenizer pick the SentencePiece file
                 (tmp / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2) + "\n")

@@ -129,10 +129,38 @@ def load(path: Path, device: torch.device, dtype: torch.dtype):
     return build_model(args, state, path, device, dtype)
 
 
+def tokenizer_bin(tokenizer_path: Path) -> bytes:
+    """A tokenizer in llama2.c's `tokenizer.bin` layout (what llama2.c's `tokenizer.py export` writes): int32
+    max_token_length, then per id float32 score, int32 length, the piece's bytes with "▁" as " " and BOS/EOS as
+    "\\n<s>\\n" / "\\n</s>\\n". A `.bin` is taken as it is; a `.json` has no scores and is refused (UserError)."""
+    tokenizer_path = Path(tokenizer_path)
+    if tokenizer_path.suffix == ".bin":
+        return tokenizer_path.read_bytes()
+    if tokenizer_path.suffix != ".model":
+        raise UserError(f"{tokenizer_path}: tokenizer: llama2.c needs a SentencePiece .model or a tokenizer.bin")
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path))
+    pieces, scores = [], []
+    for i in range(sp.vocab_size()):
+        piece = sp.id_to_piece(i)
+        if i == sp.bos_id():
+            piece = "\n<s>\n"
+        elif i == sp.eos_id():
+            piece = "\n</s>\n"
+        pieces.append(piece.replace("\u2581", " ").encode("utf-8"))
+        scores.append(sp.get_score(i))
+    out = [struct.pack("<I", max(len(b) for b in pieces))]
+    out += [struct.pack("<fI", score, len(b)) + b for b, score in zip(pieces, scores)]
+    return b"".join(out)
+
+
 def save(model, path: Path, tokenizer_path=None, dtype: torch.dtype | None = None) -> None:
     """Write llama2.c v1 (fp32; `dtype` other than fp32 is refused: v1 has no other type).
 
-    The tokenizer is not copied: llama2.c takes its tokenizer.bin as a separate argument."""
+    llama2.c keeps the tokenizer in its own file (run.c's `-z`, default `tokenizer.bin`): with `tokenizer_path`,
+    it is written beside the model as `tokenizer.bin` (in llama2.c's layout, see `tokenizer_bin`); a different
+    `tokenizer.bin` already there is refused rather than replaced."""
     if dtype not in (None, torch.float32):
         raise UserError(f"llama2c: dtype {dtype} not supported; llama2.c v1 stores fp32 only")
     args, state = model.args, model.state_dict()
@@ -145,7 +173,15 @@ def save(model, path: Path, tokenizer_path=None, dtype: torch.dtype | None = Non
     header += struct.pack("<7i", args.dim, args.ffn_hidden_dim, args.n_layers, args.n_heads, args.n_kv_heads,
                           args.vocab_size, args.max_seq_len)
     header += struct.pack("<B", int(shared))
+    tok_bytes, tok_dst = None, Path(path).parent / "tokenizer.bin"
+    if tokenizer_path is not None:
+        tok_bytes = tokenizer_bin(tokenizer_path)
+        if tok_dst.is_file() and tok_dst.read_bytes() != tok_bytes:
+            raise UserError(f"{tok_dst}: a different tokenizer.bin is already there; write the model to another folder")
     with atomic_file(path) as f:
         f.write(header.ljust(V1_HEADER, b"\0"))
         for name, _ in _layout(args, 1, shared):
             f.write(state[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    if tok_bytes is not None:
+        with atomic_file(tok_dst) as f:
+            f.write(tok_bytes)

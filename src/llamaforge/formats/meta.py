@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import pickle
 import re
-import shutil
 from pathlib import Path
 
 import torch
 
 from llamaforge.errors import UserError
+from llamaforge.formats import copy_tokenizer
 from llamaforge.io import atomic_dir
 from llamaforge.formats.weights import args_from_dict, build_model, read_json
 from llamaforge.model import ModelArgs
@@ -183,4 +183,4 @@ def save(model, path: Path, shards: int = 1, tokenizer_path=None, dtype: torch.d
         for rank in range(shards):  # one rank's slices in memory at a time
             torch.save(shard_state(state, rank, shards), tmp / f"consolidated.{rank:02d}.pth")
         if tokenizer_path is not None:
-            shutil.copy(tokenizer_path, tmp / Path(tokenizer_path).name)
+            copy_tokenizer(tokenizer_path, tmp)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from llamaforge.formats import copy_tokenizer
 from llamaforge.io import atomic_dir
 from llamaforge.formats.weights import args_from_dict, build_model, read_json, read_safetensors
 
@@ -45,4 +45,4 @@ def save(model, path: Path, tokenizer_path=None, dtype: torch.dtype | None = Non
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tokenizer_path is not None:
-            shutil.copy(tokenizer_path, tmp / Path(tokenizer_path).name)
+            copy_tokenizer(tokenizer_path, tmp)

@@ -101,10 +101,22 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
-    def model_args(self) -> ModelArgs:
-        from llamaforge.presets import get_preset
+    def model_args(self, where: str = "config") -> ModelArgs:
+        """The model shape: the preset with `model.overrides` and `max_seq_len = data.seq_len` applied.
 
-        return get_preset(self.model.preset, max_seq_len=self.data.seq_len, **self.model.overrides)
+        An inconsistent shape (e.g. `n_heads = 4` on a preset whose `n_kv_heads` is 6, or `dim` not divisible by
+        `n_heads`) is a one-line UserError naming `where` and the fields, not the model's ValueError."""
+        from llamaforge.presets import PRESETS, get_preset
+
+        if self.model.preset not in PRESETS:
+            raise UserError(f"{where}: model.preset: unknown preset {self.model.preset!r}; known: "
+                            f"{', '.join(PRESETS)}")
+        try:
+            return get_preset(self.model.preset, max_seq_len=self.data.seq_len, **self.model.overrides)
+        except ValueError as e:  # ModelArgs.__post_init__: the shape does not hold together
+            fields = ", ".join(f"{k} = {v}" for k, v in self.model.overrides.items()) or "no overrides"
+            raise UserError(f"{where}: model: {e} (preset {self.model.preset!r} with {fields}); expected a "
+                            f"consistent shape: set the other field too, e.g. n_kv_heads") from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -152,6 +164,14 @@ def _set(cfg: TrainConfig, section: str, key: str, value: Any, where: str) -> No
         sub.overrides[key] = _check_type(value, tp, where)
         return
     fields = {f.name: f for f in dataclasses.fields(sub)}
+    if "." in key and key.split(".", 1)[0] in fields:  # --data.sources.NAME=PATH: one entry of a table
+        key, item = key.split(".", 1)
+        if typing.get_type_hints(type(sub))[key] is not dict:
+            raise UserError(f"{where}: '{section}.{key}' is not a table; expected --{section}.{key}=VALUE")
+        if isinstance(value, (dict, list)):
+            raise UserError(f"{where}: expected a single value for one entry, got {value!r}")
+        getattr(sub, key)[item] = value
+        return
     if key not in fields:
         raise UserError(f"{where}: unknown config key '{section}.{key}'; known: {', '.join(fields)}")
     value = _check_type(value, typing.get_type_hints(type(sub))[key], where)
@@ -207,26 +227,23 @@ def load_config(recipe: str, overrides: list[str] = ()) -> TrainConfig:
     for arg in overrides:
         section, key, value = parse_override(arg)
         _set(cfg, section, key, value, arg.split("=", 1)[0])
-    validate(cfg)
+    validate(cfg, str(path))
     return cfg
 
 
-def validate(cfg: TrainConfig) -> None:
-    """Checks that need more than one field."""
-    from llamaforge.presets import PRESETS
-
-    if cfg.model.preset not in PRESETS:
-        raise UserError(f"model.preset: unknown preset {cfg.model.preset!r}; known: {', '.join(PRESETS)}")
+def validate(cfg: TrainConfig, where: str = "config") -> None:
+    """Checks that need more than one field; `where` (the recipe file) starts every message."""
+    cfg.model_args(where)  # the model shape holds together (preset + overrides)
     if cfg.data.kind == "shards":
         if not cfg.data.sources:
-            raise UserError("data.sources: expected at least one source (name = folder of token shards)")
+            raise UserError(f"{where}: data.sources: expected at least one source (name = folder of token shards)")
         missing = set(cfg.data.weights) ^ set(cfg.data.sources)
         if cfg.data.weights and missing:
-            raise UserError(f"data.weights: sources and weights name different sources: {', '.join(sorted(missing))}")
+            raise UserError(f"{where}: data.weights: sources and weights name different sources: {', '.join(sorted(missing))}")
     if cfg.training.steps < 1 or cfg.data.seq_len < 1 or cfg.training.micro_batch_size < 1:
-        raise UserError("training.steps, data.seq_len, training.micro_batch_size: expected positive integers")
+        raise UserError(f"{where}: training.steps, data.seq_len, training.micro_batch_size: expected positive integers")
     if not 0 < cfg.optim.min_lr_ratio <= 1:
-        raise UserError(f"optim.min_lr_ratio: expected a value in (0, 1], got {cfg.optim.min_lr_ratio}")
+        raise UserError(f"{where}: optim.min_lr_ratio: expected a value in (0, 1], got {cfg.optim.min_lr_ratio}")
 
 
 def grad_accum_steps(cfg: TrainConfig, dp_degree: int) -> int:

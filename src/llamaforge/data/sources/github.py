@@ -1,7 +1,8 @@
 """GitHub: permissively licensed source files, boilerplate headers removed, heuristics, exact dedup.
 
-Inputs: repository folders (license detected from LICENSE / COPYING files at the root; one shard per folder) or
-JSONL(.gz) with `{"content" or "text", "path", "repo_name", "license"}` (RedPajama's BigQuery export).
+Inputs (`github_shards`): a repository folder, a folder of repository folders (each repository's license, from the
+LICENSE / COPYING file at its root, decides for its files; one shard per repository), or JSONL(.gz) files / a folder
+of them with `{"content" or "text", "path", "repo_name", "license"}` (RedPajama's BigQuery export).
 Rules (RedPajama-v1, as in the paper): MIT / BSD / Apache only; the 66-extension allowlist; drop a file whose
 longest line exceeds 1000 characters, whose mean line length exceeds 100, whose alphanumeric fraction is below
 0.25, or with fewer than 1.5 alphabetic characters per token (tokens = whitespace-separated words, as in dolma's
@@ -167,17 +168,41 @@ def _clean(doc: Doc) -> Result:
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz")
 
 
+def is_repository(folder: Path) -> bool:
+    """A folder is a repository when it has a license file or a `.git` entry at its root."""
+    return (folder / ".git").exists() or any((folder / name).is_file() for name in LICENSE_FILES)
+
+
+def _repositories(folder: Path) -> list[str]:
+    """Repository folders under a folder that is not one itself (an `owner/repo` tree is searched two levels)."""
+    found: list[str] = []
+    for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if is_repository(child):
+            found.append(str(child))
+        else:
+            found += _repositories(child) if any(is_repository(g) for g in child.iterdir() if g.is_dir()) else []
+    return found
+
+
 def github_shards(inputs: list[str]) -> list[str]:
-    """A folder is a repository (one shard), unless it holds JSONL files and no license: then it is an export
-    folder and each JSONL file is a shard."""
+    """Shards (one per repository folder or JSONL file) of the inputs a user has:
+
+    - a repository folder (license file or `.git` at its root): one shard, its license decides;
+    - a folder of repository folders (or `owner/repo` folders): one shard per repository, each repository's own
+      license decides; a subfolder that is no repository (no license file, no `.git`) is not searched;
+    - a folder of JSONL files (a BigQuery-style export, no license file of its own): one shard per file;
+    - a JSONL(.gz) file: one shard.
+    A folder that is none of these is one repository without a license (all its files dropped as `license`)."""
     shards: list[str] = []
     for item in inputs:
         p = Path(item)
-        exported = sorted(str(f) for f in p.iterdir() if f.name.endswith(JSONL_SUFFIXES)) if p.is_dir() else []
-        if exported and detect_license(p) is None:
-            shards += exported
-        else:
-            shards += expand_inputs([item], JSONL_SUFFIXES, dirs_are_shards=True)
+        if p.is_dir() and not is_repository(p):
+            exported = sorted(str(f) for f in p.iterdir() if f.name.endswith(JSONL_SUFFIXES))
+            repos = _repositories(p)
+            if exported or repos:
+                shards += exported + repos
+                continue
+        shards += expand_inputs([item], JSONL_SUFFIXES, dirs_are_shards=True)
     return list(dict.fromkeys(shards))
 
 

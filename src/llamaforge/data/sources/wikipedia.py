@@ -1,4 +1,9 @@
-"""Wikipedia: MediaWiki XML dumps (`*wiki-*-pages-articles*.xml[.bz2]`), articles only, wiki markup removed.
+"""Wikipedia: MediaWiki XML dumps, articles only, wiki markup removed.
+
+Inputs: dump files or folders holding them, under Wikimedia's own names (`DUMP_PATTERNS`): whole dumps
+(`enwiki-20231101-pages-articles.xml.bz2`, `...-pages-articles-multistream.xml.bz2`), split parts
+(`enwiki-20231101-pages-articles1.xml-p1p41242.bz2`, `...-multistream1.xml-p1p41242.bz2`), or uncompressed / gzip
+`.xml`; the multistream index files (`*-index*`) are skipped. Each file is one shard.
 
 Keeps namespace 0 and drops redirects. Cleaning with mwparserfromhell (as the HF `wikipedia` builder that
 RedPajama used): links to files and images removed, `<ref>` and table tags removed, category links kept as their
@@ -18,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 from llamaforge.data.pipeline import Doc, Result, Source, Stage
-from llamaforge.data.readers import expand_inputs, iter_lines
+from llamaforge.data.readers import iter_lines, match_inputs
 
 PAPER_LANGUAGES = ("bg", "ca", "cs", "da", "de", "en", "es", "fr", "hr", "hu", "it", "nl", "pl", "pt", "ro", "ru",
                    "sl", "sr", "sv", "uk")
@@ -32,6 +37,9 @@ MAGIC_WORD = re.compile(r"__[A-Z]+__")
 # refs the parser leaves as text (e.g. inside a block quote's template argument)
 LEFTOVER_REF = re.compile(r"<ref[^>]*/>|<ref[^>]*>.*?</ref>", re.DOTALL | re.IGNORECASE)
 DBNAME = re.compile(r"<dbname>(\w+?)wiki</dbname>")
+# file names of Wikimedia's dumps (dumps.wikimedia.org/enwiki/...): whole, split (`.xml-p<first>p<last>`), multistream
+DUMP_PATTERNS = ("*.xml", "*.xml.bz2", "*.xml.gz", "*.xml-p*p*.bz2", "*.xml-p*p*")
+NOT_DUMPS = ("*-index*",)  # multistream byte-offset indexes: `...-multistream-index.txt.bz2`
 
 
 def _prefix(title: str) -> str:
@@ -125,6 +133,6 @@ class WikiClean(Stage):
 
 
 def build(inputs: list[str], languages: list[str] | None = None, **_) -> Source:
-    shards = expand_inputs(inputs, (".xml", ".xml.bz2", ".xml.gz"))
+    shards = match_inputs(inputs, DUMP_PATTERNS, NOT_DUMPS, what="Wikipedia dump")
     return Source("wikipedia", shards, WikipediaReader(),
                   [WikiClean(tuple(languages) if languages else PAPER_LANGUAGES)])
