@@ -126,3 +126,83 @@ def test_llama2c_heap_merges_equal_run_c_loop():
             if start is not None:
                 assert ids == run_c_merges(tok, start), text
             assert tok.decode(ids) == text  # only the dummy-prefix space is dropped
+
+
+# ------------------------------------------------------------------ #13 fault 3: text is always encoded as text
+
+CONTROL_STRINGS = ["<s>", "</s>", "<unk>", "<pad>", "<0x41>", "<|begin_of_text|>", "<|end_of_text|>",
+                   "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|reserved_special_token_3|>",
+                   "<|im_start|>", "[INST]", "<<SYS>>", "\n<s>\n"]
+LLAMA2_FILES = ["llama2-tokenizer/tokenizer.model", "llama2-tokenizer/tokenizer.hf-dolma.json",
+                "llama2-tokenizer/tokenizer.bin"]
+
+
+def all_backends():
+    """One tokenizer per backend: SentencePiece, HF tokenizer.json, llama2.c tokenizer.bin, tiktoken."""
+    return {name: load_tokenizer(shared_path(name)) for name in LLAMA2_FILES + ["llama3-tokenizer/tokenizer.model"]}
+
+
+def test_control_strings_in_documents_stay_text(sp, tmp_path):
+    """An HTML strike tag and a sentence about tokens: sentencepiece's ids (no BOS/EOS/UNK inside the document)
+    for every backend of the Llama-2 vocabulary, through the `tokenize` step too (the CLI's path)."""
+    import numpy as np
+
+    from llamaforge.data.shards import TokenShard, tokenize
+
+    docs = ["Now <s>$40</s> only!", "The tokens <s>, </s> and <unk> mark BOS, EOS and unknown.",
+            "x</s><s>y", "<s>", "</s>", "<unk>"]
+    for name in LLAMA2_FILES:
+        tok = load_tokenizer(shared_path(name))
+        for doc in docs:
+            assert tok.encode(doc) == sp.encode(doc), (name, doc)
+            assert not set(tok.encode(doc)) & {0, 1, 2}, (name, doc)
+    assert sp.encode("Now <s>$40</s> only!") == [2567, 529, 29879, 29958, 29938, 29946, 29900, 829, 29879, 29958,
+                                                 871, 29991]
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(__import__("json").dumps({"text": d}) + "\n" for d in docs))
+    shard = TokenShard(tokenize(src, shared_path("llama2-tokenizer/tokenizer.hf-dolma.json"), tmp_path / "hf"))
+    assert all(shard.doc(i).tolist() == sp.encode(d) for i, d in enumerate(docs))
+    assert not np.isin(shard.tokens, [0, 1, 2]).any()
+
+
+def test_tiktoken_special_strings_stay_text():
+    """Meta's Llama 3 tokenizer.model through the tiktoken package: known ids, special-token strings as text."""
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+
+    from llamaforge.tokenizer import LLAMA3_PATTERN, TiktokenTokenizer
+
+    path = shared_path("llama3-tokenizer/tokenizer.model")
+    tok = load_tokenizer(path)
+    assert isinstance(tok, TiktokenTokenizer)
+    assert tok.encode("Hello world") == [9906, 1917]  # the known Llama 3 ids
+    assert tok.encode("The quick brown fox") == [791, 4062, 14198, 39935]
+    assert (tok.bos_id, tok.eos_id, tok.vocab_size) == (128000, 128001, 128256)
+    assert [tok.special_token_id(s) for s in ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")] == [
+        128006, 128007, 128009]
+    # An independent plain tiktoken Encoding without special tokens: what the text is as text.
+    plain = tiktoken.Encoding("plain", pat_str=LLAMA3_PATTERN, mergeable_ranks=load_tiktoken_bpe(str(path)),
+                              special_tokens={})
+    for s in CONTROL_STRINGS + ["<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nSure"]:
+        ids = tok.encode(s)
+        assert ids == plain.encode(s), s
+        assert max(ids) < 128000 and tok.decode(ids) == s, s
+    assert tok.encode("hi", bos=True, eos=True) == [128000, 6151, 128001]
+
+
+def test_no_prompt_text_produces_a_control_id(sp):
+    """Property (b): random prompts mixing words, whitespace runs, bytes, emoji and every backend's control
+    strings never give a control id, for every backend; the Llama-2-vocabulary backends agree with sentencepiece."""
+    import random
+
+    rng = random.Random(13)
+    atoms = CONTROL_STRINGS + ["a", "the", " ", "  ", "\n", "\t", "é", "日本", "🦙", "$", "<", ">", "|", "/", "0x",
+                               "41", "INST", "eot_id", "\u200b", "\x00"]
+    texts = ["".join(rng.choice(atoms) for _ in range(rng.randint(1, 25))) for _ in range(300)]
+    for name, tok in all_backends().items():
+        assert tok.control_ids >= {tok.bos_id, tok.eos_id}, name
+        for text in texts:
+            ids = tok.encode(text)
+            assert not set(ids) & tok.control_ids, (name, text)
+            if name in LLAMA2_FILES:
+                assert ids == sp.encode(text), (name, text)

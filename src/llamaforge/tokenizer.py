@@ -1,33 +1,59 @@
-"""Tokenizers behind one interface: SentencePiece `.model` (Meta's own file loads as is), Hugging Face
-`tokenizer.json`, and llama2.c `tokenizer.bin`.
+"""Tokenizers behind one interface: SentencePiece `.model` (Meta's LLaMA-1/2 file loads as is), tiktoken
+`tokenizer.model` (Meta's Llama 3 file), Hugging Face `tokenizer.json`, and llama2.c `tokenizer.bin`.
 
 Every tokenizer has `encode(text, bos=False, eos=False) -> list[int]`, `decode(ids) -> str`, `bos_id`, `eos_id`,
-`vocab_size`, and `id_to_piece(i)`.
+`vocab_size`, `id_to_piece(i)`, `control_ids` and `special_token_id(text)`.
+
+**Text is always encoded as text.** `encode` never turns the characters of a document into a control token:
+`"<s>$40</s>"`, `"<unk>"` or `"<|eot_id|>"` inside a document or a prompt come out as the ids of those characters,
+exactly as `sentencepiece` encodes them (its control symbols are never matched in input). For HF `tokenizer.json`
+that means special-token splitting off (`encode_special_tokens`, HF's `split_special_tokens=True`); for tiktoken
+`disallowed_special=()` with no allowed specials; for llama2.c the control and byte pieces are kept out of the merge
+table. Control tokens (BOS, EOS, a chat format's headers) are added only by `bos=`/`eos=` and by the chat
+templates (`llamaforge.infer.templates`), which look them up with `special_token_id`.
 """
 
 from __future__ import annotations
 
+import base64
 import heapq
+import json
+import re
 import struct
 from pathlib import Path
 from typing import Protocol, Sequence
 
 from llamaforge.errors import UserError
 
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer.bin")
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer.bin")  # in this order inside a folder
 
 
 class Tokenizer(Protocol):
+    """The interface every backend implements.
+
+    - `bos_id`, `eos_id`: the begin/end-of-text control ids (-1 when the vocabulary has none).
+    - `vocab_size`: number of ids, control and special tokens included.
+    - `control_ids`: ids that `encode` never produces from text (BOS, EOS, UNK, padding, every special token).
+    - `encode(text, bos, eos)`: text as text (see the module docstring), BOS/EOS only when asked.
+    - `decode(ids)`: the text; control ids are skipped.
+    - `special_token_id(text)`: the id of a control/special token spelled `text` (`"</s>"`, `"<|eot_id|>"`), or
+      None; `specials` maps every such spelling to its id. Only templates use them.
+    """
+
     bos_id: int
     eos_id: int
     vocab_size: int
     path: Path
+    control_ids: frozenset[int]
+    specials: dict[str, int]
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]: ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
 
     def id_to_piece(self, i: int) -> str: ...
+
+    def special_token_id(self, text: str) -> int | None: ...
 
 
 class SentencePieceTokenizer:
@@ -44,9 +70,16 @@ class SentencePieceTokenizer:
             raise UserError(f"{self.path}: not a SentencePiece model ({e})") from None
         self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
         self.vocab_size = self.sp.vocab_size()
+        # Control and unknown pieces: sentencepiece never matches them in input text (user-defined ones it does).
+        self.control_ids = frozenset(i for i in range(self.vocab_size)
+                                     if self.sp.is_control(i) or self.sp.is_unknown(i))
+        self.specials = {self.sp.id_to_piece(i): i for i in sorted(self.control_ids)}
+
+    def special_token_id(self, text: str) -> int | None:
+        return self.specials.get(text)
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
-        ids = self.sp.encode(text)
+        ids = self.sp.encode(text)  # control symbols in `text` stay text: sentencepiece never matches them
         return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
@@ -73,15 +106,22 @@ class HFTokenizer:
             self.tok = _Tokenizer.from_file(str(self.path))
         except Exception as e:  # tokenizers raises a bare Exception on malformed files
             raise UserError(f"{self.path}: not a Hugging Face tokenizer.json ({e})") from None
+        # Special-token splitting off: "<s>" in a document is the characters <, s, >, never BOS (HF's
+        # `split_special_tokens=True`). Added tokens that are not special (user-defined pieces) still match.
+        self.tok.encode_special_tokens = True
+        self.specials = {t.content: i for i, t in self.tok.get_added_tokens_decoder().items() if t.special}
+        self.control_ids = frozenset(self.specials.values())
         self.bos_id = self._first_id(self.BOS_NAMES)
         self.eos_id = self._first_id(self.EOS_NAMES)
         self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
 
+    def special_token_id(self, text: str) -> int | None:
+        return self.specials.get(text)
+
     def _first_id(self, names) -> int:
         for name in names:
-            i = self.tok.token_to_id(name)
-            if i is not None:
-                return i
+            if name in self.specials:
+                return self.specials[name]
         return -1
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
@@ -126,11 +166,24 @@ class Llama2cTokenizer:
                 offset += 8 + length
         except struct.error:
             raise UserError(f"{self.path}: not a llama2.c tokenizer.bin (truncated at token {len(self.pieces)})") from None
-        self.lookup: dict[bytes, int] = {}
-        for i, piece in enumerate(self.pieces):
-            self.lookup.setdefault(piece, i)  # first id wins for duplicate pieces
         self.bos_id, self.eos_id = 1, 2
         self.vocab_size = len(self.pieces)
+        # run.c's merge table holds every piece, so text could merge into <unk>, BOS/EOS or a byte piece "<0x41>"
+        # (which then decodes as "A"). SentencePiece never matches control, unknown or byte pieces in text: they
+        # stay out of the table here too (ids 0-2 are <unk>, <s>, </s> in every llama2.c export).
+        self.control_ids = frozenset(i for i in (0, 1, 2) if i < self.vocab_size)
+        self.specials = {name: i for name, i in (("<unk>", 0), ("<s>", 1), ("</s>", 2)) if i < self.vocab_size}
+        self.lookup: dict[bytes, int] = {}
+        for i, piece in enumerate(self.pieces):
+            if i not in self.control_ids and not self._is_byte_piece(piece):
+                self.lookup.setdefault(piece, i)  # first id wins for duplicate pieces
+
+    @staticmethod
+    def _is_byte_piece(piece: bytes) -> bool:
+        return re.fullmatch(rb"<0x[0-9A-Fa-f]{2}>", piece) is not None
+
+    def special_token_id(self, text: str) -> int | None:
+        return self.specials.get(text)
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         tokens: list[int] = []
@@ -178,7 +231,7 @@ class Llama2cTokenizer:
     def piece_bytes(self, i: int) -> bytes:
         """The bytes token i stands for: a byte token <0xXX> is that byte."""
         piece = self.pieces[i]
-        if len(piece) == 6 and piece.startswith(b"<0x") and piece.endswith(b">"):
+        if self._is_byte_piece(piece):
             return bytes([int(piece[3:5], 16)])
         return piece
 
@@ -186,7 +239,7 @@ class Llama2cTokenizer:
         out = bytearray()
         at_start = True  # the dummy-prefix space of the first piece (or the first after BOS) is dropped
         for i in map(int, ids):
-            if i in (self.bos_id, self.eos_id):
+            if i in self.control_ids:
                 at_start = i == self.bos_id
                 continue
             piece = self.piece_bytes(i)
@@ -196,6 +249,114 @@ class Llama2cTokenizer:
 
     def id_to_piece(self, i: int) -> str:
         return self.pieces[int(i)].decode("utf-8", errors="replace")
+
+
+# Meta's Llama 3 tokenizer (meta-llama/llama3, llama/tokenizer.py): the pre-tokenizer regex, the 256 special tokens
+# that follow the 128,000 BPE ranks, and the input splits Meta applies before tiktoken.
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_NUM_SPECIAL = 256
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                   "<|reserved_special_token_1|>", "<|reserved_special_token_2|>", "<|reserved_special_token_3|>",
+                   "<|start_header_id|>", "<|end_header_id|>", "<|reserved_special_token_4|>", "<|eot_id|>"] + [
+    f"<|reserved_special_token_{i}|>" for i in range(5, LLAMA3_NUM_SPECIAL - 5)]
+TIKTOKEN_MAX_ENCODE_CHARS = 400_000  # Meta encodes long inputs in pieces of this many characters
+MAX_NO_WHITESPACES_CHARS = 25_000  # ... and cuts runs of only-space / only-non-space characters at this length
+
+
+def is_tiktoken_file(path: Path) -> bool:
+    """A tiktoken BPE file: lines of `<base64 token bytes> <rank>` (SentencePiece files are binary protobuf)."""
+    with open(path, "rb") as f:
+        head = f.read(256).split(b"\n", 1)[0]
+    return re.fullmatch(rb"[A-Za-z0-9+/=]+ \d+\r?", head) is not None
+
+
+class TiktokenTokenizer:
+    """Meta's Llama 3 / 3.1 / 3.2 `tokenizer.model`: byte-level BPE ranks for the `tiktoken` package (read from the
+    local file, nothing downloaded), Meta's pre-tokenizer pattern, and 256 special tokens at ids 128000-128255
+    ("Hello world" -> [9906, 1917]).
+
+    The special tokens' names are Llama 3's (`<|begin_of_text|>` 128000, `<|end_of_text|>` 128001,
+    `<|start_header_id|>` 128006, `<|end_header_id|>` 128007, `<|eot_id|>` 128009, the rest reserved); a
+    `tokenizer_config.json` beside the file (HF's `added_tokens_decoder`) overrides them, e.g. Llama 3.1's
+    `<|eom_id|>` and `<|python_tag|>`. Special-token strings in text are encoded as text (`disallowed_special=()`,
+    no allowed specials: Meta's own defaults). Long inputs are split as Meta's `Tokenizer.encode` splits them."""
+
+    def __init__(self, path, special_tokens: Sequence[str] | None = None):
+        import tiktoken
+        from tiktoken.load import load_tiktoken_bpe
+
+        self.path = Path(path)
+        try:
+            ranks = load_tiktoken_bpe(str(self.path))
+        except (ValueError, OSError) as e:
+            raise UserError(f"{self.path}: not a tiktoken BPE file ({e})") from None
+        self.num_base_tokens = len(ranks)
+        if sorted(ranks.values()) != list(range(len(ranks))):
+            raise UserError(f"{self.path}: ranks: expected 0..{len(ranks) - 1} with none missing or repeated")
+        names = list(special_tokens) if special_tokens is not None else self._names_beside(self.path, len(ranks))
+        self.specials = {name: self.num_base_tokens + i for i, name in enumerate(names)}
+        self.enc = tiktoken.Encoding(name=self.path.name, pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks,
+                                     special_tokens=self.specials)
+        self.control_ids = frozenset(self.specials.values())
+        self.bos_id = self.specials.get("<|begin_of_text|>", -1)
+        self.eos_id = self.specials.get("<|end_of_text|>", -1)
+        self.vocab_size = self.num_base_tokens + len(names)
+
+    @staticmethod
+    def _names_beside(path: Path, first_id: int) -> list[str]:
+        """Special-token names from a tokenizer_config.json next to the file, else Llama 3's."""
+        config = path.parent / "tokenizer_config.json"
+        if config.is_file():
+            try:
+                added = json.loads(config.read_text()).get("added_tokens_decoder") or {}
+                by_id = sorted((int(i), t["content"]) for i, t in added.items() if t.get("special"))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise UserError(f"{config}: added_tokens_decoder: expected id -> {{content, special}}") from None
+            if by_id and [i for i, _ in by_id] == list(range(first_id, first_id + len(by_id))):
+                return [name for _, name in by_id]
+        return list(LLAMA3_SPECIALS)
+
+    def special_token_id(self, text: str) -> int | None:
+        return self.specials.get(text)
+
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        ids: list[int] = []
+        for start in range(0, len(text), TIKTOKEN_MAX_ENCODE_CHARS):
+            for piece in _split_runs(text[start : start + TIKTOKEN_MAX_ENCODE_CHARS], MAX_NO_WHITESPACES_CHARS):
+                ids += self.enc.encode(piece, allowed_special=set(), disallowed_special=())
+        return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def token_bytes(self, i: int) -> bytes:
+        """The bytes of token i (b"" for a special token)."""
+        i = int(i)
+        return b"" if i in self.control_ids else self.enc.decode_single_token_bytes(i)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        ids = [int(i) for i in ids if int(i) not in self.control_ids and 0 <= int(i) < self.num_base_tokens]
+        return self.enc.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def id_to_piece(self, i: int) -> str:
+        i = int(i)
+        names = {v: k for k, v in self.specials.items()}
+        return names[i] if i in names else self.enc.decode_single_token_bytes(i).decode("utf-8", errors="replace")
+
+
+def _split_runs(s: str, max_run: int):
+    """Meta's `_split_whitespaces_or_nonwhitespaces`: cut `s` so that no piece holds more than `max_run`
+    consecutive characters that are all whitespace or all non-whitespace (keeps tiktoken's regex fast)."""
+    run, start, prev_space = 0, 0, None
+    for i, ch in enumerate(s):
+        space = ch.isspace()
+        run = run + 1 if space == prev_space else 1
+        prev_space = space
+        if run > max_run:
+            yield s[start:i]
+            start, run = i, 1
+    yield s[start:]
 
 
 def _resolve(path: Path) -> Path:
@@ -211,11 +372,12 @@ def _resolve(path: Path) -> Path:
 
 
 def load_tokenizer(path) -> Tokenizer:
-    """Load a tokenizer by file type: `.model` SentencePiece, `.json` HF tokenizers, `.bin` llama2.c."""
+    """Load a tokenizer by file type: `.model` SentencePiece or tiktoken (told apart by content), `.json` HF
+    tokenizers, `.bin` llama2.c. Raises UserError for a missing or malformed file."""
     path = _resolve(Path(path))
     suffix = path.suffix
-    if suffix == ".model":
-        return SentencePieceTokenizer(path)
+    if suffix in (".model", ".tiktoken"):
+        return TiktokenTokenizer(path) if is_tiktoken_file(path) else SentencePieceTokenizer(path)
     if suffix == ".json":
         return HFTokenizer(path)
     if suffix == ".bin":

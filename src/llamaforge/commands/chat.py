@@ -24,13 +24,14 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from llamaforge.errors import UserError
     from llamaforge.infer import Request, SamplingParams
-    from llamaforge.infer.chat_template import ChatTemplate
+    from llamaforge.infer.templates import check_name, load_chat_format
 
     if args.max_new_tokens < 1 or args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
         raise UserError("--max-new-tokens >= 1, --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1 expected")
-    template = ChatTemplate(args.chat_template)
+    check_name(args.chat_template)
     engine = load_engine(args, max_batch=1)
     tok = engine.tokenizer
+    template = load_chat_format(args.chat_template, tok)
     start = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(start)
 
@@ -52,16 +53,17 @@ def run(args) -> int:
         if not line.strip():
             continue
         messages.append({"role": "user", "content": line.rstrip("\n")})
-        prompt = tok.encode(template.render(messages), bos=True)
+        prompt = template.render(messages).ids
         room = engine.max_seq_len - len(prompt) - 1
         while room < 1 and len(messages) > len(start) + 1:  # forget the oldest turns that no longer fit
             messages.pop(len(start))
-            prompt = tok.encode(template.render(messages), bos=True)
+            prompt = template.render(messages).ids
             room = engine.max_seq_len - len(prompt) - 1
         if room < 1:
             raise UserError(f"message of {len(prompt)} tokens does not fit the context ({engine.max_seq_len})")
         params = SamplingParams(max_new_tokens=min(args.max_new_tokens, room), temperature=args.temperature,
-                                top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=template.stops)
+                                top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=template.stop_strings,
+                                stop_token_ids=sorted(template.stop_ids))
         request = engine.submit(Request(prompt, params, on_update=show))
         while not request.done.is_set():
             engine.step()

@@ -21,8 +21,10 @@ def add_model_arguments(parser) -> None:
 
 
 def add_chat_template_argument(parser) -> None:
-    parser.add_argument("--chat-template", default="plain",
-                        help="plain | chatml | llama2, a Jinja file, or a Jinja string")
+    parser.add_argument("--chat-template", default="auto",
+                        help="auto | plain | llama2 | llama3 | chatml, a tokenizer_config.json, a Jinja file or a "
+                             "Jinja string (default auto: the tokenizer folder's tokenizer_config.json template, "
+                             "llama3 for a Llama 3 tokenizer, else plain)")
 
 
 def load_engine(args, max_batch: int):
@@ -66,15 +68,16 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from llamaforge.errors import UserError
-    from llamaforge.infer.chat_template import ChatTemplate
+    from llamaforge.infer.templates import check_name, load_chat_format
     from llamaforge.infer.server import serve
 
     if args.max_batch < 1:
         raise UserError("--max-batch: expected at least 1")
     if not 0 <= args.port < 65536:
         raise UserError("--port: expected 0..65535")
-    ChatTemplate(args.chat_template)  # fail before loading the model
+    check_name(args.chat_template)  # fail before loading the model
     engine = load_engine(args, args.max_batch)
+    load_chat_format(args.chat_template, engine.tokenizer)  # a bad template fails here, before the server starts
     name = args.model_name or Path(args.model).name
     serve(engine, host=args.host, port=args.port, model_name=name, chat_template=args.chat_template)
     return 0

@@ -27,7 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from llamaforge.infer.chat_template import ChatTemplate
+from llamaforge.infer.templates import DialogError, load_chat_format
 from llamaforge.infer.engine import Engine, Request, SamplingParams
 
 MAX_STOP_STRINGS = 16
@@ -142,11 +142,11 @@ class EngineLoop:
 
 
 def create_app(engine: Engine, model_name: str = "llamaforge", chat_template: str = "plain") -> FastAPI:
-    """The FastAPI app. `chat_template`: see `llamaforge.infer.chat_template.ChatTemplate`."""
+    """The FastAPI app. `chat_template`: a name `llamaforge.infer.templates.load_chat_format` takes."""
     tokenizer = engine.tokenizer
     if tokenizer is None:
         raise ValueError("the server needs an engine with a tokenizer")
-    template = ChatTemplate(chat_template)
+    template = load_chat_format(chat_template, tokenizer)
     loop_thread = EngineLoop(engine)
     created = int(time.time())
 
@@ -193,7 +193,7 @@ def create_app(engine: Engine, model_name: str = "llamaforge", chat_template: st
             "eos_token": tokenizer.id_to_piece(tokenizer.eos_id) if tokenizer.eos_id >= 0 else None,
             "pad_token": None,
             "model_max_length": engine.max_seq_len,
-            "chat_template": template.source,
+            "chat_template": getattr(template, "source", template.name),
         }
 
     @app.post("/tokenize")
@@ -214,14 +214,15 @@ def create_app(engine: Engine, model_name: str = "llamaforge", chat_template: st
             raise APIError("tokens: expected a list of integers", "tokens")
         return {"prompt": tokenizer.decode(ids)}
 
-    def sampling(body: _Sampling, max_new_tokens: int, stops: list[str], logprobs: int | None, echo: bool, i: int):
+    def sampling(body: _Sampling, max_new_tokens: int, stops: list[str], logprobs: int | None, echo: bool, i: int,
+                 stop_ids=None):
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stop) > MAX_STOP_STRINGS or any(not s for s in stop):
             raise APIError(f"stop: expected at most {MAX_STOP_STRINGS} non-empty strings", "stop")
         seed = None if body.seed is None else body.seed + i  # n > 1 with a seed: different, reproducible draws
         return SamplingParams(
             max_new_tokens=max_new_tokens, temperature=body.temperature, top_k=max(body.top_k, 0), top_p=body.top_p,
-            seed=seed, stop=stop + stops, logprobs=logprobs, echo_logprobs=echo,
+            seed=seed, stop=stop + stops, logprobs=logprobs, echo_logprobs=echo, stop_token_ids=stop_ids,
         )
 
     def start(prompt: list[int], params: SamplingParams, on_update) -> Request:
@@ -331,14 +332,15 @@ def create_app(engine: Engine, model_name: str = "llamaforge", chat_template: st
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, http: HTTPRequest):
-        try:
-            text = template.render([m.model_dump() for m in body.messages])
-        except ValueError as e:
-            raise APIError(f"messages: {e}", "messages")
-        prompt = tokenizer.encode(text, bos=True)
+        try:  # the chat format builds token ids: control tokens only from the template
+            prompt = template.render([m.model_dump() for m in body.messages]).ids
+        except DialogError as e:
+            raise APIError(str(e), e.field)
         max_new_tokens = body.max_completion_tokens or body.max_tokens or max(engine.max_seq_len - len(prompt) - 1, 1)
         top = (body.top_logprobs or 0) if body.logprobs else None
-        jobs = [(prompt, sampling(body, max_new_tokens, template.stops, top, False, j)) for j in range(body.n)]
+        stop_ids = sorted(template.stop_ids)
+        jobs = [(prompt, sampling(body, max_new_tokens, template.stop_strings, top, False, j, stop_ids))
+                for j in range(body.n)]
         cid, model = f"chatcmpl-{uuid.uuid4().hex}", body.model or model_name
         if body.stream:
             return _sse(_stream_chat(run_all(jobs, http), cid, model, created, body, jobs, usage))
