@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from peers import hf_llama  # bench/peers.py: the HF model of the same shape
 
 from llamaforge.model import ModelArgs, Transformer
-from llamaforge.train.metrics import device_peak_flops, flops_per_token
+from llamaforge.plan.flops import flops_per_token
+from llamaforge.train.metrics import device_peak_flops
 from llamaforge.train.synthetic import SyntheticLoader
 
 ARGS = ModelArgs(dim=2048, n_layers=16, n_heads=16, vocab_size=32000, hidden_dim=5632, max_seq_len=2048)

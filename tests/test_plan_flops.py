@@ -15,7 +15,7 @@ from llamaforge.plan.flops import (
     training_cost,
 )
 from llamaforge.presets import PRESETS, count_params
-from llamaforge.train.metrics import non_embedding_params
+from llamaforge.plan.flops import non_embedding_params
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

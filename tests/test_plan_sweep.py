@@ -126,7 +126,8 @@ def test_isoflop_analysis_recovers_the_law_and_recommends_its_optimum(tmp_path):
 
 
 def test_isoflop_grid_spends_each_budget():
-    from llamaforge.plan.sweep import _base_config, isoflop_grid, parse_shapes
+    from llamaforge.commands.args import parse_shapes
+    from llamaforge.plan.sweep import _base_config, isoflop_grid
 
     base = _base_config("debug", [])
     runs = isoflop_grid(base, parse_shapes("16x1,32x1,64x2"), [1e9, 3e9], min_steps=4)

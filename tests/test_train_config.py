@@ -17,7 +17,7 @@ from llamaforge.train.config import (
     load_config,
     parse_override,
 )
-from llamaforge.train.metrics import (
+from llamaforge.plan.flops import (
     DEVICE_PEAK_FLOPS,
     flops_per_token,
     non_embedding_params,

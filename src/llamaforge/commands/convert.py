@@ -65,6 +65,7 @@ def run(args) -> int:
 
     import torch
 
+    from llamaforge.commands.args import parse_bytes
     from llamaforge.errors import UserError
     from llamaforge.formats import detect_format, load_model, save_model
     from llamaforge.tokenizer import TOKENIZER_FILES
@@ -84,7 +85,7 @@ def run(args) -> int:
     dtype = getattr(torch, args.dtype) if args.dtype != "q8_0" else torch.float32
     options = {"dtype": args.dtype if args.dtype == "q8_0" else dtype}
     if args.max_shard_size is not None:
-        options["max_shard_size"] = args.max_shard_size
+        options["max_shard_size"] = parse_bytes(args.max_shard_size, "--max-shard-size")
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer = None if args.no_tokenizer else _tokenizer_file(src, fmt, args.tokenizer, Path(scratch))
         if tokenizer is None and not args.no_tokenizer:

@@ -11,21 +11,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 from pathlib import Path
 
+from llamaforge.commands.args import parse_count
 from llamaforge.errors import UserError
-
-SUFFIXES = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12, "P": 1e15}
-
-
-def parse_count(text: str, flag: str) -> float:
-    """'1.4T', '20B', '5.76e23' -> a float."""
-    m = re.fullmatch(r"\s*([-+]?[0-9.]+(?:e[-+]?[0-9]+)?)\s*([KMBGTP]?)\s*", str(text), re.IGNORECASE)
-    if not m:
-        raise UserError(f"{flag}: expected a number like 1.4e12 or 1.4T, got {text!r}")
-    return float(m.group(1)) * SUFFIXES[m.group(2).upper()]
-
 
 def add_arguments(p) -> None:
     what = p.add_mutually_exclusive_group()

@@ -31,14 +31,14 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from llamaforge.commands.plan import parse_count
+    from llamaforge.commands.args import parse_count, parse_counts, parse_shapes
     from llamaforge.plan import sweep
 
-    shapes = sweep.parse_shapes(args.shapes)
+    shapes = parse_shapes(args.shapes)
     if args.mode == "lr-batch":
         result = sweep.lr_batch_sweep(
             args.out, args.recipe, args.extra, None if args.keep_preset_shape else shapes[0],
-            sweep.parse_floats(args.lrs, "--lrs"), [int(b) for b in sweep.parse_floats(args.batches, "--batches")],
+            parse_counts(args.lrs, "--lrs"), [int(b) for b in parse_counts(args.batches, "--batches")],
             parse_count(args.tokens, "--tokens"),
         )
         for batch, v in result["per_batch"].items():
@@ -49,7 +49,7 @@ def run(args) -> int:
 
     target = parse_count(args.target_budget, "--target-budget") if args.target_budget else None
     result = sweep.isoflop_sweep(
-        args.out, args.recipe, args.extra, shapes, sweep.parse_floats(args.budgets, "--budgets"), target,
+        args.out, args.recipe, args.extra, shapes, parse_counts(args.budgets, "--budgets"), target,
         parse_count(args.inference_tokens, "--inference-tokens"), args.bootstrap, args.min_steps,
     )
     c, se = result["constants"], result["stderr"]

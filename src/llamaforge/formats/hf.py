@@ -11,7 +11,6 @@ Two things differ from Meta's layout besides the names:
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 TORCH_INDEX = "pytorch_model.bin.index.json"  # older exports: pickled tensors, read with weights_only=True
 TORCH_SINGLE = "pytorch_model.bin"
-DEFAULT_MAX_SHARD_SIZE = "5GB"
+DEFAULT_MAX_SHARD_SIZE = 5 * 10**9  # bytes, HF save_pretrained's default "5GB"
 TOKENIZER_CONFIG = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
                     "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False}
 
@@ -204,18 +203,6 @@ def hf_state_dict(model, dtype: torch.dtype | None = None) -> dict[str, torch.Te
     return out
 
 
-def parse_size(size) -> int:
-    """Bytes from 1000000, "5GB", "500MB", "2GiB"."""
-    if isinstance(size, int):
-        return size
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", str(size), flags=re.IGNORECASE)
-    if not m:
-        raise UserError(f"max_shard_size: expected a size like 5GB or 500MB, got {size!r}")
-    unit = (m.group(2) or "B").upper()
-    scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}[unit]
-    return int(float(m.group(1)) * scale)
-
-
 def split_shards(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
     """Greedy split in order: a new shard starts when the next tensor would pass max_bytes."""
     shards: list[dict[str, torch.Tensor]] = [{}]
@@ -231,10 +218,18 @@ def split_shards(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[dict[
 
 
 def save(model, path: Path, tokenizer_path=None, dtype: torch.dtype | None = None,
-         max_shard_size=DEFAULT_MAX_SHARD_SIZE) -> None:
+         max_shard_size: int = DEFAULT_MAX_SHARD_SIZE) -> None:
+    """Write `model` as a transformers `LlamaForCausalLM` folder: config.json, generation_config.json and
+    safetensors split into files of at most `max_shard_size` bytes (with model.safetensors.index.json when more
+    than one), plus the tokenizer when given. Written under a temporary name, then renamed.
+
+    Raises UserError when `max_shard_size` is not a positive int (the CLI parses "5GB" in commands/args.py).
+    """
     tensors = hf_state_dict(model, dtype)
     out_dtype = next(iter(tensors.values())).dtype
-    shards = split_shards(tensors, parse_size(max_shard_size))
+    if isinstance(max_shard_size, bool) or not isinstance(max_shard_size, int) or max_shard_size < 1:
+        raise UserError(f"max_shard_size: expected a positive number of bytes, got {max_shard_size!r}")
+    shards = split_shards(tensors, max_shard_size)
     with atomic_dir(path) as tmp:
         (tmp / "config.json").write_text(json.dumps(config_from_args(model.args, out_dtype), indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}) + "\n")

@@ -1,6 +1,6 @@
 """Training cost of a model: FLOPs per token, total FLOPs, device-hours and wall-clock time.
 
-The FLOP count is the project's one formula, `llamaforge.train.metrics.flops_per_token`:
+The FLOP count is the project's one formula, `flops_per_token` below (training's MFU imports it from here):
 
     FLOPs/token = 6 * N_non-embedding + 12 * n_layers * dim * seq_len
 
@@ -29,41 +29,74 @@ from dataclasses import dataclass
 
 from llamaforge.errors import UserError
 from llamaforge.model import ModelArgs
-from llamaforge.train.metrics import DEVICE_PEAK_FLOPS, flops_per_token
 
 GiB = 2**30
 
 
+def non_embedding_params(args: ModelArgs) -> int:
+    """Parameters that take part in matmuls: everything but the token embedding table (the output projection
+    is a matmul and is counted; Kaplan et al. 2020 §2.1 count N the same way)."""
+    d, hd, f = args.dim, args.head_dim, args.ffn_hidden_dim
+    attn = d * args.n_heads * hd * 2 + d * args.n_kv_heads * hd * 2  # wq, wo; wk, wv
+    ffn = 3 * d * f
+    norms = 2 * d
+    return args.n_layers * (attn + ffn + norms) + d + d * args.vocab_size  # + final norm + output
+
+
+def flops_per_token(args: ModelArgs, seq_len: int) -> float:
+    """Training FLOPs per token: 6 * N_non-embedding + 12 * n_layers * dim * seq_len (PaLM appendix B; see the
+    module docstring). The project's one FLOP formula: training MFU and the planner both use it."""
+    return 6 * non_embedding_params(args) + 12 * args.n_layers * args.dim * seq_len
+
+
 @dataclass(frozen=True)
 class Device:
+    """One accelerator model: its name in `llamaforge plan --gpu`, the dense bf16 tensor-core peak in FLOP/s
+    (vendors' data sheets, without sparsity), the memory a framework can allocate in bytes (nominal capacity),
+    and the substrings of `torch.cuda.get_device_name()` that identify it for training MFU."""
+
     name: str
-    peak_flops: float  # dense bf16 FLOP/s, from train.metrics.DEVICE_PEAK_FLOPS
-    memory_bytes: int  # what the framework can allocate (nominal capacity)
+    peak_flops: float
+    memory_bytes: int
+    cuda_names: tuple[str, ...] = ()
 
 
-def _device(name: str, peak_key: str, memory_gib: float) -> Device:
-    return Device(name, DEVICE_PEAK_FLOPS[peak_key], int(memory_gib * GiB))
+def _device(name: str, peak_tflops: float, memory_gib: float, *cuda_names: str) -> Device:
+    return Device(name, peak_tflops * 1e12, int(memory_gib * GiB), cuda_names)
 
 
-# Planner devices: the peak comes from the metrics table (one table for MFU everywhere), plus the memory size.
+# The project's one device table: the planner's GPUs and training's MFU peaks. Rows are matched against the CUDA
+# device name in order, so the specific names (GH200 before H200, H100 PCIe/NVL before the generic H100 that
+# "NVIDIA H100 80GB HBM3" is, L40S before L4) come first. An unknown device gets no MFU rather than a wrong
+# one (a hard-coded A100 peak gave >100% MFU on H100s elsewhere).
 DEVICES: dict[str, Device] = {
     d.name: d
     for d in (
-        _device("A100-40GB", "A100", 40),
-        _device("A100-80GB", "A100", 80),
-        _device("H100-80GB", "H100 SXM", 80),
-        _device("H100-PCIe", "H100 PCIe", 80),
-        _device("H100-NVL", "H100 NVL", 94),
-        _device("H200", "H200", 141),
-        _device("GH200", "GH200", 96),
-        _device("B200", "B200", 180),
-        _device("L40S", "L40S", 48),
-        _device("L4", "L4", 24),
-        _device("V100-32GB", "V100", 32),
-        _device("MI250X", "MI250X", 128),
-        _device("MI300X", "MI300X", 192),
+        _device("GH200", 989, 96, "GH200"),
+        _device("H200", 989, 141, "H200"),
+        _device("H100-PCIe", 756, 80, "H100 PCIe"),
+        _device("H100-NVL", 835, 94, "H100 NVL"),
+        _device("H100-80GB", 989, 80, "H100 SXM", "H100"),
+        _device("B200", 2250, 180, "B200"),
+        _device("A100-40GB", 312, 40),  # same chip and peak as the 80GB part, matched by it
+        _device("A100-80GB", 312, 80, "A100"),
+        _device("L40S", 362, 48, "L40S"),
+        _device("L4", 121, 24, "L4"),
+        _device("V100-32GB", 125, 32, "V100"),  # fp16 (V100 has no bf16)
+        _device("MI300X", 1307, 192, "MI300X"),
+        _device("MI250X", 383, 128, "MI250X"),
     )
 }
+# CUDA device-name substring -> peak FLOP/s, the view of DEVICES that training's MFU reads
+DEVICE_PEAK_FLOPS: dict[str, float] = {key: d.peak_flops for d in DEVICES.values() for key in d.cuda_names}
+
+
+def peak_flops_of(cuda_name: str) -> float | None:
+    """The dense bf16 peak (FLOP/s) of a device by its CUDA name ("NVIDIA H100 80GB HBM3"), or None if unknown."""
+    for key, peak in DEVICE_PEAK_FLOPS.items():  # table order: specific names before generic ones
+        if key in cuda_name:
+            return peak
+    return None
 
 
 def get_gpu(name: str) -> Device:

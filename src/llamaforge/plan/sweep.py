@@ -52,29 +52,6 @@ class Shape:
         return {"dim": self.dim, "n_layers": self.n_layers, "n_heads": heads, "n_kv_heads": heads}
 
 
-def parse_shapes(text: str) -> list[Shape]:
-    """'32x2,64x2,96x3' -> shapes (dim x layers)."""
-    shapes = []
-    for item in text.split(","):
-        try:
-            dim, layers = (int(v) for v in item.lower().split("x"))
-        except ValueError:
-            raise UserError(f"--shapes: expected DIMxLAYERS items like 64x2, got {item!r}") from None
-        if dim < 2 or layers < 1:
-            raise UserError(f"--shapes: expected positive sizes, got {item!r}")
-        shapes.append(Shape(dim, layers, head_dim=min(16, dim)))
-    return shapes
-
-
-def parse_floats(text: str, flag: str) -> list[float]:
-    from llamaforge.commands.plan import parse_count
-
-    values = [parse_count(v, flag) for v in text.split(",")]
-    if any(v <= 0 for v in values):
-        raise UserError(f"{flag}: expected positive values, got {text!r}")
-    return values
-
-
 def _base_config(recipe: str, overrides: list[str]):
     from llamaforge.train import load_config
 
@@ -105,7 +82,7 @@ def _run_config(base, shape: Shape | None, steps: int, lr: float | None = None, 
 
 def isoflop_grid(base, shapes: list[Shape], budgets: list[float], min_steps: int = 4) -> list[dict]:
     """One run per (budget, shape) whose token count gives at least `min_steps` optimizer steps."""
-    from llamaforge.train.metrics import flops_per_token, non_embedding_params
+    from llamaforge.plan.flops import flops_per_token, non_embedding_params
 
     runs = []
     for budget in budgets:

@@ -1,13 +1,7 @@
-"""Training metrics: FLOPs per token, MFU from a device-peak table, and the writers (JSONL, TensorBoard,
-tqdm, loss-curve PNG).
+"""Training metrics: tokens/s, MFU, and the writers (JSONL, TensorBoard, tqdm, loss-curve PNG).
 
-One FLOP formula for the whole project (the planner imports it from here): a training step costs
-`6 * N_non-embedding` FLOPs per token for the matmuls (forward 2, backward 4) plus `12 * L * d * T` for attention
-scores and their weighted sum (PaLM appendix B; nanoGPT). The embedding lookup is not a matmul, so it is
-left out; the output projection is one and is counted.
-
-MFU = achieved FLOP/s / the device's dense bf16 peak. The peak comes from a table keyed by device name: an
-unknown device gets no MFU rather than a wrong one (a hard-coded A100 peak gave >100% MFU on H100s elsewhere).
+MFU = achieved FLOP/s / the device's dense bf16 peak. The FLOP formula (`flops_per_token`: 6·N_non-embedding +
+12·L·d·T, PaLM appendix B) and the device table are the planner's, in `llamaforge.plan.flops`: one of each.
 """
 
 from __future__ import annotations
@@ -19,49 +13,14 @@ from pathlib import Path
 
 import torch
 
-from llamaforge.model import ModelArgs
-
-# Dense bf16 tensor-core peak, FLOP/s, from the vendors' data sheets (without sparsity).
-DEVICE_PEAK_FLOPS: dict[str, float] = {
-    "H200": 989e12,
-    "H100 SXM": 989e12,
-    "H100 NVL": 835e12,
-    "H100 PCIe": 756e12,
-    "H100": 989e12,  # "NVIDIA H100 80GB HBM3" is the SXM part; PCIe/NVL are matched first above
-    "GH200": 989e12,
-    "B200": 2250e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "L4": 121e12,
-    "V100": 125e12,  # fp16 (V100 has no bf16)
-    "MI300X": 1307e12,
-    "MI250X": 383e12,
-}
-
-
-def non_embedding_params(args: ModelArgs) -> int:
-    """Parameters that take part in matmuls: everything but the token embedding table."""
-    d, hd, f = args.dim, args.head_dim, args.ffn_hidden_dim
-    attn = d * args.n_heads * hd * 2 + d * args.n_kv_heads * hd * 2  # wq, wo; wk, wv
-    ffn = 3 * d * f
-    norms = 2 * d
-    return args.n_layers * (attn + ffn + norms) + d + d * args.vocab_size  # + final norm + output
-
-
-def flops_per_token(args: ModelArgs, seq_len: int) -> float:
-    """Training FLOPs per token: 6 * N_non-embedding + 12 * n_layers * dim * seq_len."""
-    return 6 * non_embedding_params(args) + 12 * args.n_layers * args.dim * seq_len
-
+from llamaforge.plan.flops import peak_flops_of
 
 def device_peak_flops(device: torch.device) -> float | None:
-    """The dense bf16 peak of `device` from DEVICE_PEAK_FLOPS, or None (CPUs, unknown accelerators)."""
+    """The dense bf16 peak (FLOP/s) of `device` from the device table in `plan.flops`, or None (CPUs, unknown
+    accelerators: no MFU rather than a wrong one)."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, peak in DEVICE_PEAK_FLOPS.items():  # insertion order: specific names before generic ones
-        if key in name:
-            return peak
-    return None
+    return peak_flops_of(torch.cuda.get_device_name(device))
 
 
 class Throughput:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from llamaforge.errors import UserError
 from llamaforge.model import Transformer
+from llamaforge.plan.flops import flops_per_token
 from llamaforge.train import checkpoint
 from llamaforge.train.config import TrainConfig, grad_accum_steps
 from llamaforge.train.metrics import (
@@ -26,7 +27,6 @@ from llamaforge.train.metrics import (
     Throughput,
     bits_per_byte,
     device_peak_flops,
-    flops_per_token,
     memory_stats,
     plot_loss,
 )
