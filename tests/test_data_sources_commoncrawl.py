@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import re
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -56,3 +59,64 @@ def test_truncated_warc_keeps_earlier_records(tmp_path: Path):
     docs = list(CCReader()(str(cut), drops))
     assert drops == {"truncated_gzip": 1}
     assert 0 < len(docs) < 22
+
+
+# ---- HTTP transfer / content codings (a WARC response record stores the body as the server sent it)
+
+HEX_START = re.compile(r"^\s*[0-9a-fA-F]{1,8}(;[^\n]*)?\s")  # a chunk-size line, maybe glued to the title
+ALL_WARCS = WARCS + ["commoncrawl/whirlwind/whirlwind.warc.gz"]
+
+
+def _chunked(data: bytes, size: int = 7) -> bytes:
+    """RFC 9112 chunked framing, written independently of the reader's decoder."""
+    parts = [b"%x\r\n%s\r\n" % (len(data[i:i + size]), data[i:i + size]) for i in range(0, len(data), size)]
+    return b"".join(parts) + b"0\r\n\r\n"
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    c = zlib.compressobj(wbits=-15)
+    return c.compress(data) + c.flush()
+
+
+def _warc_response(url: str, headers: dict[str, str], body: bytes) -> bytes:
+    http = b"HTTP/1.1 200 OK\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items()) + b"\r\n" + body
+    warc = (f"WARC/1.0\r\nWARC-Type: response\r\nWARC-Target-URI: {url}\r\nWARC-Date: 2020-01-01T00:00:00Z\r\n"
+            f"WARC-Record-ID: <urn:uuid:{abs(hash(url)):032x}>\r\n"
+            f"Content-Type: application/http; msgtype=response\r\nContent-Length: {len(http)}\r\n\r\n").encode()
+    return warc + http + b"\r\n\r\n"
+
+
+def test_no_shared_warc_page_starts_with_a_chunk_header():
+    """6 of the 37 shared pages are sent `Transfer-Encoding: chunked`: the hex size lines must not reach the text."""
+    pages = 0
+    for rel in ALL_WARCS:
+        for doc in CCReader()(str(shared_path(rel)), Counter()):
+            pages += 1
+            assert not HEX_START.match(doc["text"]), f"{doc['meta']['url']}: {doc['text'][:40]!r}"
+    assert pages == 22 + 15 + 1
+
+
+def test_every_transfer_and_content_coding_is_decoded(tmp_path: Path):
+    html = ("<html><body>" + "".join(f"<p>Paragraph number {i} says something about rivers and hills.</p>"
+                                      for i in range(20)) + "</body></html>").encode()
+    variants = {
+        "plain": ({}, html),
+        "chunked": ({"Transfer-Encoding": "chunked"}, _chunked(html)),
+        "gzip": ({"Content-Encoding": "gzip"}, gzip.compress(html)),
+        "deflate-zlib": ({"Content-Encoding": "deflate"}, zlib.compress(html)),
+        "deflate-raw": ({"Content-Encoding": "deflate"}, _raw_deflate(html)),
+        "gzip+chunked": ({"Content-Encoding": "gzip", "Transfer-Encoding": "chunked"},
+                         _chunked(gzip.compress(html), 50)),
+        "header-but-decoded": ({"Content-Encoding": "gzip"}, html),  # a crawler that stored the decoded body
+    }
+    path = tmp_path / "codings.warc.gz"
+    path.write_bytes(gzip.compress(b"".join(
+        _warc_response(f"http://example.com/{name}", {"Content-Type": "text/html", **h}, body)
+        for name, (h, body) in variants.items())))
+    drops: Counter = Counter()
+    docs = {d["meta"]["url"].rsplit("/", 1)[1]: d["text"] for d in CCReader()(str(path), drops)}
+    assert drops == Counter()
+    assert set(docs) == set(variants)
+    for name, text in docs.items():
+        assert text == docs["plain"], name
+        assert text.startswith("Paragraph number 0 says"), name

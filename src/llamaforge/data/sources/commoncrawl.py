@@ -17,6 +17,7 @@ Stages, in CCNet's order:
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterator
 
@@ -44,6 +45,98 @@ def html_to_text(payload: bytes) -> str:
 
     html = bytes_to_str(payload, detect_encoding(payload))
     return extract_plain_text(html, preserve_formatting=True, main_content=False, list_bullets=False)
+
+
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]+")
+
+
+def dechunk(body: bytes) -> bytes | None:
+    """The payload of an HTTP/1.1 `Transfer-Encoding: chunked` body (RFC 9112 section 7.1): each chunk is a hex size
+    line (maybe with `;extensions`), CRLF, that many bytes, CRLF; a zero-size chunk ends it (trailers ignored).
+    Returns None when the body is not validly chunked (some servers send the header on an already decoded body).
+    A body cut short inside a chunk (captures are truncated at a size limit) keeps the bytes that were there."""
+    out, pos, n = [], 0, len(body)
+    while pos < n:
+        eol = body.find(b"\n", pos)
+        if eol < 0:
+            return None
+        size_field = body[pos:eol].split(b";", 1)[0].strip()
+        if not _CHUNK_SIZE.fullmatch(size_field):
+            return None
+        size = int(size_field, 16)
+        if size == 0:
+            return b"".join(out)
+        start = eol + 1
+        out.append(body[start:start + size])
+        pos = start + size
+        if body[pos:pos + 2] == b"\r\n":  # CRLF after the data (a bare LF is tolerated)
+            pos += 2
+        elif body[pos:pos + 1] == b"\n":
+            pos += 1
+    return b"".join(out)
+
+
+def _decompress(body: bytes, coding: str) -> bytes | None:
+    """Undo one content coding (gzip, x-gzip, deflate raw or zlib-wrapped, br, zstd); None when it fails."""
+    import zlib
+
+    try:
+        if coding in ("gzip", "x-gzip"):
+            return zlib.decompressobj(wbits=47).decompress(body)  # 47: gzip or zlib header, auto-detected
+        if coding == "deflate":  # RFC 9110 says zlib-wrapped; some servers send raw deflate
+            try:
+                return zlib.decompressobj().decompress(body)
+            except zlib.error:
+                return zlib.decompressobj(wbits=-15).decompress(body)
+        if coding == "br":
+            import brotli
+
+            return brotli.decompress(body)
+        if coding == "zstd":
+            import zstandard
+
+            return zstandard.ZstdDecompressor().decompressobj().decompress(body)
+    except Exception:  # noqa: BLE001 - any codec failure means "could not decode", counted by the caller
+        return None
+    return None
+
+
+def decode_http_body(body: bytes, transfer_encoding: str | None, content_encoding: str | None
+                     ) -> tuple[bytes | None, str | None]:
+    """The entity of an HTTP response as the server meant it: transfer codings undone (chunked), then content
+    codings undone in reverse order of application (RFC 9110 section 8.4). Common Crawl stores WARC response
+    records as received, so both can be present. Returns (bytes, None) or (None, drop reason).
+    A chunked header over a body that is not chunked (already decoded by the crawler) passes the body through."""
+    for coding in reversed(_codings(transfer_encoding)):
+        if coding == "chunked":
+            decoded = dechunk(body)
+            body = body if decoded is None else decoded
+        elif coding != "identity":
+            body = _decompress(body, coding)
+            if body is None:
+                return None, "bad_transfer_encoding"
+    for coding in reversed(_codings(content_encoding)):
+        if coding == "identity":
+            continue
+        if coding not in ("gzip", "x-gzip", "deflate", "br", "zstd"):
+            return None, "unknown_content_encoding"
+        decoded = _decompress(body, coding)
+        if decoded is None:
+            # crawlers often store the decoded body but keep the header: pass it through when it looks like text
+            if body[:2] == b"\x1f\x8b" or not _looks_like_text(body):
+                return None, "bad_content_encoding"
+            continue
+        body = decoded
+    return body, None
+
+
+def _codings(header: str | None) -> list[str]:
+    return [c.strip().lower() for c in header.split(",") if c.strip()] if header else []
+
+
+def _looks_like_text(body: bytes) -> bool:
+    head = body[:512]
+    return bool(head) and sum(b < 9 or 13 < b < 32 for b in head) < len(head) // 20
 
 
 def _strip_angle(uri: str | None) -> str | None:
@@ -93,6 +186,11 @@ class CCReader:
             ctype = (rec.http_headers.get("Content-Type", "") if rec.http_headers else "").lower()
             if "html" not in ctype:
                 drops["not_html"] += 1
+                return None
+            payload, bad = decode_http_body(payload, rec.http_headers.get("Transfer-Encoding"),
+                                            rec.http_headers.get("Content-Encoding"))
+            if bad:
+                drops[bad] += 1
                 return None
             text = html_to_text(payload)
         return {"text": text, "meta": meta}
