@@ -152,57 +152,97 @@ def shingles(text: str, n: int = 5) -> set[bytes]:
     return {" ".join(words[i:i + n]).encode() for i in range(len(words) - n + 1)}
 
 
-class MinHashDedup(GroupStage):
-    """Near-duplicate removal: drop a document whose estimated Jaccard similarity with an earlier kept one is at
-    least `threshold` (the paper's "more than 90% content overlap" for books), using datasketch's MinHash and LSH.
+MERSENNE_61 = (1 << 61) - 1
 
-    datasketch picks the bands x rows split of the `num_perm` minima that balances missed and false pairs at
-    `threshold`; every LSH candidate is then confirmed on the whole signature (fraction of equal minima).
+
+def shingle_hashes(text: str, n: int = 5) -> np.ndarray:
+    """Sorted distinct 64-bit hashes (first 8 bytes of BLAKE2b) of the word n-grams of `shingles(text, n)`.
+    Two texts' exact Jaccard similarity is computed on these sets (a 64-bit collision is ~1e-8 at 1e5 shingles)."""
+    digests = b"".join(hashlib.blake2b(s, digest_size=8).digest() for s in shingles(text, n))
+    return np.unique(np.frombuffer(digests, dtype="<u8"))
+
+
+def exact_jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """|A & B| / |A | B| of two sorted arrays of distinct hashes."""
+    if not len(a) and not len(b):
+        return 1.0
+    inter = len(np.intersect1d(a, b, assume_unique=True))
+    return inter / (len(a) + len(b) - inter)
+
+
+class MinHashDedup(GroupStage):
+    """Near-duplicate removal: drop a document whose word-5-gram Jaccard similarity with an earlier kept one is at
+    least `threshold` (the paper's books: "more than 90% content overlap"; datatrove and RedPajama also compare
+    word 5-gram sets).
+
+    MinHash-LSH only proposes candidates; the decision is the exact Jaccard of the two shingle sets, so a copy just
+    above the threshold is never kept because its MinHash estimate fell below (with 128 permutations the estimate's
+    standard deviation at J = 0.92 is 0.024), and a pair just below is never dropped.
+    Banding: `bands` x `rows` of the `num_perm` minima (default 32 x 4 = 128). A pair with Jaccard J shares a band
+    with probability 1 - (1 - J^rows)^bands: 1 - 1.6e-15 at J = 0.9, 1 - 6e-11 at 0.85, 0.87 at 0.5, so recall at
+    and above the threshold is 100% up to rounding; the extra candidates below it cost one exact comparison each.
+    MinHash: h_i(x) = (a_i x + b_i) mod (2^61 - 1) over the low 32 bits x of each shingle hash (Broder's min-wise
+    hashing, the universal family datasketch uses), min over the document's shingles.
     """
 
     def __init__(self, threshold: float = 0.9, num_perm: int = 128, ngram: int = 5, seed: int = 1,
-                 name: str = "near_dedup"):
+                 bands: int = 32, name: str = "near_dedup"):
+        if num_perm % bands:
+            raise ValueError(f"num_perm ({num_perm}) must be a multiple of bands ({bands})")
         self.threshold, self.num_perm, self.ngram, self.seed, self.name = threshold, num_perm, ngram, seed, name
+        self.bands = bands
+        rng = np.random.RandomState(seed)
+        self._a = rng.randint(1, 1 << 32, size=num_perm, dtype=np.uint64)
+        self._b = rng.randint(0, 1 << 32, size=num_perm, dtype=np.uint64)
         self._sigs: list[np.ndarray] = []
+        self._sets: list[np.ndarray] = []
 
-    def signature(self, text: str) -> np.ndarray:
-        from datasketch import MinHash
-
-        m = MinHash(num_perm=self.num_perm, seed=self.seed)
-        items = list(shingles(text, self.ngram))
-        for i in range(0, len(items), SIGNATURE_CHUNK):  # update_batch holds a (chunk x num_perm) array
-            m.update_batch(items[i:i + SIGNATURE_CHUNK])
-        return m.hashvalues.astype(np.uint64)
+    def signature(self, hashes: np.ndarray) -> np.ndarray:
+        """The `num_perm` minima of a document's shingle hashes (uint64; all ones for an empty document)."""
+        sig = np.full(self.num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
+        x = hashes & np.uint64(0xFFFFFFFF)  # a, x < 2^32 and b < 2^32: a*x + b cannot overflow 64 bits
+        for i in range(0, len(x), SIGNATURE_CHUNK):  # bounds the (chunk x num_perm) array to ~20 MB
+            chunk = x[i:i + SIGNATURE_CHUNK, None]
+            sig = np.minimum(sig, ((chunk * self._a + self._b) % np.uint64(MERSENNE_61)).min(axis=0))
+        return sig
 
     def observe(self, index: int, doc: Doc) -> None:
-        self._sigs.append(self.signature(doc["text"]))
+        hashes = shingle_hashes(doc["text"], self.ngram)
+        self._sets.append(hashes)
+        self._sigs.append(self.signature(hashes))
 
     def summary(self):
         sigs = np.stack(self._sigs) if self._sigs else np.zeros((0, self.num_perm), np.uint64)
-        self._sigs = []
-        return {"sig": sigs}
+        sizes = np.array([len(h) for h in self._sets], dtype=np.int64)
+        sets = np.concatenate(self._sets) if self._sets else np.zeros(0, np.uint64)
+        self._sigs, self._sets = [], []
+        return {"sig": sigs, "shingles": sets, "offsets": np.concatenate([[0], np.cumsum(sizes)])}
 
     def resolve(self, summaries):
-        from datasketch import MinHash, MinHashLSH
-
-        lsh = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
-        scheme = getattr(MinHash(num_perm=self.num_perm, seed=self.seed), "scheme", None)  # datasketch >= 2
-        rebuild = {"scheme": scheme} if scheme else {}
-        kept: dict[str, np.ndarray] = {}
+        rows = self.num_perm // self.bands
+        buckets: list[dict[bytes, list[tuple[int, int]]]] = [{} for _ in range(self.bands)]
         decisions = []
         for s, summary in enumerate(summaries):
+            sets, off = summary["shingles"], summary["offsets"]
             keep = np.ones(len(summary["sig"]), dtype=bool)
             for i, sig in enumerate(summary["sig"]):
-                m = MinHash(num_perm=self.num_perm, seed=self.seed, hashvalues=sig, **rebuild)
-                # LSH finds candidates; confirm on the whole signature (fraction of equal minima ~ Jaccard)
-                if any(np.mean(kept[c] == sig) >= self.threshold for c in lsh.query(m)):
+                mine = sets[off[i]:off[i + 1]]
+                keys = [sig[b * rows:(b + 1) * rows].tobytes() for b in range(self.bands)]
+                candidates = {c for b, k in enumerate(keys) for c in buckets[b].get(k, ())}
+                # LSH proposes; the exact Jaccard of the shingle sets decides
+                if any(exact_jaccard(mine, self._set(summaries, c)) >= self.threshold for c in sorted(candidates)):
                     keep[i] = False
                     continue
-                key = f"{s}:{i}"
-                lsh.insert(key, m)
-                kept[key] = sig
+                for b, k in enumerate(keys):
+                    buckets[b].setdefault(k, []).append((s, i))
             decisions.append({"keep": keep})
         return decisions
+
+    @staticmethod
+    def _set(summaries, ref: tuple[int, int]) -> np.ndarray:
+        s, i = ref
+        off = summaries[s]["offsets"]
+        return summaries[s]["shingles"][off[i]:off[i + 1]]
 
     def apply(self, index: int, doc: Doc, decision) -> Result:
         return doc if decision["keep"][index] else "near_duplicate"
