@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from conftest import shared_path
@@ -41,3 +42,21 @@ def test_strip_gutenberg_without_markers():
     assert strip_gutenberg("just a text\n") == "just a text\n"
     marked = "header\n*** START OF THE PROJECT GUTENBERG EBOOK X ***\nbody\n*** END OF THE PROJECT GUTENBERG EBOOK X ***\nlicense"
     assert strip_gutenberg(marked) == "body\n"
+
+
+def test_no_gutenberg_front_matter_or_licence_left_in_any_shared_book():
+    """All shared books: no transcriber credit ("Produced by ..."), no Project Gutenberg mention (also across a
+    line break), no transcriber's note heading; and the book itself is kept (at least 99% of the marked body)."""
+    folder = shared_path("gutenberg")
+    books = sorted(folder.glob("*.txt"))
+    assert len(books) >= 70
+    for path in books:
+        raw = path.read_text(encoding="utf-8-sig").replace("\r\n", "\n")
+        body = strip_gutenberg(raw)
+        flat = " ".join(body.split())
+        assert "project gutenberg" not in flat.lower(), path.name
+        assert not re.search(r"(?m)^\s*Produced by ", body), path.name
+        assert not re.search(r"(?im)^\W*(original )?transcriber['’]?s? notes?", body), path.name
+        start, end = raw.find("*** START OF"), raw.find("*** END OF")
+        marked = raw[raw.index("\n", start):end] if start >= 0 and end > start else raw
+        assert len(body) >= 0.99 * len(marked.strip()), path.name

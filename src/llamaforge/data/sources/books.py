@@ -24,15 +24,68 @@ TITLE = re.compile(r"^Title:\s*(.+)$", re.MULTILINE)
 MIN_CHARS = 1000  # shorter "books" are empty shells or error pages
 
 
+# Paragraphs that are Project Gutenberg's, not the book's: any mention of Project Gutenberg (licence leftovers,
+# "End of Project Gutenberg's ...", "Preface to the Project Gutenberg Etext", linked-volume indexes), transcriber
+# credits ("Produced by ... and the Online Distributed Proofreading Team"), and transcriber's notes.
+PG_MENTION = re.compile(r"project\s+gutenberg|gutenberg\s+(?:e-?texts?|e-?books?|editions?|volumes?|literary archive)"
+                        r"|gutenberg\.(?:org|net)|pgdp\.net|distributed\s+proofread", re.IGNORECASE)
+CREDIT = re.compile(r"^\W*(?:this\s+)?(?:e-?text|e-?book|html\s+version|text\s+file|etext\s+edition)?\s*"
+                    r"(?:was\s+)?(?:produced|prepared|transcribed|digitized|scanned|proofread|created|updated)"
+                    r"(?:\s+from\s+[^.]*?)?\s+by\b", re.IGNORECASE)
+TRANSCRIBER_NOTE = re.compile(r"^\W*(?:original\s+)?transcriber['’]?s?\s+notes?\b", re.IGNORECASE)
+CREDIT_WINDOW = 8  # credits are among the first (or last) paragraphs of the body; "produced by" mid-book is prose
+
+
 def strip_gutenberg(text: str) -> str:
-    """The body of a Project Gutenberg file: between the START and END marker lines (whole text if absent)."""
+    """The book inside a Project Gutenberg file: the text between the START and END marker lines (the whole text
+    when they are absent), without the paragraphs Project Gutenberg added (see `pg_paragraph`). Paragraphs are
+    blank-line separated; a paragraph's lines are kept or dropped together, except in a list of short lines (a table
+    of contents), where only the lines mentioning Project Gutenberg go. A transcriber's-note heading standing alone
+    (12 words at most) takes the paragraph after it along."""
     start, end = START.search(text), END.search(text)
     if start:
         text_end = end.start() if end and end.start() > start.end() else len(text)
         text = text[start.end():text_end]
     elif end:
         text = text[:end.start()]
-    return text.strip("\n") + "\n"
+    paragraphs = re.split(r"(\n[ \t]*\n)", text.strip("\n"))  # keep the separators: spacing is preserved
+    bodies = paragraphs[0::2]
+    n = len(bodies)
+    out: list[str] = []
+    skip_next = False
+    for i, para in enumerate(bodies):
+        edge = i < CREDIT_WINDOW or i >= n - CREDIT_WINDOW
+        if skip_next:  # the body of a transcriber's note whose heading was its own paragraph
+            skip_next = False
+            continue
+        if _is_list(para) and not (edge and _credit(para)):  # a contents list: drop only its lines that are Project Gutenberg's
+            para = "\n".join(line for line in para.split("\n") if not pg_paragraph(line, False))
+            if not para.strip():
+                continue
+        elif pg_paragraph(para, edge):
+            skip_next = bool(TRANSCRIBER_NOTE.match(para.strip())) and len(para.split()) <= 12
+            continue
+        if out:
+            out.append(paragraphs[2 * i - 1])
+        out.append(para)
+    return "".join(out).strip("\n") + "\n"
+
+
+def _is_list(paragraph: str) -> bool:
+    lines = paragraph.split("\n")
+    return len(lines) >= 3 and all(len(line.strip()) <= 60 for line in lines)
+
+
+def pg_paragraph(paragraph: str, edge: bool) -> bool:
+    """True for a paragraph Project Gutenberg added: it mentions Project Gutenberg anywhere in the book, or (only near
+    the start or end, `edge`) it credits who produced or transcribed the e-text; or it is a transcriber's note."""
+    flat = " ".join(paragraph.split())
+    return bool(PG_MENTION.search(flat) or TRANSCRIBER_NOTE.match(flat)) or (edge and _credit(paragraph))
+
+
+def _credit(paragraph: str) -> bool:
+    flat = " ".join(paragraph.split())
+    return bool(CREDIT.match(flat) or TRANSCRIBER_NOTE.match(flat))
 
 
 class BookReader:
