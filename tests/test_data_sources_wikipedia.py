@@ -78,3 +78,31 @@ def test_wikimedia_dump_names_found_in_folder(dump_slice: Path, tmp_path: Path):
     (empty / "readme.txt").write_text("no dump here")
     with pytest.raises(UserError, match=r"\*\.xml-p\*p\*\.bz2"):
         run_source("wikipedia", [empty], tmp_path / "out2")
+
+
+def test_no_table_line_survives_in_the_shared_dump():
+    """Every article of the shared dump that has a wikitable: no output line starts with `|` or `{|` (two of them,
+    Alabama and Andre Agassi, used to keep lines like `| style="text-align:left;"| Protestant`)."""
+    from collections import Counter
+
+    from llamaforge.data.sources.wikipedia import WikipediaReader, clean_wikitext
+
+    with_tables = 0
+    for doc in WikipediaReader()(str(shared_path(DUMP)), Counter()):
+        if "{|" not in doc["text"]:
+            continue
+        with_tables += 1
+        text = clean_wikitext(doc["text"])
+        for line in text.split("\n"):
+            assert not line.startswith(("|", "{|")), (doc["meta"]["title"], line[:80])
+        assert len(text) > 300, doc["meta"]["title"]  # the article itself stays
+    assert with_tables >= 10
+
+
+def test_strip_tables_nested_and_inside_templates():
+    from llamaforge.data.sources.wikipedia import clean_wikitext, strip_tables
+
+    wikitext = ("Intro line.\n{| class=wikitable\n|-\n| a || b\n|-\n|\n{| class=inner\n| x\n|}\n|}\nMiddle line.\n"
+                "{{Box|\n{|\n| cell\n|}}}\nLast line.")
+    assert strip_tables(wikitext) == "Intro line.\nMiddle line.\n{{Box|\n}}\nLast line."
+    assert clean_wikitext(wikitext) == "Intro line.\nMiddle line.\n\nLast line."

@@ -46,11 +46,37 @@ def _prefix(title: str) -> str:
     return title.split(":", 1)[0].strip().lower() if ":" in title else ""
 
 
+def strip_tables(wikitext: str) -> str:
+    """Wikitext without its tables: every `{| ... |}` block (nested ones too) is removed line by line before parsing.
+
+    The paper removes "formatting boilerplate"; mwparserfromhell drops a table only when it parses it as one, and a
+    table with a template or link that spans cells is left as lines of style attributes (`| align=right| ...`).
+    A table opens with `{|` at the start of a line (after optional indentation `:`) and closes with a line starting
+    `|}`; text after a closing `|}` on the same line (e.g. the `}}` of an enclosing template) is kept."""
+    out, depth = [], 0
+    for line in wikitext.split("\n"):
+        s = line.lstrip(" \t:")
+        if s.startswith("{|"):
+            depth += 1
+            continue
+        if depth:
+            if s.startswith("|}"):
+                depth -= 1
+                if not depth and s[2:].strip():
+                    out.append(s[2:])
+            continue
+        out.append(line)
+    return "\n".join(out)
+
+
+TABLE_LINE = re.compile(r"^\s*(\{\||\|)")  # what a table row looks like after cleaning; never prose
+
+
 def clean_wikitext(text: str) -> str:
-    """Plain text of an article's wikitext."""
+    """Plain text of an article's wikitext (tables removed first, see `strip_tables`)."""
     import mwparserfromhell
 
-    code = mwparserfromhell.parse(text)
+    code = mwparserfromhell.parse(strip_tables(text))
     for link in code.filter_wikilinks():
         prefix = _prefix(str(link.title))
         try:
@@ -67,7 +93,7 @@ def clean_wikitext(text: str) -> str:
             pass
     plain = MAGIC_WORD.sub("", code.strip_code(normalize=True, collapse=True))
     plain = LEFTOVER_REF.sub("", plain)
-    lines = [line.strip() for line in plain.split("\n")]
+    lines = [line.strip() for line in plain.split("\n") if not TABLE_LINE.match(line)]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
