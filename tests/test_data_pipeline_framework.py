@@ -159,3 +159,51 @@ def test_changed_settings_refuse_to_resume(tmp_path: Path):
     prepare("c4", inputs, str(tmp_path / "out"), progress=False)
     with pytest.raises(pipeline.UserError, match="other inputs or stages"):
         prepare("c4", inputs, str(tmp_path / "out"), lang_threshold=0.5, progress=False)
+
+
+def test_resumed_run_says_which_shards_were_skipped(tmp_path: Path):
+    inputs = cc_input_shards(tmp_path / "in")
+    first = prepare("c4", inputs, str(tmp_path / "out"), progress=False, keep_work=True)
+    assert first["resumed"]["tasks_skipped"] == 0
+    assert "resumed:" not in pipeline.format_stats_table(first)
+    # a run killed after its first two shards of segment 0: their markers stay, everything else is redone
+    work = tmp_path / "out" / "_work"
+    for seg_dir in sorted(work.glob("seg*")):
+        for marker in sorted(seg_dir.glob("*.done")):
+            if seg_dir.name != "seg0" or marker.name not in ("00000.done", "00001.done"):
+                marker.unlink()
+    for resolved in work.glob("group*/resolved.done"):
+        resolved.unlink()
+    again = prepare("c4", inputs, str(tmp_path / "out"), progress=False)
+    assert again["resumed"]["tasks_skipped"] == 2
+    assert again["resumed"]["shards"] == inputs[:2]
+    assert again["resumed"]["by_segment"]["0"] == [0, 1]
+    assert again["stages"] == first["stages"]
+    table = pipeline.format_stats_table(again)
+    assert "resumed: 2 of" in table and Path(inputs[0]).name in table and Path(inputs[2]).name not in table
+
+
+def test_dropped_documents_and_removed_lines_are_sampled(tmp_path: Path):
+    inputs = cc_input_shards(tmp_path / "in")
+    stats = prepare("c4", inputs, str(tmp_path / "out"), progress=False, keep_dropped=2)
+    root = tmp_path / "out" / "dropped"
+    expected = {}
+    for stage, s in stats["stages"].items():
+        for reason, n in s["drops"].items():
+            if stage != "read":
+                expected.setdefault(stage, {})[reason] = min(n, 2)
+    assert expected, "the sample run drops something"
+    for stage, reasons in expected.items():
+        for reason, n in reasons.items():
+            recs = [json.loads(x) for x in (root / stage / f"{reason}.jsonl").read_text().splitlines()]
+            assert len(recs) == n and all(r["stage"] == stage and r["reason"] == reason for r in recs)
+            assert all(r["text"] for r in recs)
+    removed = [json.loads(x) for x in (root / "line_dedup" / "removed_lines.jsonl").read_text().splitlines()]
+    assert len(removed) == 2 and all("\n" not in r["text"] for r in removed)
+    assert stats["dropped"]["line_dedup"]["removed_lines"] == 2
+    assert "dropped/STAGE/REASON.jsonl" in pipeline.format_stats_table(stats)
+    # C4's line dedup keeps a line's first copy only: each sampled line is in the output once at most
+    out_lines = [line for d in output_docs(tmp_path / "out") for line in d["text"].split("\n")]
+    assert all(out_lines.count(r["text"]) <= 1 for r in removed)
+    prepare("c4", inputs, str(tmp_path / "none"), progress=False, keep_dropped=0)
+    assert not (tmp_path / "none" / "dropped").exists()

@@ -86,6 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
         p.add_argument("--overwrite", action="store_true", help="delete a previous run in --out instead of resuming")
         p.add_argument("--keep-work", action="store_true", help="keep intermediate shards under OUT/_work")
+        p.add_argument("--keep-dropped", type=int, default=20, metavar="N",
+                       help="write up to N dropped documents per stage and reason (and N removed lines per line "
+                            "filter) to OUT/dropped/STAGE/REASON.jsonl (default 20; 0 = none)")
         p.add_argument("--no-progress", action="store_true")
         _add_groups(p, groups)
 
@@ -104,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         options["dedup_group"] = None  # one group: every shard
     stats = prepare(args.source, args.inputs, args.out, workers=args.workers, executor=args.executor,
             ray_address=args.ray_address, progress=not args.no_progress, overwrite=args.overwrite,
-            keep_work=args.keep_work, **options)
+            keep_work=args.keep_work, keep_dropped=args.keep_dropped, **options)
     print(format_stats_table(stats))
     print(f"wrote {len(stats['outputs'])} shards and stats.json to {args.out}")
     return 0

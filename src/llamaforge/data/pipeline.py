@@ -27,6 +27,7 @@ import io
 import json
 import os
 import shutil
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -132,8 +133,10 @@ def _nbytes(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))  # surrogatepass: count, never crash on, a lone surrogate
 
 
-def _counted(docs: Iterable[Doc], stats: StageStats, step: Callable[[Doc], Result]) -> Iterator[Doc]:
-    """Run `step` on each document, counting documents and bytes in and out and drops by reason."""
+def _counted(docs: Iterable[Doc], stats: StageStats, step: Callable[[Doc], Result],
+             sampler: DropSampler | None = None, stage: str = "") -> Iterator[Doc]:
+    """Run `step` on each document, counting documents and bytes in and out and drops by reason; a `sampler` keeps
+    the first dropped documents per reason and the lines a line-level filter removed (`doc["_removed_lines"]`)."""
     for doc in docs:
         text = doc["text"]
         n_in = _nbytes(text)
@@ -142,11 +145,49 @@ def _counted(docs: Iterable[Doc], stats: StageStats, step: Callable[[Doc], Resul
         out = step(doc)
         if isinstance(out, str):
             stats.drops[out] += 1
+            if sampler is not None:
+                sampler.add_doc(stage, out, doc)
             continue
+        removed = out.pop("_removed_lines", None)
+        if removed and sampler is not None:
+            sampler.add_lines(stage, removed, out)
         stats.docs_out += 1
         # filters pass the text through untouched (the same object): no need to encode it a second time
         stats.bytes_out += n_in if out["text"] is text else _nbytes(out["text"])
         yield out
+
+
+DROPPED = "dropped"  # OUT/dropped/STAGE/REASON.jsonl: samples of what each stage threw away
+SAMPLE_CHARS = 20_000  # a sampled document's text is cut to this many characters ("truncated": true)
+
+
+class DropSampler:
+    """The first `limit` dropped documents per (stage, reason) of one task, and the first `limit` lines removed by
+    each line-level stage (reason `removed_lines`), as JSON records `{"stage", "reason", "text", "meta"}`."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.records: list[dict] = []
+        self._counts: Counter = Counter()
+
+    def add_doc(self, stage: str, reason: str, doc: Doc) -> None:
+        if self._counts[stage, reason] >= self.limit:
+            return
+        self._counts[stage, reason] += 1
+        text = doc["text"]
+        rec = {"stage": stage, "reason": reason, "text": text[:SAMPLE_CHARS],
+               "meta": {k: v for k, v in doc["meta"].items() if k != "_removed_lines"}}
+        if len(text) > SAMPLE_CHARS:
+            rec["truncated"] = True
+        self.records.append(rec)
+
+    def add_lines(self, stage: str, lines: list[str], doc: Doc) -> None:
+        for line in lines:
+            if self._counts[stage, "removed_lines"] >= self.limit:
+                return
+            self._counts[stage, "removed_lines"] += 1
+            self.records.append({"stage": stage, "reason": "removed_lines", "text": line,
+                                 "meta": {k: doc["meta"][k] for k in ("url", "title", "file") if k in doc["meta"]}})
 
 
 def format_stats_table(stats: dict) -> str:
@@ -162,6 +203,13 @@ def format_stats_table(stats: dict) -> str:
         cells = [r[0].ljust(widths[0])] + [r[i].rjust(widths[i]) for i in range(1, 5)] + [r[5]]
         lines.append("  ".join(cells))
     lines.insert(1, "-" * len(lines[0]))
+    resumed = stats.get("resumed")
+    if resumed and resumed["tasks_skipped"]:
+        names = ", ".join(Path(p).name for p in resumed["shards"])
+        lines.append(f"resumed: {resumed['tasks_skipped']} of {resumed['tasks']} shard tasks were already done and "
+                     f"skipped (their saved counts are included); first-segment shards skipped: {names or '-'}")
+    if stats.get("dropped_samples"):
+        lines.append(f"samples of dropped documents and removed lines: {stats['dropped_samples']}/STAGE/REASON.jsonl")
     return "\n".join(lines)
 
 
@@ -215,6 +263,7 @@ class Plan:
     out: Path
     segments: list[list[Stage]]  # segments[k] runs after groups[k - 1] is applied
     groups: list[GroupStage]
+    keep_dropped: int = 0  # per (stage, reason): how many dropped documents / removed lines to sample
 
     @property
     def work(self) -> Path:
@@ -232,7 +281,7 @@ class Plan:
         return self.work / f"group{group}" / f"{shard:05d}.npz"
 
 
-def make_plan(source: Source, out: Path) -> Plan:
+def make_plan(source: Source, out: Path, keep_dropped: int = 0) -> Plan:
     segments: list[list[Stage]] = [[]]
     groups: list[GroupStage] = []
     for stage in source.stages:
@@ -244,7 +293,7 @@ def make_plan(source: Source, out: Path) -> Plan:
     names = ["read"] + [s.name for s in source.stages]
     if len(set(names)) != len(names):
         raise ValueError(f"stage names must be unique, got {names}")
-    return Plan(source, Path(out), segments, groups)
+    return Plan(source, Path(out), segments, groups, keep_dropped)
 
 
 def _stage_names(plan: Plan, seg: int) -> list[str]:
@@ -260,6 +309,7 @@ def run_task(plan: Plan, seg: int, shard: int) -> dict:
         return json.loads(stats_path.read_text())
 
     stats = {name: StageStats() for name in _stage_names(plan, seg)}
+    sampler = DropSampler(plan.keep_dropped) if plan.keep_dropped > 0 else None
     if seg == 0:
         docs = _counted(plan.source.read(plan.source.shards[shard], stats["read"].drops), stats["read"],
                         lambda d: d)
@@ -268,10 +318,10 @@ def run_task(plan: Plan, seg: int, shard: int) -> dict:
         group.setup()
         decision = _load_npz(plan.decision_path(seg - 1, shard))
         docs = _counted(read_jsonl_gz(plan.output_path(seg - 1, shard)), stats[group.name],
-                        _GroupApply(group, decision))
+                        _GroupApply(group, decision), sampler, group.name)
     for stage in plan.segments[seg]:
         stage.setup()
-        docs = _counted(docs, stats[stage.name], stage)
+        docs = _counted(docs, stats[stage.name], stage, sampler, stage.name)
 
     next_group = plan.groups[seg] if seg < len(plan.groups) else None
     if next_group is not None:
@@ -284,6 +334,9 @@ def run_task(plan: Plan, seg: int, shard: int) -> dict:
 
     if seg == 0:  # records the reader skipped (malformed, wrong license, ...) came in too
         stats["read"].docs_in += sum(stats["read"].drops.values())
+    if sampler is not None:
+        with atomic_file(plan.task_file(seg, shard, "dropped.jsonl"), "w") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in sampler.records)
     result = {name: s.as_dict() for name, s in stats.items()}
     _write_json(stats_path, result)
     done.touch()  # last: a shard with a marker has all of its files
@@ -366,26 +419,38 @@ def _run_ray(plan: Plan, seg: int, shards: list[int], workers: int, progress: bo
 
 
 def run(source: Source, out: str | os.PathLike, workers: int = 1, executor: str = "local",
-        ray_address: str | None = None, progress: bool = True, keep_work: bool = False) -> dict:
+        ray_address: str | None = None, progress: bool = True, keep_work: bool = False,
+        keep_dropped: int = 20) -> dict:
     """Run every segment over every shard, resolving group stages between segments; returns the merged stats.
 
-    Resumable: finished tasks (with a `.done` marker) are skipped, so rerunning after a crash finishes the job.
+    Resumable: finished tasks (with a `.done` marker) are skipped, so rerunning after a crash finishes the job;
+    `stats["resumed"]` says how many tasks (and which first-segment shards) were skipped as already done.
+    `keep_dropped` > 0: up to that many dropped documents per stage and reason (and lines removed by a line-level
+    stage, reason `removed_lines`) are written to `OUT/dropped/STAGE/REASON.jsonl`, in shard order.
     """
     if executor not in ("local", "ray"):
         raise UserError(f"--executor: expected 'local' or 'ray', got {executor!r}")
     if not source.shards:
         raise UserError(f"{source.name}: no input shards found")
-    plan = make_plan(source, Path(out))
+    if keep_dropped < 0:
+        raise UserError(f"--keep-dropped: expected a count >= 0, got {keep_dropped}")
+    plan = make_plan(source, Path(out), keep_dropped)
     plan.out.mkdir(parents=True, exist_ok=True)
     _check_same_inputs(plan)
     _remove_stale_temporaries(plan)
 
     merged: dict[str, StageStats] = {}
     shards = list(range(len(source.shards)))
+    skipped: list[tuple[int, int]] = []
     for seg in range(len(plan.segments)):
         (plan.work / f"seg{seg}").mkdir(parents=True, exist_ok=True)
         if seg > 0:
             resolve_group(plan, seg - 1)
+        done = [i for i in shards if plan.task_file(seg, i, "done").exists()]
+        skipped += [(seg, i) for i in done]
+        if done and progress:
+            print(f"{source.name} segment {seg}: resuming, {len(done)} of {len(shards)} shards already done",
+                  file=sys.stderr)
         if executor == "ray":
             results = _run_ray(plan, seg, shards, workers, progress, ray_address)
         else:
@@ -396,13 +461,48 @@ def run(source: Source, out: str | os.PathLike, workers: int = 1, executor: str 
 
     stats = {"source": source.name, "shards": len(shards), "inputs": source.shards,
              "stages": {name: s.as_dict() for name, s in merged.items()},
-             "outputs": [plan.output_path(len(plan.segments) - 1, i).name for i in shards]}
+             "outputs": [plan.output_path(len(plan.segments) - 1, i).name for i in shards],
+             "resumed": {"tasks_skipped": len(skipped), "tasks": len(shards) * len(plan.segments),
+                         "shards": [source.shards[i] for seg, i in skipped if seg == 0],
+                         "by_segment": {str(k): [i for seg, i in skipped if seg == k]
+                                        for k in range(len(plan.segments))}}}
+    if keep_dropped > 0:
+        stats["dropped_samples"] = str(plan.out / DROPPED)
+        stats["dropped"] = _merge_dropped(plan, shards, keep_dropped)
     _write_json(plan.out / "stats.json", stats)
     if not keep_work:  # intermediate documents are no longer needed; markers, stats and decisions stay
         for seg in range(len(plan.segments) - 1):
             for i in shards:
                 plan.output_path(seg, i).unlink(missing_ok=True)
     return stats
+
+
+def _merge_dropped(plan: Plan, shards: list[int], limit: int) -> dict[str, dict[str, int]]:
+    """Every task's samples -> `OUT/dropped/STAGE/REASON.jsonl`, at most `limit` records each, in shard order."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for seg in range(len(plan.segments)):
+        for i in shards:
+            path = plan.task_file(seg, i, "dropped.jsonl")
+            if not path.exists():
+                continue
+            for line in path.read_text(encoding="utf-8").splitlines():
+                rec = json.loads(line)
+                bucket = groups.setdefault((rec["stage"], rec["reason"]), [])
+                if len(bucket) < limit:
+                    bucket.append(line + "\n")
+    root = plan.out / DROPPED
+    shutil.rmtree(root, ignore_errors=True)  # a rerun with another limit leaves no stale file
+    counts: dict[str, dict[str, int]] = {}
+    for (stage, reason), lines in sorted(groups.items()):
+        (root / stage).mkdir(parents=True, exist_ok=True)
+        with atomic_file(root / stage / f"{_safe_name(reason)}.jsonl", "w") as f:
+            f.writelines(lines)
+        counts.setdefault(stage, {})[reason] = len(lines)
+    return counts
+
+
+def _safe_name(reason: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in reason)
 
 
 def _settings(stage: Stage | GroupStage) -> dict:
@@ -443,6 +543,7 @@ def _remove_stale_temporaries(plan: Plan) -> None:
 def clean(out: Path) -> None:
     """Remove a previous run's outputs (used by `prepare --overwrite`)."""
     shutil.rmtree(Path(out) / WORK, ignore_errors=True)
+    shutil.rmtree(Path(out) / DROPPED, ignore_errors=True)
     for p in Path(out).glob("*.jsonl.gz"):
         p.unlink()
     (Path(out) / "stats.json").unlink(missing_ok=True)

@@ -106,6 +106,8 @@ class LineDedup(GroupStage):
         kept = [line for line, d in zip(lines, drop) if not d]
         if not any(s.strip() for s in kept):
             return "empty_after_line_dedup"
+        if drop.any():  # for the dropped-samples audit (the pipeline pops it before writing)
+            doc["_removed_lines"] = [line for line, d in zip(lines, drop) if d and line.strip()]
         meta = doc["meta"]
         meta.setdefault("original_nlines", len(lines))
         meta.setdefault("original_length", len(doc["text"]))
