@@ -52,6 +52,10 @@ def detect_format(path) -> str:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
+    if (path / "config.json").is_file() and not (path / "params.json").is_file():
+        from llamaforge.formats.weights import read_json
+
+        read_json(path / "config.json")  # a native or HF folder: an unreadable config is named as such
     for fmt in FORMATS:
         try:
             mod = _module(fmt)
@@ -76,6 +80,9 @@ def load_model(path, device="cpu", dtype=torch.float32, format: str | None = Non
 def save_model(model, path, format: str = "native", shards: int = 1, **options) -> Path:
     """Write `model` in `format` at `path` (written under a temporary name, then renamed)."""
     mod = _module(format)
+    for parent in Path(path).parents:  # checked first, so nothing is half-written under a wrong destination
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"{parent}: not a folder; cannot write {path} inside it")
     if shards != 1:
         options["shards"] = shards
     mod.save(model, Path(path), **options)

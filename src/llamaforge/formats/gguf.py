@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from llamaforge.errors import UserError
-from llamaforge.formats.weights import build_model
+from llamaforge.formats.weights import args_from_dict, build_model, check_field
 from llamaforge.model import ModelArgs, Transformer
 
 ARCH = "llama"
@@ -62,6 +62,13 @@ def _field(reader, key: str, default=None):
     return field.contents()
 
 
+def _number(value):
+    """A metadata value as a Python int or float (numpy scalars converted); anything else is returned as is."""
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 def _f32(value) -> float:
     """A float32 metadata value as the decimal it was written from (1e-5, not 9.99999974e-06)."""
     return float(f"{float(value):.7g}")
@@ -87,18 +94,21 @@ def load(path: Path, device: torch.device, dtype: torch.dtype):
             raise UserError(f"{path}: missing metadata {ARCH}.{key}")
         return value
 
-    n_heads = int(need("attention.head_count"))
-    args = ModelArgs(
-        dim=int(need("embedding_length")), n_layers=int(need("block_count")), n_heads=n_heads,
-        n_kv_heads=int(_field(reader, f"{ARCH}.attention.head_count_kv", n_heads)),
-        vocab_size=int(tensors["token_embd.weight"].data.shape[0]),
-        hidden_dim=int(need("feed_forward_length")),
-        norm_eps=_f32(need("attention.layer_norm_rms_epsilon")),
-        rope_theta=_f32(_field(reader, f"{ARCH}.rope.freq_base", 10000.0)),
-        max_seq_len=int(need("context_length")),
-    )
-    rope_dims = _field(reader, f"{ARCH}.rope.dimension_count", args.head_dim)
-    if int(rope_dims) != args.head_dim:
+    keys = {"dim": "embedding_length", "n_layers": "block_count", "n_heads": "attention.head_count",
+            "hidden_dim": "feed_forward_length", "norm_eps": "attention.layer_norm_rms_epsilon",
+            "max_seq_len": "context_length"}
+    # Each header value is range-checked under its GGUF key before anything is built from it.
+    raw = {name: check_field(name, _number(need(key)), f"{path}: {ARCH}.{key}") for name, key in keys.items()}
+    raw["n_kv_heads"] = check_field("n_kv_heads", _number(_field(reader, f"{ARCH}.attention.head_count_kv",
+                                                                  raw["n_heads"])),
+                                    f"{path}: {ARCH}.attention.head_count_kv")
+    raw["rope_theta"] = check_field("rope_theta", _number(_field(reader, f"{ARCH}.rope.freq_base", 10000.0)),
+                                    f"{path}: {ARCH}.rope.freq_base")
+    raw["norm_eps"], raw["rope_theta"] = _f32(raw["norm_eps"]), _f32(raw["rope_theta"])
+    raw["vocab_size"] = int(tensors["token_embd.weight"].data.shape[0])
+    args = args_from_dict(raw, path)
+    rope_dims = _number(_field(reader, f"{ARCH}.rope.dimension_count", args.head_dim))
+    if rope_dims != args.head_dim:
         raise UserError(f"{path}: rope.dimension_count {rope_dims} != head_dim {args.head_dim}; partial RoPE is "
                         "not supported")
     with torch.device("meta"):

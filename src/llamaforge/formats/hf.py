@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from llamaforge.errors import UserError
 from llamaforge.formats import copy_tokenizer
 from llamaforge.io import atomic_dir
-from llamaforge.formats.weights import args_from_dict, build_model, read_json, read_safetensors
+from llamaforge.formats.weights import args_from_dict, build_model, check_field, read_json, read_safetensors
 from llamaforge.model import ModelArgs
 
 INDEX = "model.safetensors.index.json"
@@ -82,6 +82,8 @@ def args_from_config(config: dict, source) -> ModelArgs:
     if config.get("hidden_act", "silu") != "silu":
         raise UserError(f"{source}: hidden_act: expected 'silu', got {config['hidden_act']!r}")
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if not isinstance(rope, dict):
+        raise UserError(f"{source}: rope_parameters: expected an object, got {rope!r}")
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default":
         raise UserError(f"{source}: rope_parameters: rope_type {rope_type!r} is not supported; expected 'default'")
@@ -91,18 +93,24 @@ def args_from_config(config: dict, source) -> ModelArgs:
             dim=dim,
             n_layers=config["num_hidden_layers"],
             n_heads=n_heads,
-            n_kv_heads=config.get("num_key_value_heads") or n_heads,
+            n_kv_heads=n_heads if config.get("num_key_value_heads") is None else config["num_key_value_heads"],
             vocab_size=config["vocab_size"],
             norm_eps=config.get("rms_norm_eps", 1e-6),
-            rope_theta=float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
+            rope_theta=rope.get("rope_theta", config.get("rope_theta", 10000.0)),
             max_seq_len=config.get("max_position_embeddings", 2048),
         )
         hidden = config["intermediate_size"]
     except KeyError as e:
         raise UserError(f"{source}: missing field {e.args[0]!r}") from None
+    hf_names = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
+                "n_kv_heads": "num_key_value_heads", "vocab_size": "vocab_size", "norm_eps": "rms_norm_eps",
+                "max_seq_len": "max_position_embeddings"}
+    for name, value in fields.items():  # range checks under HF's field names
+        fields[name] = check_field(name, value, f"{source}: {hf_names.get(name, name)}")
+    check_field("hidden_dim", hidden, f"{source}: intermediate_size")
     if config.get("head_dim") not in (None, dim // n_heads):
         raise UserError(f"{source}: head_dim: {config['head_dim']} != hidden_size / num_attention_heads")
-    if ModelArgs(**fields).ffn_hidden_dim != hidden:  # keep configs clean when the paper's rule gives the size
+    if args_from_dict(fields, source).ffn_hidden_dim != hidden:  # keep configs clean when the rule gives the size
         fields["hidden_dim"] = hidden
     return args_from_dict(fields, source)
 

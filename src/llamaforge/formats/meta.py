@@ -23,7 +23,7 @@ import torch
 from llamaforge.errors import UserError
 from llamaforge.formats import copy_tokenizer
 from llamaforge.io import atomic_dir
-from llamaforge.formats.weights import args_from_dict, build_model, read_json
+from llamaforge.formats.weights import args_from_dict, build_model, check_field, read_json
 from llamaforge.model import ModelArgs
 
 SHARD_RE = re.compile(r"consolidated\.(\d+)\.pth")
@@ -69,11 +69,13 @@ def args_from_params(params: dict, vocab_size: int, source) -> ModelArgs:
     if params.get("use_scaled_rope"):
         raise UserError(f"{source}: use_scaled_rope: Llama 3.1 RoPE scaling is not supported; expected false")
     fields = {k: v for k, v in params.items() if k not in ("max_batch_size", "use_scaled_rope")}
-    if fields.get("vocab_size", -1) <= 0:
+    if fields.get("vocab_size", -1) == -1:  # Meta's "defined by the tokenizer"
         fields["vocab_size"] = vocab_size
     # params.json carries no context length (Meta passes it at build time): LLaMA-1 used 2048, Llama 2
     # (recognizable by eps 1e-5) 4096.
     fields.setdefault("max_seq_len", 4096 if fields.get("norm_eps") == 1e-5 else 2048)
+    if not isinstance(params.get("n_heads"), int):  # params.json has no n_kv_heads for MHA: name the real field
+        fields["n_heads"] = check_field("n_heads", params.get("n_heads"), source)
     return args_from_dict(fields, source)
 
 

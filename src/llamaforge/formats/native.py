@@ -25,7 +25,8 @@ def detect(path: Path) -> bool:
     if not (path.is_dir() and cfg.is_file()):
         return False
     try:
-        return json.loads(cfg.read_text()).get("format") == FORMAT_TAG
+        config = json.loads(cfg.read_text())
+        return isinstance(config, dict) and config.get("format") == FORMAT_TAG
     except (ValueError, UnicodeDecodeError):
         return False
 

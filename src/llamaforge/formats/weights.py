@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Mapping
 
@@ -14,15 +15,47 @@ from llamaforge.errors import UserError
 from llamaforge.model import ModelArgs, Transformer
 
 
+# The range every header field must fall in (a huge value would be a multi-terabyte allocation, 0 a division by
+# zero). The upper bounds leave ~10x room over the largest released LLaMA-family shapes (Llama 3.1 405B: dim
+# 16384, 126 layers, 128 heads, vocab 128256, 131072 positions, FFN 53248).
+MODEL_RANGES: dict[str, tuple[type, float, float]] = {
+    "dim": (int, 1, 1 << 17), "n_layers": (int, 1, 1 << 12), "n_heads": (int, 1, 1 << 12),
+    "n_kv_heads": (int, 1, 1 << 12), "vocab_size": (int, 1, 1 << 22), "multiple_of": (int, 1, 1 << 17),
+    "ffn_dim_multiplier": (float, 0, 64), "norm_eps": (float, 0, 1), "rope_theta": (float, 0, 1e12),
+    "max_seq_len": (int, 1, 1 << 24), "hidden_dim": (int, 1, 1 << 20),
+}
+
+
+def check_field(name: str, value, source, ranges: Mapping = MODEL_RANGES):
+    """`value` checked against `ranges[name]` = (type, low, high): ints in [low, high], floats in (low, high].
+
+    Returns the value (an int given for a float field becomes a float); raises UserError naming source and field."""
+    if name not in ranges or value is None:
+        return value
+    kind, low, high = ranges[name]
+    ok_type = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+        kind is float or isinstance(value, int) or (isinstance(value, float) and value.is_integer()))
+    if kind is int:
+        if ok_type and low <= value <= high:
+            return int(value)
+        raise UserError(f"{source}: {name}: expected an integer in [{low}, {high}], got {value!r}")
+    if ok_type and math.isfinite(value) and low < value <= high:
+        return float(value)
+    raise UserError(f"{source}: {name}: expected a number in ({low}, {high}], got {value!r}")
+
+
 def args_from_dict(d: Mapping, source) -> ModelArgs:
-    """ModelArgs from a dict, rejecting unknown keys and bad values with the file named."""
+    """ModelArgs from a dict, rejecting unknown keys and out-of-range values (`MODEL_RANGES`) with the file named.
+
+    The one gate every format's header and the training config pass through."""
     fields = {f.name for f in dataclasses.fields(ModelArgs)}
     unknown = set(d) - fields
     if unknown:
         raise UserError(f"{source}: unknown model field(s) {sorted(unknown)}; expected some of {sorted(fields)}")
+    checked = {k: check_field(k, v, source) for k, v in d.items()}
     try:
-        return ModelArgs(**d)
-    except (TypeError, ValueError) as e:
+        return ModelArgs(**checked)
+    except (TypeError, ValueError, ZeroDivisionError) as e:
         raise UserError(f"{source}: invalid model config: {e}") from None
 
 

@@ -1,0 +1,180 @@
+"""The bad-input sweep (issue #18 item 3): every field of each model format's header and of the training config,
+given 0, -1, a string and a huge number, is refused by the CLI with exit 2, exactly one `error:` line naming the
+file and field, no traceback, and nothing written. In-process (`cli.main`), so it stays fast enough for CI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from llamaforge import cli
+from llamaforge.formats import save_model
+from llamaforge.model import ModelArgs, Transformer
+
+ARGS = ModelArgs(dim=32, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=64, multiple_of=16, max_seq_len=32,
+                 norm_eps=1e-5)
+BAD = [0, -1, "x", 10**15]
+FLOAT_BAD = [0, -1.0, "x", 1e300, float("nan")]
+
+
+def assert_refused(capsys, argv: list[str], *, names: str, nothing_at: Path | None = None):
+    """cli.main(argv) exits 2 with one `error:` line that contains `names`; no exception escapes."""
+    capsys.readouterr()
+    rc = cli.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), (argv, err)
+    assert names in err[0], (names, err[0])
+    if nothing_at is not None:
+        assert not nothing_at.exists() and not list(nothing_at.parent.glob(f".{nothing_at.name}*"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.manual_seed(0)
+    model = Transformer(ARGS).eval()
+    root = tmp_path_factory.mktemp("formats")
+    for fmt in ("native", "hf", "meta", "gguf"):
+        save_model(model, root / (f"m.{fmt}" if fmt == "gguf" else fmt), format=fmt)
+    return root
+
+
+def _convert(src: Path, tmp_path: Path) -> tuple[list[str], Path]:
+    dst = tmp_path / "out"
+    return ["convert", str(src), str(dst), "--to", "native"], dst
+
+
+HF_FIELDS = ["hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "vocab_size",
+             "intermediate_size", "max_position_embeddings"]
+HF_FLOATS = ["rms_norm_eps", "rope_theta"]
+
+
+@pytest.mark.parametrize("field", HF_FIELDS + HF_FLOATS)
+def test_hf_config_fields(tiny, tmp_path, capsys, field):
+    import shutil
+
+    for value in (FLOAT_BAD if field in HF_FLOATS else BAD):
+        src = tmp_path / "hf"
+        shutil.rmtree(src, ignore_errors=True)
+        shutil.copytree(tiny / "hf", src)
+        config = json.loads((src / "config.json").read_text())
+        config[field] = value
+        config.pop("rope_parameters", None) if field == "rope_theta" else None
+        (src / "config.json").write_text(json.dumps(config))
+        argv, dst = _convert(src, tmp_path)
+        assert_refused(capsys, argv, names=field, nothing_at=dst)
+
+
+def test_hf_config_that_is_a_json_list(tiny, tmp_path, capsys):
+    import shutil
+
+    src = tmp_path / "hf"
+    shutil.copytree(tiny / "hf", src)
+    (src / "config.json").write_text("[1, 2]")
+    argv, dst = _convert(src, tmp_path)
+    assert_refused(capsys, argv, names="config.json: expected a JSON object", nothing_at=dst)
+
+
+@pytest.mark.parametrize("fmt,file", [("native", "config.json"), ("meta", "params.json")])
+def test_native_and_meta_header_fields(tiny, tmp_path, capsys, fmt, file):
+    import shutil
+
+    original = json.loads((tiny / fmt / file).read_text())
+    fields = [k for k, v in original.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    assert {"dim", "n_layers", "n_heads", "vocab_size"} <= set(fields) or fmt == "meta"
+    for field in fields:
+        for value in (FLOAT_BAD if isinstance(original[field], float) else BAD):
+            if fmt == "meta" and field == "vocab_size" and value == -1:
+                continue  # Meta's own "take it from the embedding"
+            src = tmp_path / fmt
+            shutil.rmtree(src, ignore_errors=True)
+            shutil.copytree(tiny / fmt, src)
+            (src / file).write_text(json.dumps({**original, field: value}))
+            argv, dst = _convert(src, tmp_path)
+            assert_refused(capsys, argv, names=field, nothing_at=dst)
+
+
+def rewrite_gguf(src: Path, dst: Path, key: str, value) -> None:
+    """A copy of a GGUF file with metadata `key` set to `value` (its type follows the value: int, float, str)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(src))
+    writer = gguf.GGUFWriter(str(dst), "llama")
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name == "general.architecture":
+            continue
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        val = field.contents()
+        if field.name == key:
+            vtype = {int: gguf.GGUFValueType.INT64, float: gguf.GGUFValueType.FLOAT64,
+                     str: gguf.GGUFValueType.STRING}[type(value)]
+            val, sub = value, None
+        writer.add_key_value(field.name, val, vtype, sub_type=sub)
+    for t in reader.tensors:
+        writer.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+GGUF_INTS = ["embedding_length", "block_count", "attention.head_count", "attention.head_count_kv",
+             "feed_forward_length", "context_length"]
+GGUF_FLOATS = ["attention.layer_norm_rms_epsilon", "rope.freq_base"]
+
+
+@pytest.mark.parametrize("key", GGUF_INTS + GGUF_FLOATS)
+def test_gguf_header_fields(tiny, tmp_path, capsys, key):
+    for value in (FLOAT_BAD if key in GGUF_FLOATS else BAD):
+        src = tmp_path / f"bad-{abs(hash(str(value)))}.gguf"
+        rewrite_gguf(tiny / "m.gguf", src, f"llama.{key}", value)
+        argv, dst = _convert(src, tmp_path)
+        assert_refused(capsys, argv, names=f"llama.{key}", nothing_at=dst)
+
+
+def test_gguf_rewrite_control(tiny, tmp_path, capsys):
+    """The sweep's copier is faithful: an unchanged copy converts."""
+    src = tmp_path / "same.gguf"
+    rewrite_gguf(tiny / "m.gguf", src, "llama.block_count", 1)
+    argv, dst = _convert(src, tmp_path)
+    assert cli.main(argv) == 0 and dst.is_dir()
+
+
+def test_truncated_gguf(tiny, tmp_path, capsys):
+    data = (tiny / "m.gguf").read_bytes()
+    for cut in (10, 200, len(data) // 2, len(data) - 7):
+        src = tmp_path / "cut.gguf"
+        src.write_bytes(data[:cut])
+        argv, dst = _convert(src, tmp_path)
+        assert_refused(capsys, argv, names=str(src), nothing_at=dst)
+
+
+def test_convert_destination_whose_parent_is_a_file(tiny, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for to in ("native", "hf", "meta", "gguf", "llama2c"):
+        dst = blocker / ("out.gguf" if to == "gguf" else "out")
+        assert_refused(capsys, ["convert", str(tiny / "native"), str(dst), "--to", to], names=str(blocker))
+
+
+@pytest.mark.parametrize("index,name", list(enumerate(
+    ["dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len"])))
+def test_llama2c_header_fields(tiny, tmp_path, capsys, index, name):
+    import struct
+
+    src_model = tmp_path / "m.bin"
+    save_model(Transformer(ARGS).eval(), src_model, format="llama2c")
+    data = bytearray(src_model.read_bytes())
+    header_at = 8 if struct.unpack_from("<I", data)[0] == 0x616B3432 else 0  # v1: after magic and version
+    for value in (0, -1, 2**31 - 1):
+        if name == "vocab_size" and value == -1:
+            continue  # llama2.c's "unshared classifier" sign
+        bad = bytearray(data)
+        struct.pack_into("<i", bad, header_at + 4 * index, value)
+        src = tmp_path / "bad.bin"
+        src.write_bytes(bytes(bad))
+        argv, dst = _convert(src, tmp_path)
+        assert_refused(capsys, argv, names=str(src), nothing_at=dst)
