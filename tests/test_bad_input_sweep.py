@@ -43,7 +43,7 @@ def tiny(tmp_path_factory):
 
 def _convert(src: Path, tmp_path: Path) -> tuple[list[str], Path]:
     dst = tmp_path / "out"
-    return ["convert", str(src), str(dst), "--to", "native"], dst
+    return ["convert", str(src), str(dst), "--to", "native", "--no-tokenizer"], dst
 
 
 HF_FIELDS = ["hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "vocab_size",
@@ -157,7 +157,8 @@ def test_convert_destination_whose_parent_is_a_file(tiny, tmp_path, capsys):
     blocker.write_text("x")
     for to in ("native", "hf", "meta", "gguf", "llama2c"):
         dst = blocker / ("out.gguf" if to == "gguf" else "out")
-        assert_refused(capsys, ["convert", str(tiny / "native"), str(dst), "--to", to], names=str(blocker))
+        assert_refused(capsys, ["convert", str(tiny / "native"), str(dst), "--to", to, "--no-tokenizer"],
+                       names=str(blocker))
 
 
 @pytest.mark.parametrize("index,name", list(enumerate(
@@ -178,3 +179,73 @@ def test_llama2c_header_fields(tiny, tmp_path, capsys, index, name):
         src.write_bytes(bytes(bad))
         argv, dst = _convert(src, tmp_path)
         assert_refused(capsys, argv, names=str(src), nothing_at=dst)
+
+
+# ---------------------------------------------------------------------------------------------- training config
+
+
+def _train_refused(capsys, tmp_path, override: str, names: str):
+    out = tmp_path / "run"
+    assert_refused(capsys, ["train", "--recipe", "debug", "--out", str(out), override], names=names, nothing_at=out)
+
+
+def test_every_training_config_field_is_range_checked(tmp_path, capsys):
+    """Each numeric field: 0, -1, a string, a huge number; refused in one line unless inside its stated range."""
+    import dataclasses
+
+    from llamaforge.errors import UserError
+    from llamaforge.train.config import CHOICES, RANGES, TrainConfig, load_config
+
+    numeric = set()
+    for section in dataclasses.fields(TrainConfig):
+        for f in dataclasses.fields(section.type if isinstance(section.type, type) else
+                                    type(getattr(TrainConfig(), section.name))):
+            if f.type in ("int", "float", int, float):
+                numeric.add((section.name, f.name))
+            else:
+                assert f.type in ("str", "bool", "dict", str, bool, dict) or section.name == "model", f
+    assert numeric == set(RANGES), numeric ^ set(RANGES)  # every numeric field has a stated range
+    assert all(k[0] != "model" for k in CHOICES)
+    for (section, key), (kind, low, high, bounds) in RANGES.items():
+        for value in (0, -1, "x", 10**15, 1e300) + ((0.5, float("nan")) if kind is float else ()):
+            shown = value if not isinstance(value, float) or value == value else "nan"
+            override = f"--{section}.{key}={shown}"
+            inside = not isinstance(value, str) and value == value and (
+                (low < value if bounds[0] == "(" else low <= value)
+                and (value < high if bounds[1] == ")" else value <= high)) and (kind is float or value == int(value))
+            if inside:
+                try:
+                    load_config("debug", [override])
+                except UserError as e:  # accepted by the field's range, refused by a cross-field rule: one line
+                    assert "\n" not in str(e)
+            else:
+                _train_refused(capsys, tmp_path, override, names=f"{section}.{key}")
+
+
+@pytest.mark.parametrize("override,names", [
+    ("--optim.lr=-1", "optim.lr"), ("--optim.beta1=1.5", "optim.beta1"), ("--model.n_heads=0", "n_heads"),
+    ("--model.n_heads=3", "n_heads"), ("--model.dim=-64", "dim"), ("--metrics.log_every=0", "metrics.log_every"),
+    ("--training.batch_tokens=0", "training.batch_tokens"), ("--optim.warmup_steps=-5", "optim.warmup_steps"),
+    ("--checkpoint.every=-1", "checkpoint.every"), ("--training.batch_tokens=64", "training.batch_tokens"),
+    ("--optim.grad_clip=0", "optim.grad_clip"), ("--metrics.val_batches=0", "metrics.val_batches"),
+    ("--parallel.dp_shard=0", "parallel.dp_shard"), ("--model.vocab_size=-1", "vocab_size"),
+    ("--model.norm_eps=0", "norm_eps"), ("--model.n_layers=100000000", "n_layers"),
+    ("--model.rope_theta=x", "rope_theta"),
+])
+def test_the_probed_training_mistakes(tmp_path, capsys, override, names):
+    _train_refused(capsys, tmp_path, override, names)
+
+
+def test_every_model_field_in_the_training_config(tmp_path, capsys):
+    from llamaforge.formats.weights import MODEL_RANGES
+
+    for name in MODEL_RANGES:
+        for value in (0, -1, "x", 10**15):
+            _train_refused(capsys, tmp_path, f"--model.{name}={value}", names=name)
+
+
+def test_recipe_that_is_not_utf8(tmp_path, capsys):
+    recipe = tmp_path / "bad.toml"
+    recipe.write_bytes(b"[optim]\nlr = 1e-3 # caf\xe9\n")
+    out = tmp_path / "run"
+    assert_refused(capsys, ["train", "--recipe", str(recipe), "--out", str(out)], names="UTF-8", nothing_at=out)

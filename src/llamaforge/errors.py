@@ -8,3 +8,22 @@ class UserError(Exception):
 def where(path, field: str | None = None) -> str:
     """'PATH' or 'PATH: FIELD', the prefix every UserError message starts with."""
     return f"{path}: {field}" if field else f"{path}"
+
+
+def check_range(value, kind: type, low: float, high: float, where: str, bounds: str = "[]"):
+    """`value` as a `kind` (int or float) inside the interval low..high, or a UserError naming `where`.
+
+    `bounds` gives the interval's brackets: "[]" closed, "(]" open below, "[)" open above, "()" open. An int is
+    accepted for a float field (and becomes a float); a bool, a string, NaN or infinity is never a number here."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and kind is int and isinstance(value, float):
+        number = value.is_integer()
+    if number and isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
+        number = False
+    if number:
+        above = value > low if bounds[0] == "(" else value >= low
+        below = value < high if bounds[1] == ")" else value <= high
+        if above and below:
+            return int(value) if kind is int else float(value)
+    noun = "an integer" if kind is int else "a number"
+    raise UserError(f"{where}: expected {noun} in {bounds[0]}{low}, {high}{bounds[1]}, got {value!r}")

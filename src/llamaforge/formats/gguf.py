@@ -98,12 +98,12 @@ def load(path: Path, device: torch.device, dtype: torch.dtype):
             "hidden_dim": "feed_forward_length", "norm_eps": "attention.layer_norm_rms_epsilon",
             "max_seq_len": "context_length"}
     # Each header value is range-checked under its GGUF key before anything is built from it.
-    raw = {name: check_field(name, _number(need(key)), f"{path}: {ARCH}.{key}") for name, key in keys.items()}
+    raw = {name: check_field(name, _number(need(key)), path, f"{ARCH}.{key}") for name, key in keys.items()}
     raw["n_kv_heads"] = check_field("n_kv_heads", _number(_field(reader, f"{ARCH}.attention.head_count_kv",
                                                                   raw["n_heads"])),
-                                    f"{path}: {ARCH}.attention.head_count_kv")
+                                    path, f"{ARCH}.attention.head_count_kv")
     raw["rope_theta"] = check_field("rope_theta", _number(_field(reader, f"{ARCH}.rope.freq_base", 10000.0)),
-                                    f"{path}: {ARCH}.rope.freq_base")
+                                    path, f"{ARCH}.rope.freq_base")
     raw["norm_eps"], raw["rope_theta"] = _f32(raw["norm_eps"]), _f32(raw["rope_theta"])
     raw["vocab_size"] = int(tensors["token_embd.weight"].data.shape[0])
     args = args_from_dict(raw, path)

@@ -106,8 +106,8 @@ def args_from_config(config: dict, source) -> ModelArgs:
                 "n_kv_heads": "num_key_value_heads", "vocab_size": "vocab_size", "norm_eps": "rms_norm_eps",
                 "max_seq_len": "max_position_embeddings"}
     for name, value in fields.items():  # range checks under HF's field names
-        fields[name] = check_field(name, value, f"{source}: {hf_names.get(name, name)}")
-    check_field("hidden_dim", hidden, f"{source}: intermediate_size")
+        fields[name] = check_field(name, value, source, hf_names.get(name))
+    check_field("hidden_dim", hidden, source, "intermediate_size")
     if config.get("head_dim") not in (None, dim // n_heads):
         raise UserError(f"{source}: head_dim: {config['head_dim']} != hidden_size / num_attention_heads")
     if args_from_dict(fields, source).ffn_hidden_dim != hidden:  # keep configs clean when the rule gives the size

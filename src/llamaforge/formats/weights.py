@@ -4,44 +4,37 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
 
-from llamaforge.errors import UserError
+from llamaforge.errors import UserError, check_range
 from llamaforge.model import ModelArgs, Transformer
 
 
 # The range every header field must fall in (a huge value would be a multi-terabyte allocation, 0 a division by
-# zero). The upper bounds leave ~10x room over the largest released LLaMA-family shapes (Llama 3.1 405B: dim
-# 16384, 126 layers, 128 heads, vocab 128256, 131072 positions, FFN 53248).
-MODEL_RANGES: dict[str, tuple[type, float, float]] = {
-    "dim": (int, 1, 1 << 17), "n_layers": (int, 1, 1 << 12), "n_heads": (int, 1, 1 << 12),
-    "n_kv_heads": (int, 1, 1 << 12), "vocab_size": (int, 1, 1 << 22), "multiple_of": (int, 1, 1 << 17),
-    "ffn_dim_multiplier": (float, 0, 64), "norm_eps": (float, 0, 1), "rope_theta": (float, 0, 1e12),
-    "max_seq_len": (int, 1, 1 << 24), "hidden_dim": (int, 1, 1 << 20),
+# zero): (type, low, high, brackets). The upper bounds leave ~10x room over the largest released LLaMA-family
+# shapes (Llama 3.1 405B: dim 16384, 126 layers, 128 heads, vocab 128256, 131072 positions, FFN 53248).
+MODEL_RANGES: dict[str, tuple] = {
+    "dim": (int, 1, 1 << 17, "[]"), "n_layers": (int, 1, 1 << 12, "[]"), "n_heads": (int, 1, 1 << 12, "[]"),
+    "n_kv_heads": (int, 1, 1 << 12, "[]"), "vocab_size": (int, 1, 1 << 22, "[]"),
+    "multiple_of": (int, 1, 1 << 17, "[]"), "ffn_dim_multiplier": (float, 0, 64, "(]"),
+    "norm_eps": (float, 0, 1, "(]"), "rope_theta": (float, 0, 1e12, "(]"), "max_seq_len": (int, 1, 1 << 24, "[]"),
+    "hidden_dim": (int, 1, 1 << 20, "[]"),
 }
 
 
-def check_field(name: str, value, source, ranges: Mapping = MODEL_RANGES):
-    """`value` checked against `ranges[name]` = (type, low, high): ints in [low, high], floats in (low, high].
+def check_field(name: str, value, source, label: str | None = None):
+    """A ModelArgs field's value checked against `MODEL_RANGES` (None and fields without a range pass as is);
+    `label` is the field's name in the file's own format (HF's `hidden_size`, GGUF's `llama.embedding_length`).
 
     Returns the value (an int given for a float field becomes a float); raises UserError naming source and field."""
-    if name not in ranges or value is None:
+    if name not in MODEL_RANGES or value is None:
         return value
-    kind, low, high = ranges[name]
-    ok_type = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-        kind is float or isinstance(value, int) or (isinstance(value, float) and value.is_integer()))
-    if kind is int:
-        if ok_type and low <= value <= high:
-            return int(value)
-        raise UserError(f"{source}: {name}: expected an integer in [{low}, {high}], got {value!r}")
-    if ok_type and math.isfinite(value) and low < value <= high:
-        return float(value)
-    raise UserError(f"{source}: {name}: expected a number in ({low}, {high}], got {value!r}")
+    kind, low, high, bounds = MODEL_RANGES[name]
+    return check_range(value, kind, low, high, f"{source}: {label or name}", bounds)
 
 
 def args_from_dict(d: Mapping, source) -> ModelArgs:

@@ -19,7 +19,7 @@ from typing import Any
 
 import tomllib
 
-from llamaforge.errors import UserError
+from llamaforge.errors import UserError, check_range
 from llamaforge.model import ModelArgs
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -129,6 +129,36 @@ CHOICES = {
     ("training", "device"): ("auto", "cpu", "cuda"),
 }
 
+# The range of every numeric field (type, low, high, brackets): validate() refuses anything outside in one line,
+# so no value reaches the loop that would train on NaN (batch_tokens = 0), clip every gradient to zero
+# (grad_clip = 0), divide by zero (log_every = 0) or diverge silently (beta1 >= 1). Upper bounds are sanity
+# limits far beyond any real run (the paper: 1.4T tokens = ~350k steps of 4M tokens).
+BIG = 10**12
+RANGES: dict[tuple[str, str], tuple] = {
+    ("data", "seq_len"): (int, 1, 1 << 24, "[]"),
+    ("optim", "lr"): (float, 0, 10, "(]"),
+    ("optim", "beta1"): (float, 0, 1, "[)"),
+    ("optim", "beta2"): (float, 0, 1, "[)"),
+    ("optim", "eps"): (float, 0, 1, "(]"),
+    ("optim", "weight_decay"): (float, 0, 10, "[]"),
+    ("optim", "warmup_steps"): (int, 0, BIG, "[]"),
+    ("optim", "min_lr_ratio"): (float, 0, 1, "[]"),
+    ("optim", "grad_clip"): (float, 0, 1e9, "(]"),
+    ("training", "steps"): (int, 1, BIG, "[]"),
+    ("training", "batch_tokens"): (int, 1, 1 << 40, "[]"),
+    ("training", "micro_batch_size"): (int, 1, 1 << 24, "[]"),
+    ("training", "seed"): (int, 0, 2**63 - 1, "[]"),
+    ("training", "spike_window"): (int, 0, 1 << 20, "[]"),
+    ("training", "spike_zscore"): (float, 0, 1e9, "(]"),
+    ("parallel", "dp_shard"): (int, -1, 1 << 20, "[]"),  # -1: every process left after tp; 0 is refused below
+    ("parallel", "tp"): (int, 1, 1 << 20, "[]"),
+    ("checkpoint", "every"): (int, 0, BIG, "[]"),
+    ("checkpoint", "keep_last_k"): (int, 0, 1 << 20, "[]"),  # 0: keep all
+    ("metrics", "log_every"): (int, 1, BIG, "[]"),
+    ("metrics", "val_every"): (int, 0, BIG, "[]"),
+    ("metrics", "val_batches"): (int, 1, 1 << 20, "[]"),
+}
+
 _MODEL_FIELDS = {f.name: f for f in dataclasses.fields(ModelArgs)}
 
 
@@ -220,7 +250,9 @@ def parse_override(arg: str) -> tuple[str, str, Any]:
 def load_config(recipe: str, overrides: list[str] = ()) -> TrainConfig:
     path = recipe_path(recipe)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); a recipe is a UTF-8 TOML file") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: not valid TOML ({e})") from None
     cfg = from_dict(data, str(path))
@@ -232,18 +264,37 @@ def load_config(recipe: str, overrides: list[str] = ()) -> TrainConfig:
 
 
 def validate(cfg: TrainConfig, where: str = "config") -> None:
-    """Checks that need more than one field; `where` (the recipe file) starts every message."""
+    """Every field in its range (`RANGES`; the model's through `formats.weights.MODEL_RANGES`), then the checks
+    that need more than one field. Raises UserError with one line that starts with `where` (the recipe file) and
+    names the field; called before anything is started or written."""
+    from llamaforge.formats.weights import check_field
+
+    for (section, key), (kind, low, high, bounds) in RANGES.items():
+        value = check_range(getattr(getattr(cfg, section), key), kind, low, high, f"{where}: {section}.{key}",
+                            bounds)
+        setattr(getattr(cfg, section), key, value)
+    if cfg.parallel.dp_shard == 0:
+        raise UserError(f"{where}: parallel.dp_shard: expected -1 (all processes left after tp) or a positive "
+                        "degree, got 0")
+    for name, value in cfg.model.overrides.items():
+        check_field(name, value, where, f"model.{name}")
     cfg.model_args(where)  # the model shape holds together (preset + overrides)
     if cfg.data.kind == "shards":
         if not cfg.data.sources:
             raise UserError(f"{where}: data.sources: expected at least one source (name = folder of token shards)")
+        for name, folder in cfg.data.sources.items():
+            if not isinstance(folder, str) or not folder:
+                raise UserError(f"{where}: data.sources.{name}: expected a folder path, got {folder!r}")
         missing = set(cfg.data.weights) ^ set(cfg.data.sources)
         if cfg.data.weights and missing:
-            raise UserError(f"{where}: data.weights: sources and weights name different sources: {', '.join(sorted(missing))}")
-    if cfg.training.steps < 1 or cfg.data.seq_len < 1 or cfg.training.micro_batch_size < 1:
-        raise UserError(f"{where}: training.steps, data.seq_len, training.micro_batch_size: expected positive integers")
-    if not 0 < cfg.optim.min_lr_ratio <= 1:
-        raise UserError(f"{where}: optim.min_lr_ratio: expected a value in (0, 1], got {cfg.optim.min_lr_ratio}")
+            raise UserError(f"{where}: data.weights: sources and weights name different sources: "
+                            f"{', '.join(sorted(missing))}")
+    for name, weight in cfg.data.weights.items():
+        check_range(weight, float, 0, 1e12, f"{where}: data.weights.{name}", "(]")
+    per_micro = cfg.data.seq_len * cfg.training.micro_batch_size
+    if cfg.training.batch_tokens < per_micro:
+        raise UserError(f"{where}: training.batch_tokens: {cfg.training.batch_tokens} is less than one micro-batch "
+                        f"(data.seq_len x training.micro_batch_size = {per_micro})")
 
 
 def grad_accum_steps(cfg: TrainConfig, dp_degree: int) -> int:
