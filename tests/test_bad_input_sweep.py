@@ -249,3 +249,20 @@ def test_recipe_that_is_not_utf8(tmp_path, capsys):
     recipe.write_bytes(b"[optim]\nlr = 1e-3 # caf\xe9\n")
     out = tmp_path / "run"
     assert_refused(capsys, ["train", "--recipe", str(recipe), "--out", str(out)], names="UTF-8", nothing_at=out)
+
+
+def test_spike_guard_default_follows_the_paper():
+    """Off by default except for non-finite values: an outlier z-score alone skips nothing."""
+    from llamaforge.train.config import TrainConfig
+    from llamaforge.train.trainer import SpikeGuard
+
+    t = TrainConfig().training
+    guard = SpikeGuard(t.spike_window, t.spike_zscore)
+    for i in range(30):
+        assert guard.check(3.0 - 0.01 * i, 1.0) is None
+    assert guard.check(2.5, 50.0) is None  # z ~ inf against a flat window: still applied
+    assert guard.check(float("nan"), 1.0) and guard.check(2.0, float("inf")) and guard.skipped == 2
+    opt_in = SpikeGuard(50, 6.0)
+    for i in range(30):
+        opt_in.check(3.0 - 0.01 * i, 1.0 + 0.01 * (i % 3))
+    assert opt_in.check(2.5, 50.0) is not None and opt_in.skipped == 1

@@ -65,8 +65,12 @@ class TrainingConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     meta_init: bool = False  # build on the meta device and initialize after sharding (big models); off: every
     #                          process builds the full model from the seed, so all layouts start identical
-    spike_window: int = 50  # recent steps the spike guard compares against (0: off)
-    spike_zscore: float = 6.0  # skip an update whose loss or grad-norm is this many std above the window mean
+    # The spike guard always skips an update whose loss or grad norm is not finite. Its z-score rule (skip an update
+    # whose loss or grad norm is spike_zscore std above the mean of the last spike_window accepted steps) is off by
+    # default, as in the paper, which has no such guard: on healthy runs it threw away ~8% of updates that clipping
+    # already bounds. Turn it on with e.g. spike_window = 50.
+    spike_window: int = 0
+    spike_zscore: float = 6.0
 
 
 @dataclass

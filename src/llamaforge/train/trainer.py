@@ -99,13 +99,15 @@ def build_loader(cfg: TrainConfig, vocab_size: int, rank: int, world: int):
 
 
 class SpikeGuard:
-    """Skip the update of a step whose loss or gradient norm is a large outlier (z-score against a window of
-    recent accepted steps), or not finite: one bad batch should not undo thousands of steps (llm.c does the same)."""
+    """Skip the update of a step whose loss or gradient norm is not finite (always), or, when `window` > 0, a large
+    outlier (z-score against a window of recent accepted steps; llm.c has the same rule). The paper has no guard,
+    so the z-score rule is off by default. `skipped` counts every skipped update, across resumes."""
 
     def __init__(self, window: int, zscore: float, min_history: int = 10):
         self.window, self.zscore, self.min_history = window, zscore, min_history
         self.losses: list[float] = []
         self.norms: list[float] = []
+        self.skipped = 0
 
     @staticmethod
     def _z(history: list[float], x: float) -> float:
@@ -115,6 +117,16 @@ class SpikeGuard:
 
     def check(self, loss: float, grad_norm: float) -> str | None:
         """The reason to skip this update, or None; accepted values enter the window."""
+        reason = self._reason(loss, grad_norm)
+        if reason is not None:
+            self.skipped += 1
+            return reason
+        if self.window:
+            self.losses = (self.losses + [loss])[-self.window:]
+            self.norms = (self.norms + [grad_norm])[-self.window:]
+        return None
+
+    def _reason(self, loss: float, grad_norm: float) -> str | None:
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             return "non-finite loss or grad-norm"
         if self.window and len(self.losses) >= self.min_history:
@@ -122,16 +134,14 @@ class SpikeGuard:
                 return f"loss {loss:.4f} is an outlier"
             if self._z(self.norms, grad_norm) > self.zscore:
                 return f"grad-norm {grad_norm:.4f} is an outlier"
-        if self.window:
-            self.losses = (self.losses + [loss])[-self.window:]
-            self.norms = (self.norms + [grad_norm])[-self.window:]
         return None
 
     def state_dict(self) -> dict:
-        return {"losses": self.losses, "norms": self.norms}
+        return {"losses": self.losses, "norms": self.norms, "skipped": self.skipped}
 
     def load_state_dict(self, state: dict) -> None:
         self.losses, self.norms = list(state["losses"]), list(state["norms"])
+        self.skipped = int(state.get("skipped", 0))
 
 
 def all_reduce_mean(x: torch.Tensor) -> float:
@@ -293,16 +303,17 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None) -> dict:
         # 3. metrics
         done = step + 1
         tokens_since_log += cfg.training.batch_tokens
-        if master and (done % cfg.metrics.log_every == 0 or done == t.steps):
+        if master and (done % cfg.metrics.log_every == 0 or done == t.steps or skipped):  # every skip is logged
             last = {"step": done, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                     **speed.update(tokens_since_log), **memory_stats(device)}
             if skipped:
                 last["skipped"] = skipped
-                print(f"step {done}: update skipped: {skipped}")
+                (progress.write if progress is not None else print)(f"step {done}: update skipped: {skipped}")
             writer.write(last)
             tokens_since_log = 0
             if progress is not None:
-                progress.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
+                progress.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{last['tokens_per_s']:.0f}",
+                                     skipped=guard.skipped)
         if progress is not None:
             progress.update(1)
 
@@ -341,6 +352,9 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None) -> dict:
         if stats:
             (out_dir / "data_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
         last["data"] = stats
+        last["skipped_updates"] = guard.skipped
+        if guard.skipped:
+            print(f"{guard.skipped} of {t.steps} updates were skipped by the spike guard (see metrics.jsonl)")
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
