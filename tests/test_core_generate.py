@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import shared_path
-from llamaforge.generate import generate, generate_tokens, sample_next
+from llamaforge.generate import generate, generate_tokens
+from llamaforge.infer.sampling import sample_next
 from llamaforge.model import ModelArgs, Transformer
 
 
@@ -39,8 +40,9 @@ def test_cached_logits_match_full_forward():
     with torch.no_grad():
         full = model(tokens)
         model.setup_cache(2, 30)
-        parts = [model(tokens[:, :11], start_pos=0), model(tokens[:, 11:12], start_pos=11),
-                 model(tokens[:, 12:], start_pos=12)]
+        pos = torch.arange(30).expand(2, 30)
+        parts = [model(tokens[:, :11], input_pos=pos[:, :11]), model(tokens[:, 11:12], input_pos=pos[:, 11:12]),
+                 model(tokens[:, 12:], input_pos=pos[:, 12:])]
         model.clear_cache()
     assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-9, rtol=0)
 

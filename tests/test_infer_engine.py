@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llamaforge.generate import sample_next
+from llamaforge.infer.sampling import sample_next
 from llamaforge.infer import Engine, Request, SamplingParams
 from llamaforge.model import ModelArgs, Transformer
 

@@ -103,16 +103,9 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, start_pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v ([B, Hkv, T, D]) at start_pos; return the keys and values of positions [0, start_pos+T)."""
-        bsz, end = k.shape[0], start_pos + k.shape[2]
-        self.k[:bsz, :, start_pos:end] = k
-        self.v[:bsz, :, start_pos:end] = v
-        return self.k[:bsz, :, :end], self.v[:bsz, :, :end]
-
-    def write(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v ([B, Hkv, T, D]) of row b at positions input_pos[b] ([B, T]); return the whole cache rows
-        (static shapes, so a compiled decode step never recompiles)."""
+        [B, Hkv, S, D] (static shapes, so a compiled decode step never recompiles)."""
         bsz = k.shape[0]
         rows = torch.arange(bsz, device=k.device)[:, None]  # [B, 1], pairs with input_pos [B, T]
         # index_put_ (not scatter_): a compiled decode step then updates the cache in place
@@ -132,7 +125,7 @@ class Attention(nn.Module):
         self.cache: Optional[KVCache] = None
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int, input_pos=None
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_pos: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
         # -1 heads: under tensor parallelism each rank holds only its share of the heads.
@@ -142,19 +135,11 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
         gqa = q.shape[1] != k.shape[1]
-        if input_pos is not None:  # per-sequence positions: each query sees its own row's keys up to its position
-            k, v = self.cache.write(input_pos, k, v)
-            mask = torch.arange(k.shape[2], device=x.device) <= input_pos[:, None, :, None]  # [B, 1, T, S]
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
-            return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
-        if self.cache is not None:
-            k, v = self.cache.update(start_pos, k, v)
-        if seqlen == 1:  # one new token attends to everything before it: no mask needed
-            out = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
-        elif k.shape[2] == seqlen:  # no earlier context: plain causal attention
+        if input_pos is None:  # the whole sequence at once (training, scoring): plain causal attention
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-        else:  # a chunk after cached context: query i sees keys up to start_pos + i
-            mask = torch.ones(seqlen, k.shape[2], dtype=torch.bool, device=x.device).tril(k.shape[2] - seqlen)
+        else:  # with the KV cache: each query sees its own row's keys at positions up to its own
+            k, v = self.cache.update(input_pos, k, v)
+            mask = torch.arange(k.shape[2], device=x.device) <= input_pos[:, None, :, None]  # [B, 1, T, S]
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
 
@@ -184,9 +169,9 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int, input_pos=None
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_pos: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, start_pos, input_pos)
+        h = x + self.attention(self.attention_norm(x), cos, sin, input_pos)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -229,7 +214,8 @@ class Transformer(nn.Module):
                 nn.init.normal_(p, 0.0, std)
 
     def setup_cache(self, max_batch: int, max_seq_len: Optional[int] = None, dtype=None) -> None:
-        """Give every attention layer a KV cache; forward then appends the new tokens at start_pos."""
+        """Give every attention layer a KV cache of max_batch rows x max_seq_len positions; forward with
+        input_pos then writes the new keys and values at those positions."""
         max_seq_len = max_seq_len or self.args.max_seq_len
         w = self.tok_embeddings.weight  # not output: a quantized output layer holds integer weights
         for layer in self.layers:
@@ -241,24 +227,24 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.attention.cache = None
 
-    def forward(
-        self, tokens: torch.Tensor, start_pos: int = 0, input_pos: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
-        """tokens [B, T] -> logits [B, T, vocab]; start_pos is the position of tokens[:, 0].
+    def forward(self, tokens: torch.Tensor, input_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """tokens [B, T] -> logits [B, T, vocab] (fp32).
 
-        input_pos [B, T] (needs setup_cache) gives every sequence its own positions instead, for batched
-        decoding of sequences of different lengths (llamaforge.infer.engine); positions are not range-checked."""
+        input_pos None: the tokens are positions 0..T-1 of their sequences, attended causally, no cache (training,
+        scoring). input_pos [B, T] (needs setup_cache): the position of every token, each sequence its own, so
+        sequences of different lengths decode in one batch (llamaforge.infer.engine); the keys and values go into
+        the cache at those positions, and a query attends to its row's cache up to its own position. Positions are
+        not range-checked there (the engine checks them once per request)."""
         seqlen = tokens.shape[1]
-        if input_pos is not None:
-            cos, sin = self.rope_cos[input_pos], self.rope_sin[input_pos]  # [B, T, head_dim/2]
+        if input_pos is None:
+            if seqlen > self.rope_cos.shape[0]:
+                raise ValueError(f"{seqlen} positions exceed max_seq_len {self.rope_cos.shape[0]}")
+            cos, sin = self.rope_cos[:seqlen], self.rope_sin[:seqlen]
         else:
-            if start_pos + seqlen > self.rope_cos.shape[0]:
-                raise ValueError(f"positions up to {start_pos + seqlen} exceed max_seq_len {self.rope_cos.shape[0]}")
-            cos = self.rope_cos[start_pos : start_pos + seqlen]
-            sin = self.rope_sin[start_pos : start_pos + seqlen]
+            cos, sin = self.rope_cos[input_pos], self.rope_sin[input_pos]  # [B, T, head_dim/2]
         h = self.tok_embeddings(tokens)
         for layer in self.layers:
-            h = layer(h, cos, sin, start_pos, input_pos)
+            h = layer(h, cos, sin, input_pos)
         return self.output(self.norm(h)).float()
 
     def num_params(self, non_embedding: bool = False) -> int:

@@ -54,11 +54,11 @@ def run(args) -> int:
             continue
         messages.append({"role": "user", "content": line.rstrip("\n")})
         prompt = template.render(messages).ids
-        room = engine.max_seq_len - len(prompt) - 1
+        room = engine.max_seq_len - len(prompt)
         while room < 1 and len(messages) > len(start) + 1:  # forget the oldest turns that no longer fit
             messages.pop(len(start))
             prompt = template.render(messages).ids
-            room = engine.max_seq_len - len(prompt) - 1
+            room = engine.max_seq_len - len(prompt)
         if room < 1:
             raise UserError(f"message of {len(prompt)} tokens does not fit the context ({engine.max_seq_len})")
         params = SamplingParams(max_new_tokens=min(args.max_new_tokens, room), temperature=args.temperature,

@@ -61,14 +61,10 @@ def run(args) -> int:
     if tasks and args.data_dir is None:
         raise UserError("--data-dir: required with --tasks (the folder with the benchmark files)")
 
-    from pathlib import Path
+    from llamaforge import load_model_and_tokenizer
 
-    from llamaforge import load_model, load_tokenizer
-
-    if args.tokenizer is None and not Path(args.model).is_dir():
-        raise UserError(f"--tokenizer: required when MODEL is a single file ({args.model}); give the tokenizer file")
-    model = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
-    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    model, tokenizer = load_model_and_tokenizer(args.model, args.tokenizer, device=args.device,
+                                                dtype=getattr(torch, args.dtype))
     scorer = Scorer(model, tokenizer, batch_size=args.batch_size)
     preset = preset_of(model)
     options = {"samples": args.samples, "unsafe_exec": args.unsafe_exec}

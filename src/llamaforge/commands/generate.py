@@ -2,7 +2,7 @@
 [--top-p P] [--seed S] [--stop STR ...] [--quantize int8|int4]`: print the completion as it is produced.
 
 Runs on the inference engine (`llamaforge.infer`): static KV cache, sampling on the device, text streamed as
-soon as it is whole (a multi-byte character split over byte tokens waits for its last byte)."""
+soon as it is whole (`infer/detok.py`: a multi-byte character split over byte tokens waits for its last byte)."""
 
 from __future__ import annotations
 

@@ -28,33 +28,30 @@ def add_chat_template_argument(parser) -> None:
 
 
 def load_engine(args, max_batch: int):
-    """Model + tokenizer + engine from the shared arguments (user mistakes raise UserError)."""
+    """Model + tokenizer (`formats.load_model_and_tokenizer`) + engine from the shared arguments (user mistakes
+    raise UserError). A model with more embedding rows than the tokenizer has tokens is said in one line on
+    stderr (those ids are never sampled)."""
+    import sys
+
     import torch
 
     from llamaforge.errors import UserError
-    from llamaforge.formats import detect_format, load_model
-    from llamaforge.formats.gguf import load_tokenizer as gguf_tokenizer
+    from llamaforge.formats import load_model_and_tokenizer
     from llamaforge.infer import Engine
     from llamaforge.infer.quantize import quantize
-    from llamaforge.tokenizer import load_tokenizer
 
-    model_path = Path(args.model)
     if args.max_seq_len is not None and args.max_seq_len < 2:
         raise UserError("--max-seq-len: expected at least 2")
-    tokenizer = None
-    if args.tokenizer is None and model_path.is_file() and detect_format(model_path) == "gguf":
-        tokenizer = gguf_tokenizer(model_path)  # a GGUF file may carry its SentencePiece vocabulary
-    if tokenizer is None:
-        if args.tokenizer is None and not model_path.is_dir():
-            raise UserError(f"{model_path}: --tokenizer: required when MODEL is a file without a tokenizer inside")
-        tokenizer = load_tokenizer(args.tokenizer or model_path)
-    model = load_model(model_path, device=args.device, dtype=getattr(torch, args.dtype))
-    if tokenizer.vocab_size > model.args.vocab_size:
-        raise UserError(f"{tokenizer.path}: tokenizer has {tokenizer.vocab_size} tokens, model only "
-                        f"{model.args.vocab_size}; expected the model's own tokenizer")
+    model, tokenizer = load_model_and_tokenizer(args.model, args.tokenizer, device=args.device,
+                                                dtype=getattr(torch, args.dtype))
     if args.quantize:
         quantize(model, args.quantize)
-    return Engine(model, tokenizer, max_batch=max_batch, max_seq_len=args.max_seq_len, compile=args.compile)
+    engine = Engine(model, tokenizer, max_batch=max_batch, max_seq_len=args.max_seq_len, compile=args.compile)
+    if engine.extra_rows:
+        print(f"note: {args.model}: the model has {engine.extra_rows} embedding rows more than the tokenizer has "
+              f"tokens ({model.args.vocab_size} vs {engine.n_tokens}); those ids are never sampled",
+              file=sys.stderr, flush=True)
+    return engine
 
 
 def add_arguments(parser) -> None:

@@ -36,12 +36,11 @@ class LlamaforgeLM(TemplateLM):
                  model=None, **unused):
         """From a checkpoint `path`, or from an in-memory `model` and tokenizer object (as in tests)."""
         super().__init__()
-        from llamaforge import load_model, load_tokenizer
+        from llamaforge import load_model_and_tokenizer, load_tokenizer
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if model is None:
-            model = load_model(path, device=device, dtype=DTYPES[str(dtype)])
-            tokenizer = load_tokenizer(tokenizer or path)
+            model, tokenizer = load_model_and_tokenizer(path, tokenizer, device=device, dtype=DTYPES[str(dtype)])
         elif isinstance(tokenizer, str):
             tokenizer = load_tokenizer(tokenizer)
         batch_size = 16 if str(batch_size).startswith("auto") else int(batch_size)

@@ -77,6 +77,56 @@ def load_model(path, device="cpu", dtype=torch.float32, format: str | None = Non
     return model
 
 
+def find_tokenizer(path, fmt: str | None = None):
+    """The tokenizer that belongs to the checkpoint at `path`, or None. In this order: the vocabulary inside a
+    GGUF file (`tokenizer.ggml.*`); a tokenizer file (tokenizer.model, tokenizer.json, tokenizer.bin, in that
+    order) inside a model folder, beside a model file, or (Meta's download layout) in a Meta folder's parent."""
+    from llamaforge.tokenizer import TOKENIZER_FILES, load_tokenizer
+
+    path = Path(path)
+    fmt = fmt or detect_format(path)
+    if fmt == "gguf":
+        from llamaforge.formats.gguf import load_tokenizer as gguf_tokenizer
+
+        embedded = gguf_tokenizer(path)
+        if embedded is not None:
+            return embedded
+    folders = [path] if path.is_dir() else [path.parent]
+    if fmt == "meta":
+        folders.append(path.parent)
+    for folder in folders:
+        for name in TOKENIZER_FILES:
+            if (folder / name).is_file():
+                return load_tokenizer(folder / name)
+    return None
+
+
+def load_model_and_tokenizer(path, tokenizer=None, device="cpu", dtype=torch.float32, format: str | None = None):
+    """A checkpoint of any format and its tokenizer: (Transformer, tokenizer). The one lookup every command uses.
+
+    tokenizer: an explicit tokenizer file or folder (`llamaforge.load_tokenizer`); None: `find_tokenizer`'s rules
+    (GGUF's embedded vocabulary, then a tokenizer file inside the model folder or beside the model file).
+    Raises UserError when no tokenizer is found, or when the tokenizer has more tokens than the model has
+    embedding rows (it is not the model's). A model with more rows than the tokenizer has tokens (a vocabulary
+    padded to a multiple of 64) is fine: the engine never samples the extra ids."""
+    from llamaforge.tokenizer import load_tokenizer
+
+    path = Path(path)
+    fmt = format or detect_format(path)
+    if tokenizer is not None:
+        tok = load_tokenizer(tokenizer)
+    else:
+        tok = find_tokenizer(path, fmt)
+        if tok is None:
+            raise UserError(f"{path}: no tokenizer found (none inside the model, no tokenizer.model, tokenizer.json "
+                            "or tokenizer.bin beside it); give the tokenizer file (--tokenizer)")
+    model = load_model(path, device=device, dtype=dtype, format=fmt)
+    if tok.vocab_size > model.args.vocab_size:
+        raise UserError(f"{tok.path}: tokenizer has {tok.vocab_size} tokens, the model only "
+                        f"{model.args.vocab_size} embedding rows; expected the model's own tokenizer")
+    return model, tok
+
+
 def save_model(model, path, format: str = "native", shards: int = 1, **options) -> Path:
     """Write `model` in `format` at `path` (written under a temporary name, then renamed)."""
     mod = _module(format)

@@ -14,14 +14,23 @@ How it works:
 - Eager on a CPU, the engine swaps the model's linear layers for a decode-friendly weight layout
   (`infer/layout.py`: transposed-contiguous weights, one-row products split over the threads) and the decode
   step attends only to the cache positions filled so far.
-- Sampling (`llamaforge.generate.sample_next`) stays on the device; the loop reads the B new token ids back once
-  per step, which it must do anyway to stream text and check stop conditions.
+- Sampling (`llamaforge.infer.sampling.sample_next`) stays on the device; the loop reads the B new token ids back
+  once per step, which it must do anyway to stream text and check stop conditions. Rows of a padded embedding
+  (ids the tokenizer does not have) are masked to -inf before sampling and logprobs.
+- Text comes from one `Detokenizer` per request (`infer/detok.py`): bytes in, complete UTF-8 out, stop strings
+  matched on the text; `on_update` receives exactly the pieces that join to the final `text`.
+- Requests that cannot run raise `RequestError(field, reason)` (the server maps it to an OpenAI 400 error object).
+- The engine works on a structural copy of the caller's model (new module objects, the same parameter tensors):
+  its KV cache and, eager on a CPU, the decode layout's module swap stay off the caller's model. The one visible
+  change: the decode layout re-lays each linear weight column-major in place (same values, same Parameter
+  objects, other strides; `cpu_layout=False` leaves them as they are).
 - `Engine.step()` admits waiting requests into free slots and decodes one token for every active slot:
   continuous batching. `Engine.generate` drives it to completion; the server drives it from a thread.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import threading
 import warnings
@@ -32,14 +41,26 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from llamaforge.generate import sample_next
+from llamaforge.infer.detok import Detokenizer, cut_at_stop
 from llamaforge.infer.layout import decode_layout
+from llamaforge.infer.sampling import sample_next
 from llamaforge.model import KVCache, Transformer
+
+__all__ = ["Engine", "Request", "RequestError", "SamplingParams", "cut_at_stop"]
+
+
+class RequestError(ValueError):
+    """A request the engine cannot run: `field` names the offending SamplingParams field or "prompt", `reason`
+    says what was expected, `code` is OpenAI's error code where one exists (e.g. "context_length_exceeded")."""
+
+    def __init__(self, field: str, reason: str, code: str | None = None):
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason, self.code = field, reason, code
 
 
 @dataclass
 class SamplingParams:
-    max_new_tokens: int = 16
+    max_new_tokens: int | None = None  # None: the rest of the context (as OpenAI-compatible servers do)
     temperature: float = 0.0  # 0: greedy
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1: off
@@ -70,8 +91,9 @@ class Request:
     done: threading.Event = field(default_factory=threading.Event)
     # internal
     _slot: int = -1
-    _emitted: int = 0  # characters of `text` already handed to on_update
+    _detok: Detokenizer | None = None
     _generator: torch.Generator | None = None
+    _limit: int = 0  # new tokens allowed: max_new_tokens, or the rest of the context
 
 
 def _cache_view(cache: KVCache, start: int, n: int, length: int | None = None) -> KVCache:
@@ -82,17 +104,6 @@ def _cache_view(cache: KVCache, start: int, n: int, length: int | None = None) -
     view.register_buffer("k", cache.k[start : start + n, :, :length], persistent=False)
     view.register_buffer("v", cache.v[start : start + n, :, :length], persistent=False)
     return view
-
-
-def cut_at_stop(text: str, until: Sequence[str]) -> str:
-    """text up to (not including) the earliest occurrence of any stop string."""
-    end = len(text)
-    for s in until:
-        if s:
-            i = text.find(s)
-            if i != -1:
-                end = min(end, i)
-    return text[:end]
 
 
 # Inductor settings for compiling the CPU decode step (measured on small-17m, 2 cores: 2.6 -> 1.0 ms per token):
@@ -108,10 +119,25 @@ CPU_COMPILE_CONFIG = {"max_autotune": True, "freezing": True, "cpp.enable_concat
                       "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
 
 
+def _structural_copy(module: nn.Module) -> nn.Module:
+    """A copy of the module tree (new module objects) whose parameters and buffers are the original tensors:
+    caches installed and layers swapped in the copy leave the original's modules untouched."""
+    new = copy.copy(module)  # a new object with the same __dict__ entries...
+    new._parameters, new._buffers = dict(module._parameters), dict(module._buffers)  # ...and its own tables
+    new._modules = {k: None if m is None else _structural_copy(m) for k, m in module._modules.items()}
+    return new
+
+
 class Engine:
     """Batched generation with a static KV cache; `max_batch` sequences decode together.
 
-    The engine installs its cache in the model's attention layers: use one engine per model instance."""
+    model: a Transformer (any dtype, quantized or not) on its device; the engine decodes with a structural copy of
+    it (same weights; see the module docstring for the one in-place change, the CPU decode layout).
+    tokenizer: turns ids into text (`Request.text`, `on_update`) and gives the end-of-sequence id; when the
+    model's embedding has more rows than the tokenizer has tokens, the extra ids are never sampled
+    (`extra_rows`). max_seq_len: KV cache positions per slot (default and upper bound: the model's).
+    compile: compile the decode step (default: on CUDA; on a CPU when asked). cpu_layout: the eager CPU decode
+    layout (default: on a CPU when not compiled)."""
 
     def __init__(
         self,
@@ -122,14 +148,18 @@ class Engine:
         compile: bool | None = None,
         cpu_layout: bool | None = None,
     ):
-        self.model = model.eval()
+        model = self.model = _structural_copy(model).eval()
         self.tokenizer = tokenizer
         self.device = model.tok_embeddings.weight.device
         self.max_batch = max_batch
         self.max_seq_len = min(max_seq_len or model.args.max_seq_len, model.args.max_seq_len)
+        # Ids >= n_tokens have no text: a padded embedding (e.g. 32064 rows, 32000 pieces) never samples them.
+        rows = model.args.vocab_size
+        self.n_tokens = min(rows, tokenizer.vocab_size) if tokenizer is not None else rows
+        self.extra_rows = rows - self.n_tokens
         model.setup_cache(max_batch, self.max_seq_len)
         # Eager on a CPU, the decode step's matvecs run ~1.7x faster with the weights stored transposed and split
-        # over the threads (infer/layout.py); this swaps the model's linear layers in place, weights shared, math
+        # over the threads (infer/layout.py); this swaps the copy's linear layers, weights shared, math
         # unchanged. Off elsewhere (GPU matmuls gain nothing from it).
         # Compiled by default on a GPU (CUDA graphs); on a CPU the compiled step is 2.5-3x faster per token but
         # takes 15-45 s to compile (max-autotune), so it is asked for (--compile). See bench/decode_cpu.py.
@@ -241,22 +271,31 @@ class Engine:
     # -- requests ----------------------------------------------------------------------------------------------
 
     def check(self, request: Request) -> None:
-        """Raise ValueError when a request cannot run (the server turns it into an HTTP 400)."""
+        """Raise RequestError when a request cannot run (the server answers it with HTTP 400)."""
         n, p = len(request.prompt), request.params
         if n == 0:
-            raise ValueError("prompt is empty")
-        vocab = self.model.args.vocab_size
-        if any(not 0 <= t < vocab for t in request.prompt):
-            raise ValueError(f"prompt token ids must be in [0, {vocab})")
-        if n + max(p.max_new_tokens, 1) > self.max_seq_len:
-            raise ValueError(
-                f"prompt ({n} tokens) plus max_new_tokens ({p.max_new_tokens}) exceeds the context length {self.max_seq_len}"
-            )
+            raise RequestError("prompt", "must hold at least one token")
+        if any(not 0 <= t < self.n_tokens for t in request.prompt):  # past the tokenizer: no text, no training
+            raise RequestError("prompt", f"token ids must be in [0, {self.n_tokens})")
+        if n >= self.max_seq_len:
+            raise RequestError("prompt", f"{n} tokens leave no room for a new one in the context of "
+                               f"{self.max_seq_len}", code="context_length_exceeded")
+        if p.max_new_tokens is not None and (p.max_new_tokens < 0 or n + p.max_new_tokens > self.max_seq_len):
+            raise RequestError("max_new_tokens", f"prompt ({n} tokens) plus {p.max_new_tokens} new tokens exceeds "
+                               f"the context length {self.max_seq_len}", code="context_length_exceeded")
+        if p.temperature < 0 or not 0 < p.top_p <= 1 or p.top_k < 0:
+            raise RequestError("temperature" if p.temperature < 0 else "top_p" if p.top_k >= 0 else "top_k",
+                               "expected temperature >= 0, 0 < top_p <= 1, top_k >= 0")
 
     def submit(self, request: Request) -> Request:
+        """Queue a request (checked first: RequestError); it starts at the next `step`."""
         self.check(request)
-        if request.params.seed is not None:
-            request._generator = torch.Generator(self.device).manual_seed(request.params.seed)
+        p = request.params
+        request._limit = self.max_seq_len - len(request.prompt) if p.max_new_tokens is None else p.max_new_tokens
+        if p.seed is not None:
+            request._generator = torch.Generator(self.device).manual_seed(p.seed)
+        if self.tokenizer is not None:
+            request._detok = Detokenizer(self.tokenizer, request.prompt, p.stop)
         self._waiting.append(request)
         return request
 
@@ -319,14 +358,21 @@ class Engine:
                 self._temperature[slot] = p.temperature
                 self._top_k[slot] = p.top_k
                 self._top_p[slot] = p.top_p
-                if p.max_new_tokens == 0:
+                if r._limit == 0:
                     self._finish(r, "length")
                 else:
                     self._take(logits[i, n - 1][None], [slot])
 
+    def _mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """-inf for the ids past the tokenizer (rows of a padded embedding), so they are never drawn or listed."""
+        if self.extra_rows:
+            logits = logits.clone()  # the caller's tensor (or a compiled step's output) stays as it was
+            logits[..., self.n_tokens :] = float("-inf")
+        return logits
+
     def _score_prompt(self, r: Request, logits: torch.Tensor) -> None:
         """Log-probability of each prompt token given the ones before it (the first has none)."""
-        logp = torch.log_softmax(logits.float(), dim=-1)
+        logp = torch.log_softmax(self._mask(logits).float(), dim=-1)
         target = torch.tensor(r.prompt[1:], device=logp.device)
         r.prompt_logprobs = [None] + logp.gather(-1, target[:, None])[:, 0].tolist()
         k = max(r.params.logprobs or 1, 1)
@@ -336,6 +382,7 @@ class Engine:
     def _take(self, logits: torch.Tensor, slots: list[int]) -> None:
         """Sample the next token of each slot from its logits [len(slots), vocab] and hand it to its request."""
         requests = [self._slots[s] for s in slots]
+        logits = self._mask(logits)
         every_slot = len(slots) == self.max_batch  # slots are then 0..max_batch-1, in order
         index = slice(None) if every_slot else torch.tensor(slots, device=self.device)
         if all(r.params.temperature <= 0 for r in requests):  # all greedy (known on the host): plain argmax
@@ -373,35 +420,15 @@ class Engine:
                 r.top_logprobs.pop()
             return self._finish(r, "stop")
         r.tokens.append(token)
-        if self.tokenizer is not None:
-            r.text = self._decode_text(r)
-            cut = cut_at_stop(r.text, p.stop)
-            if len(cut) < len(r.text):  # a stop string appeared (with several, the earliest one cuts)
-                r.text = cut
-                return self._finish(r, "stop")
-            self._emit(r, final=False)
-        if len(r.tokens) >= p.max_new_tokens or len(r.prompt) + len(r.tokens) >= self.max_seq_len:
+        if r._detok is not None:
+            piece = r._detok.add(token)
+            r.text = r._detok.text
+            if r._detok.stopped:  # a stop string appeared (with several, the earliest one cuts)
+                return self._finish(r, "stop", piece=piece)
+            if piece and r.on_update is not None:
+                r.on_update(r, piece)
+        if len(r.tokens) >= r._limit or len(r.prompt) + len(r.tokens) >= self.max_seq_len:
             self._finish(r, "length")
-
-    def _decode_text(self, r: Request) -> str:
-        # Decode after the prompt's last token so a leading space (SentencePiece's "▁") is kept.
-        anchor = r.prompt[-1:]
-        return self.tokenizer.decode(anchor + r.tokens)[len(self.tokenizer.decode(anchor)) :]
-
-    def _emit(self, r: Request, final: bool) -> None:
-        """Hand on the new text, holding back what could still become a stop string or a multi-byte char."""
-        end = len(r.text)
-        if not final:
-            if r.text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next byte token
-                end -= 1
-            for s in r.params.stop:
-                for k in range(min(len(s) - 1, end), 0, -1):
-                    if r.text[:end].endswith(s[:k]):
-                        end -= k
-                        break
-        if end > r._emitted and r.on_update is not None:
-            r.on_update(r, r.text[r._emitted : end])
-        r._emitted = max(r._emitted, end)
 
     def fail(self, request: Request, error: BaseException) -> None:
         """End one request with an error (it is removed from the queue or its slot)."""
@@ -413,15 +440,18 @@ class Engine:
             if r is not None:
                 self._finish(r, None, error=error)
 
-    def _finish(self, r: Request, reason: str | None, error: BaseException | None = None) -> None:
+    def _finish(self, r: Request, reason: str | None, error: BaseException | None = None, piece: str = "") -> None:
         r.finish_reason, r.error = reason, error
-        if error is None and self.tokenizer is not None:
-            self._emit(r, final=True)
+        if error is None and r._detok is not None:
+            piece += r._detok.finish()  # what was held back: an unfinished character (as U+FFFD), a stop prefix
+            r.text = r._detok.text
         if r in self._waiting:
             self._waiting.remove(r)
         elif r._slot >= 0 and self._slots[r._slot] is r:
             self._slots[r._slot] = None
             self._pos[r._slot] = 0  # an idle slot decodes a dummy token at position 0
+        if piece and r.on_update is not None:
+            r.on_update(r, piece)
         r.done.set()
         if r.on_update is not None:
             r.on_update(r, "")  # done is set: the listener knows the request has finished

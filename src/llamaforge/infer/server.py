@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from llamaforge.infer.templates import DialogError, load_chat_format
-from llamaforge.infer.engine import Engine, Request, SamplingParams
+from llamaforge.infer.engine import Engine, Request, RequestError, SamplingParams
 
 MAX_STOP_STRINGS = 16
 MAX_LOGPROBS = 20
@@ -229,10 +229,9 @@ def create_app(engine: Engine, model_name: str = "llamaforge", chat_template: st
         request = Request(prompt, params, on_update=on_update)
         try:
             loop_thread.submit(request)
-        except ValueError as e:
-            message = str(e).replace("max_new_tokens", "max_tokens")  # the HTTP field's name
-            param = "max_tokens" if "max_tokens" in message else "prompt"
-            raise APIError(message, param, code="context_length_exceeded" if "context" in str(e) else None)
+        except RequestError as e:
+            param = {"max_new_tokens": "max_tokens"}.get(e.field, e.field)
+            raise APIError(f"{param}: {e.reason}", param, code=e.code)
         return request
 
     async def run_all(jobs: list[tuple[list[int], SamplingParams]], http: HTTPRequest):
@@ -336,7 +335,7 @@ def create_app(engine: Engine, model_name: str = "llamaforge", chat_template: st
             prompt = template.render([m.model_dump() for m in body.messages]).ids
         except DialogError as e:
             raise APIError(str(e), e.field)
-        max_new_tokens = body.max_completion_tokens or body.max_tokens or max(engine.max_seq_len - len(prompt) - 1, 1)
+        max_new_tokens = body.max_completion_tokens or body.max_tokens  # None: the rest of the context
         top = (body.top_logprobs or 0) if body.logprobs else None
         stop_ids = sorted(template.stop_ids)
         jobs = [(prompt, sampling(body, max_new_tokens, template.stop_strings, top, False, j, stop_ids))

@@ -58,10 +58,10 @@ def apply_tensor_parallel(model: Transformer, tp_mesh: DeviceMesh) -> None:
     for block in model.layers:
         parallelize_module(block, tp_mesh, {
             "attention_norm": SequenceParallel(),
-            # the block calls attention(x, cos, sin, start_pos, input_pos): only x changes layout (gathered)
+            # the block calls attention(x, cos, sin, input_pos): only x changes layout (gathered)
             "attention": PrepareModuleInput(
-                input_layouts=(Shard(1), None, None, None, None),
-                desired_input_layouts=(Replicate(), None, None, None, None),
+                input_layouts=(Shard(1), None, None, None),
+                desired_input_layouts=(Replicate(), None, None, None),
             ),
             "attention.wq": ColwiseParallel(),  # each rank computes its share of the heads (model.py views -1 heads)
             "attention.wk": ColwiseParallel(),
