@@ -36,7 +36,8 @@ class LlamaforgeLM(TemplateLM):
                  model=None, **unused):
         """From a checkpoint `path`, or from an in-memory `model` and tokenizer object (as in tests)."""
         super().__init__()
-        from llamaforge import load_model_and_tokenizer, load_tokenizer
+        from llamaforge.formats import load_model_and_tokenizer
+        from llamaforge.tokenizer import load_tokenizer
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if model is None:
