@@ -26,4 +26,4 @@ def test_every_skipped_update_is_reported(tmp_path, monkeypatch):
     summary = train(cfg, tmp_path)
     skipped = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "skipped" in r]
     assert [(r["step"], r["skipped"]) for r in skipped] == [(2, "forced for the test")]  # not a log step: logged
-    assert summary["skipped_updates"] == 1
+    assert summary.skipped_updates == 1

@@ -76,8 +76,9 @@ def run(args) -> int:
     print(f"({time.perf_counter() - t:.0f}s)")
 
     t = _stage("5/5 results")
-    print(f"validation loss {summary['val_loss']:.3f} nats/token, {summary.get('val_bpb', float('nan')):.3f} bits/byte")
-    for name, s in summary.get("data", {}).items():
+    bpb = summary.val_bpb if summary.val_bpb is not None else float("nan")
+    print(f"validation loss {summary.val_loss:.3f} nats/token, {bpb:.3f} bits/byte")
+    for name, s in summary.data.items():
         print(f"{name}: weight {s['weight']:.2f}, realized share {s['share']:.3f}, {s['epochs']:.2f} epochs")
     print(f"loss curve: {out / 'train' / 'loss.png'}; model: {out / 'train' / 'final'}")
     print_samples(out / "train" / "final")

@@ -22,7 +22,7 @@ def run(args) -> int:
     cfg = load_config(args.recipe, args.extra)
     out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).stem
     summary = train(cfg, out, resume=args.resume)
-    if summary:
-        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items() if k != "data"}
-        print(f"done: {shown}; final model in {out / 'final'}")
+    if summary.metrics:  # rank 0
+        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.metrics.items()}
+        print(f"done: {shown}; final model in {summary.final}")
     return 0

@@ -166,9 +166,8 @@ def run_all(out: Path, base, runs: list[dict], log=print) -> list[dict]:
         cfg = _run_config(base, shape, run["steps"], run.get("lr"), run.get("batch_tokens"))
         log(f"[{i + 1}/{len(runs)}] {run['name']}: {run['steps']} steps")
         summary = train(cfg, run_dir, resume="auto")
-        if "val_loss" not in summary:
-            raise RuntimeError(f"{run_dir}: the trainer returned no validation loss")
-        result = {**run, "val_loss": float(summary["val_loss"]), "train_loss": float(summary.get("loss", math.nan))}
+        result = {**run, "val_loss": summary.val_loss,
+                  "train_loss": math.nan if summary.loss is None else summary.loss}
         _write_json(done, result)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # done: the result is what the sweep needs
         results.append(result)

@@ -1,10 +1,12 @@
-"""Pretraining: config and recipes (`config`), the loop (`trainer`), AdamW and its schedule (`optim`),
-FSDP2 / tensor parallelism (`parallel`), whole-state checkpoints (`checkpoint`) and metrics (`metrics`)."""
+"""Pretraining: config and recipes (`config`), the loop (`trainer`), the data interface (`loader`), AdamW and its
+schedule (`optim`), FSDP2 / tensor parallelism (`parallel`), whole-state checkpoints (`checkpoint`) and metrics
+(`metrics`)."""
 
 from llamaforge.train.config import TrainConfig, load_config
 
 
-def train(cfg: TrainConfig, out_dir, resume=None) -> dict:
+def train(cfg: TrainConfig, out_dir, resume=None):
+    """`llamaforge.train.trainer.train`: train per `cfg` under `out_dir`; returns a `TrainSummary`."""
     from llamaforge.train.trainer import (
         train as _train,  # torch.distributed imports only when training
     )
@@ -12,4 +14,12 @@ def train(cfg: TrainConfig, out_dir, resume=None) -> dict:
     return _train(cfg, out_dir, resume)
 
 
-__all__ = ["TrainConfig", "load_config", "train"]
+def __getattr__(name):
+    if name == "TrainSummary":  # lives beside the loop, which imports torch.distributed
+        from llamaforge.train.trainer import TrainSummary
+
+        return TrainSummary
+    raise AttributeError(f"module 'llamaforge.train' has no attribute {name!r}")
+
+
+__all__ = ["TrainConfig", "TrainSummary", "load_config", "train"]

@@ -14,11 +14,16 @@ STRIDES = 7  # strides 1..STRIDES
 
 
 class SyntheticLoader:
+    """Counting sequences (see the module docstring) behind the `train.loader.Loader` interface.
+
+    Batches are LongTensor[batch_size, seq_len] inputs and next-token targets; `rank`/`world_size` pick this
+    data-parallel rank's block of each global batch.
+    """
+
     def __init__(self, vocab_size: int, seq_len: int, batch_size: int, seed: int, split: str = "train",
                  rank: int = 0, world_size: int = 1):
         self.vocab_size, self.seq_len, self.batch_size = vocab_size, seq_len, batch_size
         self.seed, self.split, self.rank, self.world_size = seed, split, rank, world_size
-        self.bytes_per_token = None  # no text behind these tokens: no bits-per-byte
         self.seq_index = 0  # global sequences consumed so far (all ranks): the position, whatever the layout
 
     def _samples(self, first: int, count: int, split: str) -> torch.Tensor:
@@ -37,19 +42,28 @@ class SyntheticLoader:
         return seq[:, :-1], seq[:, 1:]  # inputs, next-token targets
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next (inputs, targets) of this rank, LongTensor[batch_size, seq_len] each."""
         batch = self._batch(self.seq_index, self.split)
         self.seq_index += self.batch_size * self.world_size
         return batch
 
     def val_batches(self, n: int):
+        """`n` held-out batches (a separate random stream), the same at every call."""
         for i in range(n):
             yield self._batch(i * self.batch_size * self.world_size, "val")
 
+    def val_bytes_per_token(self) -> None:
+        """None: no text behind these tokens, so no bits-per-byte."""
+        return None
+
     def state_dict(self) -> dict:
+        """The position: global sequences consumed so far."""
         return {"seq_index": self.seq_index}
 
     def load_state_dict(self, state: dict) -> None:
+        """Resume at a position from `state_dict`."""
         self.seq_index = int(state["seq_index"])
 
     def stats(self) -> dict:
+        """{}: one synthetic source, no mixture to report."""
         return {}

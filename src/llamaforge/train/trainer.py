@@ -11,17 +11,20 @@ import contextlib
 import json
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.tensor import DTensor
 
 from llamaforge.errors import UserError
 from llamaforge.model import Transformer
 from llamaforge.plan.flops import flops_per_token
 from llamaforge.train import checkpoint
 from llamaforge.train.config import TrainConfig, grad_accum_steps
+from llamaforge.train.loader import Loader, build_loader
 from llamaforge.train.metrics import (
     MetricsWriter,
     Throughput,
@@ -32,7 +35,6 @@ from llamaforge.train.metrics import (
 )
 from llamaforge.train.optim import build_optimizer, build_scheduler
 from llamaforge.train.parallel import build_mesh, mesh_shape, parallelize
-from llamaforge.train.synthetic import SyntheticLoader
 
 # ----------------------------------------------------------------------------------------------------------------
 # Setup
@@ -84,18 +86,6 @@ def check_vocab(cfg: TrainConfig, vocab_size: int) -> None:
                     f"{path}: vocab_size: shards of source {name!r} use {shard.vocab_size} token ids, more than "
                     f"the model's {vocab_size}; set --model.vocab_size={shard.vocab_size}"
                 )
-
-
-def build_loader(cfg: TrainConfig, vocab_size: int, rank: int, world: int):
-    """The data loader of this data-parallel rank (tensor-parallel ranks of one group share it)."""
-    d, t = cfg.data, cfg.training
-    if d.kind == "synthetic":
-        return SyntheticLoader(vocab_size, d.seq_len, t.micro_batch_size, t.seed, rank=rank, world_size=world)
-    from llamaforge.data.mixture import MixtureLoader
-
-    weights = d.weights or {name: 1.0 for name in d.sources}
-    return MixtureLoader(sources=d.sources, weights=weights, seq_len=d.seq_len, batch_size=t.micro_batch_size,
-                         seed=t.seed, split="train", rank=rank, world_size=world)
 
 
 class SpikeGuard:
@@ -155,7 +145,7 @@ def all_reduce_mean(x: torch.Tensor) -> float:
 
 def full_value(x) -> float:
     """A plain float from a tensor or a DTensor (the grad norm of sharded parameters is a DTensor)."""
-    if hasattr(x, "full_tensor"):
+    if isinstance(x, DTensor):
         x = x.full_tensor()
     return float(x)
 
@@ -166,7 +156,8 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, loader, n_batches: int, device, autocast) -> float:
+def evaluate(model, loader: Loader, n_batches: int, device, autocast) -> float:
+    """Mean cross-entropy (nats/token) over `n_batches` held-out batches, averaged over all processes."""
     model.eval()
     losses = []
     for x, y in loader.val_batches(n_batches):
@@ -174,6 +165,62 @@ def evaluate(model, loader, n_batches: int, device, autocast) -> float:
             losses.append(cross_entropy(model(x.to(device)), y.to(device)).float())
     model.train()
     return all_reduce_mean(torch.stack(losses).mean())
+
+
+def validate(model, loader: Loader, cfg: TrainConfig, device, autocast) -> dict:
+    """{"val_loss": nats/token, "val_bpb": bits per UTF-8 byte (only when the data has text)} over
+    `cfg.metrics.val_batches` held-out batches; collective (every process takes part)."""
+    val = evaluate(model, loader, cfg.metrics.val_batches, device, autocast)
+    record = {"val_loss": val}
+    bpb = bits_per_byte(val, loader.val_bytes_per_token())
+    if bpb is not None:
+        record["val_bpb"] = bpb
+    return record
+
+
+def build_model(cfg: TrainConfig, args, mesh, device: torch.device, param_dtype: torch.dtype) -> torch.nn.Module:
+    """The model of this process, already parallelized (`parallelize`: TP -> AC -> compile -> FSDP2).
+
+    With `training.meta_init` the shapes are built on the meta device, sharded, then only this process's shards
+    are allocated and initialized; otherwise every rank builds the same full model from the same seed, so any
+    layout starts from identical weights.
+    """
+    if cfg.training.meta_init:
+        with torch.device("meta"):
+            model = Transformer(args)
+        model = parallelize(model, mesh, cfg, param_dtype=param_dtype)
+        model.to_empty(device=device)
+        model.init_rope(device)
+        model.init_weights()
+        return model
+    model = Transformer(args).to(device)
+    return parallelize(model, mesh, cfg, param_dtype=param_dtype)
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """What `train()` returns, on every process.
+
+    step:      optimizer steps done (`training.steps` at the end; the resumed step when nothing was left to do)
+    val_loss:  validation loss at `step`, nats/token (mean over all processes)
+    val_bpb:   the same in bits per UTF-8 byte of text, tokenizer-independent; None on synthetic data
+    loss:      training loss of the last step, nats/token; None when this call trained no step
+    metrics:   rank 0: the last record written to metrics.jsonl (lr, grad_norm, tokens_per_s, mfu on a known
+               GPU, memory, ...); {} on other ranks
+    data:      rank 0: the realized mixture per source (weight, share, epochs, tokens, tokens_per_epoch); {}
+               on other ranks and for synthetic data
+    final:     the exported native model folder (`out_dir/final`, with the tokenizer when the data has one)
+    skipped_updates: optimizer updates the spike guard skipped over the whole run (across resumes)
+    """
+
+    step: int
+    val_loss: float
+    val_bpb: float | None
+    loss: float | None
+    final: Path
+    skipped_updates: int = 0
+    metrics: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
 
 
 def full_state_dict(model) -> dict:
@@ -204,8 +251,13 @@ def export_final(cfg: TrainConfig, args, state: dict, out_dir: Path) -> None:
 # The loop
 
 
-def train(cfg: TrainConfig, out_dir, resume: str | None = None) -> dict:
-    """Train per `cfg`, writing metrics, checkpoints and the final model under `out_dir`. Returns a summary."""
+def train(cfg: TrainConfig, out_dir, resume: str | None = None) -> TrainSummary:
+    """Train per `cfg`, writing config.json, metrics.jsonl, checkpoints/, final/ (and loss.png, data_stats.json)
+    under `out_dir`; `resume` is "auto" (the newest complete checkpoint there), a checkpoint path, or None.
+
+    Returns a `TrainSummary`. Raises UserError for a config, data or checkpoint mistake, before anything is
+    written where it can be checked first (vocabulary sizes, shards).
+    """
     out_dir = Path(out_dir)
     t = cfg.training
     args = cfg.model_args()
@@ -226,17 +278,7 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None) -> dict:
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and not fsdp else contextlib.nullcontext()
 
-    param_dtype = torch.bfloat16 if bf16 else torch.float32
-    if t.meta_init:  # shapes only, then shard, then allocate and initialize just this process's shards
-        with torch.device("meta"):
-            model = Transformer(args)
-        model = parallelize(model, mesh, cfg, param_dtype=param_dtype)
-        model.to_empty(device=device)
-        model.init_rope(device)
-        model.init_weights()
-    else:  # every rank builds the same full model from the same seed: any layout starts from identical weights
-        model = Transformer(args).to(device)
-        model = parallelize(model, mesh, cfg, param_dtype=param_dtype)
+    model = build_model(cfg, args, mesh, device, param_dtype=torch.bfloat16 if bf16 else torch.float32)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, t.steps)
     loader = build_loader(cfg, args.vocab_size, dp_rank, dp)
@@ -269,8 +311,6 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None) -> dict:
               f"{cfg.data.seq_len} per process")
     fpt = flops_per_token(args, cfg.data.seq_len)
     speed = Throughput(fpt, device_peak_flops(device), world)
-    # bytes of text per token of the validation batches: turns val loss into bits-per-byte (None: synthetic data)
-    bpt = loader.val_bytes_per_token() if hasattr(loader, "val_bytes_per_token") else loader.bytes_per_token
     progress = None
     if master and cfg.metrics.progress:
         from tqdm import tqdm
@@ -278,7 +318,7 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None) -> dict:
         progress = tqdm(total=t.steps, initial=start, unit="step", dynamic_ncols=True)
 
     model.train()
-    tokens_since_log, last = 0, {}
+    tokens_since_log, last, loss_value, val = 0, {}, None, {}
     for step in range(start, t.steps):
         # 1. forward/backward over micro-batches; dividing by accum makes the summed gradient a mean
         loss_sum = torch.zeros((), device=device)
@@ -319,11 +359,9 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None) -> dict:
 
         # 4. validation every val_every steps and at the end
         if (cfg.metrics.val_every and done % cfg.metrics.val_every == 0) or done == t.steps:
-            val = evaluate(model, loader, cfg.metrics.val_batches, device, autocast)
+            val = validate(model, loader, cfg, device, autocast)
             if master:
-                record = {"step": done, "val_loss": val}
-                if bits_per_byte(val, bpt) is not None:
-                    record["val_bpb"] = bits_per_byte(val, bpt)
+                record = {"step": done, **val}
                 for name, st in loader.stats().items():  # realized mixture so far: share and epochs per source
                     record[f"data/{name}/share"], record[f"data/{name}/epochs"] = st["share"], st["epochs"]
                 writer.write(record)
@@ -339,23 +377,21 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None) -> dict:
     if progress is not None:
         progress.close()
     if start >= t.steps:  # resumed a finished run: nothing trained, but still report where it stands
-        val = evaluate(model, loader, cfg.metrics.val_batches, device, autocast)
-        last = {"step": start, "val_loss": val}
-        if bits_per_byte(val, bpt) is not None:
-            last["val_bpb"] = bits_per_byte(val, bpt)
+        val = validate(model, loader, cfg, device, autocast)
     state = full_state_dict(model)  # collective: every rank takes part in the gather
+    stats = {}
     if master:
         export_final(cfg, args, state, out_dir)
         writer.close()
         plot_loss(out_dir / "metrics.jsonl", out_dir / "loss.png")
-        stats = loader.stats() if hasattr(loader, "stats") else {}
+        stats = loader.stats()
         if stats:
             (out_dir / "data_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-        last["data"] = stats
-        last["skipped_updates"] = guard.skipped
         if guard.skipped:
             print(f"{guard.skipped} of {t.steps} updates were skipped by the spike guard (see metrics.jsonl)")
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-    return last
+    return TrainSummary(step=max(start, t.steps), val_loss=val["val_loss"], val_bpb=val.get("val_bpb"),
+                        loss=loss_value, final=out_dir / "final", skipped_updates=guard.skipped, metrics=last,
+                        data=stats)
