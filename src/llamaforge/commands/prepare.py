@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 
+# an option of another source arrives in args.extra, to be refused in one line naming the sources that take it
+ACCEPTS_EXTRA_ARGS = True
+
 
 def _floats(text: str) -> tuple[float, ...]:
     try:
@@ -102,6 +105,15 @@ def run(args: argparse.Namespace) -> int:
     from llamaforge.data.pipeline import format_stats_table
     from llamaforge.data.sources import prepare
 
+    from llamaforge.data.sources import check_options
+    from llamaforge.errors import UserError
+
+    if args.extra:
+        flag = next((a for a in args.extra if a.startswith("-")), args.extra[0]).partition("=")[0]
+        key = flag.lstrip("-").replace("-", "_")
+        if not flag.startswith("--") or key not in OPTIONS:
+            raise UserError(f"{flag}: not an argument of prepare {args.source}; see llamaforge prepare {args.source} --help")
+        check_options(args.source, [key], spell=lambda k: "--" + k.replace("_", "-"))
     options = {k: getattr(args, k) for k in OPTIONS if getattr(args, k, None) is not None}
     if options.get("dedup_group") == 0:
         options["dedup_group"] = None  # one group: every shard

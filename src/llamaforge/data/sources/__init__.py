@@ -10,6 +10,8 @@ or in one call: `prepare("books", ["gutenberg/"], "out/books", workers=2)`.
 from __future__ import annotations
 
 import importlib
+import inspect
+from collections.abc import Callable
 
 from llamaforge.data.pipeline import Source
 from llamaforge.errors import UserError
@@ -17,10 +19,35 @@ from llamaforge.errors import UserError
 SOURCES = ("commoncrawl", "c4", "github", "wikipedia", "books", "arxiv", "stackexchange")
 
 
-def build_source(name: str, inputs: list[str], **options) -> Source:
-    """The `Source` for one of `SOURCES`; options are the source module's `build` keywords."""
+def _check_name(name: str) -> None:
     if name not in SOURCES:
         raise UserError(f"SOURCE: expected one of {', '.join(SOURCES)}, got {name!r}")
+
+
+def source_options(name: str) -> tuple[str, ...]:
+    """The options source `name` takes: the keywords of its module's `build(inputs, ...)`."""
+    _check_name(name)
+    build = importlib.import_module(f"llamaforge.data.sources.{name}").build
+    return tuple(p for p in inspect.signature(build).parameters if p != "inputs")
+
+
+def check_options(name: str, options, spell: Callable[[str], str] = str) -> None:
+    """Refuse an option that source `name` does not take, in one line naming the option (as `spell` writes it:
+    the CLI passes `--lang-threshold`, the API keeps `lang_threshold`) and the sources that do take it."""
+    takes = source_options(name)
+    for key in options:
+        if key not in takes:
+            others = [s for s in SOURCES if key in source_options(s)]
+            which = f"only {', '.join(others)} take{'s' if len(others) == 1 else ''} it" if others \
+                else "no source takes it"
+            raise UserError(f"{spell(key)}: the {name} source does not take this option; {which}")
+
+
+def build_source(name: str, inputs: list[str], **options) -> Source:
+    """The `Source` for one of `SOURCES`; options are the source module's `build` keywords.
+
+    Raises UserError for an unknown source or an option that source does not take (see `check_options`)."""
+    check_options(name, options)
     module = importlib.import_module(f"llamaforge.data.sources.{name}")
     return module.build(list(inputs), **options)
 

@@ -187,6 +187,6 @@ class LatexClean(Stage):
         return doc
 
 
-def build(inputs: list[str], strict_utf8: bool = False, **_) -> Source:
+def build(inputs: list[str], strict_utf8: bool = False) -> Source:
     shards = expand_inputs(inputs, (), dirs_are_shards=True)
     return Source("arxiv", shards, ArxivReader(strict_utf8), [LatexClean()])

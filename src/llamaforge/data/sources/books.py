@@ -112,7 +112,7 @@ def _clean(doc: Doc) -> Result:
     return doc
 
 
-def build(inputs: list[str], near_dup_threshold: float = 0.9, **_) -> Source:
+def build(inputs: list[str], near_dup_threshold: float = 0.9) -> Source:
     shards = expand_inputs(inputs, (".txt", ".txt.gz", ".txt.bz2", ".jsonl", ".jsonl.gz"))
     return Source("books", shards, BookReader(),
                   [MapStage("gutenberg_strip", _clean), MinHashDedup(threshold=near_dup_threshold)])

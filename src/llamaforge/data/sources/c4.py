@@ -110,7 +110,7 @@ class C4Reader:
 
 
 def build(inputs: list[str], badwords: str | None = None, lang_threshold: float = 0.99,
-          langid: str = "py3langid", languages: list[str] | None = None, **_) -> Source:
+          langid: str = "py3langid", languages: list[str] | None = None) -> Source:
     words = frozenset()
     if badwords:
         words = frozenset(w.strip().lower() for w in load_texts([badwords]))

@@ -218,7 +218,7 @@ def build(inputs: list[str], languages: list[str] | None = None, lang_threshold:
           bucket_percentiles: tuple[float, float] = (30.0, 60.0), bucket_cutoffs: tuple[float, float] | None = None,
           keep_buckets: tuple[str, ...] = ("head", "middle"),
           classifier: str | ReferenceClassifier | None = None, classifier_positives: list[str] | None = None,
-          classifier_negatives: list[str] | None = None, classifier_threshold: float = 0.25, **_) -> Source:
+          classifier_negatives: list[str] | None = None, classifier_threshold: float = 0.25) -> Source:
     shards = expand_inputs(inputs, (".warc.gz", ".wet.gz", ".warc", ".jsonl", ".jsonl.gz", ".json.gz"))
     stages = [MinLength(min_length), LineDedup(mode="ccnet", group_size=dedup_group),
               LanguageFilter(languages or ["en"], lang_threshold, langid)]

@@ -206,6 +206,6 @@ def github_shards(inputs: list[str]) -> list[str]:
     return list(dict.fromkeys(shards))
 
 
-def build(inputs: list[str], **_) -> Source:
+def build(inputs: list[str]) -> Source:
     shards = github_shards(inputs)
     return Source("github", shards, GithubReader(), [MapStage("code_filters", _clean), ExactDedup()])

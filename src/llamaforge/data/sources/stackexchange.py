@@ -110,7 +110,7 @@ class StackExchangeReader:
                             "question_score": score, "answer_scores": [s for s, _ in ranked]}}
 
 
-def build(inputs: list[str], max_sites: int | None = None, **_) -> Source:
+def build(inputs: list[str], max_sites: int | None = None) -> Source:
     shards = [s for s in expand_inputs(inputs, ("Posts.xml",)) if s.endswith("Posts.xml")]
     if max_sites:  # the N largest sites by number of posts, in input order
         largest = set(sorted(shards, key=count_posts, reverse=True)[:max_sites])

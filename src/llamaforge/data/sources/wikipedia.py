@@ -158,7 +158,7 @@ class WikiClean(Stage):
         return doc
 
 
-def build(inputs: list[str], languages: list[str] | None = None, **_) -> Source:
+def build(inputs: list[str], languages: list[str] | None = None) -> Source:
     shards = match_inputs(inputs, DUMP_PATTERNS, NOT_DUMPS, what="Wikipedia dump")
     return Source("wikipedia", shards, WikipediaReader(),
                   [WikiClean(tuple(languages) if languages else PAPER_LANGUAGES)])
