@@ -64,7 +64,8 @@ def main() -> int:
     from lm_eval.models.huggingface import HFLM
 
     from llamaforge import save_model
-    from llamaforge.eval.harness import hf_tokenizer
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the peer adapter the parity tests use
+    from peer_helpers import hf_tokenizer
     from llamaforge.eval.items import score_choice_items
     from llamaforge.eval.scoring import Scorer
     from llamaforge.eval.tasks.multiple_choice import load_hellaswag

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from conftest import shared_path
 
+from llamaforge.data.shards import HEADER
 from llamaforge.data.sources import prepare
+from llamaforge.errors import UserError
 
 # real CCNet / dolma documents in ../shared/data
 CC_SAMPLES = ["commoncrawl/dolma-tests/multiple_files_cc_en_head-0091.jsonl.gz",
@@ -43,3 +45,14 @@ def cc_input_shards(folder: Path, per_shard: int = 4) -> list[str]:
         p.write_text("".join(json.dumps({"text": d["text"], "url": d["id"]}) + "\n" for d in docs[i:i + per_shard]))
         paths.append(str(p))
     return paths
+
+
+def source_paths(root) -> dict[str, Path]:
+    """{source name: folder} for every token shard folder directly under `root` (as written by `tokenize`)."""
+    root = Path(root)
+    # names starting with "." are temporary folders of an interrupted `tokenize`
+    shard_dirs = sorted(p for p in root.iterdir() if not p.name.startswith(".")) if root.is_dir() else []
+    found = {p.name: p for p in shard_dirs if (p / HEADER).is_file()}
+    if not found:
+        raise UserError(f"{root}: no token shard folders (with header.json) found")
+    return found

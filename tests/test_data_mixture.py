@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from llamaforge.data.mixture import MixtureLoader, source_paths
+from data_helpers import source_paths
+
+from llamaforge.data.mixture import MixtureLoader
 from llamaforge.data.shards import ShardWriter, TokenShard
 from llamaforge.errors import UserError
 

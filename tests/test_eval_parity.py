@@ -19,12 +19,12 @@ import os
 import pytest
 import torch
 from conftest import shared_path
+from peer_helpers import hf_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
 from llamaforge import load_model, load_tokenizer, save_model
 from llamaforge.eval import evaluate_task_file
-from llamaforge.eval.harness import hf_tokenizer
 from llamaforge.eval.items import ChoiceItem, score_choice_items
 from llamaforge.eval.scoring import Scorer, encode_pair
 from llamaforge.eval.tasks.multiple_choice import load_hellaswag, load_piqa

@@ -22,8 +22,4 @@ def __getattr__(name):
         from llamaforge.tokenizer import load_tokenizer
 
         return load_tokenizer
-    if name == "generate":
-        from llamaforge.generate import generate
-
-        return generate
     raise AttributeError(f"module 'llamaforge' has no attribute {name!r}")

@@ -30,12 +30,11 @@ held-out documents), from a fixed starting point, so every call returns the same
 from __future__ import annotations
 
 import zlib
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from llamaforge.data.shards import HEADER, TokenShard
+from llamaforge.data.shards import TokenShard
 from llamaforge.errors import UserError
 
 CHOICE_BLOCK = 4096  # source choices are drawn this many sequences at a time, each block from its own seeded RNG
@@ -287,14 +286,3 @@ class MixtureLoader:
         srcs = ", ".join(f"{n}={self.weights[n]:.3f}" for n in self.names)
         shape = f"seq_len={self.seq_len}, batch_size={self.batch_size}, rank={self.rank}/{self.world_size}"
         return f"MixtureLoader({srcs}; {shape})"
-
-
-def source_paths(root) -> dict[str, Path]:
-    """{source name: folder} for every token shard folder directly under `root` (as written by `tokenize`)."""
-    root = Path(root)
-    # names starting with "." are temporary folders of an interrupted `tokenize`
-    shard_dirs = sorted(p for p in root.iterdir() if not p.name.startswith(".")) if root.is_dir() else []
-    found = {p.name: p for p in shard_dirs if (p / HEADER).is_file()}
-    if not found:
-        raise UserError(f"{root}: no token shard folders (with header.json) found")
-    return found

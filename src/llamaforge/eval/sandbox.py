@@ -317,13 +317,5 @@ def run_programs(programs: list[str], limits: Limits | None = None, workers: int
         return list(pool.map(lambda p: run_program(p, limits), programs))
 
 
-def describe() -> dict:
-    """What this host enforces, for the results' config block."""
-    problem = isolation_problem()
-    return {"isolation": "bwrap namespaces (user or uid 65534, mount, pid, net, ipc, uts)" if problem is None
-            else f"none: {problem}", "python_guard": "audit hook",
-            "rlimits": ["NPROC", "AS", "FSIZE", "CPU", "NOFILE", "CORE"], "pass_requires": "per-run token"}
-
-
 if __name__ == "__main__":  # `python -m llamaforge.eval.sandbox FILE.py`: run one file and print the outcome
     print(json.dumps(run_program(Path(sys.argv[1]).read_text()).__dict__))
