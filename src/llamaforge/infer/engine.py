@@ -10,7 +10,8 @@ How it works:
 - The decode step feeds one token per slot at that slot's position. Its shapes never change, so it is compiled
   once (`torch.compile`): with CUDA graphs on a GPU (the default there); on a CPU, when asked (`compile=True`,
   `--compile`), with inductor's C++ GEMM templates over frozen, concatenated weights (`CPU_COMPILE_CONFIG`:
-  ~3x faster per token than eager, for 15-45 s of compiling). After the first call Dynamo's guards are skipped.
+  faster per token than eager, at the price of compiling once; how much of each: BENCHMARKS.md "Inference").
+  After the first call Dynamo's guards are skipped.
 - Eager on a CPU, the engine swaps the model's linear layers for a decode-friendly weight layout
   (`infer/layout.py`: transposed-contiguous weights, one-row products split over the threads) and the decode
   step attends only to the cache positions filled so far.
@@ -106,15 +107,16 @@ def _cache_view(cache: KVCache, start: int, n: int, length: int | None = None) -
     return view
 
 
-# Inductor settings for compiling the CPU decode step (measured on small-17m, 2 cores: 2.6 -> 1.0 ms per token):
+# Inductor settings for compiling the CPU decode step (each one's effect, measured: BENCHMARKS.md "Inference"):
 #   max_autotune: inductor's C++ GEMM templates, which beat the BLAS calls on one-row products;
 #   freezing: the weights become constants of the graph, packed once for those kernels (the model's weights must
 #     not change afterwards: one engine per model, for inference);
 #   cpp.enable_concat_linear: products sharing an input (wq/wk/wv, w1/w3) run as one wider product;
-#   cpp_wrapper: the graph's kernel calls are made from C++, not Python (~0.04 ms of a 1 ms step);
+#   cpp_wrapper: the graph's kernel calls are made from C++, not Python (no interpreter between kernels);
 #   autotune_num_choices_displayed=0, max_autotune_report_choices_stats=False: autotuning prints nothing.
 # They are read while the graph is compiled, i.e. during the first call, so `Engine._run_compiled` patches them
-# around that call (passed as torch.compile's `options`, freezing did not take effect: plain aten::mm, 2.5x slower).
+# around that call (passed as torch.compile's `options`, freezing did not take effect and inductor fell back to
+# plain aten::mm on row-major weights).
 CPU_COMPILE_CONFIG = {"max_autotune": True, "freezing": True, "cpp.enable_concat_linear": True, "cpp_wrapper": True,
                       "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
 
@@ -158,11 +160,13 @@ class Engine:
         self.n_tokens = min(rows, tokenizer.vocab_size) if tokenizer is not None else rows
         self.extra_rows = rows - self.n_tokens
         model.setup_cache(max_batch, self.max_seq_len)
-        # Eager on a CPU, the decode step's matvecs run ~1.7x faster with the weights stored transposed and split
-        # over the threads (infer/layout.py); this swaps the copy's linear layers, weights shared, math
-        # unchanged. Off elsewhere (GPU matmuls gain nothing from it).
-        # Compiled by default on a GPU (CUDA graphs); on a CPU the compiled step is 2.5-3x faster per token but
-        # takes 15-45 s to compile (max-autotune), so it is asked for (--compile). See bench/decode_cpu.py.
+        # Eager on a CPU, the decode step's matvecs run faster with the weights stored transposed and split over
+        # the threads (infer/layout.py: one-row products are memory-bound and PyTorch runs them on one thread);
+        # this swaps the copy's linear layers, weights shared, math unchanged. Off elsewhere (GPU
+        # matmuls gain nothing from it).
+        # Compiled by default on a GPU (CUDA graphs); on a CPU the compiled step is faster per token but takes a
+        # while to compile (max-autotune tries kernels), so it is asked for (--compile). Numbers: BENCHMARKS.md
+        # "Inference" (bench/decode_cpu.py).
         self.compiled = self.device.type == "cuda" if compile is None else compile
         # On a CPU the decode layout (eager) and the compiled step (its own packed GEMMs) exclude each other.
         self.cpu_layout = self.device.type == "cpu" and not self.compiled if cpu_layout is None else cpu_layout
@@ -188,15 +192,15 @@ class Engine:
 
     def _forward_decode(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         if self.compiled and self.device.type == "cpu":
-            # softmax(q k^T) v as plain ops: inductor fuses them into one loop per layer, 2x faster than the
-            # flash kernel for a single query
+            # softmax(q k^T) v as plain ops: inductor fuses them into one loop per layer, which beats the flash
+            # kernel for a single query (BENCHMARKS.md "Inference")
             with sdpa_kernel(SDPBackend.MATH):
                 return self.model(tokens[:, None], input_pos=pos[:, None])[:, 0]
         return self.model(tokens[:, None], input_pos=pos[:, None])[:, 0]
 
     def _run_compiled(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         if self._warm:
-            # Dynamo's guards check every parameter and buffer on each call (~0.13 ms on a CPU, 10% of a step).
+            # Dynamo's guards check every parameter and buffer on each call, a visible share of a small CPU step.
             # This step's inputs never change shape, dtype or device (`decode` always installs the whole cache
             # when compiled), so after the first call they are skipped.
             with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):

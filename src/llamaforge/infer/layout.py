@@ -1,11 +1,12 @@
 """A decode-time layout for linear layers on a CPU, applied from outside the model (its code is untouched).
 
 At batch 1 every linear layer is a matrix-vector product y = x W^T, and a decode step streams all the weights
-once. Measured on small-17m's 43 matvecs per token (2-core EPYC, torch 2.13, fp32):
+once, so the memory walk decides the time. Two changes help, in this order (timings: BENCHMARKS.md "Inference",
+the eager CPU decode layout):
 
-    F.linear(x, W), W [out, in] row-major           3.2 ms  (as nn.Linear stores it)
-    x @ W^T, W^T stored contiguous [in, out]         1.9 ms  (same product, friendlier memory walk)
-    split-K over 2 threads (below)                   1.3 ms
+    F.linear(x, W), W [out, in] row-major           as nn.Linear stores it
+    x @ W^T, W^T stored contiguous [in, out]         same product, a friendlier memory walk
+    split-K over the threads (below)                 one-row products otherwise use one thread
 
 PyTorch runs a one-row matmul on one thread, so the third line splits the input dimension into `splits` equal
 chunks and runs them as one batched matmul (one chunk per thread), then sums the partial products:
