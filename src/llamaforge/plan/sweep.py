@@ -228,6 +228,19 @@ def _save_png(fig, path: Path) -> None:
     tmp.replace(path)
 
 
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path, loglog: bool = False, **title_kw) -> None:
+    """Log x axis (and y with `loglog`), labels, grid and legend, then write the PNG atomically."""
+    ax.set_xscale("log")
+    if loglog:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, **title_kw)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save_png(fig, path)
+
+
 def _pyplot():
     import matplotlib
 
@@ -251,13 +264,8 @@ def plot_isoflop(results: list[dict], analysis: dict, out: Path) -> None:
         ax.plot(ns, [r["val_loss"] for r in rows], "o", color=color, label=f"C = {budget:.2g}")
         # the fit at each run's own (N, D): D came from the full FLOP formula, not from C / 6N
         ax.plot(ns, law.loss(ns, np.array([r["tokens"] for r in rows], dtype=float)), "--", color=color, alpha=0.6)
-    ax.set_xscale("log")
-    ax.set_xlabel("non-embedding parameters N")
-    ax.set_ylabel("final validation loss")
-    ax.set_title("IsoFLOP curves (points: runs; dashed: the fitted law at the same N, D)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    _save_png(fig, out / "isoflop.png")
+    _finish(fig, ax, "non-embedding parameters N", "final validation loss",
+            "IsoFLOP curves (points: runs; dashed: the fitted law at the same N, D)", out / "isoflop.png")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     cs = np.geomspace(min(budgets) / 3, max(budgets + [analysis["target_budget"]]) * 3, 50)
@@ -268,14 +276,8 @@ def plot_isoflop(results: list[dict], analysis: dict, out: Path) -> None:
     minima = analysis["isoflop_minima"]
     if minima:
         ax.plot([float(c) for c in minima], [m["n_params"] for m in minima.values()], "s", label="IsoFLOP minima")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("training compute C (FLOPs)")
-    ax.set_ylabel("parameters N")
-    ax.set_title("Fitted compute-optimal frontier")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    _save_png(fig, out / "frontier.png")
+    _finish(fig, ax, "training compute C (FLOPs)", "parameters N", "Fitted compute-optimal frontier",
+            out / "frontier.png", loglog=True)
 
 
 def analyze_lr_batch(results: list[dict]) -> dict:
@@ -313,13 +315,8 @@ def plot_lr_batch(analysis: dict, out: Path) -> None:
         losses = [math.nan if x is None else x for x in v["losses"]]  # None: diverged
         (line,) = ax.plot(v["lrs"], losses, "o-", label=f"batch {batch} tokens")
         ax.axvline(v["best_lr"], color=line.get_color(), ls=":", alpha=0.7)
-    ax.set_xscale("log")
-    ax.set_xlabel("peak learning rate")
-    ax.set_ylabel("final validation loss")
-    ax.set_title(f"best lr ∝ batch^{analysis['exponent']:.2f}: {analysis['answer']}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    _save_png(fig, out / "lr_batch.png")
+    _finish(fig, ax, "peak learning rate", "final validation loss",
+            f"best lr ∝ batch^{analysis['exponent']:.2f}: {analysis['answer']}", out / "lr_batch.png", fontsize=9)
 
 
 # ---------------------------------------------------------------------------------------------------------------
