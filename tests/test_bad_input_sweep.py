@@ -29,6 +29,7 @@ def assert_refused(capsys, argv: list[str], *, names: str, nothing_at: Path | No
     assert names in err[0], (names, err[0])
     if nothing_at is not None:
         assert not nothing_at.exists() and not list(nothing_at.parent.glob(f".{nothing_at.name}*"))
+    return err[0]
 
 
 @pytest.fixture(scope="module")
@@ -266,3 +267,56 @@ def test_spike_guard_default_follows_the_paper():
     for i in range(30):
         opt_in.check(3.0 - 0.01 * i, 1.0 + 0.01 * (i % 3))
     assert opt_in.check(2.5, 50.0) is not None and opt_in.skipped == 1
+
+
+# ---------------------------------------------------------------------------------------------- narrowing (#13.8)
+
+
+@pytest.fixture(scope="module")
+def big_weight(tmp_path_factory):
+    """A native model with one weight of 1e5 (beyond fp16's 65504) and one of 1e7 (beyond q8_0's fp16 scale)."""
+    torch.manual_seed(0)
+    model = Transformer(ARGS).eval()
+    with torch.no_grad():
+        model.layers[0].attention.wq.weight[3, 5] = 1e5
+        model.layers[0].feed_forward.w2.weight[1, 2] = -1e7
+    path = tmp_path_factory.mktemp("big") / "native"
+    save_model(model, path, format="native")
+    return path
+
+
+@pytest.mark.parametrize("to,dtype", [("native", "float16"), ("hf", "float16"), ("meta", "float16"),
+                                      ("gguf", "float16"), ("gguf", "q8_0")])
+def test_narrowing_that_overflows_is_refused_in_one_line(big_weight, tmp_path, capsys, to, dtype):
+    dst = tmp_path / ("out.gguf" if to == "gguf" else "out")
+    # fp16: the first tensor beyond 65504 (wq, 1e5); q8_0: only w2 (1e7 > 65504 * 127) breaks its fp16 scale
+    named = "layers.0.feed_forward.w2.weight: max |value| 1e+07" if dtype == "q8_0" else \
+        "layers.0.attention.wq.weight: max |value| 100000"
+    assert_refused(capsys, ["convert", str(big_weight), str(dst), "--to", to, "--dtype", dtype, "--no-tokenizer"],
+                   names=named, nothing_at=dst)
+
+
+@pytest.mark.parametrize("to", ["native", "hf", "gguf"])
+def test_saturate_clamps_and_the_logits_stay_finite(big_weight, tmp_path, capsys, to):
+    from llamaforge.formats import load_model
+
+    dst = tmp_path / ("out.gguf" if to == "gguf" else "out")
+    assert cli.main(["convert", str(big_weight), str(dst), "--to", to, "--dtype", "float16", "--no-tokenizer",
+                     "--saturate"]) == 0
+    assert "saturated layers.0.attention.wq.weight" in capsys.readouterr().out
+    model = load_model(dst).requires_grad_(False)
+    assert float(model.layers[0].attention.wq.weight[3, 5]) == 65504.0
+    assert float(model.layers[0].feed_forward.w2.weight[1, 2]) == -65504.0
+    assert torch.isfinite(model(torch.tensor([[1, 2, 3]]))).all()
+
+
+def test_values_in_range_convert_unchanged(tmp_path, capsys):
+    from llamaforge.formats import load_model
+
+    model = Transformer(ARGS).eval()
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    save_model(model, src, format="native")
+    assert cli.main(["convert", str(src), str(dst), "--to", "hf", "--dtype", "float16", "--no-tokenizer"]) == 0
+    back = load_model(dst)
+    for k, v in model.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v.half().float()), k

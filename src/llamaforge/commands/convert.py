@@ -29,6 +29,9 @@ def add_arguments(parser) -> None:
                         "(e.g. 5GB, 500MB) with model.safetensors.index.json; default 5GB")
     parser.add_argument("--tokenizer", default=None,
                         help="tokenizer file to copy along (default: the one in SRC's folder or GGUF file)")
+    parser.add_argument("--saturate", action="store_true",
+                        help="with a narrower --dtype: clamp values beyond its range to its largest value instead "
+                             "of refusing (fp16: 65504)")
     parser.add_argument("--no-tokenizer", action="store_true",
                         help="write the model without a tokenizer (otherwise a missing tokenizer is an error)")
 
@@ -83,7 +86,7 @@ def run(args) -> int:
         raise UserError("--no-tokenizer: cannot be given with --tokenizer")
     fmt = detect_format(src)
     dtype = getattr(torch, args.dtype) if args.dtype != "q8_0" else torch.float32
-    options = {"dtype": args.dtype if args.dtype == "q8_0" else dtype}
+    options = {"dtype": args.dtype if args.dtype == "q8_0" else dtype, "saturate": args.saturate}
     if args.max_shard_size is not None:
         options["max_shard_size"] = parse_bytes(args.max_shard_size, "--max-shard-size")
     with tempfile.TemporaryDirectory() as scratch:
@@ -95,7 +98,8 @@ def run(args) -> int:
                             "or --no-tokenizer for a model without one")
         if tokenizer is not None:
             options["tokenizer_path"] = tokenizer
-        model = load_model(src, dtype=dtype, format=fmt)
+        # Loaded in float32 and narrowed on write, after the range check (loading as fp16 would already be inf).
+        model = load_model(src, dtype=torch.float32, format=fmt)
         save_model(model, dst, format=args.to, shards=args.shards, **options)
     print(f"{src} ({fmt}) -> {dst} ({args.to}{f', {args.shards} shards' if args.shards != 1 else ''})")
     return 0

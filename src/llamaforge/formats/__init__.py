@@ -128,11 +128,19 @@ def load_model_and_tokenizer(path, tokenizer=None, device="cpu", dtype=torch.flo
 
 
 def save_model(model, path, format: str = "native", shards: int = 1, **options) -> Path:
-    """Write `model` in `format` at `path` (written under a temporary name, then renamed)."""
+    """Write `model` in `format` at `path` (written under a temporary name, then renamed).
+
+    options: dtype (a narrower type is range-checked first: `formats.weights.check_narrowing` refuses a tensor that
+    would overflow, or clamps it with saturate=True), tokenizer_path, and the format's own."""
     mod = _module(format)
     for parent in Path(path).parents:  # checked first, so nothing is half-written under a wrong destination
         if parent.exists() and not parent.is_dir():
             raise UserError(f"{parent}: not a folder; cannot write {path} inside it")
+    from llamaforge.formats.weights import check_narrowing
+
+    for note in check_narrowing(model, options.get("dtype"), saturate=options.pop("saturate", False),
+                                vectors_stay_f32=format == "gguf"):
+        print(note)
     if shards != 1:
         options["shards"] = shards
     mod.save(model, Path(path), **options)

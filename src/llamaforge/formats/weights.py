@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Mapping
 
@@ -102,3 +103,51 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{path}: missing") from None
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise UserError(f"{path}: not a valid safetensors file ({e})") from None
+
+
+# Largest magnitude each narrow storage type holds. q8_0 (llama.cpp) stores blocks of 32 int8 with one fp16 scale
+# d = max|x| / 127, so its quantized tensors overflow when max|x| > 65504 * 127; its other tensors are fp16.
+FP16_MAX = 65504.0
+NARROW = {"float16": FP16_MAX, "bfloat16": float(torch.finfo(torch.bfloat16).max), "q8_0": FP16_MAX}
+FP16_TINY = 2.0**-24  # fp16's smallest subnormal: smaller magnitudes round to 0
+
+
+def _narrow_name(dtype) -> str | None:
+    name = str(dtype).removeprefix("torch.").lower()
+    return {"f16": "float16", "half": "float16", "bf16": "bfloat16"}.get(name, name) if name in (
+        *NARROW, "f16", "half", "bf16") else None
+
+
+def check_narrowing(model, dtype, saturate: bool = False, vectors_stay_f32: bool = False) -> list[str]:
+    """Refuse (or, with `saturate`, clamp) a conversion to `dtype` that would overflow: any tensor whose max |value|
+    exceeds what the type holds would become inf (fp16, bf16) or a broken q8_0 scale.
+
+    dtype: a torch dtype or a name ("float16", "bfloat16", "q8_0", "f16", "bf16"); others (fp32) are not checked.
+    vectors_stay_f32: the format keeps 1-D tensors (norm gains) in fp32 whatever the dtype (GGUF, as llama.cpp).
+    Returns one note line per clamped tensor and one for values that underflow to 0 in fp16 (not refused: they are
+    below 6e-8 and were noise). Raises UserError naming the first tensor that overflows and its max |value|.
+    The rule follows llama.cpp's converters, which check f16 overflow the same way (`--outtype f16`)."""
+    kind = _narrow_name(dtype)
+    if kind is None:
+        return []
+    notes, underflow = [], 0
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if not t.is_floating_point() or (vectors_stay_f32 and t.dim() == 1):
+                continue
+            limit = NARROW[kind]
+            if kind == "q8_0" and t.dim() == 2 and t.shape[-1] % 32 == 0:
+                limit = FP16_MAX * 127  # quantized in blocks (see formats.gguf): the fp16 scale is max / 127
+            peak = float(t.abs().max()) if t.numel() else 0.0
+            if not math.isfinite(peak) or peak > limit:
+                if not saturate:
+                    raise UserError(f"{name}: max |value| {peak:.6g} does not fit {kind} (largest {limit:.6g}); "
+                                    "converting would write inf. Keep float32/bfloat16, or pass --saturate to "
+                                    "clamp to the largest value")
+                t.copy_(torch.nan_to_num(t, posinf=limit, neginf=-limit).clamp_(-limit, limit))
+                notes.append(f"saturated {name}: max |value| {peak:.6g} clamped to {limit:.6g} ({kind})")
+            if kind in ("float16", "q8_0"):
+                underflow += int(((t != 0) & (t.abs() < FP16_TINY / 2)).sum())
+    if underflow:
+        notes.append(f"note: {underflow} values below fp16's smallest subnormal ({FP16_TINY:.3g}) become 0")
+    return notes
