@@ -32,12 +32,49 @@ def _umask_mode(mode: int) -> int:
     return mode & ~umask
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove what a killed writer left beside `path`: `.NAME.tmp-PID-*` and `.NAME.old-PID` whose process is gone.
+
+    The temporaries carry their writer's pid, so a live concurrent writer's files are never touched; those of the
+    older naming without a pid are removed too. Returns what was removed."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for kind in ("tmp", "old"):
+        for p in path.parent.glob(f".{glob_escape(path.name)}.{kind}-*"):
+            pid = p.name.rsplit(f".{kind}-", 1)[1].split("-", 1)[0]
+            if pid.isdigit() and _pid_alive(int(pid)):
+                continue
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """`name` with glob's special characters bracketed, so it matches only itself."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: Path):
-    """Yield a temporary folder beside `path`; on success it replaces `path`, on error it is removed."""
+    """Yield a temporary folder beside `path`; on success it replaces `path`, on error it is removed.
+
+    Temporaries of an earlier writer that was killed (`.NAME.tmp-PID-*`) are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    remove_stale_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     tmp.chmod(_umask_mode(0o777))
     try:
         yield tmp
@@ -58,7 +95,8 @@ def atomic_file(path: Path, mode: str = "wb"):
     """Yield an open file beside `path`; on success it is fsynced and renamed onto `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
     os.chmod(tmp, _umask_mode(0o666))
     try:
         with os.fdopen(fd, mode) as f:

@@ -11,6 +11,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--recipe", required=True, help="a recipe name (debug, demo, llama-7b ...) or a .toml file")
     parser.add_argument("--out", default=None, help="output folder (default runs/<recipe>)")
     parser.add_argument("--resume", default=None, help="'auto': the newest complete checkpoint in OUT; or a path")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="allow --resume PATH outside OUT/checkpoints (resuming unpickles DCP's .metadata)")
     parser.epilog = "Any config key can be overridden: --optim.lr=1e-3 --training.steps=100 --parallel.tp=2"
 
 
@@ -21,7 +23,7 @@ def run(args) -> int:
 
     cfg = load_config(args.recipe, args.extra)
     out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).stem
-    summary = train(cfg, out, resume=args.resume)
+    summary = train(cfg, out, resume=args.resume, trust_checkpoint=args.trust_checkpoint)
     if summary.metrics:  # rank 0
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.metrics.items()}
         print(f"done: {shown}; final model in {summary.final}")

@@ -5,13 +5,13 @@ schedule (`optim`), FSDP2 / tensor parallelism (`parallel`), whole-state checkpo
 from llamaforge.train.config import TrainConfig, load_config
 
 
-def train(cfg: TrainConfig, out_dir, resume=None):
+def train(cfg: TrainConfig, out_dir, resume=None, trust_checkpoint: bool = False):
     """`llamaforge.train.trainer.train`: train per `cfg` under `out_dir`; returns a `TrainSummary`."""
     from llamaforge.train.trainer import (
         train as _train,  # torch.distributed imports only when training
     )
 
-    return _train(cfg, out_dir, resume)
+    return _train(cfg, out_dir, resume, trust_checkpoint=trust_checkpoint)
 
 
 def __getattr__(name):

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from llamaforge.errors import UserError
@@ -114,24 +115,62 @@ def save(root: Path, step: int, model, optimizer, train_state: dict, rank_state:
     return final
 
 
+def check_written_here(path: Path, root: Path) -> None:
+    """Refuse a checkpoint folder outside `root` (this run's checkpoints folder): resuming unpickles DCP's
+    `.metadata` (torch.distributed.checkpoint, as torchtitan does), so a crafted folder could run code."""
+    path, root = Path(path).resolve(), Path(root).resolve()
+    if root not in path.parents:
+        raise UserError(f"{path}: --resume: this checkpoint was not written by this run (not under {root}); "
+                        "resuming unpickles its .metadata, which can run code. Pass --trust-checkpoint if you "
+                        "trust where it came from")
+
+
+def _short(e: BaseException) -> str:
+    """The exception's message on one line, at most ~300 characters (DCP's carries every rank's traceback)."""
+    if isinstance(e, CheckpointException) and e.failures:
+        e = next(iter(e.failures.values()))
+        e = getattr(e, "exc", e)
+    text = " ".join(str(e).split())
+    return (text[:300] + " ...") if len(text) > 300 else text or type(e).__name__
+
+
 def load(path: Path, model, optimizer) -> tuple[dict, dict]:
-    """Restore model and optimizer in place (collective); return (train_state, this rank's rank_state)."""
+    """Restore model and optimizer in place (collective); return (train_state, this rank's rank_state).
+
+    A missing, truncated or foreign checkpoint (other model shape) is a one-line UserError naming the folder."""
     path = Path(path)
     train_state_file = path / TRAIN_STATE
+    if not path.is_dir():
+        raise UserError(f"{path}: --resume: no such checkpoint folder")
     try:
         train_state = json.loads(train_state_file.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"{train_state_file}: cannot read checkpoint state ({e})") from None
+    needed = {"step", "scheduler", "spike_guard"}
+    if not isinstance(train_state, dict) or needed - set(train_state):
+        raise UserError(f"{train_state_file}: expected a checkpoint state with {', '.join(sorted(needed))}")
+    if not (path / ".metadata").is_file():  # checked here: DCP would log a traceback before raising
+        raise UserError(f"{path / '.metadata'}: missing; not a complete DCP checkpoint")
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=str(path))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=str(path))
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    except (Exception, CheckpointException) as e:  # DCP's wrapper of every rank's error (a BaseException)
+        saved = train_state.get("config", {}).get("model") if isinstance(train_state.get("config"), dict) else None
+        hint = f"; it was saved with model {saved}" if saved else ""
+        raise UserError(f"{path}: cannot restore this checkpoint into the configured model and optimizer "
+                        f"({_short(e)}){hint}") from None
     # Same layout: each process takes its own file. Another number of processes: DCP has resharded the model and
     # optimizer above; the loader position is global (the same on every rank), so rank 0's serves everyone.
     same = train_state.get("world_size") == _world()
-    rank_state = torch.load(path / f"rank_{_rank() if same else 0:05d}.pt", weights_only=True)
+    rank_file = path / f"rank_{_rank() if same else 0:05d}.pt"
+    try:
+        rank_state = torch.load(rank_file, weights_only=True)
+    except Exception as e:  # missing or truncated; weights_only refuses a file that needs code
+        raise UserError(f"{rank_file}: cannot read the process state ({_short(e)})") from None
     rng = rank_state.pop("rng")
     if same:  # RNG streams are per process: only meaningful in the layout that produced them
         set_rng_state(rng)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from llamaforge.errors import UserError
 from llamaforge.plan.flops import peak_flops_of
 
 def device_peak_flops(device: torch.device) -> float | None:
@@ -69,7 +70,7 @@ class MetricsWriter:
     def _truncate_after(self, step: int) -> None:
         if not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        keep = [line for line in _intact_lines(self.path) if json.loads(line).get("step", 0) <= step]
         self.path.write_text("".join(line + "\n" for line in keep))
 
     def write(self, record: dict) -> None:
@@ -87,7 +88,21 @@ class MetricsWriter:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+    """The records of a metrics.jsonl. A torn last line (the run was killed while writing it) is dropped; a broken
+    line before the last is a UserError naming FILE:LINE."""
+    return [json.loads(line) for line in _intact_lines(Path(path))]
+
+
+def _intact_lines(path: Path) -> list[str]:
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        try:
+            json.loads(line)
+        except ValueError:
+            if i == len(lines) - 1:  # torn by a kill mid-write: the step it held is re-done after resume
+                return lines[:-1]
+            raise UserError(f"{path}:{i + 1}: not a JSON record; the metrics file is corrupt") from None
+    return lines
 
 
 def plot_loss(metrics_path: Path, png_path: Path) -> None:

@@ -251,12 +251,14 @@ def export_final(cfg: TrainConfig, args, state: dict, out_dir: Path) -> None:
 # The loop
 
 
-def train(cfg: TrainConfig, out_dir, resume: str | None = None) -> TrainSummary:
+def train(cfg: TrainConfig, out_dir, resume: str | None = None, trust_checkpoint: bool = False) -> TrainSummary:
     """Train per `cfg`, writing config.json, metrics.jsonl, checkpoints/, final/ (and loss.png, data_stats.json)
     under `out_dir`; `resume` is "auto" (the newest complete checkpoint there), a checkpoint path, or None.
 
     Returns a `TrainSummary`. Raises UserError for a config, data or checkpoint mistake, before anything is
-    written where it can be checked first (vocabulary sizes, shards).
+    written where it can be checked first (vocabulary sizes, shards). Resuming unpickles DCP's `.metadata`, which
+    can run code: a checkpoint outside out_dir/checkpoints (not written by this run) is refused unless
+    `trust_checkpoint` (`--trust-checkpoint`).
     """
     out_dir = Path(out_dir)
     t = cfg.training
@@ -288,6 +290,8 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None) -> TrainSummary:
     ckpt_root = out_dir / "checkpoints"
     if resume:
         path = checkpoint.latest(ckpt_root) if resume == "auto" else Path(resume)
+        if path is not None and not trust_checkpoint:
+            checkpoint.check_written_here(path, ckpt_root)
         if path is not None:
             train_state, rank_state = checkpoint.load(path, model, optimizer)
             start = train_state["step"]
