@@ -140,3 +140,29 @@ def test_damaged_or_foreign_checkpoint_is_one_line(finished_run, tmp_path, capsy
         extra = ["--model.dim=32"]
     rc, err = _resume(capsys, out, ckpt, *extra)
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and str(ckpt.name) in err[0], err
+
+
+def test_token_shard_with_ids_beyond_the_vocabulary(tmp_path, capsys):
+    import numpy as np
+
+    from llamaforge import cli
+
+    shard = tmp_path / "src"
+    shard.mkdir()
+    header = {"format": "llamaforge.tokens/1", "dtype": "<u2", "vocab_size": 256, "bos_id": 1, "eos_id": 2,
+              "n_tokens": 97, "n_docs": 2, "n_bytes": 400}
+    (shard / "header.json").write_text(json.dumps(header))
+    tokens = np.arange(3, 100, dtype="<u2")
+    tokens[60] = 300  # beyond both the header's and the debug model's 256
+    tokens.tofile(shard / "tokens.bin")
+    np.asarray([0, 50, 97], dtype="<i8").tofile(shard / "offsets.bin")
+    out = tmp_path / "run"
+    args = ["--data.kind=shards", f"--data.sources={{a = '{shard}'}}", "--data.weights={a = 1.0}"]
+    assert cli.main(["train", "--recipe", "debug", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tokens.bin" in err[0] and "300" in err[0] and not out.exists()
+    for key, value in (("vocab_size", "x"), ("vocab_size", 0), ("n_docs", -1), ("eos_id", 256)):
+        (shard / "header.json").write_text(json.dumps({**header, key: value}))
+        assert cli.main(["train", "--recipe", "debug", "--out", str(out), *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and key in err[0] and not out.exists(), err

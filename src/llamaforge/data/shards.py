@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from llamaforge.data.readers import input_files, text_of_line
-from llamaforge.errors import UserError
+from llamaforge.errors import UserError, check_range
 from llamaforge.io import atomic_dir, numbered_lines
 
 FORMAT = "llamaforge.tokens/1"
@@ -58,6 +58,9 @@ def file_sha256(path: Path) -> str:
 # Reading
 
 
+SCAN_AT_OPEN = 1 << 28  # shards up to 256M tokens (512 MB of u2) have every id checked when opened
+
+
 class TokenShard:
     """A source folder written by `tokenize`, memory-mapped and checked.
 
@@ -80,13 +83,27 @@ class TokenShard:
         self.offsets = self._map(OFFSETS, np.dtype("<i8"), self.n_docs + 1)
         self._check_offsets()
         self.lengths = np.diff(self.offsets)
+        if self.n_tokens <= SCAN_AT_OPEN:  # small enough to check every id now; larger: per document, in doc()
+            self._check_ids(self.tokens, "")
 
     @property
     def bytes_per_token(self) -> float:
         return self.n_bytes / self.n_tokens
 
     def doc(self, i: int) -> np.ndarray:
-        return self.tokens[self.offsets[i] : self.offsets[i + 1]]
+        """Document i's ids; an id outside the header's vocabulary (a corrupt or hand-made shard) is a UserError."""
+        ids = self.tokens[self.offsets[i] : self.offsets[i + 1]]
+        if self.n_tokens > SCAN_AT_OPEN:
+            self._check_ids(ids, f"document {i}: ")
+        return ids
+
+    def _check_ids(self, ids: np.ndarray, where: str) -> None:
+        step = 1 << 24  # chunked so the check never holds more than 64 MB of the map at once
+        for start in range(0, ids.size, step):
+            top = int(ids[start : start + step].max())
+            if top >= self.vocab_size:
+                raise UserError(f"{self.path / TOKENS}: {where}ids: expected ids below vocab_size={self.vocab_size}"
+                                f" (header.json), found {top}")
 
     def __len__(self) -> int:
         return self.n_docs
@@ -109,6 +126,11 @@ class TokenShard:
                 raise UserError(f"{file}: {key}: missing")
         if header["dtype"] not in ("<u2", "<u4"):
             raise UserError(f"{file}: dtype: expected '<u2' or '<u4', got {header['dtype']!r}")
+        check_range(header["vocab_size"], int, 1, 1 << 32, f"{file}: vocab_size")
+        for key in ("bos_id", "eos_id"):
+            check_range(header[key], int, -1, header["vocab_size"] - 1, f"{file}: {key}")
+        for key in ("n_tokens", "n_docs", "n_bytes"):
+            check_range(header[key], int, 0, 1 << 62, f"{file}: {key}")
         return header
 
     def _map(self, name: str, dtype: np.dtype, count: int) -> np.ndarray:
