@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from llamaforge.errors import UserError
 from llamaforge.eval.results import TaskResult, aggregate
 
 
@@ -43,7 +44,10 @@ def evaluate_task(scorer, name: str, data_dir, shots: int | None = None, limit: 
 
     task = get_task(name)
     shots = task.shots if shots is None or task.shots_fixed else shots
-    items = task.load(Path(data_dir), shots)
+    try:
+        items = task.load(Path(data_dir), shots)
+    except (KeyError, IndexError, TypeError, ValueError, EOFError, OSError) as e:  # a loader's unnamed case
+        raise UserError(f"{data_dir}: {name}: the task's data is malformed ({type(e).__name__}: {e})") from None
     items = items[:limit] if limit else items
     per_item = score_items(task, scorer, items, options or {})
     result = aggregate(name, shots, per_item, task.paper_metric)

@@ -30,6 +30,13 @@ class ChoiceItem:
     gold: int
     choices: list[str]  # the choice texts without delimiter: their lengths normalize acc_norm
 
+    def __post_init__(self):
+        n = len(self.choices)
+        if not (len(self.contexts) == len(self.continuations) == n and n >= 2):
+            raise ValueError(f"choices: expected at least 2, with one context and continuation each, got {n}")
+        if isinstance(self.gold, bool) or not isinstance(self.gold, int) or not 0 <= self.gold < n:
+            raise ValueError(f"gold: expected the index of one of the {n} choices (0-{n - 1}), got {self.gold!r}")
+
     @classmethod
     def shared_context(cls, context: str, choices: Sequence[str], gold: int, delimiter: str = " ") -> ChoiceItem:
         return cls([context] * len(choices), [delimiter + c for c in choices], gold, list(choices))

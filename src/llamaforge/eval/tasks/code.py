@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from llamaforge.errors import UserError
 from llamaforge.eval.items import pass_at_k
 from llamaforge.eval.sandbox import Limits, run_programs
 from llamaforge.eval.taskfile import read_jsonl
-from llamaforge.eval.tasks.multiple_choice import GAUNTLET, find_data
+from llamaforge.eval.tasks.multiple_choice import GAUNTLET, field_of, find_data
 
 HUMANEVAL_STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]
 MBPP_STOP = ["[DONE]"]
@@ -29,12 +30,15 @@ class CodeItem:
 
 def load_humaneval(data_dir: Path) -> list[CodeItem]:
     path = find_data(data_dir, "humaneval", ["humaneval/HumanEval.jsonl.gz", f"{GAUNTLET}/human_eval.jsonl"])
-    problems = [p for _, p in read_jsonl(path)]
-    return [
-        CodeItem(p["task_id"], p["prompt"], p["prompt"], f"\n{p['test']}\ncheck({p['entry_point']})\n",
-                 p["canonical_solution"])
-        for p in problems
-    ]
+    items = []
+    for n, p in read_jsonl(path):  # plain or gzip; truncated or bad lines are FILE:LINE errors
+        where = f"{path}:{n}"
+        task_id, prompt, test, entry, solution = (
+            field_of(p, k, str, where) for k in ("task_id", "prompt", "test", "entry_point", "canonical_solution"))
+        if not entry.isidentifier():
+            raise UserError(f"{where}: entry_point: expected a Python function name, got {entry!r}")
+        items.append(CodeItem(task_id, prompt, prompt, f"\n{test}\ncheck({entry})\n", solution))
+    return items
 
 
 def _mbpp_prompt(problem: dict) -> str:
@@ -46,7 +50,21 @@ def _mbpp_prompt(problem: dict) -> str:
 def load_mbpp(data_dir: Path, shots: int = 3) -> list[CodeItem]:
     """The test split (task ids 11-510) with shots from the prompt split (ids 2-4), in Austin et al.'s format."""
     path = find_data(data_dir, "mbpp", ["mbpp/mbpp.jsonl"])
-    problems = {d["task_id"]: d for _, d in read_jsonl(path)}
+    problems = {}
+    for n, d in read_jsonl(path):
+        where = f"{path}:{n}"
+        field_of(d, "task_id", int, where)
+        for key in ("text", "code"):
+            field_of(d, key, str, where)
+        tests = field_of(d, "test_list", list, where)
+        if not all(isinstance(t, str) for t in tests):
+            raise UserError(f"{where}: test_list: expected a list of strings")
+        if not isinstance(d.get("test_setup_code", ""), str):
+            raise UserError(f"{where}: test_setup_code: expected a string")
+        problems[d["task_id"]] = d
+    missing = [i for i in (2, 3, 4)[:shots] if i not in problems]
+    if missing:
+        raise UserError(f"{path}: task_id {missing[0]}: missing; the few-shot examples are MBPP's tasks 2-4")
     demo = "".join(f"{_mbpp_prompt(problems[i])}[BEGIN]\n{problems[i]['code']}\n[DONE]\n" for i in (2, 3, 4)[:shots])
     items = []
     for task_id in range(11, 511):

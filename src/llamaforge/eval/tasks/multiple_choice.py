@@ -28,6 +28,18 @@ def find_data(data_dir: Path, task: str, candidates: Sequence[str]) -> Path:
     raise UserError(f"{data_dir}: no data for task {task}; expected one of: {', '.join(candidates)}")
 
 
+def field_of(obj, key: str, kind: type, where: str):
+    """obj[key] when obj is a JSON object holding a `kind` there; else a UserError naming `where` and the key."""
+    if not isinstance(obj, dict):
+        raise UserError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    if key not in obj:
+        raise UserError(f"{where}: {key}: missing")
+    value = obj[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise UserError(f"{where}: {key}: expected {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+    return value
+
+
 def _mc_jsonl(path: Path, suffix: str = "") -> list[ChoiceItem]:
     """A `{"query", "choices", "gold"}` file; `suffix` completes the query into the harness's prompt."""
     items = []
@@ -44,27 +56,42 @@ def load_hellaswag(data_dir: Path) -> list[ChoiceItem]:
     path = find_data(data_dir, "hellaswag", ["hellaswag/hellaswag_val_full.txt.bz2", f"{GAUNTLET}/hellaswag.jsonl"])
     if path.suffix == ".jsonl":
         return _mc_jsonl(path)
-    with bz2.open(path, "rt", encoding="utf-8") as f:
-        lines = f.read().split("\n")
+    try:
+        with bz2.open(path, "rt", encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a readable bz2 text file ({e})") from None
+    while lines and lines[-1] == "":
+        lines.pop()
+    if not lines or len(lines) % 6:
+        raise UserError(f"{path}: {len(lines)} lines: expected 6 per item (context, gold, 4 endings); the file is "
+                        "truncated or not HellaSwag's")
     items = []
-    for i in range(0, len(lines) - 5, 6):
+    for i in range(0, len(lines), 6):
         context, gold, endings = lines[i], lines[i + 1], lines[i + 2 : i + 6]
-        if not gold.strip().isdigit():
-            raise UserError(f"{path}:{i + 2}: expected the gold ending's index (0-3), got {gold!r}")
+        if not gold.strip().isdigit() or not 0 <= int(gold) < len(endings):
+            raise UserError(f"{path}:{i + 2}: gold: expected the gold ending's index (0-3), got {gold!r}")
         items.append(ChoiceItem.shared_context(context, endings, int(gold)))
     return items
 
 
 def load_piqa(data_dir: Path) -> list[ChoiceItem]:
     path = find_data(data_dir, "piqa", ["piqa/valid.jsonl"])
-    labels = (path.parent / "valid-labels.lst").read_text().split()
+    label_file = path.parent / "valid-labels.lst"
+    try:
+        labels = label_file.read_text(encoding="utf-8").split()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{label_file}: cannot read the labels ({e})") from None
     docs = read_jsonl(path)
     if len(labels) != len(docs):
-        raise UserError(f"{path.parent / 'valid-labels.lst'}: {len(labels)} labels for {len(docs)} questions")
-    return [
-        ChoiceItem.shared_context(f"Question: {d['goal']}\nAnswer:", [d["sol1"], d["sol2"]], int(label))
-        for (_, d), label in zip(docs, labels)
-    ]
+        raise UserError(f"{label_file}: {len(labels)} labels for {len(docs)} questions")
+    items = []
+    for ((n, d), label), k in zip(zip(docs, labels), range(1, len(labels) + 1)):
+        if label not in ("0", "1"):
+            raise UserError(f"{label_file}:{k}: label: expected 0 or 1, got {label!r}")
+        goal, sol1, sol2 = (field_of(d, key, str, f"{path}:{n}") for key in ("goal", "sol1", "sol2"))
+        items.append(ChoiceItem.shared_context(f"Question: {goal}\nAnswer:", [sol1, sol2], int(label)))
+    return items
 
 
 def load_arc_easy(data_dir: Path) -> list[ChoiceItem]:
@@ -102,8 +129,11 @@ LETTERS = ["A", "B", "C", "D"]
 
 
 def _read_mmlu_csv(path: Path) -> list[tuple[str, list[str], int]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path}: cannot read the MMLU csv ({e})") from None
     if rows and rows[0][:1] == ["question"]:  # the staged copy has a header and 0-3 answers
         rows = rows[1:]
     out = []
@@ -111,6 +141,8 @@ def _read_mmlu_csv(path: Path) -> list[tuple[str, list[str], int]]:
         if len(row) != 6:
             raise UserError(f"{path}:{n}: expected 6 columns (question, 4 choices, answer), got {len(row)}")
         answer = row[5].strip()
+        if answer not in LETTERS and answer not in ("0", "1", "2", "3"):
+            raise UserError(f"{path}:{n}: answer: expected A-D or 0-3, got {answer!r}")
         gold = LETTERS.index(answer) if answer in LETTERS else int(answer)
         out.append((row[0], row[1:5], gold))
     return out
