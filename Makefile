@@ -16,6 +16,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e '.[test]'
 	# llama.cpp for the GGUF parity tests: built from source (minutes); if the build fails those tests skip.
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install -q -e '.[llamacpp]' || echo "warning: llama-cpp-python did not build; the llama.cpp parity tests will skip"
+	# KenLM's query module for the CCNet LM parity tests: built from source against Boost; if it fails they skip.
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && { dpkg -s libboost-thread-dev >/dev/null 2>&1 || \
+		apt-get install -y -q libboost-program-options-dev libboost-system-dev libboost-thread-dev libboost-test-dev \
+		zlib1g-dev libbz2-dev liblzma-dev cmake >/dev/null 2>&1; }; }; \
+		$(PIP) install -q -e '.[kenlm]' || echo "warning: kenlm did not build; the KenLM parity tests will skip"
 	# bubblewrap isolates the generated code of HumanEval/MBPP (eval/sandbox.py); without it those tasks refuse
 	# in one line unless --unsafe-exec is given.
 	command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \

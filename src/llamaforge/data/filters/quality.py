@@ -1,200 +1,55 @@
-"""Quality filters of the paper's CommonCrawl branch.
+"""The paper's linear classifier of "pages used as references in Wikipedia" against random pages.
 
-1. CCNet's language-model score: a word n-gram model trained on a reference corpus (Wikipedia in CCNet) gives each
-   document a perplexity; documents are bucketed head / middle / tail by percentiles of that perplexity over the
-   corpus (CCNet: 30th and 60th) and the tail is dropped (RedPajama keeps head and middle). CCNet uses KenLM 5-gram
-   on SentencePiece pieces; KenLM has no wheel (it needs Boost to build), so `NGramLM` below is a small interpolated
-   Kneser-Ney model written out in full. Any object with `perplexity(text) -> float` can be plugged in instead.
-2. The paper's linear classifier of "pages used as references in Wikipedia" against random pages: hashed word
-   uni- and bigram features and a logistic regression (scikit-learn), trained on the user's own examples; a document
-   is kept when its probability of being a reference is at least the threshold (RedPajama: 0.25).
+RedPajama-v1 trained fastText supervised (linear, unigrams) on ~300K cited pages vs as many random CCNet pages and
+kept pages with P(wiki) >= 0.25. Here: hashed word uni- and bigram features and a logistic regression
+(scikit-learn), also linear. fastText supervised would need the full `fasttext` bindings, which install the same
+`fasttext` module as the predict-only `fasttext-predict` that the lid.176 language id uses, so only one of them can
+be present. The positive set comes from `cited_urls` (see `sources.commoncrawl.build_models`); the perplexity
+filter is in `filters.lm`.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
-import math
 import re
-import unicodedata
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from llamaforge.data.pipeline import Doc, GroupStage, Result, Stage
+from llamaforge.data.pipeline import Doc, Result, Stage
 from llamaforge.data.readers import is_jsonl, iter_jsonl, iter_lines
 from llamaforge.errors import UserError
 from llamaforge.io import atomic_file
 
-_TOKEN = re.compile(r"\w+|[^\w\s]")
-_DIGIT = re.compile(r"\d")
+_URL = re.compile(r"https?://[^\s\[\]|{}<>\"']+", re.IGNORECASE)
 
 
-def normalize_for_lm(text: str) -> str:
-    """CCNet's text normalization before scoring: lowercase, accents stripped, digits -> 0."""
-    text = unicodedata.normalize("NFD", text.lower())
-    text = "".join(c for c in text if unicodedata.category(c) != "Mn")  # drop combining accents
-    return _DIGIT.sub("0", text)
+def cited_urls(wikitext: str) -> set[str]:
+    """Normalised URLs an article cites: inside `<ref>` tags (incl. `{{cite ... |url=}}`), bracketed external links
+    `[http://... label]` and the bare links of its "External links" section; i.e. every http(s) URL of the
+    wikitext (RedPajama's positive set: URLs regex-extracted from the `<ref>` tags of the English dump)."""
+    return {u for u in (normalize_url(m.group(0).rstrip(".,;:)'")) for m in _URL.finditer(wikitext)) if u}
 
 
-def lm_tokens(line: str) -> list[str]:
-    return _TOKEN.findall(normalize_for_lm(line))
+def normalize_url(url: str) -> str:
+    """A URL reduced to what identifies the page: scheme dropped (http = https), host lowercased without `www.`
+    and default port, fragment dropped, trailing `/` dropped; path and query kept as they are."""
+    from urllib.parse import urlsplit
 
-
-class NGramLM:
-    """Interpolated Kneser-Ney word n-gram language model (one absolute discount D per order).
-
-    P(w | h) = max(c(h w) - D, 0) / c(h .) + D * N1+(h .) / c(h .) * P(w | h'),   h' = h without its first word,
-    where c are raw counts at the highest order and continuation counts N1+(. g) (distinct left neighbours) below
-    it, and the recursion ends in a unigram mixed with a uniform distribution over the vocabulary + <unk>.
-    A history never seen backs off to the lower order unchanged.
-    """
-
-    def __init__(self, order: int = 3, discount: float = 0.75):
-        self.order, self.discount = order, discount
-        self.counts: list[Counter] = [Counter() for _ in range(order + 1)]  # counts[k]: k-gram -> (cont.) count
-        self._finalize()
-
-    # ---- training
-    @classmethod
-    def train(cls, texts: Iterable[str], order: int = 3, discount: float = 0.75) -> NGramLM:
-        lm = cls(order, discount)
-        top = lm.counts[order]
-        for text in texts:
-            for line in text.split("\n"):
-                words = lm_tokens(line)
-                if not words:
-                    continue
-                padded = ["<s>"] * (order - 1) + words + ["</s>"]
-                for i in range(order - 1, len(padded)):
-                    top[tuple(padded[i - order + 1:i + 1])] += 1
-        for k in range(order - 1, 0, -1):  # continuation counts: distinct words seen to the left of each k-gram
-            for gram in lm.counts[k + 1]:
-                lm.counts[k][gram[1:]] += 1
-        lm._finalize()
-        return lm
-
-    def _finalize(self) -> None:
-        """Per-history totals and numbers of distinct followers, derived from the counts."""
-        self.totals = [defaultdict(int) for _ in range(self.order + 1)]
-        self.types = [defaultdict(int) for _ in range(self.order + 1)]
-        for k in range(1, self.order + 1):
-            for gram, c in self.counts[k].items():
-                self.totals[k][gram[:-1]] += c
-                self.types[k][gram[:-1]] += 1
-        self.vocab_size = len(self.counts[1]) + 1  # + <unk>
-
-    # ---- scoring
-    def prob(self, history: tuple[str, ...], word: str) -> float:
-        d = self.discount
-        total = self.totals[1][()]
-        p = 1.0 / self.vocab_size
-        if total:
-            p = max(self.counts[1].get((word,), 0) - d, 0) / total + d * self.types[1][()] / total * p
-        for k in range(2, self.order + 1):
-            h = history[len(history) - k + 1:]
-            total = self.totals[k].get(h)
-            if not total:  # unseen history: keep the lower-order estimate
-                continue
-            p = max(self.counts[k].get(h + (word,), 0) - d, 0) / total + d * self.types[k][h] / total * p
-        return p
-
-    def log_prob_line(self, line: str) -> tuple[float, int]:
-        """(natural log probability, number of predicted tokens = words + </s>) of one line."""
-        words = lm_tokens(line)
-        if not words:
-            return 0.0, 0
-        padded = ["<s>"] * (self.order - 1) + words + ["</s>"]
-        logp = sum(math.log(self.prob(tuple(padded[i - self.order + 1:i]), padded[i]))
-                   for i in range(self.order - 1, len(padded)))
-        return logp, len(words) + 1
-
-    def perplexity(self, text: str) -> float:
-        """CCNet's document perplexity: exp(-sum of log-probs over lines / sum of (words + 1))."""
-        logp, n = 0.0, 0
-        for line in text.split("\n"):
-            lp, k = self.log_prob_line(line)
-            logp, n = logp + lp, n + k
-        return math.exp(-logp / n) if n else float("inf")
-
-    # ---- files (gzip JSON, no pickle)
-    def save(self, path: str | Path) -> None:
-        obj = {"order": self.order, "discount": self.discount,
-               "counts": [[[" ".join(g), c] for g, c in self.counts[k].items()] for k in range(self.order + 1)]}
-        with atomic_file(Path(path), "wb") as f:
-            f.write(gzip.compress(json.dumps(obj).encode("utf-8"), mtime=0))
-
-    @classmethod
-    def load(cls, path: str | Path) -> NGramLM:
-        try:
-            obj = json.loads(gzip.decompress(Path(path).read_bytes()))
-            lm = cls(obj["order"], obj["discount"])
-            lm.counts = [Counter({tuple(g.split(" ")) if g else (): c for g, c in level}) for level in obj["counts"]]
-        except (OSError, ValueError, KeyError) as e:
-            raise UserError(f"{path}: expected an n-gram LM saved by llamaforge ({e})") from None
-        lm._finalize()
-        return lm
-
-
-class PerplexityScorer(Stage):
-    """Write `meta.perplexity` from a language model: an `NGramLM` file path or any object with `perplexity`."""
-
-    name = "lm_score"
-
-    def __init__(self, model):
-        self.model = model
-        self._lm = None if isinstance(model, (str, Path)) else model
-
-    def __getstate__(self):
-        return {**self.__dict__, "_lm": None if isinstance(self.model, (str, Path)) else self._lm}
-
-    def setup(self) -> None:
-        if self._lm is None:
-            self._lm = NGramLM.load(self.model)
-
-    def __call__(self, doc: Doc) -> Result:
-        self.setup()
-        doc["meta"]["perplexity"] = round(self._lm.perplexity(doc["text"]), 1)
-        return doc
-
-
-class PerplexityBuckets(GroupStage):
-    """Bucket by perplexity: head below the first cutoff, middle below the second, tail above; keep `keep`.
-
-    Cutoffs are the `percentiles` (CCNet: 30, 60) of the perplexities of this run's documents, or fixed `cutoffs`
-    (CCNet's English cutoffs for its own Wikipedia model are 340 and 520; they only mean that for that model).
-    """
-
-    name = "lm_buckets"
-
-    def __init__(self, percentiles=(30.0, 60.0), cutoffs: tuple[float, float] | None = None,
-                 keep=("head", "middle")):
-        self.percentiles, self.cutoffs, self.keep = tuple(percentiles), cutoffs, set(keep)
-        self._ppl: list[float] = []
-
-    def observe(self, index: int, doc: Doc) -> None:
-        self._ppl.append(doc["meta"]["perplexity"])
-
-    def summary(self):
-        out, self._ppl = np.asarray(self._ppl, dtype=np.float64), []
-        return {"perplexity": out}
-
-    def resolve(self, summaries):
-        if self.cutoffs is not None:
-            cut = np.asarray(self.cutoffs, dtype=np.float64)
-        else:
-            allp = np.concatenate([s["perplexity"] for s in summaries])
-            cut = np.percentile(allp, self.percentiles) if len(allp) else np.array([np.inf, np.inf])
-        return [{"cutoffs": cut} for _ in summaries]
-
-    def apply(self, index: int, doc: Doc, decision) -> Result:
-        ppl = doc["meta"]["perplexity"]
-        head, middle = decision["cutoffs"]
-        bucket = "head" if ppl < head else "middle" if ppl < middle else "tail"
-        doc["meta"]["bucket"] = bucket
-        return doc if bucket in self.keep else f"bucket_{bucket}"
+    try:
+        parts = urlsplit(url.strip())
+        host = (parts.hostname or "").lower()
+        port = parts.port
+    except ValueError:
+        return ""
+    if not host:
+        return ""
+    host = host.removeprefix("www.")
+    if port and port not in (80, 443):
+        host = f"{host}:{port}"
+    path = parts.path.rstrip("/")
+    return host + path + (f"?{parts.query}" if parts.query else "")
 
 
 class ReferenceClassifier:
@@ -246,8 +101,11 @@ class ReferenceClassifierFilter(Stage):
     name = "reference_classifier"
 
     def __init__(self, model: str | Path | ReferenceClassifier, threshold: float = 0.25):
-        self.model, self.threshold = model, threshold
+        self.model, self.threshold = (str(model) if isinstance(model, Path) else model), threshold
         self._clf = model if isinstance(model, ReferenceClassifier) else None
+
+    def __getstate__(self):  # loaded in the worker from its file
+        return {**self.__dict__, "_clf": None if isinstance(self.model, str) else self._clf}
 
     def setup(self) -> None:
         if self._clf is None:

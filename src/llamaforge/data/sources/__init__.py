@@ -62,6 +62,8 @@ def prepare(source: str, inputs: list[str], out: str, workers: int = 1, executor
 
     if overwrite:
         pipeline.clean(out)
+    if "work_dir" in source_options(source):  # where a source builds its models once (commoncrawl: OUT/models)
+        options = {"work_dir": str(out), **options}
     src = build_source(source, inputs, **options)
     return pipeline.run(src, out, workers=workers, executor=executor, ray_address=ray_address,
                         progress=progress, keep_work=keep_work, keep_dropped=keep_dropped)

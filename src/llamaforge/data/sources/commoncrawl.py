@@ -9,30 +9,36 @@ Stages, in CCNet's order:
 1. `min_length`: drop documents under 300 characters (CCNet does it at read time, before dedup).
 2. `line_dedup`: CCNet's paragraph dedup over groups of `dedup_group` consecutive shards: a line whose normalized
    hash occurs twice or more in the group is removed everywhere (see `filters.dedup.LineDedup`).
-3. `langid`: keep documents whose best language is in `languages` (default en) with score >= 0.5.
-4. optional `lm_score` + `lm_buckets`: perplexity under an n-gram LM trained on a reference corpus; head / middle /
-   tail by the 30th / 60th percentiles; tail dropped (RedPajama kept head and middle).
-5. optional `reference_classifier`: P(page looks like a Wikipedia reference) >= 0.25 (RedPajama's cut).
+3. `langid`: fastText lid.176 (CCNet's model family; newlines deleted, score rounded to 2 decimals); keep
+   documents whose best language is in `languages` (default en) with score >= 0.5.
+4. `lm_perplexity`: CCNet's perplexity under a SentencePiece + 5-gram Kneser-Ney LM trained on Wikipedia, bucketed
+   head / middle / tail by cut-offs fixed when the LM was built (see `filters.lm`); by default head and middle are
+   kept and the tail dropped (RedPajama's choice; the paper keeps the pages that look like Wikipedia).
+5. `reference_classifier`: P(page looks like a page Wikipedia cites) >= 0.25 (RedPajama's rule).
+Steps 4 and 5 need Wikipedia (`--wikipedia`, or `--models` from an earlier run); the models are built once per
+output folder into `OUT/models/` (see `build_models`). Without Wikipedia they are off and the stage table says so.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 from llamaforge.data.filters.dedup import LineDedup
 from llamaforge.data.filters.langid import LanguageFilter
+from llamaforge.data.filters.lm import PerplexityFilter
 from llamaforge.data.filters.quality import (
-    NGramLM,
-    PerplexityBuckets,
-    PerplexityScorer,
     ReferenceClassifier,
     ReferenceClassifierFilter,
-    load_texts,
+    cited_urls,
+    normalize_url,
 )
 from llamaforge.data.pipeline import Doc, Result, Source, Stage
 from llamaforge.data.readers import expand_inputs, iter_jsonl
+from llamaforge.errors import UserError
 from llamaforge.io import STREAM_ERRORS, open_binary
 
 MIN_LENGTH = 300
@@ -212,23 +218,128 @@ class MinLength(Stage):
         return doc if len(doc["text"]) >= self.min_length else "too_short"
 
 
+MIN_POSITIVES = 50  # fewer cited pages than this in the crawl sample: train on Wikipedia article text instead
+
+
+def _read_wikipedia(paths: list[str]) -> tuple[list[str], set[str]]:
+    """Cleaned article texts and cited URLs: from MediaWiki XML dumps (text cleaned here, URLs from the raw
+    wikitext), or from `prepare wikipedia` output (JSONL: text only, no URLs)."""
+    from llamaforge.data.readers import is_jsonl
+    from llamaforge.data.sources.wikipedia import WikipediaReader, clean_wikitext
+
+    texts, urls = [], set()
+    drops: Counter = Counter()
+    for path in paths:
+        if is_jsonl(path):
+            texts += [o["text"] for o in iter_jsonl(path, drops)]
+            continue
+        for doc in WikipediaReader()(path, drops):
+            urls |= cited_urls(doc["text"])
+            text = clean_wikitext(doc["text"])
+            if text:
+                texts.append(text)
+    if not texts:
+        raise UserError(f"--wikipedia: no article text found in {', '.join(paths)}")
+    return texts, urls
+
+
+def _crawl_sample(shards: list[str], n: int, min_length: int, langid: LanguageFilter) -> list[Doc]:
+    """The first `n` pages of the crawl, in input order, that pass the length and language steps (what CCNet's
+    cut-offs were computed over: pages after language id)."""
+    out: list[Doc] = []
+    reader = CCReader()
+    for shard in shards:
+        for doc in reader(shard, Counter()):
+            if len(doc["text"]) >= min_length and isinstance(langid(doc), dict):
+                out.append(doc)
+                if len(out) >= n:
+                    return out
+    return out
+
+
+def build_models(folder: Path, wikipedia: list[str], shards: list[str], min_length: int, langid: LanguageFilter,
+                 sample_size: int = 10_000, order: int = 5, vocab_size: int = 65536, seed: int = 0,
+                 min_positives: int = MIN_POSITIVES) -> dict:
+    """The two models the paper's CommonCrawl recipe needs, built once into `folder` (reused when present):
+    `folder/lm/` (SentencePiece + 5-gram KN on the Wikipedia text + fixed cut-offs from the crawl sample, see
+    `filters.lm.build_bundle`) and `folder/reference_classifier.npz`: positives are the sampled crawl pages whose
+    normalised URL Wikipedia cites; when fewer than `MIN_POSITIVES` are found, Wikipedia article text stands in
+    (said in `info["classifier"]["positives"]`); negatives are random sampled crawl pages. Returns the info saved
+    in `folder/info.json`."""
+    import json
+
+    import numpy as np
+
+    from llamaforge.data.filters.lm import build_bundle
+    from llamaforge.io import atomic_file
+
+    info_path = folder / "info.json"
+    if info_path.exists():
+        return json.loads(info_path.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    texts, urls = _read_wikipedia(wikipedia)
+    sample = _crawl_sample(shards, sample_size, min_length, langid)
+    lm_info = build_bundle(folder / "lm", texts, [d["text"] for d in sample], order=order, vocab_size=vocab_size,
+                           sample_source=f"first {len(sample)} crawl pages after min_length and langid")
+    cited = [d for d in sample if normalize_url(d["meta"].get("url") or "") in urls]
+    rng = np.random.default_rng(seed)
+    if len(cited) >= min_positives:
+        positives, kind = [d["text"] for d in cited], f"{len(cited)} crawl pages cited by the Wikipedia dump"
+    else:
+        positives = [texts[i] for i in rng.permutation(len(texts))[:max(min_positives, len(sample))]]
+        kind = (f"Wikipedia article text ({len(positives)} articles): only {len(cited)} crawl pages in the sample "
+                f"of {len(sample)} are cited by the dump ({len(urls)} cited URLs), fewer than {min_positives}")
+    cited_ids = {id(d) for d in cited}
+    pool = [d["text"] for d in sample if id(d) not in cited_ids]
+    negatives = [pool[i] for i in rng.permutation(len(pool))[:len(positives)]]
+    if not negatives:
+        raise UserError("reference classifier: no crawl page left to use as a negative example")
+    clf = ReferenceClassifier.train(positives, negatives)
+    clf.save(folder / "reference_classifier.npz")
+    info = {"lm": lm_info, "classifier": {"positives": kind, "n_positives": len(positives),
+                                          "n_negatives": len(negatives), "cited_urls": len(urls)},
+            "wikipedia": wikipedia, "crawl_sample": len(sample)}
+    with atomic_file(info_path, "w") as f:
+        json.dump(info, f, indent=1)
+    return info
+
+
 def build(inputs: list[str], languages: list[str] | None = None, lang_threshold: float = 0.5,
-          langid: str = "py3langid", min_length: int = MIN_LENGTH, dedup_group: int | None = 50,
-          lm: str | NGramLM | None = None, lm_reference: list[str] | None = None, lm_order: int = 3,
-          bucket_percentiles: tuple[float, float] = (30.0, 60.0), bucket_cutoffs: tuple[float, float] | None = None,
-          keep_buckets: tuple[str, ...] = ("head", "middle"),
-          classifier: str | ReferenceClassifier | None = None, classifier_positives: list[str] | None = None,
-          classifier_negatives: list[str] | None = None, classifier_threshold: float = 0.25) -> Source:
+          langid: str = "fasttext", min_length: int = MIN_LENGTH, dedup_group: int | None = 50,
+          wikipedia: list[str] | None = None, models: str | None = None, keep_buckets=("head", "middle"),
+          classifier_threshold: float = 0.25, lm_order: int = 5, lm_vocab: int = 65536, cutoff_sample: int = 10_000,
+          work_dir: str | None = None) -> Source:
+    """CCNet's steps (min length, line dedup, fastText lid.176 >= 0.5, SentencePiece + 5-gram KN perplexity
+    buckets) and the paper's Wikipedia-reference classifier, every step on.
+
+    The last two need models trained on Wikipedia: `models` is a folder built before (`OUT/models` of an earlier
+    run), else they are built into `work_dir/models` from `wikipedia` (dumps or `prepare wikipedia` output; see
+    `build_models`). With neither, those two steps are off and the stage table says why."""
     shards = expand_inputs(inputs, (".warc.gz", ".wet.gz", ".warc", ".jsonl", ".jsonl.gz", ".json.gz"))
-    stages = [MinLength(min_length), LineDedup(mode="ccnet", group_size=dedup_group),
-              LanguageFilter(languages or ["en"], lang_threshold, langid)]
-    if lm is None and lm_reference:
-        lm = NGramLM.train(load_texts(lm_reference), order=lm_order)
-    if lm is not None:
-        stages += [PerplexityScorer(lm),
-                   PerplexityBuckets(bucket_percentiles, bucket_cutoffs, keep_buckets)]
-    if classifier is None and classifier_positives and classifier_negatives:
-        classifier = ReferenceClassifier.train(load_texts(classifier_positives), load_texts(classifier_negatives))
-    if classifier is not None:
-        stages.append(ReferenceClassifierFilter(classifier, classifier_threshold))
-    return Source("commoncrawl", shards, CCReader(), stages)
+    lid = LanguageFilter(languages or ["en"], lang_threshold, langid)
+    stages: list = [MinLength(min_length), LineDedup(mode="ccnet", group_size=dedup_group), lid]
+    source = Source("commoncrawl", shards, CCReader(), stages)
+    folder = Path(models) if models else (Path(work_dir) / "models" if work_dir and wikipedia else None)
+    if folder is not None and not (folder / "info.json").exists():
+        if not wikipedia:
+            raise UserError(f"--models: {folder}: expected a folder with info.json, lm/ and "
+                            "reference_classifier.npz (built by a run with --wikipedia)")
+        print(f"commoncrawl: training the CCNet LM and the reference classifier on {', '.join(wikipedia)} "
+              f"into {folder} (once)", file=sys.stderr)
+        build_models(folder, wikipedia, shards, min_length, lid, cutoff_sample, lm_order, lm_vocab)
+    if folder is None:
+        why = "no Wikipedia to train it on: give --wikipedia DUMP_OR_PREPARED_JSONL or --models DIR"
+        source.off = {"lm_perplexity": why, "reference_classifier": why}
+        return source
+    import json
+
+    info = json.loads((folder / "info.json").read_text())
+    stages += [PerplexityFilter(folder / "lm", keep_buckets),
+               ReferenceClassifierFilter(folder / "reference_classifier.npz", classifier_threshold)]
+    lm = info["lm"]
+    source.notes.append(f"lm_perplexity: {folder / 'lm'}: head < {lm['head']}, middle < {lm['middle']} (the "
+                        f"{lm['percentiles'][0]:g}th/{lm['percentiles'][1]:g}th percentiles of {lm['sample_docs']} "
+                        f"pages: {lm['sample']}), keeping {', '.join(keep_buckets)}")
+    source.notes.append(f"reference_classifier: positives = {info['classifier']['positives']}; "
+                        f"keep P(reference) >= {classifier_threshold}")
+    return source
