@@ -21,6 +21,13 @@ from torch import nn
 
 @dataclass
 class ModelArgs:
+    """The shape of a LLaMA model: Meta's `ModelArgs` fields (llama/model.py), plus `hidden_dim` for configs that
+    state the FFN width. Defaults are LLaMA-7B's (paper Table 2: dim 4096, 32 layers, 32 heads, context 2048).
+
+    Raises ValueError when dim is not divisible by n_heads, n_heads not by n_kv_heads, or head_dim is odd
+    (RoPE rotates pairs).
+    """
+
     dim: int = 4096
     n_layers: int = 32
     n_heads: int = 32
@@ -45,6 +52,7 @@ class ModelArgs:
 
     @property
     def head_dim(self) -> int:
+        """Width of one attention head: dim / n_heads (128 in every paper model)."""
         return self.dim // self.n_heads
 
     @property
@@ -67,6 +75,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., dim] -> the same shape and dtype, normalized over the last dimension and scaled by weight."""
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return xf.type_as(x) * self.weight
@@ -115,6 +124,10 @@ class KVCache(nn.Module):
 
 
 class Attention(nn.Module):
+    """Causal multi-head self-attention with RoPE on queries and keys, and grouped-query attention when
+    n_kv_heads < n_heads (Llama 2, Ainslie et al. 2023): each key/value head serves n_heads / n_kv_heads query
+    heads. Projections wq, wk, wv, wo carry Meta's names and have no bias."""
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
@@ -127,6 +140,16 @@ class Attention(nn.Module):
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_pos: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
+        """x [B, T, dim] -> [B, T, dim] (x's dtype).
+
+        cos, sin: the RoPE tables of the T positions, [T, head_dim/2] (positions shared by the batch) or
+        [B, T, head_dim/2] (each row its own positions), fp32, from `Transformer.forward`.
+        input_pos None: the T tokens are positions 0..T-1 and attend causally among themselves (training,
+        scoring); no cache is read or written. input_pos [B, T] (LongTensor, needs `Transformer.setup_cache`):
+        the keys and values are written into this layer's `KVCache` at those positions and each query attends to
+        its row's cached keys at positions <= its own; positions are not range-checked here.
+        Scores are softmax(q k^T / sqrt(head_dim)) v through `F.scaled_dot_product_attention`.
+        """
         bsz, seqlen, _ = x.shape
         # -1 heads: under tensor parallelism each rank holds only its share of the heads.
         q = self.wq(x).view(bsz, seqlen, -1, self.head_dim)
@@ -154,6 +177,7 @@ class FeedForward(nn.Module):
         self.w3 = nn.Linear(dim, hidden_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., dim] -> [..., dim] through the hidden width `ModelArgs.ffn_hidden_dim` (Shazeer 2020)."""
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
@@ -171,11 +195,17 @@ class TransformerBlock(nn.Module):
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_pos: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
+        """x [B, T, dim] -> [B, T, dim]: x + attention(norm(x)), then h + feed_forward(norm(h)); cos, sin and
+        input_pos as in `Attention.forward`."""
         h = x + self.attention(self.attention_norm(x), cos, sin, input_pos)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
 class Transformer(nn.Module):
+    """The LLaMA decoder: token embedding, n_layers `TransformerBlock`s, a final RMSNorm and an untied output
+    projection to vocab_size logits. Built initialized (`init_weights`); on the meta device it allocates nothing
+    and `init_rope` / `init_weights` are called once the parameters have storage."""
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
@@ -224,6 +254,7 @@ class Transformer(nn.Module):
             )
 
     def clear_cache(self) -> None:
+        """Drop every layer's KV cache (frees its memory; forward with input_pos then needs `setup_cache`)."""
         for layer in self.layers:
             layer.attention.cache = None
 
@@ -248,5 +279,7 @@ class Transformer(nn.Module):
         return self.output(self.norm(h)).float()
 
     def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count; with non_embedding, without the token embedding table (Kaplan et al. 2020's N, which
+        the FLOP formula in `plan.flops` uses; the output projection is counted)."""
         n = sum(p.numel() for p in self.parameters())
         return n - self.tok_embeddings.weight.numel() if non_embedding else n

@@ -49,6 +49,11 @@ def _module(fmt: str):
 
 
 def detect_format(path) -> str:
+    """The format of the checkpoint at `path`: one of FORMATS, asked of each format's `detect` in order.
+
+    Raises UserError when `path` does not exist, when a native/HF folder's config.json is unreadable, or when no
+    format recognizes it (the message lists what each format looks like on disk).
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")

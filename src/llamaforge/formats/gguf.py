@@ -46,6 +46,7 @@ def gguf_name(meta_name: str) -> str:
 
 
 def detect(path: Path) -> bool:
+    """Whether `path` is a file that starts with GGUF's magic bytes (b"GGUF")."""
     if not path.is_file():
         return False
     with open(path, "rb") as f:
@@ -75,6 +76,14 @@ def _f32(value) -> float:
 
 
 def load(path: Path, device: torch.device, dtype: torch.dtype):
+    """A `Transformer` from a llama.cpp GGUF file (architecture "llama"), weights dequantized to `dtype`
+    on `device`.
+
+    Header values are range-checked under their GGUF keys; tensor names follow llama.cpp's (`blk.N.attn_q`, see the
+    module docstring); q/k rows are already in Meta's interleaved RoPE layout, so no permutation is needed.
+    Raises UserError for an unreadable file, another architecture, a missing tensor or metadata key, or a value
+    out of range.
+    """
     import gguf
 
     try:

@@ -59,6 +59,7 @@ def hf_to_meta_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def detect(path: Path) -> bool:
+    """Whether `path` is a folder with a transformers config.json (a JSON object not tagged as our native format)."""
     cfg = path / "config.json"
     if not (path.is_dir() and cfg.is_file()):
         return False
@@ -116,6 +117,11 @@ def args_from_config(config: dict, source) -> ModelArgs:
 
 
 def config_from_args(args: ModelArgs, dtype: torch.dtype) -> dict:
+    """The transformers `LlamaConfig` dict (config.json) for `args`, with `torch_dtype` naming `dtype`.
+
+    Field names are transformers' (hidden_size, intermediate_size, num_key_value_heads, rms_norm_eps, ...); the
+    bench and the parity tests build their `LlamaForCausalLM` peers from this same dict.
+    """
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -183,6 +189,13 @@ def state_dict_from_hf(hf: dict[str, torch.Tensor], args: ModelArgs, tied: bool)
 
 
 def load(path: Path, device: torch.device, dtype: torch.dtype):
+    """A `Transformer` from a transformers `LlamaForCausalLM` folder (config.json + model.safetensors, sharded
+    with an index, or pytorch_model*.bin read without pickle code), in `dtype` on `device`.
+
+    wq/wk rows are permuted from HF's half-rotation RoPE layout back to Meta's interleaved one; tied embeddings
+    (tie_word_embeddings) fill the output projection. Raises UserError for a config field we cannot honour (biases,
+    another activation or RoPE type), a missing tensor, or a shape that disagrees with the config.
+    """
     config = read_json(path / "config.json")
     args = args_from_config(config, path / "config.json")
     tensors, source = _read_tensors(path)

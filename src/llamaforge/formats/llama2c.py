@@ -99,6 +99,9 @@ def _expected_bytes(args, version, shared, header) -> int:
 
 
 def detect(path: Path) -> bool:
+    """Whether `path` is a llama2.c checkpoint: a v1 file (magic 0x616b3432), or a v0 file whose 7-int header
+    implies exactly the file's size (v0 has no magic).
+    """
     if not path.is_file():
         return False
     try:
@@ -112,6 +115,11 @@ def detect(path: Path) -> bool:
 
 
 def load(path: Path, device: torch.device, dtype: torch.dtype):
+    """A `Transformer` from a llama2.c `.bin` (v0: float32 after a 7-int header; v1: 256-byte header), in
+    `dtype` on `device`; the file is memory-mapped, so nothing is read twice.
+
+    Raises UserError when the size disagrees with what the header implies (truncated, or not llama2.c).
+    """
     version, args, shared, header = _read_header(path)
     size, expected = path.stat().st_size, _expected_bytes(args, version, shared, header)
     if size != expected:

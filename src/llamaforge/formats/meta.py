@@ -44,6 +44,10 @@ def split_dim(name: str) -> int | None:
 
 
 def shard_files(path: Path) -> list[Path]:
+    """The `consolidated.NN.pth` files of a Meta folder, in model-parallel rank order.
+
+    Raises UserError when the numbers have a gap (consolidated.00 .. NN must all be there).
+    """
     files = sorted((p for p in path.glob("consolidated.*.pth") if SHARD_RE.fullmatch(p.name)),
                    key=lambda p: int(SHARD_RE.fullmatch(p.name).group(1)))
     numbers = [int(SHARD_RE.fullmatch(p.name).group(1)) for p in files]
@@ -54,6 +58,7 @@ def shard_files(path: Path) -> list[Path]:
 
 
 def detect(path: Path) -> bool:
+    """Whether `path` is a Meta folder: params.json, or consolidated.NN.pth shards (so `load` can name what is missing)."""
     # A folder of consolidated shards is Meta's even without params.json, so that load() can say it is missing.
     return path.is_dir() and ((path / "params.json").is_file() or any(path.glob("consolidated.*.pth")))
 
@@ -142,6 +147,13 @@ def merge_shards(shards: list[dict[str, torch.Tensor]], source) -> dict[str, tor
 
 
 def load(path: Path, device: torch.device, dtype: torch.dtype):
+    """A `Transformer` from Meta's release layout (params.json + consolidated.NN.pth), merging the
+    model-parallel shards along the dimension each weight was split on (column-parallel wq/wk/wv/w1/w3/output on
+    rows, row-parallel wo/w2 and the embedding on columns, as in Meta's fairscale layers), in `dtype` on `device`.
+
+    The shards are read with `torch.load(weights_only=True)`: no pickled code runs. Raises UserError when
+    params.json or the shards are missing, or shapes disagree.
+    """
     params_path = path / "params.json"
     if not params_path.is_file():
         raise UserError(f"{params_path}: missing; a Meta checkpoint folder needs params.json beside consolidated.NN.pth")
@@ -168,6 +180,7 @@ def shard_state(state: dict[str, torch.Tensor], rank: int, shards: int) -> dict[
 
 
 def check_divisible(args: ModelArgs, shards: int) -> None:
+    """Raise UserError unless `shards` divides every dimension that model parallelism splits (heads, kv heads, dim, FFN width, vocab)."""
     sizes = {"n_heads": args.n_heads, "n_kv_heads": args.n_kv_heads, "dim": args.dim,
              "ffn hidden size": args.ffn_hidden_dim, "vocab_size": args.vocab_size}
     for what, size in sizes.items():
@@ -176,6 +189,12 @@ def check_divisible(args: ModelArgs, shards: int) -> None:
 
 
 def save(model, path: Path, shards: int = 1, tokenizer_path=None, dtype: torch.dtype | None = None) -> None:
+    """Write `model` in Meta's layout under `path`: params.json and `shards` consolidated.NN.pth files, each
+    rank's slices as Meta's model-parallel code expects them, plus the tokenizer when given. Written under a
+    temporary name, then renamed.
+
+    Raises UserError when `shards` < 1 or does not divide the split dimensions (`check_divisible`).
+    """
     if shards < 1:
         raise UserError(f"shards: expected a positive number, got {shards}")
     check_divisible(model.args, shards)

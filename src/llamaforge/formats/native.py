@@ -21,6 +21,7 @@ FORMAT_TAG = "llamaforge"
 
 
 def detect(path: Path) -> bool:
+    """Whether `path` is our native folder: config.json tagged `"format": "llamaforge"`."""
     cfg = path / "config.json"
     if not (path.is_dir() and cfg.is_file()):
         return False
@@ -32,6 +33,9 @@ def detect(path: Path) -> bool:
 
 
 def load(path: Path, device: torch.device, dtype: torch.dtype):
+    """A `Transformer` from a native folder: config.json (the ModelArgs fields) and model.safetensors with
+    Meta's parameter names, in `dtype` on `device`. Raises UserError for unknown config fields or mismatched tensors.
+    """
     cfg = read_json(path / "config.json")
     cfg.pop("format", None)
     args = args_from_dict(cfg, path / "config.json")
@@ -39,6 +43,9 @@ def load(path: Path, device: torch.device, dtype: torch.dtype):
 
 
 def save(model, path: Path, tokenizer_path=None, dtype: torch.dtype | None = None) -> None:
+    """Write `model` as a native folder at `path`: config.json (ModelArgs + the format tag), model.safetensors
+    (Meta's names, `dtype` if given) and the tokenizer when given. Written under a temporary name, then renamed.
+    """
     config = {"format": FORMAT_TAG, **dataclasses.asdict(model.args)}
     # safetensors wants contiguous, unshared tensors.
     state = {k: (v.to(dtype) if dtype else v).detach().contiguous().cpu() for k, v in model.state_dict().items()}

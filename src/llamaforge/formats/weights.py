@@ -79,6 +79,7 @@ def build_model(args: ModelArgs, state_dict: Mapping[str, torch.Tensor], source,
 
 
 def read_json(path: Path) -> dict:
+    """The JSON object in `path`; raises UserError naming the file when it is missing, not JSON, or not an object."""
     try:
         with open(path) as f:
             data = json.load(f)

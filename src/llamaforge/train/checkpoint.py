@@ -47,6 +47,7 @@ def _barrier() -> None:
 
 
 def step_dir(root: Path, step: int) -> Path:
+    """The folder of the checkpoint at optimizer step `step`: ROOT/step_00000042 (zero-padded, so names sort by step)."""
     return Path(root) / f"step_{step:08d}"
 
 
@@ -64,11 +65,13 @@ def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
 
 
 def latest(root: Path) -> Path | None:
+    """The newest complete checkpoint folder under `root` (one whose train state was published), or None."""
     ckpts = complete_checkpoints(root)
     return ckpts[-1][1] if ckpts else None
 
 
 def rng_state() -> dict:
+    """This process's random state (CPU, and CUDA when present), saved with a checkpoint so a resumed run draws the same numbers."""
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
@@ -76,6 +79,7 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore a state from `rng_state` (the CUDA part only where a GPU is present)."""
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])

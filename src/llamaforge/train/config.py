@@ -27,12 +27,18 @@ RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 @dataclass
 class ModelConfig:
+    """[model]: a preset name from `llamaforge.presets.PRESETS` and ModelArgs fields that override it."""
     preset: str = "tiny-1m"  # a name from llamaforge.presets.PRESETS
     overrides: dict = field(default_factory=dict)  # any ModelArgs field, e.g. n_layers = 2
 
 
 @dataclass
 class DataConfig:
+    """[data]: where the token shards are and how they mix. kind "shards" reads `sources` (name -> folder written
+    by `llamaforge tokenize`) with `weights` (normalized sampling proportions; equal when empty) through
+    `data.mixture.MixtureLoader`; "synthetic" is the counting task of `train.synthetic`. seq_len is in tokens and
+    becomes the model's max_seq_len.
+    """
     kind: str = "shards"  # "shards": token shards read by llamaforge.data.mixture; "synthetic": a built-in toy task
     sources: dict = field(default_factory=dict)  # source name -> folder of token shards
     weights: dict = field(default_factory=dict)  # source name -> sampling proportion (normalized)
@@ -42,6 +48,10 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    """[optim]: AdamW and its schedule. The defaults are the paper's (§2.2): beta1 0.9, beta2 0.95, eps 1e-8,
+    weight decay 0.1, 2000 warmup steps, cosine decay to 10% of the peak lr, gradient clipping at 1.0; the peak lr
+    is per model size (Table 2: 3e-4 for 7B/13B, 1.5e-4 for 33B/65B, set by the recipes).
+    """
     lr: float = 3e-4
     beta1: float = 0.9
     beta2: float = 0.95
@@ -54,6 +64,10 @@ class OptimConfig:
 
 @dataclass
 class TrainingConfig:
+    """[training]: length, batch and precision. batch_tokens counts tokens per optimizer step over all
+    processes and micro-batches (the paper: 4M); gradient accumulation makes up the difference
+    (`grad_accum_steps`). dtype "bf16" is bf16 compute with fp32 master weights on a GPU (fp32 on a CPU).
+    """
     steps: int = 1000
     batch_tokens: int = 4 * 1024 * 1024  # tokens per optimizer step, all processes and micro-batches together
     micro_batch_size: int = 1  # sequences per process per forward/backward
@@ -75,12 +89,14 @@ class TrainingConfig:
 
 @dataclass
 class ParallelConfig:
+    """[parallel]: the process layout, dp_shard (FSDP2) x tp (tensor + sequence parallel); dp_shard -1 takes every process left after tp."""
     dp_shard: int = -1  # FSDP2 degree; -1: all processes left after tensor parallelism
     tp: int = 1  # tensor (+sequence) parallel degree
 
 
 @dataclass
 class CheckpointConfig:
+    """[checkpoint]: whole-state checkpoints every `every` steps (0: only at the end), the newest keep_last_k kept; export_hf adds final_hf/."""
     every: int = 1000  # steps between checkpoints (0: only at the end)
     keep_last_k: int = 2
     export_hf: bool = False  # also write the final model in Hugging Face format (final_hf/)
@@ -88,6 +104,7 @@ class CheckpointConfig:
 
 @dataclass
 class MetricsConfig:
+    """[metrics]: log every log_every steps; validate on val_batches held-out batches every val_every steps (0: only at the end); TensorBoard and the progress bar on request."""
     log_every: int = 1
     val_every: int = 0  # steps between validation passes (0: only at the end)
     val_batches: int = 8
@@ -97,6 +114,10 @@ class MetricsConfig:
 
 @dataclass
 class TrainConfig:
+    """A whole training run: the sections of a TOML recipe (recipes/*.toml), each a dataclass.
+
+    Built by `load_config` (recipe + `--section.key=value` overrides, then `validate`) or `from_dict`.
+    """
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -123,6 +144,7 @@ class TrainConfig:
                             f"consistent shape: set the other field too, e.g. n_kv_heads") from None
 
     def to_dict(self) -> dict:
+        """The config as nested plain dicts (written as config.json beside the run and inside every checkpoint)."""
         return dataclasses.asdict(self)
 
 
@@ -229,6 +251,10 @@ def recipe_path(name_or_path: str) -> Path:
 
 
 def from_dict(data: dict, where: str = "config") -> TrainConfig:
+    """A TrainConfig from nested dicts ({section: {key: value}}), defaults for what is absent.
+
+    Raises UserError naming `where` and `section.key` for an unknown section or key or a value of the wrong type.
+    """
     cfg = TrainConfig()
     for section, table in data.items():
         if not isinstance(table, dict):
@@ -252,6 +278,11 @@ def parse_override(arg: str) -> tuple[str, str, Any]:
 
 
 def load_config(recipe: str, overrides: list[str] = ()) -> TrainConfig:
+    """The config of a recipe (a name in recipes/ or a .toml path) with `--section.key=value` overrides applied
+    in order, then validated (`validate`).
+
+    Raises UserError for an unknown recipe, a file that is not UTF-8 TOML, an unknown key, or a value out of range.
+    """
     path = recipe_path(recipe)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -32,6 +32,9 @@ class Throughput:
         self.t0, self.tokens = time.perf_counter(), 0
 
     def update(self, tokens: int) -> dict:
+        """Tokens/s over the interval since the last call (`tokens` processed by all processes together),
+        per device, and MFU when the device's peak is known; starts the next interval.
+        """
         now = time.perf_counter()
         dt = max(now - self.t0, 1e-9)
         tps = tokens / dt  # all processes together
@@ -74,6 +77,7 @@ class MetricsWriter:
         self.path.write_text("".join(line + "\n" for line in keep))
 
     def write(self, record: dict) -> None:
+        """Append one record (a JSON line, flushed) and its numeric values as TensorBoard scalars at record["step"]."""
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         if self.tb is not None:
@@ -82,6 +86,7 @@ class MetricsWriter:
                     self.tb.add_scalar(k, v, record["step"])
 
     def close(self) -> None:
+        """Close metrics.jsonl and the TensorBoard writer."""
         self.file.close()
         if self.tb is not None:
             self.tb.close()

@@ -29,6 +29,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over `param_groups` (weight decay on 2-D weights only) with cfg's lr, betas and eps; foreach
+    kernels, which also take FSDP2's DTensors. The paper's optimizer (§2.2: AdamW, beta2 0.95, decay 0.1).
+    """
     return torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
         foreach=True,  # one fused kernel per group instead of a Python loop over tensors; works with DTensors

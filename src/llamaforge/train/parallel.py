@@ -35,10 +35,16 @@ def mesh_shape(world_size: int, dp_shard: int, tp: int) -> tuple[int, int]:
 
 
 def build_mesh(device_type: str, dp_shard: int, tp: int) -> DeviceMesh:
+    """A 2-D device mesh (dp_shard, tp) over all processes; tp is the inner dimension (tensor-parallel ranks are neighbours)."""
     return init_device_mesh(device_type, (dp_shard, tp), mesh_dim_names=("dp_shard", "tp"))
 
 
 def apply_tensor_parallel(model: Transformer, tp_mesh: DeviceMesh) -> None:
+    """Tensor + sequence parallelism over `tp_mesh` (Megatron-LM's layout, torchtitan's plan): wq/wk/wv and
+    w1/w3 column-parallel, wo/w2 row-parallel with a reduce-scatter along the sequence, the norms sequence-parallel,
+    the output projection gathering full logits on every rank. Each rank holds n_heads / tp heads, so tp must
+    divide n_heads and n_kv_heads.
+    """
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor.parallel import (
         ColwiseParallel,
@@ -98,6 +104,10 @@ def _selective_policy():
 
 
 def apply_activation_checkpointing(model: Transformer, mode: str) -> None:
+    """Wrap every block for activation checkpointing: "full" recomputes the whole block in backward, "selective"
+    keeps matmul and attention outputs and recomputes the rest (cheap element-wise ops); "none" leaves the model
+    as is.
+    """
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
         checkpoint_wrapper,
     )
@@ -110,6 +120,9 @@ def apply_activation_checkpointing(model: Transformer, mode: str) -> None:
 
 
 def apply_fsdp(model: Transformer, dp_mesh: DeviceMesh, param_dtype: torch.dtype) -> None:
+    """FSDP2 (`fully_shard`) over `dp_mesh`: one unit per block plus the root, parameters cast to `param_dtype`
+    for compute and gradients reduced in fp32; the last block stays gathered after forward (backward needs it first).
+    """
     from torch.distributed.fsdp import (  # public path since torch 2.6
         MixedPrecisionPolicy,
         fully_shard,

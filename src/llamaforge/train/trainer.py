@@ -58,6 +58,7 @@ def init_processes(device_pref: str) -> tuple[int, int, torch.device]:
 
 
 def set_determinism(seed: int, deterministic: bool) -> None:
+    """Seed torch's generators; with `deterministic`, also require deterministic kernels (and cuBLAS's workspace setting)."""
     torch.manual_seed(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True)
@@ -127,9 +128,11 @@ class SpikeGuard:
         return None
 
     def state_dict(self) -> dict:
+        """The guard's window and skip count, JSON-serializable (saved with every checkpoint)."""
         return {"losses": self.losses, "norms": self.norms, "skipped": self.skipped}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the window and skip count from `state_dict`."""
         self.losses, self.norms = list(state["losses"]), list(state["norms"])
         self.skipped = int(state.get("skipped", 0))
 
