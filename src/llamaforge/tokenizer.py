@@ -47,13 +47,19 @@ class Tokenizer(Protocol):
     control_ids: frozenset[int]
     specials: dict[str, int]
 
-    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]: ...
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        """Token ids of `text`, encoded as text (control tokens are never produced from it); BOS/EOS prepended/appended
+        when asked.
+        """
 
-    def decode(self, ids: Sequence[int]) -> str: ...
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of `ids`, control ids skipped; invalid UTF-8 becomes U+FFFD."""
 
-    def id_to_piece(self, i: int) -> str: ...
+    def id_to_piece(self, i: int) -> str:
+        """The vocabulary entry of id `i` as text (for display and for building byte tables)."""
 
-    def special_token_id(self, text: str) -> int | None: ...
+    def special_token_id(self, text: str) -> int | None:
+        """The id of the control/special token spelled `text` (e.g. "</s>", "<|eot_id|>"), or None."""
 
 
 class SentencePieceTokenizer:
@@ -76,19 +82,24 @@ class SentencePieceTokenizer:
         self.specials = {self.sp.id_to_piece(i): i for i in sorted(self.control_ids)}
 
     def special_token_id(self, text: str) -> int | None:
+        """The id of a control or unknown piece spelled `text` ("<s>", "</s>", "<unk>"), or None."""
         return self.specials.get(text)
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        """sentencepiece's ids of `text` (control symbols in it stay text), with BOS/EOS when asked."""
         ids = self.sp.encode(text)  # control symbols in `text` stay text: sentencepiece never matches them
         return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """The ids of each text (no BOS/EOS), in one sentencepiece call."""
         return self.sp.encode(list(texts))
 
     def decode(self, ids: Sequence[int]) -> str:
+        """sentencepiece's text of `ids` (control ids skipped)."""
         return self.sp.decode([int(i) for i in ids])
 
     def id_to_piece(self, i: int) -> str:
+        """The piece of id `i` as stored ("▁" marks a leading space)."""
         return self.sp.id_to_piece(int(i))
 
 
@@ -116,6 +127,7 @@ class HFTokenizer:
         self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
 
     def special_token_id(self, text: str) -> int | None:
+        """The id of an added special token spelled `text`, or None."""
         return self.specials.get(text)
 
     def _first_id(self, names) -> int:
@@ -125,16 +137,21 @@ class HFTokenizer:
         return -1
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        """The tokenizer.json ids of `text` with special-token splitting off and no template tokens; BOS/EOS when asked.
+        """
         ids = self.tok.encode(text, add_special_tokens=False).ids  # BOS/EOS are ours to add, not the template's
         return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """The ids of each text (no BOS/EOS, no template tokens), in one `tokenizers` batch call."""
         return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int]) -> str:
+        """The text of `ids`, special tokens skipped."""
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
     def id_to_piece(self, i: int) -> str:
+        """The token string of id `i` as tokenizer.json stores it."""
         return self.tok.id_to_token(int(i))
 
 
@@ -183,9 +200,13 @@ class Llama2cTokenizer:
         return re.fullmatch(rb"<0x[0-9A-Fa-f]{2}>", piece) is not None
 
     def special_token_id(self, text: str) -> int | None:
+        """The id of BOS/EOS/UNK by their SentencePiece spellings ("<s>", "</s>", "<unk>"), or None."""
         return self.specials.get(text)
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        """run.c's encoder: a dummy-prefix space, one token per character (UTF-8 byte tokens where a character is
+        not in the vocabulary), then best-score pair merges; BOS/EOS when asked.
+        """
         tokens: list[int] = []
         if text:
             tokens.append(self.lookup[b" "])  # SentencePiece's add_dummy_prefix
@@ -199,6 +220,7 @@ class Llama2cTokenizer:
         return ([self.bos_id] if bos else []) + tokens + ([self.eos_id] if eos else [])
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """The ids of each text (no BOS/EOS)."""
         return [self.encode(t) for t in texts]
 
     def _merge(self, tokens: list[int]) -> list[int]:
@@ -236,6 +258,9 @@ class Llama2cTokenizer:
         return piece
 
     def decode(self, ids: Sequence[int]) -> str:
+        """The text of `ids`: byte tokens become their bytes, the first piece's dummy-prefix space is dropped, control
+        ids skipped.
+        """
         out = bytearray()
         at_start = True  # the dummy-prefix space of the first piece (or the first after BOS) is dropped
         for i in map(int, ids):
@@ -248,6 +273,7 @@ class Llama2cTokenizer:
         return out.decode("utf-8", errors="replace")
 
     def id_to_piece(self, i: int) -> str:
+        """The piece of id `i` as stored in tokenizer.bin (byte tokens spelled <0xXX>)."""
         return self.pieces[int(i)].decode("utf-8", errors="replace")
 
 
@@ -318,9 +344,13 @@ class TiktokenTokenizer:
         return list(LLAMA3_SPECIALS)
 
     def special_token_id(self, text: str) -> int | None:
+        """The id of a Llama 3 special token spelled `text` ("<|begin_of_text|>", "<|eot_id|>", ...), or None."""
         return self.specials.get(text)
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        """Byte-level BPE ids of `text` with no special token allowed (Meta's defaults), split first as Meta's
+        `Tokenizer.encode` does (400k-character chunks, runs of at most 25k same-kind characters); BOS/EOS when asked.
+        """
         ids: list[int] = []
         for start in range(0, len(text), TIKTOKEN_MAX_ENCODE_CHARS):
             for piece in _split_runs(text[start : start + TIKTOKEN_MAX_ENCODE_CHARS], MAX_NO_WHITESPACES_CHARS):
@@ -328,6 +358,7 @@ class TiktokenTokenizer:
         return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """The ids of each text (no BOS/EOS)."""
         return [self.encode(t) for t in texts]
 
     def token_bytes(self, i: int) -> bytes:
@@ -336,10 +367,12 @@ class TiktokenTokenizer:
         return b"" if i in self.control_ids else self.enc.decode_single_token_bytes(i)
 
     def decode(self, ids: Sequence[int]) -> str:
+        """The text of `ids`, special tokens skipped; invalid UTF-8 becomes U+FFFD."""
         ids = [int(i) for i in ids if int(i) not in self.control_ids and 0 <= int(i) < self.num_base_tokens]
         return self.enc.decode_bytes(ids).decode("utf-8", errors="replace")
 
     def id_to_piece(self, i: int) -> str:
+        """The spelling of a special token, or the bytes of a BPE token as text."""
         i = int(i)
         names = {v: k for k, v in self.specials.items()}
         return names[i] if i in names else self.enc.decode_single_token_bytes(i).decode("utf-8", errors="replace")

@@ -78,6 +78,11 @@ def evaluate_task_file(scorer, path, limit: int | None = None) -> tuple[TaskResu
 
 def evaluate(model, tokenizer, tasks: Sequence[str], data_dir, shots: int | None = None, limit: int | None = None,
              batch_size: int = 16, options: dict | None = None) -> list[TaskResult]:
+    """Run `tasks` (names from `eval.tasks.TASKS`) on `model` with `tokenizer`, reading their data under
+    `data_dir`; shots None means each task's paper setting, limit caps the items per task, batch_size is sequences
+    per forward pass. Returns one TaskResult per task, with the paper's number beside ours where the model is a
+    paper preset. Raises UserError for an unknown task or missing data.
+    """
     from llamaforge.eval.scoring import Scorer
 
     scorer = Scorer(model, tokenizer, batch_size=batch_size)

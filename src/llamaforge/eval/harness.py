@@ -32,6 +32,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 class LlamaforgeLM(TemplateLM):
+    """lm-evaluation-harness's `llamaforge` model (`lm_eval --model llamaforge --model_args path=...`): a
+    TemplateLM whose log-likelihoods, rolling perplexities and generations come from our Scorer, so lm-eval's own
+    models stay untouched. model_args: path, tokenizer, device, dtype (float32 / bfloat16 / float16), batch_size,
+    max_length (default: the model's max_seq_len).
+    """
     def __init__(self, path=None, tokenizer=None, device=None, dtype="float32", batch_size=16, max_length=None,
                  model=None, **unused):
         """From a checkpoint `path`, or from an in-memory `model` and tokenizer object (as in tests)."""
@@ -51,26 +56,34 @@ class LlamaforgeLM(TemplateLM):
 
     @property
     def eot_token_id(self) -> int:
+        """The end-of-sequence id (lm-eval stops generation and scores rolling windows with it)."""
         return self.tok.eos_id
 
     @property
     def prefix_token_id(self) -> int:
+        """BOS: an empty context is conditioned on it, as lm-eval's HF backend does for LLaMA."""
         return self.tok.bos_id  # an empty context is conditioned on BOS, as the HF backend does for LLaMA
 
     @property
     def max_length(self) -> int:
+        """The context length in tokens that requests are truncated to (the scorer's max_seq_len)."""
         return self.scorer.max_seq_len
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        """Token ids of `string`, with BOS unless add_special_tokens is False (lm-eval's convention)."""
         return self.tok.encode(string, bos=add_special_tokens is not False)
 
     def tok_decode(self, tokens, **kwargs) -> str:
+        """The text of `tokens`."""
         return self.tok.decode(tokens)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
         return self.scorer.loglikelihood_tokens([(ctx, cont) for _, ctx, cont in requests])
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """The log-likelihood (nats) of each request's whole text, scored in windows of max_length tokens conditioned
+        on BOS (the perplexity tasks, e.g. wikitext).
+        """
         out = []
         for (text,) in [r.args for r in requests]:
             ids = self.tok.encode(text, bos=False)
@@ -80,6 +93,10 @@ class LlamaforgeLM(TemplateLM):
         return out
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Greedy (or sampled, with do_sample) continuations of each request's context, cut at its `until` strings
+        and limited to max_gen_toks (default 256); requests with the same settings run as one batch, answers come back
+        in request order.
+        """
         # Requests with the same settings are generated together (batched); answers go back in request order.
         groups: dict[tuple, list[int]] = {}
         prompts = []

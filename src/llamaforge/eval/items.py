@@ -25,6 +25,9 @@ UNCONDITIONAL_CONTEXT = "Answer:"  # the paper's (and GPT-3's) calibration conte
 
 @dataclass
 class ChoiceItem:
+    """A multiple-choice item: one (context, continuation) pair per choice; the continuation carries the
+    delimiter (" "), `choices` the bare texts whose character lengths normalize acc_norm.
+    """
     contexts: list[str]  # one per choice (equal for ordinary multiple choice, different under partial scoring)
     continuations: list[str]  # one per choice, with the delimiter (" ") in front
     gold: int
@@ -39,6 +42,7 @@ class ChoiceItem:
 
     @classmethod
     def shared_context(cls, context: str, choices: Sequence[str], gold: int, delimiter: str = " ") -> ChoiceItem:
+        """Ordinary multiple choice: the same `context` for every choice, each continuation `delimiter + choice`."""
         return cls([context] * len(choices), [delimiter + c for c in choices], gold, list(choices))
 
     @classmethod
@@ -50,6 +54,7 @@ class ChoiceItem:
 
 @dataclass
 class ContinuationItem:
+    """A language-modelling item (LAMBADA-style): log p(continuation | context); acc when it is the greedy decode."""
     context: str
     continuation: str
 
@@ -79,6 +84,9 @@ def score_choice_items(scorer, items: Sequence[ChoiceItem], unconditional: bool 
 
 
 def score_continuation_items(scorer, items: Sequence[ContinuationItem]) -> list[dict]:
+    """Per item: {"acc": 1.0 when the continuation is the greedy decode, "loglikelihood": log p in nats}, in one batched
+    call.
+    """
     results = scorer.loglikelihood([(it.context, it.continuation) for it in items])
     return [{"acc": float(greedy), "loglikelihood": lp} for lp, greedy in results]
 

@@ -29,6 +29,7 @@ from llamaforge.errors import UserError
 
 @dataclass
 class Window:
+    """One forward pass of the sliding-window perplexity: input positions [start, end), scored from `scored_from`."""
     start: int  # first input position in the document's sequence [BOS, t_1, ..., t_N]
     end: int  # one past the last input position
     scored_from: int  # first input position whose next-token prediction is scored
@@ -48,6 +49,9 @@ def windows(n_tokens: int, context: int, stride: int) -> Iterator[Window]:
 
 @dataclass
 class PerplexityResult:
+    """Totals of a perplexity run: NLL in nats over `tokens` tokens of text that is `bytes` UTF-8 bytes and `words`
+    words.
+    """
     nll: float  # total negative log-likelihood (nats)
     tokens: int
     bytes: int
@@ -56,6 +60,9 @@ class PerplexityResult:
     stride: int
 
     def metrics(self) -> dict[str, float]:
+        """Token, byte and word perplexity and bits per byte (tokenizer-independent: NLL / bytes / ln 2), with the
+        token count and the window (context, stride) used.
+        """
         return {
             "token_perplexity": math.exp(self.nll / self.tokens),
             "bits_per_byte": self.nll / self.bytes / math.log(2),
@@ -117,6 +124,7 @@ def perplexity(model, tokenizer, texts: Sequence[str], context: int | None = Non
 
 
 def read_texts(paths: Sequence[Path]) -> list[str]:
+    """The UTF-8 text of each file (undecodable bytes replaced); raises UserError naming a path that is not a file."""
     texts = []
     for p in paths:
         p = Path(p)

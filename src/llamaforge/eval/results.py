@@ -15,6 +15,9 @@ from llamaforge.io import atomic_file
 
 @dataclass
 class TaskResult:
+    """One task's result: mean metrics over n items with their standard errors, and the paper's score
+    (percent) for `paper_metric` when the model is a paper preset.
+    """
     task: str
     shots: int
     n: int
@@ -45,6 +48,9 @@ def aggregate(task: str, shots: int, per_item: list[dict], paper_metric: str | N
 
 
 def to_json(results: list[TaskResult], config: dict) -> dict:
+    """The results file: {"results": task -> metrics and <metric>_stderr, "details": shots, n, paper numbers, "config":
+    ...}.
+    """
     return {
         "results": {r.task: {**r.metrics, **{f"{k}_stderr": v for k, v in r.stderr.items()}} for r in results},
         "details": {r.task: {"shots": r.shots, "n": r.n, "paper_metric": r.paper_metric, "paper": r.paper}

@@ -114,6 +114,9 @@ class Limits:
 
 @dataclass
 class Outcome:
+    """The result of running one program: passed (exit status 0 and the run's token printed), status passed | failed |
+    timeout, and stderr's tail.
+    """
     passed: bool
     status: str  # "passed", "failed", "timeout"
     detail: str = ""  # the tail of stderr when it failed

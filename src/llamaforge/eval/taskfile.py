@@ -40,6 +40,7 @@ def read_jsonl(path) -> list[tuple[int, dict]]:
 
 
 def detect_format(obj: dict) -> str | None:
+    """The name of the first FORMATS entry whose keys `obj` all has, or None."""
     for name, keys in FORMATS.items():
         if all(k in obj for k in keys):
             return name

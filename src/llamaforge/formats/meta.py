@@ -58,7 +58,8 @@ def shard_files(path: Path) -> list[Path]:
 
 
 def detect(path: Path) -> bool:
-    """Whether `path` is a Meta folder: params.json, or consolidated.NN.pth shards (so `load` can name what is missing)."""
+    """Whether `path` is a Meta folder: params.json, or consolidated.NN.pth shards (so `load` can name what is missing).
+    """
     # A folder of consolidated shards is Meta's even without params.json, so that load() can say it is missing.
     return path.is_dir() and ((path / "params.json").is_file() or any(path.glob("consolidated.*.pth")))
 
@@ -180,7 +181,9 @@ def shard_state(state: dict[str, torch.Tensor], rank: int, shards: int) -> dict[
 
 
 def check_divisible(args: ModelArgs, shards: int) -> None:
-    """Raise UserError unless `shards` divides every dimension that model parallelism splits (heads, kv heads, dim, FFN width, vocab)."""
+    """Raise UserError unless `shards` divides every dimension that model parallelism splits (heads, kv heads, dim, FFN
+    width, vocab).
+    """
     sizes = {"n_heads": args.n_heads, "n_kv_heads": args.n_kv_heads, "dim": args.dim,
              "ffn hidden size": args.ffn_hidden_dim, "vocab_size": args.vocab_size}
     for what, size in sizes.items():

@@ -42,6 +42,8 @@ class Vocabulary:
                 self.strips_at_start.add(i)
 
     def bytes_of(self, token: int) -> bytes:
+        """The UTF-8 bytes token `token` stands for (b"" for an id outside the vocabulary, e.g. a padded embedding row).
+        """
         return self.pieces[token] if 0 <= token < len(self.pieces) else b""
 
 
@@ -203,11 +205,17 @@ class Detokenizer:
         self._shown = 0  # characters of text already returned
 
     def add(self, token: int) -> str:
+        """The text that token `token` completes and that can be shown now: complete UTF-8 characters only, held
+        back while it may be the start of a stop string; "" once a stop string has been found.
+        """
         if self.stopped:
             return ""
         return self._push(self.decoder.decode(int(token)), final=False)
 
     def finish(self) -> str:
+        """The rest of the text at the end of the request (bytes left incomplete decode with U+FFFD), cut at a stop
+        string.
+        """
         if self.stopped:
             return self._push("", final=True)
         return self._push(self.decoder.flush(), final=True)

@@ -61,6 +61,10 @@ class RequestError(ValueError):
 
 @dataclass
 class SamplingParams:
+    """How one request is continued: the budget of new tokens, the sampling rule (greedy at temperature 0, else
+    temperature with optional top-k and nucleus top-p, Holtzman et al. 2020), its own seed, where it stops (stop
+    strings on the text, stop token ids), and which log-probabilities it reports.
+    """
     max_new_tokens: int | None = None  # None: the rest of the context (as OpenAI-compatible servers do)
     temperature: float = 0.0  # 0: greedy
     top_k: int = 0  # 0: off
@@ -305,6 +309,7 @@ class Engine:
 
     @property
     def busy(self) -> bool:
+        """Whether any request is waiting or still decoding in a slot."""
         return bool(self._waiting) or any(r is not None for r in self._slots)
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None) -> list[Request]:

@@ -53,6 +53,9 @@ class SplitKLinear(nn.Linear):
     @classmethod
     @torch.no_grad()
     def from_linear(cls, linear: nn.Linear, splits: int) -> SplitKLinear:
+        """A SplitKLinear sharing `linear`'s Parameter, re-laid column-major in place (tied weights stay tied);
+        `splits` falls back to 1 when it does not divide in_features.
+        """
         m = cls.__new__(cls)
         nn.Module.__init__(m)
         m.in_features, m.out_features = linear.in_features, linear.out_features
@@ -64,6 +67,7 @@ class SplitKLinear(nn.Linear):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., in] -> [..., out]: split-K for up to MAX_SPLIT_ROWS rows (decode), F.linear otherwise (prefill)."""
         rows = x.numel() // self.in_features
         if self.splits == 1 or rows > MAX_SPLIT_ROWS or not is_column_major(self.weight):
             return F.linear(x, self.weight, self.bias)
@@ -82,6 +86,8 @@ class SplitKInt8Linear(WeightOnlyInt8Linear):
     @classmethod
     @torch.no_grad()
     def from_int8(cls, linear: WeightOnlyInt8Linear, splits: int) -> SplitKInt8Linear:
+        """The same int8 weights and scales as `linear`, the weights stored column-major; `splits` as in SplitKLinear.
+        """
         m = cls.__new__(cls)
         nn.Module.__init__(m)
         m.in_features, m.out_features = linear.in_features, linear.out_features
@@ -91,6 +97,9 @@ class SplitKInt8Linear(WeightOnlyInt8Linear):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., in] -> [..., out]: split-K for up to MAX_SPLIT_ROWS rows, the parent's dequantize-and-matmul
+        otherwise.
+        """
         rows = x.numel() // self.in_features
         if self.splits == 1 or rows > MAX_SPLIT_ROWS:
             return super().forward(x)

@@ -33,6 +33,9 @@ class WeightOnlyInt8Linear(nn.Module):
     @classmethod
     @torch.no_grad()
     def from_linear(cls, linear: nn.Linear) -> WeightOnlyInt8Linear:
+        """Symmetric per-output-channel int8 of `linear`'s weight: scale = max|w_row| / 127, q = round(w / scale);
+        the scales keep the weight's dtype (gpt-fast's weight-only int8).
+        """
         w = linear.weight.float()
         scales = w.abs().amax(dim=1).clamp_min(1e-12) / 127  # the largest weight of each row maps to +-127
         q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
@@ -42,6 +45,9 @@ class WeightOnlyInt8Linear(nn.Module):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., in] -> [..., out] in x's dtype: (x @ q^T) * scale, the scale applied after the matmul (it is per
+        output).
+        """
         # the scale is per output channel, so it can be applied after the matmul
         return F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
 
@@ -69,6 +75,9 @@ class WeightOnlyInt4Linear(nn.Module):
     @classmethod
     @torch.no_grad()
     def from_linear(cls, linear: nn.Linear, group_size: int = 64, inner_k_tiles: int = 8) -> WeightOnlyInt4Linear:
+        """Group-wise asymmetric int4 of `linear`'s weight (groups of `group_size` inputs, w ~ (q - 8) * scale + zero),
+        packed for PyTorch's tinygemm kernel of the weight's device (gpt-fast's int4 layout); check `int4_fits` first.
+        """
         w = linear.weight
         q, scales, zeros = _int4_params(w, group_size)
         # [in / group, out, 2]: the kernels' layout of (scale, zero) pairs
@@ -83,6 +92,7 @@ class WeightOnlyInt4Linear(nn.Module):
         return cls(packed, sz, linear.in_features, linear.out_features, group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., in] -> [..., out] in x's dtype through `_weight_int4pack_mm` (bf16 on CUDA, x's dtype on a CPU)."""
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
         if x.device.type == "cuda":  # tinygemm on CUDA computes in bf16

@@ -35,12 +35,18 @@ MAX_LOGPROBS = 20
 
 
 class APIError(Exception):
+    """A request the server refuses: `message` (one line), the OpenAI `param` it is about, the HTTP `status`
+    (400 unless said) and an optional OpenAI `code` such as context_length_exceeded.
+    """
     def __init__(self, message: str, param: str | None = None, status: int = 400, code: str | None = None):
         super().__init__(message)
         self.message, self.param, self.status, self.code = message, param, status, code
 
 
 def error_response(message: str, param=None, status=400, code=None) -> JSONResponse:
+    """An OpenAI-style error body {"error": {message, type, param, code}} with `status`; type is invalid_request_error
+    below 500.
+    """
     kind = "invalid_request_error" if status < 500 else "server_error"
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status)
@@ -54,6 +60,7 @@ class _Strict(BaseModel):
 
 
 class StreamOptions(_Strict):
+    """OpenAI's `stream_options`: include_usage adds a last chunk with the token counts."""
     include_usage: bool = False
 
 
@@ -73,6 +80,9 @@ class _Sampling(_Strict):
 
 
 class CompletionRequest(_Sampling):
+    """POST /v1/completions: prompt as text, texts, token ids or lists of token ids; max_tokens new tokens
+    (OpenAI's default 16; 0 only with echo, for lm-eval's prompt scoring); logprobs up to MAX_LOGPROBS.
+    """
     prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = Field(16, ge=0)
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
@@ -80,12 +90,16 @@ class CompletionRequest(_Sampling):
 
 
 class ChatMessage(_Strict):
+    """One chat message: role system | user | assistant, and its text content."""
     role: Literal["system", "user", "assistant"]
     content: str
     name: str | None = None
 
 
 class ChatRequest(_Sampling):
+    """POST /v1/chat/completions: messages rendered by the model's chat format; max_completion_tokens (or the
+    older max_tokens) new tokens, default the rest of the context.
+    """
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
@@ -107,10 +121,14 @@ class EngineLoop:
         self._thread.start()
 
     def submit(self, request: Request) -> None:
+        """Queue `request` for the engine thread; raises RequestError in the caller's thread if the engine would refuse
+        it.
+        """
         self.engine.check(request)  # raises ValueError now, in the caller's thread
         self._inbox.put(request)
 
     def stop(self) -> None:
+        """Stop the engine thread (waits up to 10 s for it to finish its current step)."""
         self._stopped.set()
         self._inbox.put(None)
         self._thread.join(timeout=10)

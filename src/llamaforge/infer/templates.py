@@ -172,6 +172,9 @@ class ChatFormat:
         return _encode_pieces(self.tokenizer, self.pieces(_check_messages(messages), add_generation_prompt))
 
     def pieces(self, messages: list[dict], add_generation_prompt: bool) -> list[_Control | _Text]:
+        """The dialog as a list of control tokens and text pieces, in order; each subclass implements its format.
+        Raises DialogError naming the message and what was expected.
+        """
         raise NotImplementedError
 
 
@@ -189,6 +192,9 @@ class Llama2Chat(ChatFormat):
         self.stop_ids = frozenset({tokenizer.eos_id})
 
     def pieces(self, messages, add_generation_prompt):
+        """Meta's Llama 2 chat layout: [INST] ... [/INST] turns, the system prompt inside the first one (<<SYS>>),
+        BOS/EOS around each exchange.
+        """
         if messages[0]["role"] == "system":
             if len(messages) < 2 or messages[1]["role"] != "user":
                 raise DialogError("messages[1].role", "a system message must be followed by a user message")
@@ -232,6 +238,9 @@ class Llama3Chat(ChatFormat):
         return [_Control(self.start_header), _Text([(role, False)]), _Control(self.end_header), _Text([("\n\n", False)])]
 
     def pieces(self, messages, add_generation_prompt):
+        """Meta's Llama 3 layout: <|begin_of_text|>, then per message a header
+        (<|start_header_id|>role<|end_header_id|>\n\n), the stripped content and <|eot_id|>.
+        """
         out: list[_Control | _Text] = [_Control(self.begin)]
         for m in messages:
             answer = m["role"] == "assistant"
@@ -340,6 +349,9 @@ class JinjaChat(ChatFormat):
         self.stop_strings = []
 
     def pieces(self, messages, add_generation_prompt):
+        """The tokenizer's own Jinja `chat_template` rendered with the messages, content kept as text pieces so that
+        nothing a user wrote can become a control token.
+        """
         import jinja2
 
         registry: list[tuple[str, str]] = []

@@ -47,7 +47,8 @@ def _barrier() -> None:
 
 
 def step_dir(root: Path, step: int) -> Path:
-    """The folder of the checkpoint at optimizer step `step`: ROOT/step_00000042 (zero-padded, so names sort by step)."""
+    """The folder of the checkpoint at optimizer step `step`: ROOT/step_00000042 (zero-padded, so names sort by step).
+    """
     return Path(root) / f"step_{step:08d}"
 
 
@@ -71,7 +72,9 @@ def latest(root: Path) -> Path | None:
 
 
 def rng_state() -> dict:
-    """This process's random state (CPU, and CUDA when present), saved with a checkpoint so a resumed run draws the same numbers."""
+    """This process's random state (CPU, and CUDA when present), saved with a checkpoint so a resumed run draws the same
+    numbers.
+    """
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()

@@ -89,14 +89,18 @@ class TrainingConfig:
 
 @dataclass
 class ParallelConfig:
-    """[parallel]: the process layout, dp_shard (FSDP2) x tp (tensor + sequence parallel); dp_shard -1 takes every process left after tp."""
+    """[parallel]: the process layout, dp_shard (FSDP2) x tp (tensor + sequence parallel); dp_shard -1 takes every
+    process left after tp.
+    """
     dp_shard: int = -1  # FSDP2 degree; -1: all processes left after tensor parallelism
     tp: int = 1  # tensor (+sequence) parallel degree
 
 
 @dataclass
 class CheckpointConfig:
-    """[checkpoint]: whole-state checkpoints every `every` steps (0: only at the end), the newest keep_last_k kept; export_hf adds final_hf/."""
+    """[checkpoint]: whole-state checkpoints every `every` steps (0: only at the end), the newest keep_last_k kept;
+    export_hf adds final_hf/.
+    """
     every: int = 1000  # steps between checkpoints (0: only at the end)
     keep_last_k: int = 2
     export_hf: bool = False  # also write the final model in Hugging Face format (final_hf/)
@@ -104,7 +108,9 @@ class CheckpointConfig:
 
 @dataclass
 class MetricsConfig:
-    """[metrics]: log every log_every steps; validate on val_batches held-out batches every val_every steps (0: only at the end); TensorBoard and the progress bar on request."""
+    """[metrics]: log every log_every steps; validate on val_batches held-out batches every val_every steps (0: only at
+    the end); TensorBoard and the progress bar on request.
+    """
     log_every: int = 1
     val_every: int = 0  # steps between validation passes (0: only at the end)
     val_batches: int = 8

@@ -35,7 +35,9 @@ def mesh_shape(world_size: int, dp_shard: int, tp: int) -> tuple[int, int]:
 
 
 def build_mesh(device_type: str, dp_shard: int, tp: int) -> DeviceMesh:
-    """A 2-D device mesh (dp_shard, tp) over all processes; tp is the inner dimension (tensor-parallel ranks are neighbours)."""
+    """A 2-D device mesh (dp_shard, tp) over all processes; tp is the inner dimension (tensor-parallel ranks are
+    neighbours).
+    """
     return init_device_mesh(device_type, (dp_shard, tp), mesh_dim_names=("dp_shard", "tp"))
 
 

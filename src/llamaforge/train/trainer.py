@@ -58,7 +58,9 @@ def init_processes(device_pref: str) -> tuple[int, int, torch.device]:
 
 
 def set_determinism(seed: int, deterministic: bool) -> None:
-    """Seed torch's generators; with `deterministic`, also require deterministic kernels (and cuBLAS's workspace setting)."""
+    """Seed torch's generators; with `deterministic`, also require deterministic kernels (and cuBLAS's workspace
+    setting).
+    """
     torch.manual_seed(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True)

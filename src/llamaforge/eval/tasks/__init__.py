@@ -14,6 +14,9 @@ from llamaforge.eval.tasks import code, generative_qa, gsm8k, multiple_choice
 
 @dataclass
 class Task:
+    """A benchmark of the paper: how to load its items, its kind of scoring (choice, qa, math, code), the paper's
+    shot count and metric, and the paper's scores per preset (Touvron et al. 2023, Tables 3-9).
+    """
     name: str
     kind: str  # "choice", "qa", "math", "code"
     load: Callable  # (data_dir, shots) -> items
@@ -75,6 +78,7 @@ QA_PAPER = {
 
 
 def get_task(name: str) -> Task:
+    """The Task named `name`; raises UserError listing the known tasks."""
     if name not in TASKS:
         raise UserError(f"--tasks: unknown task {name!r}; expected some of: {', '.join(TASKS)}")
     return TASKS[name]

@@ -21,6 +21,9 @@ MBPP_STOP = ["[DONE]"]
 
 @dataclass
 class CodeItem:
+    """A code-generation problem: the prompt the model continues and the program around the completion that the tests
+    run.
+    """
     task_id: str
     prompt: str  # what the model continues
     program_head: str  # what goes before the completion in the program (HumanEval: the prompt; MBPP: nothing)
@@ -29,6 +32,10 @@ class CodeItem:
 
 
 def load_humaneval(data_dir: Path) -> list[CodeItem]:
+    """HumanEval's 164 problems (Chen et al. 2021) from HumanEval.jsonl.gz (or the staged gauntlet copy): the
+    prompt is the function signature and docstring, the tests call check(entry_point). Raises UserError when the
+    data is not under data_dir.
+    """
     path = find_data(data_dir, "humaneval", ["humaneval/HumanEval.jsonl.gz", f"{GAUNTLET}/human_eval.jsonl"])
     items = []
     for n, p in read_jsonl(path):  # plain or gzip; truncated or bad lines are FILE:LINE errors
@@ -77,6 +84,7 @@ def load_mbpp(data_dir: Path, shots: int = 3) -> list[CodeItem]:
 
 
 def program(item: CodeItem, completion: str) -> str:
+    """The program that is run: program head + the completion + the item's tests."""
     return item.program_head + completion + "\n" + item.tests
 
 
@@ -84,6 +92,9 @@ def score_code_items(
     scorer, items: list[CodeItem], samples: int = 1, temperature: float = 0.0, ks=(1, 10, 100),
     max_new_tokens: int = 384, limits: Limits | None = None, seed: int = 0,
 ) -> list[dict]:
+    """pass@k per item (Chen et al. 2021's unbiased estimator) for every k <= samples, from `samples`
+    completions per problem run in the OS sandbox; greedy when samples is 1, as the paper's pass@1.
+    """
     stop = MBPP_STOP if items and items[0].task_id.startswith("MBPP") else HUMANEVAL_STOP
     prompts = [scorer.tokenizer.encode(it.prompt, bos=True) for it in items]
     completions = scorer.generate_many(

@@ -25,6 +25,7 @@ POOL = 64  # exemplars held out of the evaluated set
 
 @dataclass
 class QAItem:
+    """An open-domain QA item: the prompt (with exemplars) and the accepted answers."""
     prompt: str
     answers: list[str]
 
@@ -40,6 +41,9 @@ def _with_shots(qa: list[tuple[str, list[str]]], pool: list[tuple[str, list[str]
 
 
 def load_nq_open(data_dir: Path, shots: int = 0, seed: int = 1234) -> list[QAItem]:
+    """NaturalQuestions-open dev (Lee et al. 2019), prompted "Q: ...\nA:" with `shots` exemplars drawn with `seed`
+    from the EfficientQA dev file (else from the last questions, held out). Raises UserError when the data is absent.
+    """
     path = find_data(data_dir, "nq_open", ["nq-open/NQ-open.dev.jsonl"])
     qa = [(d["question"], list(d["answer"])) for _, d in read_jsonl(path)]
     pool_file = path.parent / "NQ-open.efficientqa.dev.1.1.jsonl"
@@ -61,6 +65,9 @@ def load_triviaqa(data_dir: Path, shots: int = 0, seed: int = 1234) -> list[QAIt
 
 
 def score_qa_items(scorer, items: list[QAItem], max_new_tokens: int = 32) -> list[dict]:
+    """Greedy answers (at most max_new_tokens) cut at the first newline, period or comma; exact match after SQuAD's
+    normalization against any accepted answer.
+    """
     prompts = [scorer.tokenizer.encode(it.prompt, bos=True) for it in items]
     out = []
     for it, (answer,) in zip(items, scorer.generate_many(prompts, until=STOP, max_new_tokens=max_new_tokens)):

@@ -21,6 +21,7 @@ NUMBER = re.compile(r"-?[\d,]*\.?\d+")
 
 @dataclass
 class MathItem:
+    """A GSM8K problem: the prompt (exemplars + question) and the final numeric answer as a string."""
     prompt: str
     answer: str
 
@@ -43,6 +44,9 @@ def extract_number(text: str) -> str | None:
 
 
 def load_gsm8k(data_dir: Path, shots: int = 8) -> list[MathItem]:
+    """GSM8K test (Cobbe et al. 2021) with the first `shots` training problems as exemplars whose reasoning ends
+    "The answer is N." (the paper uses 8 shots, maj@1); reads the staged gauntlet layout too.
+    """
     path = find_data(data_dir, "gsm8k", ["gsm8k/test.jsonl", f"{GAUNTLET}/gsm8k.jsonl"])
     train = path.parent / "train.jsonl"
     exemplars = ""
@@ -63,6 +67,9 @@ def load_gsm8k(data_dir: Path, shots: int = 8) -> list[MathItem]:
 def score_math_items(
     scorer, items: list[MathItem], samples: int = 1, temperature: float = 0.0, max_new_tokens: int = 256, seed=0
 ) -> list[dict]:
+    """maj@k per item (k = samples): the most frequent last number of the completions equals the answer (the
+    paper's maj1@k, Lewkowycz et al. 2022); greedy when samples is 1.
+    """
     prompts = [scorer.tokenizer.encode(it.prompt, bos=True) for it in items]
     completions = scorer.generate_many(
         prompts, STOP, max_new_tokens, temperature=temperature if samples > 1 else 0.0, num_samples=samples, seed=seed

@@ -76,6 +76,9 @@ def load_hellaswag(data_dir: Path) -> list[ChoiceItem]:
 
 
 def load_piqa(data_dir: Path) -> list[ChoiceItem]:
+    """PIQA validation (Bisk et al. 2020): "Question: goal\nAnswer:" with the two solutions; labels from
+    valid-labels.lst.
+    """
     path = find_data(data_dir, "piqa", ["piqa/valid.jsonl"])
     label_file = path.parent / "valid-labels.lst"
     try:
@@ -95,14 +98,17 @@ def load_piqa(data_dir: Path) -> list[ChoiceItem]:
 
 
 def load_arc_easy(data_dir: Path) -> list[ChoiceItem]:
+    """ARC-Easy (Clark et al. 2018) from the staged gauntlet file, each query ending "\nAnswer:"."""
     return _mc_jsonl(find_data(data_dir, "arc_easy", [f"{GAUNTLET}/arc_easy.jsonl"]), suffix="\nAnswer:")
 
 
 def load_arc_challenge(data_dir: Path) -> list[ChoiceItem]:
+    """ARC-Challenge (Clark et al. 2018) from the staged gauntlet file, each query ending "\nAnswer:"."""
     return _mc_jsonl(find_data(data_dir, "arc_challenge", [f"{GAUNTLET}/arc_challenge.jsonl"]), suffix="\nAnswer:")
 
 
 def load_boolq(data_dir: Path) -> list[ChoiceItem]:
+    """BoolQ (Clark et al. 2019) from the staged gauntlet file, each query ending "\nAnswer:"."""
     return _mc_jsonl(find_data(data_dir, "boolq", [f"{GAUNTLET}/boolq.jsonl"]), suffix="\nAnswer:")
 
 
@@ -153,6 +159,9 @@ def _mmlu_question(question: str, choices: list[str]) -> str:
 
 
 def load_mmlu(data_dir: Path, shots: int = 5) -> list[ChoiceItem]:
+    """MMLU test (Hendrycks et al. 2021) in its original prompt: per subject a header and the first `shots`
+    dev questions with their answers, then the question with lettered choices; the choices scored are the letters.
+    """
     root = find_data(data_dir, "mmlu", ["mmlu"])
     items = []
     for test_file in sorted((root / "test").glob("*_test.csv")):
