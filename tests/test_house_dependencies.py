@@ -22,7 +22,7 @@ IMPORT_TO_DIST = {
     "yaml": {"pyyaml"},
     "PIL": {"pillow"},
     "lm_eval": {"lm-eval"},
-    "fasttext": {"fasttext", "fasttext-numpy2", "fasttext-wheel"},
+    "fasttext": {"fasttext", "fasttext-predict", "fasttext-numpy2", "fasttext-wheel"},
     "llama_cpp": {"llama-cpp-python"},
     "google": {"protobuf"},
 }
