@@ -282,7 +282,69 @@ class MixtureLoader:
             for n, s in self.streams.items()
         }
 
+    def plan(self, total_tokens: int) -> tuple[list[dict], list[str]]:
+        """`plan_mixture` for this loader's sources: what `total_tokens` tokens of training will take from each."""
+        available = {n: s.framed_tokens for n, s in self.streams.items()}
+        return plan_mixture(available, self.weights, total_tokens)
+
     def __repr__(self) -> str:
         srcs = ", ".join(f"{n}={self.weights[n]:.3f}" for n in self.names)
         shape = f"seq_len={self.seq_len}, batch_size={self.batch_size}, rank={self.rank}/{self.world_size}"
         return f"MixtureLoader({srcs}; {shape})"
+
+
+# Table 1 of the paper (Touvron et al. 2023): sampling proportion and epochs over the 1.4T-token run.
+TABLE1 = {
+    "commoncrawl": {"weight": 0.670, "epochs": 1.10},
+    "c4": {"weight": 0.150, "epochs": 1.06},
+    "github": {"weight": 0.045, "epochs": 0.64},
+    "wikipedia": {"weight": 0.045, "epochs": 2.45},
+    "books": {"weight": 0.045, "epochs": 2.23},
+    "arxiv": {"weight": 0.025, "epochs": 1.06},
+    "stackexchange": {"weight": 0.020, "epochs": 1.03},
+}
+REPEAT_FACTOR = 2.0  # warn when a source is planned for more than this many times its Table 1 epochs
+UNUSED_EPOCHS = 0.5  # warn when less than this fraction of a source will be seen
+
+
+def plan_mixture(available: dict[str, int], weights: dict[str, float], total_tokens: int,
+                 paper_epochs: dict[str, float | None] | None = None) -> tuple[list[dict], list[str]]:
+    """What a run of `total_tokens` training tokens will take from each source, before it runs.
+
+    available: tokens per epoch of each source's training split (framed: BOS + doc + EOS, as the loader counts);
+    weights: sampling proportions (normalized here); paper_epochs: Table 1's epochs per source (default: looked up
+    by source name in `TABLE1`; None for a source the paper does not have, then 1 epoch is the reference).
+    Returns one row per source {source, tokens_available, weight, planned_tokens, planned_epochs, paper_epochs} and
+    warnings: a source repeated more than REPEAT_FACTOR x its reference epochs (the paper's CC is seen 1.1 times; a
+    small slice at 67% would be memorized), or one with less than UNUSED_EPOCHS of it seen (mostly unused)."""
+    total_w = sum(weights.values())
+    if paper_epochs is None:
+        paper_epochs = {n: TABLE1.get(n, {}).get("epochs") for n in available}
+    rows, warnings = [], []
+    for name in sorted(available):
+        w = weights.get(name, 0.0) / total_w if total_w else 0.0
+        planned = w * total_tokens
+        epochs = planned / available[name] if available[name] else float("inf")
+        ref = paper_epochs.get(name)
+        rows.append({"source": name, "tokens_available": int(available[name]), "weight": w,
+                     "planned_tokens": int(round(planned)), "planned_epochs": epochs, "paper_epochs": ref})
+        limit = REPEAT_FACTOR * (ref if ref is not None else 1.0)
+        if w > 0 and epochs > limit:
+            what = f"{REPEAT_FACTOR:g} x the paper's {ref:.2f}" if ref is not None else f"{limit:g}"
+            warnings.append(f"warning: {name} will be repeated {epochs:.1f} times (more than {what} epochs): "
+                            f"the model may memorize it; give it more data or a lower weight")
+        elif epochs < UNUSED_EPOCHS:
+            warnings.append(f"warning: {name}: only {100 * epochs:.0f}% of its {available[name]:,} tokens will be "
+                            f"seen (weight {w:.3f}); more steps or a higher weight would use it")
+    return rows, warnings
+
+
+def format_plan(rows: list[dict], warnings: list[str]) -> str:
+    """The plan as a fixed-width table followed by its warnings (printed before training)."""
+    lines = [f"{'source':<14} {'tokens avail':>13} {'weight':>7} {'planned tokens':>15} {'epochs':>7} "
+             f"{'paper epochs':>12}"]
+    for r in rows:
+        paper = "-" if r["paper_epochs"] is None else f"{r['paper_epochs']:.2f}"
+        lines.append(f"{r['source']:<14} {r['tokens_available']:>13,} {r['weight']:>7.3f} {r['planned_tokens']:>15,} "
+                     f"{r['planned_epochs']:>7.2f} {paper:>12}")
+    return "\n".join(lines + warnings)

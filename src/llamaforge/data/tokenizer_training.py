@@ -10,6 +10,9 @@ document into its lines, cut longer lines at spaces, and keep a uniform sample o
 (reservoir sampling with a seeded RNG over the inputs in sorted order), so the result depends only on the inputs,
 the sample size and the seed. SentencePiece's result also depends on its thread count (ties between equally frequent
 merges fall differently), so the count is a fixed default rather than the machine's core count.
+
+For several sources (`llamaforge run`), `weighted_sample` takes each source's share of the sample from the
+pretraining mixture weights instead, so the tokenizer sees the sources as the model will (issue #11).
 """
 
 from __future__ import annotations
@@ -104,21 +107,62 @@ def sample_sentences(files: list[Path], max_sentences: int, seed: int, max_bytes
     return sample
 
 
+def weighted_sample(sources: dict[str, list[Path]], weights: dict[str, float], total_bytes: int, seed: int = 0,
+                    max_bytes: int = META_TRAINER_SPEC["max_sentence_length"]) -> tuple[list[str], dict[str, dict]]:
+    """Sentences of several sources in the proportions of the pretraining mixture, not of their sizes.
+
+    Source s (files of prepared JSONL) gets a budget of `total_bytes * w_s / sum(w)` UTF-8 bytes: a first pass counts
+    its sentence bytes, a second keeps each sentence with probability budget / available (seeded Bernoulli, in file
+    order) until the budget is spent; a source smaller than its budget gives all of it. Returns the sentences and,
+    per source, {"bytes_available", "bytes_sampled", "sentences"} for the report. Why: a uniform sample of lines is
+    dominated by the largest source (books), and the tokenizer then compresses the others poorly."""
+    total_w = sum(weights[n] for n in sources)
+    if total_w <= 0:
+        raise UserError(f"tokenizer sample: weights: expected a positive sum, got {weights}")
+    sample: list[str] = []
+    stats: dict[str, dict] = {}
+    for i, name in enumerate(sorted(sources)):
+        files = sources[name]
+        available = sum(len(x.encode("utf-8")) for f in files for t in documents(f) for x in sentences(t, max_bytes))
+        budget = int(total_bytes * weights[name] / total_w)
+        p = min(1.0, budget / available) if available else 0.0
+        rng = random.Random(f"{seed}:{name}")  # per source: the sample of one does not depend on the others
+        taken = n = 0
+        for f in files:
+            for text in documents(f):
+                for x in sentences(text, max_bytes):
+                    if taken < budget and rng.random() < p:
+                        sample.append(x)
+                        taken += len(x.encode("utf-8"))
+                        n += 1
+        stats[name] = {"bytes_available": available, "bytes_sampled": taken, "sentences": n,
+                       "weight": weights[name] / total_w}
+    if not sample:
+        raise UserError(f"{', '.join(sorted(sources))}: no text to train a tokenizer on")
+    return sample, stats
+
+
 def train_tokenizer(inputs, vocab_size: int, out_prefix, max_sentences: int = 2_000_000, seed: int = 0,
                     num_threads: int = NUM_THREADS, verbose: bool = False) -> Path:
     """Train on `inputs` (files or folders) and write `out_prefix.model` (atomically) and `out_prefix.vocab`.
 
     Returns the `.model` path; it loads with `llamaforge.load_tokenizer`.
     """
-    import sentencepiece as spm
-
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     files = input_files(inputs)
-    spec = dict(META_TRAINER_SPEC, vocab_size=int(vocab_size), input_sentence_size=0, shuffle_input_sentence=False,
-                num_threads=num_threads)  # input_sentence_size 0: the sample below is already a random subset
-    sample = sample_sentences(files, max_sentences, seed, spec["max_sentence_length"])
+    sample = sample_sentences(files, max_sentences, seed, META_TRAINER_SPEC["max_sentence_length"])
+    return train_on_sentences(sample, vocab_size, out_prefix, num_threads=num_threads, verbose=verbose)
 
+
+def train_on_sentences(sample: list[str], vocab_size: int, out_prefix, num_threads: int = NUM_THREADS,
+                       verbose: bool = False) -> Path:
+    """SentencePiece with Meta's spec on these sentences (in this order); writes `out_prefix.model` atomically and
+    `out_prefix.vocab`; returns the `.model` path. A vocabulary the sample cannot fill is a UserError."""
+    import sentencepiece as spm
+
+    spec = dict(META_TRAINER_SPEC, vocab_size=int(vocab_size), input_sentence_size=0, shuffle_input_sentence=False,
+                num_threads=num_threads)  # input_sentence_size 0: the sample is already a random subset
     model_path = Path(f"{out_prefix}.model")
     buffer = io.BytesIO()
     quiet = {} if verbose else {"minloglevel": 2}  # SentencePiece logs every step to stderr by default

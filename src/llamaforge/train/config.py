@@ -242,6 +242,12 @@ def _set(cfg: TrainConfig, section: str, key: str, value: Any, where: str) -> No
     setattr(sub, key, value)
 
 
+def set_key(cfg: TrainConfig, section: str, key: str, value: Any, where: str) -> None:
+    """Set one recipe key ("training", "steps") with the same type checks as a TOML recipe or a `--section.key`
+    override; `where` starts the UserError message."""
+    _set(cfg, section, key, value, where)
+
+
 def recipe_path(name_or_path: str) -> Path:
     """A recipe name (`debug`, `llama-7b` ...) or a path to a TOML file."""
     path = Path(name_or_path)

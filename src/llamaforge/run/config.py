@@ -1,0 +1,275 @@
+"""The flow config: one TOML file that drives every stage of `llamaforge run`, as dataclasses.
+
+    [run]
+    out = "runs/flow"                 # the run folder: every stage writes under it
+    workers = 2                       # processes for prepare and tokenize
+
+    [sources.books]                   # one table per source; the name is yours, `kind` says what it is
+    kind = "books"                    # a paper source (commoncrawl c4 github wikipedia books arxiv stackexchange),
+                                      # "builtin" (the standard library's code or docs), or "jsonl" (prepared documents)
+    inputs = ["../shared/data/gutenberg"]
+    weight = 0.045                    # default: Table 1's share for a paper source, else 1
+    options = { near_dup_threshold = 0.9 }   # the source's own `prepare` options (others are refused)
+
+    [tokenizer]                       # trained on a sample that follows the weights, or `path` to reuse one
+    vocab_size = 32000
+    sample_mb = 20
+
+    [train]                           # a training recipe plus the keys it changes (`--section.key=value` spelling)
+    recipe = "demo"
+    set = { "training.steps" = 250 }
+
+    [eval]
+    tasks = ["piqa", "hellaswag"]
+    data_dir = "../shared/data"
+    limit = 200                       # items per task (0: all)
+    val_batches = 4                   # held-out batches per source for the validation loss per source
+
+    [export]
+    formats = ["hf", "gguf"]
+
+Relative paths are taken from the current directory (as `llamaforge train` does), so a flow in the repository runs
+from its root. Every key can be overridden: `--train.set.training.steps=10`, `--sources.books.inputs=["x"]`,
+`--run.out=runs/y`. Every mistake is a one-line `UserError` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llamaforge.errors import UserError
+
+FLOWS_DIR = Path(__file__).resolve().parent.parent / "flows"
+PAPER_SOURCES = ("commoncrawl", "c4", "github", "wikipedia", "books", "arxiv", "stackexchange")
+KINDS = PAPER_SOURCES + ("builtin", "jsonl")
+BUILTIN_PARTS = ("code", "docs")
+
+
+@dataclass
+class SourceSpec:
+    name: str
+    kind: str
+    inputs: list = field(default_factory=list)
+    weight: float | None = None  # None: Table 1's share for a paper source, 1.0 otherwise
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunSpec:
+    out: str = "runs/flow"
+    workers: int = 1
+
+
+@dataclass
+class TokenizerSpec:
+    path: str = ""  # an existing tokenizer file: no training
+    vocab_size: int = 32000
+    sample_mb: float = 20.0  # megabytes of text in the training sample, split by the mixture weights
+    seed: int = 0
+
+
+@dataclass
+class TrainSpec:
+    recipe: str = "demo"
+    set: dict = field(default_factory=dict)  # "section.key" -> value, applied after the recipe
+
+
+@dataclass
+class EvalSpec:
+    tasks: list = field(default_factory=list)
+    data_dir: str = "../shared/data"
+    limit: int = 0
+    val_batches: int = 4
+    batch_size: int = 16
+
+
+@dataclass
+class ExportSpec:
+    formats: list = field(default_factory=lambda: ["hf", "gguf"])
+
+
+@dataclass
+class FlowConfig:
+    path: str
+    run: RunSpec = field(default_factory=RunSpec)
+    sources: dict = field(default_factory=dict)  # name -> SourceSpec
+    tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    export: ExportSpec = field(default_factory=ExportSpec)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.run.out)
+
+    def weights(self) -> dict[str, float]:
+        """Each source's sampling weight: its own, Table 1's for a paper source, else 1 (normalized by the loader)."""
+        from llamaforge.data.mixture import TABLE1
+
+        return {n: s.weight if s.weight is not None else TABLE1.get(s.kind, {}).get("weight", 1.0)
+                for n, s in self.sources.items()}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_TYPES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
+          dict: "a table"}
+
+
+def _typed(value: Any, tp, where: str) -> Any:
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and value is None:
+        return None
+    if isinstance(value, tp) and not (tp in (int, float) and isinstance(value, bool)):
+        return value
+    raise UserError(f"{where}: expected {_TYPES.get(tp, tp.__name__)}, got {value!r}")
+
+
+def _fill(obj, table: dict, where: str) -> None:
+    hints = {f.name: f.type for f in dataclasses.fields(obj)}
+    types = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict,
+             "float | None": float}
+    for key, value in table.items():
+        if key not in hints or key == "name":
+            known = ", ".join(k for k in hints if k != "name")
+            raise UserError(f"{where}.{key}: unknown key; known: {known}")
+        setattr(obj, key, _typed(value, types[hints[key]], f"{where}.{key}"))
+
+
+def set_dotted(data: dict, dotted: str, value: Any, where: str) -> None:
+    """data["a"]["b"]["c"] = value for "a.b.c", creating tables on the way. Under `train.set` the rest of the key is
+    one recipe key ("training.steps"), as the recipe spells it."""
+    parts = dotted.split(".")
+    if parts[:2] == ["train", "set"] and len(parts) > 2:
+        parts = parts[:2] + [".".join(parts[2:])]
+    node = data
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise UserError(f"{where}: '{p}' is a value, not a table; expected --{'.'.join(parts[:-1])}=VALUE")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def from_dict(data: dict, path: str) -> FlowConfig:
+    """A FlowConfig from parsed TOML; checks every section, key and type (UserError: `FILE: section.key: ...`)."""
+    cfg = FlowConfig(path=path)
+    sections = {"run", "sources", "tokenizer", "train", "eval", "export"}
+    for section, table in data.items():
+        if section not in sections:
+            raise UserError(f"{path}: {section}: unknown section; known: {', '.join(sorted(sections))}")
+        if not isinstance(table, dict):
+            raise UserError(f"{path}: {section}: expected a [{section}] table, got {table!r}")
+        if section == "sources":
+            for name, spec in table.items():
+                where = f"{path}: sources.{name}"
+                if not isinstance(spec, dict):
+                    raise UserError(f"{where}: expected a [sources.{name}] table with kind and inputs")
+                source = SourceSpec(name=name, kind="")
+                _fill(source, spec, where)
+                cfg.sources[name] = source
+        else:
+            _fill(getattr(cfg, section), table, f"{path}: {section}")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: FlowConfig) -> None:
+    """Checks beyond types: kinds, inputs, weights, the sources' own options, stage settings."""
+    import re
+
+    from llamaforge.data import sources as data_sources
+
+    path = cfg.path
+    if not cfg.sources:
+        raise UserError(f"{path}: sources: expected at least one [sources.NAME] table")
+    if cfg.run.workers < 1:
+        raise UserError(f"{path}: run.workers: expected a positive integer, got {cfg.run.workers}")
+    for name, s in cfg.sources.items():
+        where = f"{path}: sources.{name}"
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+            raise UserError(f"{where}: expected a name of letters, digits, '_', '.', '-'")
+        if s.kind not in KINDS:
+            raise UserError(f"{where}.kind: expected one of {', '.join(KINDS)}, got {s.kind!r}")
+        if s.weight is not None and not (s.weight >= 0 and s.weight != float("inf")):
+            raise UserError(f"{where}.weight: expected a non-negative number, got {s.weight}")
+        if not all(isinstance(i, str) for i in s.inputs):
+            raise UserError(f"{where}.inputs: expected a list of paths (strings)")
+        if s.kind == "builtin":
+            unknown = set(s.options) - {"part", "max_mb"}
+            if s.options.get("part") not in BUILTIN_PARTS or unknown:
+                raise UserError(f"{where}.options: expected {{ part = \"code\" or \"docs\", max_mb = N }}, "
+                                f"got {s.options}")
+            continue
+        if not s.inputs:
+            raise UserError(f"{where}.inputs: expected at least one file or folder")
+        for item in s.inputs:
+            if not Path(item).exists():
+                raise UserError(f"{where}.inputs: {item}: no such file or folder (paths are relative to the "
+                                f"current directory {Path.cwd()})")
+        if s.kind == "jsonl":
+            if s.options:
+                raise UserError(f"{where}.options: prepared JSONL takes no options, got {s.options}")
+            continue
+        accepted = [p for p in data_sources.source_options(s.kind) if p != "_"]
+        for key in s.options:
+            if key not in accepted:
+                raise UserError(f"{where}.options.{key}: {s.kind} takes no such option; it takes: "
+                                f"{', '.join(accepted) or 'none'}")
+    if sum(cfg.weights().values()) <= 0:
+        raise UserError(f"{path}: sources: weights: expected a positive sum")
+    if not cfg.tokenizer.path and cfg.tokenizer.vocab_size < 260:  # 256 byte pieces + unk, bos, eos and one more
+        raise UserError(f"{path}: tokenizer.vocab_size: expected at least 260 (Meta's spec has 256 byte pieces), "
+                        f"got {cfg.tokenizer.vocab_size}")
+    if cfg.tokenizer.sample_mb <= 0:
+        raise UserError(f"{path}: tokenizer.sample_mb: expected a positive number, got {cfg.tokenizer.sample_mb}")
+    if cfg.eval.limit < 0 or cfg.eval.val_batches < 0 or cfg.eval.batch_size < 1:
+        raise UserError(f"{path}: eval: limit and val_batches >= 0, batch_size >= 1 expected")
+    if cfg.eval.tasks:
+        from llamaforge.eval.tasks import TASKS
+
+        for t in cfg.eval.tasks:
+            if t not in TASKS:
+                raise UserError(f"{path}: eval.tasks: unknown task {t!r}; expected some of: {', '.join(TASKS)}")
+    for fmt in cfg.export.formats:
+        if fmt not in ("native", "hf", "meta", "llama2c", "gguf"):
+            raise UserError(f"{path}: export.formats: unknown format {fmt!r}; expected some of: native, hf, meta, "
+                            "llama2c, gguf")
+    for key in cfg.train.set:
+        if "." not in key:
+            raise UserError(f"{path}: train.set: {key!r}: expected a recipe key as \"section.key\"")
+
+
+def flow_path(name_or_path: str) -> Path:
+    """A flow name shipped with the package (`demo`, `seven-sources`) or a path to a TOML file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or len(path.parts) > 1:
+        if not path.is_file():
+            raise UserError(f"{path}: no such flow file")
+        return path
+    path = FLOWS_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in FLOWS_DIR.glob("*.toml"))
+        raise UserError(f"FLOW: unknown flow {name_or_path!r}; known: {', '.join(known)} or a .toml path")
+    return path
+
+
+def load_flow(name_or_path: str, overrides: list[str] = ()) -> FlowConfig:
+    """Read a flow, apply `--a.b.c=value` overrides (values read as TOML, else as bare strings), validate."""
+    from llamaforge.train.config import parse_override
+
+    path = flow_path(name_or_path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: not valid TOML ({e})") from None
+    for arg in overrides:
+        section, key, value = parse_override(arg)
+        set_dotted(data, f"{section}.{key}", value, arg.split("=", 1)[0])
+    return from_dict(data, str(path))
