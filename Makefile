@@ -36,7 +36,7 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-demo: setup
+demo: setup  # the built-in corpus flow (src/llamaforge/flows/demo.toml), then samples
 	$(PY) -m llamaforge demo --out runs/demo
 
 clean:

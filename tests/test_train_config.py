@@ -49,7 +49,8 @@ def test_paper_recipes(name):
 
 def test_overrides_are_typed():
     cfg = load_config("debug", ["--optim.lr=1e-2", "--training.steps=3", "--model.n_layers=1",
-                                "--training.activation_checkpointing=full", "--data.sources={a = 'x'}"])
+                                "--training.activation_checkpointing=full", "--data.sources={a = 'x'}",
+                                "--data.kind=shards"])
     assert cfg.optim.lr == 1e-2 and cfg.training.steps == 3 and cfg.model_args().n_layers == 1
     assert cfg.training.activation_checkpointing == "full" and cfg.data.sources == {"a": "x"}
     assert load_config("debug", ["--optim.lr=1"]).optim.lr == 1.0  # an int where a float is expected is fine

@@ -24,6 +24,7 @@ completion files) and litgpt (one config per run) do for their part, put end to 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -165,6 +166,8 @@ class Flow:
                 raise UserError(f"--from {start}: comes after --until {until}")
             self.forget_from(start)
         confs = self.stage_configs()
+        if STAGES.index(until) >= STAGES.index("train"):
+            self.train_config()  # a bad recipe key is found now, not after an hour of prepare
         for key, conf in confs.items():  # refuse before doing any work, not after an hour of prepare
             if STAGES.index(key.split(".")[0]) <= STAGES.index(until):
                 self.check_unchanged(key, conf)
@@ -297,7 +300,7 @@ class Flow:
             print(f"{self.out / 'train' / 'final'}: done before")
             return
         summary = train(self.train_config(), self.out / "train", resume="auto")
-        _write_json(self.out / "train" / "summary.json", summary)
+        _write_json(self.out / "train" / "summary.json", dataclasses.asdict(summary))
         self.mark("train", confs["train"])
 
     def stage_eval(self, confs: dict) -> None:

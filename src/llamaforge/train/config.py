@@ -336,6 +336,8 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
         if cfg.data.weights and missing:
             raise UserError(f"{where}: data.weights: sources and weights name different sources: "
                             f"{', '.join(sorted(missing))}")
+    if cfg.data.kind == "synthetic" and (cfg.data.sources or cfg.data.weights):
+        raise UserError(f"{where}: data.sources: given, but data.kind is 'synthetic'; set data.kind = \"shards\"")
     for name, weight in cfg.data.weights.items():
         check_range(weight, float, 0, 1e12, f"{where}: data.weights.{name}", "(]")
     per_micro = cfg.data.seq_len * cfg.training.micro_batch_size

@@ -290,7 +290,7 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None, trust_checkpoint
     scheduler = build_scheduler(optimizer, cfg.optim, t.steps)
     loader = build_loader(cfg, args.vocab_size, dp_rank, dp)
     guard = SpikeGuard(t.spike_window, t.spike_zscore)
-    if master and hasattr(loader, "plan"):  # the mixture says what it will do before it does it (issue #11)
+    if master and cfg.data.kind == "shards":  # the mixture says what it will do before it does it (issue #11)
         from llamaforge.data.mixture import format_plan
 
         # every sequence takes seq_len + 1 tokens from its source (inputs and the shifted targets)
