@@ -195,7 +195,7 @@ def _bad_values():
               "--training.device=tpu", "--optim.lr=-1", "--optim.lr=0", "--optim.beta1=1.5", "--optim.beta2=-0.1",
               "--optim.eps=0", "--optim.weight_decay=-1", "--optim.warmup_steps=-5", "--optim.min_lr_ratio=2",
               "--optim.grad_clip=-1", "--parallel.tp=0", "--parallel.dp_shard=0", "--checkpoint.every=-1",
-              "--checkpoint.keep_last_k=0", "--metrics.log_every=0", "--metrics.val_every=-1",
+              "--metrics.log_every=0", "--metrics.val_every=-1",
               "--metrics.val_batches=0", "--training.spike_window=-1", "--training.spike_zscore=0",
               "--data.weights={a = 1}", "--data.sources.x=/no/such/shards"]
     return cases
