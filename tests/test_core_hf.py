@@ -162,14 +162,28 @@ def test_tied_embeddings_and_pytorch_bin(tmp_path):
     assert diff <= 1e-5 and kl <= 1e-9
 
 
-def test_tokenizer_is_copied_and_autotokenizer_reads_it(tmp_path):
+def test_sentencepiece_export_loads_in_autotokenizer_with_the_same_ids(tmp_path):
+    """The exported folder's tokenizer.json (built offline from tokenizer.model) gives sentencepiece's ids in
+    transformers' AutoTokenizer: books, code, runs of spaces ("with  x"), digits, emoji."""
+    import sentencepiece as spm
+
     from conftest import shared_path
 
     tok = shared_path("llama2-tokenizer/tokenizer.model")
     save_model(random_model(CONFIGS["mha"]), tmp_path / "hf", format="hf", tokenizer_path=tok)
     assert (tmp_path / "hf" / "tokenizer.model").read_bytes() == tok.read_bytes()
+    assert (tmp_path / "hf" / "tokenizer.json").is_file()
     auto = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    sp = spm.SentencePieceProcessor(model_file=str(tok))
     assert auto("Hello world").input_ids == [1, 15043, 3186]
+    assert auto("with  x", add_special_tokens=False).input_ids == sp.encode("with  x") == [411, 29871, 921]
+    book = shared_path("gutenberg/pg11_alice_in_wonderland.txt").read_text(encoding="utf-8")[:60000]
+    texts = [book, "def f(x):\n    return x ** 2  # square\n\tif x:\n\t\tpass\n", "  two  spaces   three    four ",
+             "digits 0 12 345 6789 3.14159 1,000,000", "emoji 🦙🔥👍🏽 and 日本語 naïve", "\n\n\nlines\n \n"]
+    for text in texts:
+        assert auto(text, add_special_tokens=False).input_ids == sp.encode(text), text[:40]
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (config["bos_token_id"], config["eos_token_id"]) == (1, 2)
 
 
 def test_unsupported_hf_features_are_refused(tmp_path):
@@ -177,7 +191,11 @@ def test_unsupported_hf_features_are_refused(tmp_path):
 
     save_model(random_model(CONFIGS["mha"]), tmp_path / "hf", format="hf")
     cfg = json.loads((tmp_path / "hf/config.json").read_text())
-    cfg["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0}
+    cfg["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 500000.0, "factor": 8.0}
     (tmp_path / "hf/config.json").write_text(json.dumps(cfg))
-    with pytest.raises(UserError, match="rope_type 'llama3'"):
+    with pytest.raises(UserError, match="rope_type 'yarn'"):
+        load_model(tmp_path / "hf")
+    cfg["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0}  # fields missing
+    (tmp_path / "hf/config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match="llama3 scaling needs"):
         load_model(tmp_path / "hf")

@@ -1,7 +1,8 @@
 """The LLaMA transformer (Touvron et al. 2023), pure PyTorch.
 
 Each paper feature is one small piece: RMSNorm pre-normalization, rotary position embeddings (RoPE),
-SwiGLU feed-forward, causal attention with grouped-query support (Llama 2). Parameter names follow Meta's
+SwiGLU feed-forward, causal attention with grouped-query support (Llama 2); Llama 3.x adds RoPE frequency scaling
+(`rope_tables`) and, for 3.2 1B/3B, tied input/output embeddings. Parameter names follow Meta's
 reference implementation (``tok_embeddings``, ``layers.N.attention.wq`` ...), so Meta checkpoints load as is.
 
 This file holds no I/O, no parallelism and no compilation: those are applied from outside
@@ -39,6 +40,12 @@ class ModelArgs:
     rope_theta: float = 10000.0
     max_seq_len: int = 2048
     hidden_dim: Optional[int] = None  # explicit FFN size (llama2.c / HF configs); None: the paper's rule
+    # Llama 3.1 RoPE scaling (HF rope_type "llama3", Meta's use_scaled_rope): None = no scaling; 3.1 uses 8, 3.2 32
+    rope_scaling_factor: Optional[float] = None
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_seq_len: int = 8192  # the context the model was pretrained at before scaling
+    tie_embeddings: bool = False  # output projection = token embedding matrix (Llama 3.2 1B/3B)
 
     def __post_init__(self):
         if self.n_kv_heads is None:
@@ -49,6 +56,12 @@ class ModelArgs:
             raise ValueError(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads}")
         if (self.dim // self.n_heads) % 2:
             raise ValueError(f"head_dim {self.dim // self.n_heads} must be even for RoPE")
+        if self.rope_scaling_factor is not None and not (
+            self.rope_scaling_factor > 0 and self.rope_high_freq_factor > self.rope_low_freq_factor > 0
+            and self.rope_original_max_seq_len > 0
+        ):
+            raise ValueError("rope scaling: expected factor > 0, high_freq_factor > low_freq_factor > 0 and "
+                             "original_max_seq_len > 0")
 
     @property
     def head_dim(self) -> int:
@@ -81,9 +94,32 @@ class RMSNorm(nn.Module):
         return xf.type_as(x) * self.weight
 
 
-def rope_tables(head_dim: int, max_pos: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of angle pos * theta^(-2i/head_dim) for pos < max_pos, i < head_dim/2 (fp32)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+def rope_frequencies(head_dim: int, theta: float, scaling: Optional[ModelArgs] = None, device=None) -> torch.Tensor:
+    """The rotation speed of each pair i < head_dim/2: theta^(-2i/head_dim) radians per position (fp32).
+
+    With `scaling` (ModelArgs whose rope_scaling_factor is set), Llama 3.1's frequency scaling (Meta's
+    `apply_scaling` in llama3/model.py; HF rope_type "llama3"): pairs whose wavelength 2*pi/freq is shorter than
+    original_max_seq_len / high_freq_factor keep their speed, those longer than original_max_seq_len /
+    low_freq_factor turn `factor` times slower, and the band between blends the two linearly in
+    original_max_seq_len / wavelength."""
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    if scaling is None or scaling.rope_scaling_factor is None:
+        return freqs
+    factor, low, high = scaling.rope_scaling_factor, scaling.rope_low_freq_factor, scaling.rope_high_freq_factor
+    old_len = scaling.rope_original_max_seq_len
+    wavelen = 2 * math.pi / freqs
+    smooth = (old_len / wavelen - low) / (high - low)  # 0 at the low-frequency edge, 1 at the high one
+    blended = (1 - smooth) * freqs / factor + smooth * freqs
+    slow = torch.where(wavelen > old_len / low, freqs / factor, blended)
+    return torch.where(wavelen < old_len / high, freqs, slow)
+
+
+def rope_tables(
+    head_dim: int, max_pos: int, theta: float, device=None, scaling: Optional[ModelArgs] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of angle pos * freq_i for pos < max_pos, i < head_dim/2 (fp32); freq_i from
+    `rope_frequencies` (theta^(-2i/head_dim), scaled as Llama 3.1 when `scaling` says so)."""
+    inv_freq = rope_frequencies(head_dim, theta, scaling, device)
     angles = torch.outer(torch.arange(max_pos, dtype=torch.float32, device=device), inv_freq)
     return angles.cos(), angles.sin()
 
@@ -213,6 +249,8 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(i, args) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:  # one Parameter under both names: training, copies and .to() keep it shared
+            self.output.weight = self.tok_embeddings.weight
         # RoPE tables are derived, not learned: non-persistent, so checkpoints hold weights only.
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
@@ -223,8 +261,14 @@ class Transformer(nn.Module):
         """(Re)compute the RoPE tables, e.g. after building the model on the meta device."""
         device = torch.device(device) if device is not None else self.tok_embeddings.weight.device
         self.rope_cos, self.rope_sin = rope_tables(
-            self.args.head_dim, self.args.max_seq_len, self.args.rope_theta, device=device
+            self.args.head_dim, self.args.max_seq_len, self.args.rope_theta, device=device, scaling=self.args
         )
+
+    def tie_weights(self) -> None:
+        """Share the output projection with the token embedding again when the args say so (after
+        `load_state_dict(assign=True)`, which replaces both Parameters separately)."""
+        if self.args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
 
     @torch.no_grad()
     def init_weights(self) -> None:

@@ -308,15 +308,18 @@ class TiktokenTokenizer:
     `<|eom_id|>` and `<|python_tag|>`. Special-token strings in text are encoded as text (`disallowed_special=()`,
     no allowed specials: Meta's own defaults). Long inputs are split as Meta's `Tokenizer.encode` splits them."""
 
-    def __init__(self, path, special_tokens: Sequence[str] | None = None):
+    def __init__(self, path, special_tokens: Sequence[str] | None = None, ranks: dict[bytes, int] | None = None):
+        """`path`: the tokenizer.model; `ranks` (token bytes -> rank) instead of reading it, e.g. from a GGUF
+        vocabulary, with `path` naming the source for messages."""
         import tiktoken
         from tiktoken.load import load_tiktoken_bpe
 
         self.path = Path(path)
-        try:
-            ranks = load_tiktoken_bpe(str(self.path))
-        except (ValueError, OSError) as e:
-            raise UserError(f"{self.path}: not a tiktoken BPE file ({e})") from None
+        if ranks is None:
+            try:
+                ranks = load_tiktoken_bpe(str(self.path))
+            except (ValueError, OSError) as e:
+                raise UserError(f"{self.path}: not a tiktoken BPE file ({e})") from None
         self.num_base_tokens = len(ranks)
         if sorted(ranks.values()) != list(range(len(ranks))):
             raise UserError(f"{self.path}: ranks: expected 0..{len(ranks) - 1} with none missing or repeated")

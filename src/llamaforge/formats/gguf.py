@@ -9,10 +9,20 @@ with the `gguf` package.
 - A SentencePiece `tokenizer.model` (or llama2.c's `tokenizer.bin`, the same vocabulary in another file) given to
   `save` goes in as `tokenizer.ggml.*` (model "llama"), so llama.cpp can tokenize, and `load_tokenizer` rebuilds
   it; without one the file says "no_vocab" and llama.cpp takes token ids only.
+- Llama 3's tiktoken `tokenizer.model` goes in as llama.cpp's converter writes it: model "gpt2" (byte-level BPE),
+  pre-tokenizer "llama-bpe" (Meta's regex), tokens as GPT-2 byte-to-unicode strings, the merges
+  (`formats.hf_tokenizer`), token types (special tokens CONTROL), BOS/EOS/EOT ids and the chat template;
+  `load_tokenizer` rebuilds the tiktoken tokenizer from them.
+- RoPE scaling of type llama3 is stored as llama.cpp stores it: a `rope_freqs.weight` tensor of head_dim/2 factors
+  (the unscaled frequency over the scaled one, which llama.cpp divides by) and no rope.scaling.* keys (llama.cpp would
+  read those as linear scaling). The four parameters also go under `llamaforge.rope_scaling.*`; a file without them
+  (llama.cpp's own conversions) is read with Meta's 1/4/8192 and the largest factor, checked against the tensor.
+- Tied embeddings: no `output.weight` (llama.cpp then uses `token_embd.weight`), read back as tied.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -116,6 +126,10 @@ def load(path: Path, device: torch.device, dtype: torch.dtype):
     raw["norm_eps"], raw["rope_theta"] = _f32(raw["norm_eps"]), _f32(raw["rope_theta"])
     raw["vocab_size"] = int(tensors["token_embd.weight"].data.shape[0])
     args = args_from_dict(raw, path)
+    if "output.weight" not in tensors:
+        args = dataclasses.replace(args, tie_embeddings=True)  # llama.cpp's convention for a tied classifier
+    if "rope_freqs.weight" in tensors:
+        args = _rope_scaling_from(reader, tensors["rope_freqs.weight"], args, path)
     rope_dims = _number(_field(reader, f"{ARCH}.rope.dimension_count", args.head_dim))
     if rope_dims != args.head_dim:
         raise UserError(f"{path}: rope.dimension_count {rope_dims} != head_dim {args.head_dim}; partial RoPE is "
@@ -125,8 +139,8 @@ def load(path: Path, device: torch.device, dtype: torch.dtype):
     state = {}
     for name in names:
         g = gguf_name(name)
-        if g not in tensors and name == "output.weight":
-            g = "token_embd.weight"  # tied classifier: llama.cpp reuses the embedding
+        if name == "output.weight" and args.tie_embeddings:
+            continue  # the embedding is the output projection
         if g not in tensors:
             raise UserError(f"{path}: missing tensor {g}")
         t = tensors[g]
@@ -136,6 +150,33 @@ def load(path: Path, device: torch.device, dtype: torch.dtype):
 
 
 # -- writing -------------------------------------------------------------------------------------------------------
+
+
+SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_context_length")
+
+
+def rope_freq_factors(args: ModelArgs) -> np.ndarray:
+    """llama.cpp's `rope_freqs` for llama3 scaling: per pair, the unscaled frequency over the scaled one (f32)."""
+    from llamaforge.model import rope_frequencies
+
+    plain = rope_frequencies(args.head_dim, args.rope_theta)
+    return (plain / rope_frequencies(args.head_dim, args.rope_theta, scaling=args)).numpy().astype(np.float32)
+
+
+def _rope_scaling_from(reader, tensor, args: ModelArgs, path: Path) -> ModelArgs:
+    """ModelArgs with the llama3 scaling that gives the file's rope_freqs tensor (module docstring)."""
+    factors = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
+    stored = [_field(reader, f"llamaforge.rope_scaling.{k}") for k in SCALING_KEYS]
+    if all(v is not None for v in stored):
+        factor, low, high, original = float(stored[0]), float(stored[1]), float(stored[2]), int(stored[3])
+    else:
+        factor, low, high, original = float(factors.max()), 1.0, 4.0, 8192
+    scaled = dataclasses.replace(args, rope_scaling_factor=factor, rope_low_freq_factor=low,
+                                 rope_high_freq_factor=high, rope_original_max_seq_len=original)
+    if factors.shape != (args.head_dim // 2,) or not np.allclose(rope_freq_factors(scaled), factors, rtol=1e-5):
+        raise UserError(f"{path}: rope_freqs.weight: not llama3 RoPE scaling with factor {factor:g}, frequency "
+                        f"factors {low:g}/{high:g} and original context {original}; expected such a tensor")
+    return scaled
 
 
 def _dtype_name(dtype) -> str:
@@ -252,13 +293,25 @@ def _write(gguf, tmp: Path, model, kind: str, qtype, file_type, tokenizer_path) 
     writer.add_rope_dimension_count(args.head_dim)
     writer.add_vocab_size(args.vocab_size)
     writer.add_file_type(file_type)
-    if tokenizer_path is not None and Path(tokenizer_path).suffix == ".model":
+    from llamaforge.tokenizer import is_tiktoken_file
+
+    if tokenizer_path is not None and Path(tokenizer_path).suffix == ".model" and is_tiktoken_file(tokenizer_path):
+        _add_tiktoken_vocab(writer, Path(tokenizer_path), args.vocab_size)
+    elif tokenizer_path is not None and Path(tokenizer_path).suffix == ".model":
         _add_sentencepiece_vocab(writer, Path(tokenizer_path), args.vocab_size)
     elif tokenizer_path is not None and Path(tokenizer_path).suffix == ".bin":
         _add_llama2c_vocab(writer, Path(tokenizer_path), args.vocab_size)
     else:
         writer.add_tokenizer_model("no_vocab")  # token ids in, token ids out
+    if args.rope_scaling_factor is not None:
+        for key, value in zip(SCALING_KEYS, (args.rope_scaling_factor, args.rope_low_freq_factor,
+                                             args.rope_high_freq_factor)):
+            writer.add_float32(f"llamaforge.rope_scaling.{key}", value)
+        writer.add_uint32("llamaforge.rope_scaling.original_context_length", args.rope_original_max_seq_len)
+        writer.add_tensor("rope_freqs.weight", rope_freq_factors(args))
     for name, tensor in model.state_dict().items():
+        if name == "output.weight" and args.tie_embeddings:
+            continue  # llama.cpp uses token_embd for a missing output
         data = tensor.detach().to("cpu", torch.float32).numpy()
         if data.ndim == 1 or kind == "f32":
             writer.add_tensor(gguf_name(name), data)  # norms stay f32
@@ -272,9 +325,71 @@ def _write(gguf, tmp: Path, model, kind: str, qtype, file_type, tokenizer_path) 
     writer.close()
 
 
+def _add_tiktoken_vocab(writer, tokenizer_path: Path, vocab_size: int) -> None:
+    """Llama 3's vocabulary as llama.cpp's convert_hf_to_gguf writes it (module docstring)."""
+    import gguf
+
+    from llamaforge.formats.hf_tokenizer import LLAMA3_TEMPLATE, tiktoken_vocab_merges, token_string
+    from llamaforge.tokenizer import TiktokenTokenizer
+
+    tok = TiktokenTokenizer(tokenizer_path)
+    if tok.vocab_size != vocab_size:
+        raise UserError(f"{tokenizer_path}: {tok.vocab_size} tokens, but the model has vocab_size {vocab_size}")
+    ranks = sorted(tok.enc._mergeable_ranks.items(), key=lambda kv: kv[1])
+    names = sorted(tok.specials, key=tok.specials.get)
+    _, merges = tiktoken_vocab_merges(tok)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("llama-bpe")
+    writer.add_token_list([token_string(t) for t, _ in ranks] + names)
+    writer.add_token_types([gguf.TokenType.NORMAL] * len(ranks) + [gguf.TokenType.CONTROL] * len(names))
+    writer.add_token_merges([f"{left} {right}" for left, right in merges])
+    writer.add_bos_token_id(tok.bos_id)
+    writer.add_eos_token_id(tok.eos_id)
+    eot = tok.special_token_id("<|eot_id|>")
+    if eot is not None:
+        writer.add_eot_token_id(eot)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+    template = None
+    beside = tokenizer_path.parent / "tokenizer_config.json"
+    if beside.is_file():
+        import json
+
+        try:
+            template = json.loads(beside.read_text(encoding="utf-8")).get("chat_template")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            template = None
+    writer.add_chat_template(template if isinstance(template, str) else LLAMA3_TEMPLATE)
+
+
+def _tiktoken_from(reader, path: Path):
+    """A Llama 3 tiktoken tokenizer from a "gpt2" / "llama-bpe" GGUF vocabulary: NORMAL tokens in id order are the
+    BPE ranks, the CONTROL tokens after them the special tokens."""
+    import gguf
+
+    from llamaforge.formats.hf_tokenizer import bytes_to_unicode
+    from llamaforge.tokenizer import TiktokenTokenizer
+
+    pre = _field(reader, "tokenizer.ggml.pre")
+    if pre != "llama-bpe":
+        raise UserError(f"{path}: tokenizer.ggml.pre is {pre!r}; only Llama 3's 'llama-bpe' byte-level BPE is read")
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    types = _field(reader, "tokenizer.ggml.token_type") or [int(gguf.TokenType.NORMAL)] * len(tokens)
+    inverse = {c: b for b, c in bytes_to_unicode().items()}
+    n_base = next((i for i, k in enumerate(types) if int(k) != int(gguf.TokenType.NORMAL)), len(tokens))
+    if any(int(k) == int(gguf.TokenType.NORMAL) for k in types[n_base:]):
+        raise UserError(f"{path}: tokenizer.ggml.token_type: expected the ordinary tokens first, special ones after")
+    try:
+        ranks = {bytes(inverse[c] for c in t): i for i, t in enumerate(tokens[:n_base])}
+    except KeyError:
+        raise UserError(f"{path}: tokenizer.ggml.tokens: not byte-level (GPT-2) token strings") from None
+    return TiktokenTokenizer(path, special_tokens=list(tokens[n_base:]), ranks=ranks)
+
+
 def load_tokenizer(path: Path):
-    """The SentencePiece tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata (model "llama"), rebuilt
-    as a SentencePiece model; None when the file carries no such vocabulary."""
+    """The tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata: model "llama" rebuilt as a SentencePiece
+    model, model "gpt2" with Llama 3's pre-tokenizer as a tiktoken tokenizer; None when the file carries no
+    vocabulary."""
     import tempfile
 
     import gguf
@@ -283,6 +398,8 @@ def load_tokenizer(path: Path):
     from llamaforge.tokenizer import SentencePieceTokenizer
 
     reader = gguf.GGUFReader(str(path))
+    if _field(reader, "tokenizer.ggml.model") == "gpt2":
+        return _tiktoken_from(reader, Path(path))
     if _field(reader, "tokenizer.ggml.model") != "llama":
         return None
     tokens = _field(reader, "tokenizer.ggml.tokens")

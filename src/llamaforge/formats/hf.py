@@ -4,8 +4,13 @@ Two things differ from Meta's layout besides the names:
 - RoPE: Meta rotates interleaved pairs (2i, 2i+1) of each head, HF's `rotate_half` rotates (i, i + head_dim/2).
   The two agree once the rows of wq and wk are permuted per head (`meta_to_hf_rows` / `hf_to_meta_rows`);
   v is never permuted.
-- config.json: transformers 5.x keeps the rope base under `rope_parameters`, older versions under `rope_theta`;
-  both are read, both are written.
+- config.json: transformers 5.x keeps the rope base and scaling under `rope_parameters`, older versions under
+  `rope_theta` and `rope_scaling`; both are read, both are written. Scaling of `rope_type` "llama3" (Llama 3.1/3.2:
+  factor, low_freq_factor, high_freq_factor, original_max_position_embeddings) maps to ModelArgs' rope_scaling_*
+  fields; `tie_word_embeddings` to `tie_embeddings` (a tied folder stores no lm_head.weight, as transformers does).
+- The tokenizer goes beside the weights in a form `AutoTokenizer` loads: a `tokenizer.json` (HF tokenizers) built
+  offline from a SentencePiece or tiktoken `tokenizer.model` (`llamaforge.formats.hf_tokenizer`), with the original
+  file kept too, and a `tokenizer_config.json` naming the special tokens (and the chat template, when given).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from llamaforge.errors import UserError
-from llamaforge.formats import copy_tokenizer
+from llamaforge.formats.hf_tokenizer import write_hf_tokenizer
 from llamaforge.io import atomic_dir
 from llamaforge.formats.weights import args_from_dict, build_model, check_field, read_json, read_safetensors
 from llamaforge.model import ModelArgs
@@ -27,8 +32,6 @@ SINGLE = "model.safetensors"
 TORCH_INDEX = "pytorch_model.bin.index.json"  # older exports: pickled tensors, read with weights_only=True
 TORCH_SINGLE = "pytorch_model.bin"
 DEFAULT_MAX_SHARD_SIZE = 5 * 10**9  # bytes, HF save_pretrained's default "5GB"
-TOKENIZER_CONFIG = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
-                    "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False}
 
 # Meta name -> HF name for the per-layer tensors ("{}" is the layer number).
 LAYER_NAMES = {
@@ -82,12 +85,26 @@ def args_from_config(config: dict, source) -> ModelArgs:
             raise UserError(f"{source}: {flag}: biases are not part of LLaMA; expected false")
     if config.get("hidden_act", "silu") != "silu":
         raise UserError(f"{source}: hidden_act: expected 'silu', got {config['hidden_act']!r}")
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    if not isinstance(rope, dict):
-        raise UserError(f"{source}: rope_parameters: expected an object, got {rope!r}")
+    rope = config.get("rope_parameters") or {}
+    if not isinstance(rope, dict) or not isinstance(config.get("rope_scaling") or {}, dict):
+        raise UserError(f"{source}: rope_parameters / rope_scaling: expected an object, got "
+                        f"{config.get('rope_parameters')!r} / {config.get('rope_scaling')!r}")
+    if rope.get("rope_type", rope.get("type", "default")) == "default" and config.get("rope_scaling"):
+        rope = {**rope, **config["rope_scaling"]}  # transformers 4.x: the scaling lives apart from rope_theta
     rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default":
-        raise UserError(f"{source}: rope_parameters: rope_type {rope_type!r} is not supported; expected 'default'")
+    if rope_type not in ("default", "llama3"):
+        raise UserError(f"{source}: rope_parameters: rope_type {rope_type!r} is not supported; expected 'default' "
+                        "or 'llama3'")
+    scaling = {}
+    if rope_type == "llama3":
+        try:
+            scaling = dict(rope_scaling_factor=float(rope["factor"]),
+                           rope_low_freq_factor=float(rope["low_freq_factor"]),
+                           rope_high_freq_factor=float(rope["high_freq_factor"]),
+                           rope_original_max_seq_len=int(rope["original_max_position_embeddings"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{source}: rope_parameters: llama3 scaling needs factor, low_freq_factor, "
+                            f"high_freq_factor and original_max_position_embeddings ({e!r})") from None
     try:
         dim, n_heads = config["hidden_size"], config["num_attention_heads"]
         fields = dict(
@@ -99,6 +116,8 @@ def args_from_config(config: dict, source) -> ModelArgs:
             norm_eps=config.get("rms_norm_eps", 1e-6),
             rope_theta=rope.get("rope_theta", config.get("rope_theta", 10000.0)),
             max_seq_len=config.get("max_position_embeddings", 2048),
+            tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+            **scaling,
         )
         hidden = config["intermediate_size"]
     except KeyError as e:
@@ -116,12 +135,23 @@ def args_from_config(config: dict, source) -> ModelArgs:
     return args_from_dict(fields, source)
 
 
-def config_from_args(args: ModelArgs, dtype: torch.dtype) -> dict:
-    """The transformers `LlamaConfig` dict (config.json) for `args`, with `torch_dtype` naming `dtype`.
+def rope_scaling_dict(args: ModelArgs) -> dict | None:
+    """HF's llama3 rope scaling entries for `args` (None without scaling)."""
+    if args.rope_scaling_factor is None:
+        return None
+    return {"rope_type": "llama3", "factor": args.rope_scaling_factor, "low_freq_factor": args.rope_low_freq_factor,
+            "high_freq_factor": args.rope_high_freq_factor,
+            "original_max_position_embeddings": args.rope_original_max_seq_len}
+
+
+def config_from_args(args: ModelArgs, dtype: torch.dtype, bos_id: int = 1, eos_id: int | list[int] = 2) -> dict:
+    """The transformers `LlamaConfig` dict (config.json) for `args`, with `torch_dtype` naming `dtype`; transformers
+    4.x and 5.x spellings of the RoPE settings both, and the tokenizer's BOS/EOS ids.
 
     Field names are transformers' (hidden_size, intermediate_size, num_key_value_heads, rms_norm_eps, ...); the
     bench and the parity tests build their `LlamaForCausalLM` peers from this same dict.
     """
+    scaling = rope_scaling_dict(args)
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -135,13 +165,14 @@ def config_from_args(args: ModelArgs, dtype: torch.dtype) -> dict:
         "max_position_embeddings": args.max_seq_len,
         "rms_norm_eps": args.norm_eps,
         "rope_theta": args.rope_theta,  # transformers < 5
-        "rope_parameters": {"rope_theta": args.rope_theta, "rope_type": "default"},  # transformers >= 5
+        "rope_scaling": scaling,  # transformers < 5
+        "rope_parameters": {"rope_theta": args.rope_theta, **(scaling or {"rope_type": "default"})},  # >= 5
         "hidden_act": "silu",
         "attention_bias": False,
         "mlp_bias": False,
-        "tie_word_embeddings": False,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
+        "tie_word_embeddings": args.tie_embeddings,
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
         "dtype": str(dtype).removeprefix("torch."),
         "torch_dtype": str(dtype).removeprefix("torch."),
     }
@@ -172,8 +203,8 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], Path]:
 def state_dict_from_hf(hf: dict[str, torch.Tensor], args: ModelArgs, tied: bool) -> dict[str, torch.Tensor]:
     """Rename HF tensors to Meta names and undo the q/k permutation; unknown names are kept for the check."""
     hf = {k: v for k, v in hf.items() if not k.endswith("rotary_emb.inv_freq")}  # old exports carry this buffer
-    if tied and "lm_head.weight" not in hf and "model.embed_tokens.weight" in hf:
-        hf["lm_head.weight"] = hf["model.embed_tokens.weight"].clone()  # our output is its own tensor
+    if tied:  # the output projection is the embedding (build_model shares them); a stored lm_head is a copy
+        hf.pop("lm_head.weight", None)
     to_meta = {v: k for k, v in TOP_NAMES.items()}
     for i in range(args.n_layers):
         to_meta.update({f"model.layers.{i}.{h}": f"layers.{i}.{m}" for m, h in LAYER_NAMES.items()})
@@ -211,6 +242,8 @@ def hf_state_dict(model, dtype: torch.dtype | None = None) -> dict[str, torch.Te
     args = model.args
     out = {}
     for name, w in model.state_dict().items():
+        if name == "output.weight" and args.tie_embeddings:
+            continue  # tied: transformers takes lm_head from embed_tokens
         w = w.detach().to("cpu", dtype or w.dtype)
         if name in TOP_NAMES:
             out[TOP_NAMES[name]] = w.contiguous()
@@ -242,7 +275,9 @@ def save(model, path: Path, tokenizer_path=None, dtype: torch.dtype | None = Non
          max_shard_size: int = DEFAULT_MAX_SHARD_SIZE) -> None:
     """Write `model` as a transformers `LlamaForCausalLM` folder: config.json, generation_config.json and
     safetensors split into files of at most `max_shard_size` bytes (with model.safetensors.index.json when more
-    than one), plus the tokenizer when given. Written under a temporary name, then renamed.
+    than one), plus the tokenizer when given: as `formats.hf_tokenizer` writes it, with the BOS/EOS ids (EOS and
+    `<|eot_id|>` for generation, when the vocabulary has it) taken from it. Written under a temporary name, then
+    renamed.
 
     Raises UserError when `max_shard_size` is not a positive int (the CLI parses "5GB" in commands/args.py).
     """
@@ -251,9 +286,19 @@ def save(model, path: Path, tokenizer_path=None, dtype: torch.dtype | None = Non
     if isinstance(max_shard_size, bool) or not isinstance(max_shard_size, int) or max_shard_size < 1:
         raise UserError(f"max_shard_size: expected a positive number of bytes, got {max_shard_size!r}")
     shards = split_shards(tensors, max_shard_size)
+    bos, eos, stops = 1, 2, [2]
+    if tokenizer_path is not None:
+        from llamaforge.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(tokenizer_path)
+        bos, eos = tok.bos_id, tok.eos_id
+        eot = tok.special_token_id("<|eot_id|>")
+        stops = [eos] + ([eot] if eot is not None else [])
     with atomic_dir(path) as tmp:
-        (tmp / "config.json").write_text(json.dumps(config_from_args(model.args, out_dtype), indent=2) + "\n")
-        (tmp / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}) + "\n")
+        config = config_from_args(model.args, out_dtype, bos_id=bos, eos_id=eos)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        generation = {"bos_token_id": bos, "eos_token_id": stops if len(stops) > 1 else eos}
+        (tmp / "generation_config.json").write_text(json.dumps(generation) + "\n")
         if len(shards) == 1:
             save_file(shards[0], str(tmp / SINGLE), metadata={"format": "pt"})
         else:
@@ -266,6 +311,4 @@ def save(model, path: Path, tokenizer_path=None, dtype: torch.dtype | None = Non
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
         if tokenizer_path is not None:
-            copy_tokenizer(tokenizer_path, tmp)
-            if Path(tokenizer_path).suffix == ".model":  # lets AutoTokenizer pick the SentencePiece file
-                (tmp / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2) + "\n")
+            write_hf_tokenizer(tokenizer_path, tmp)

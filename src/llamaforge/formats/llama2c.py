@@ -14,6 +14,8 @@ run.c fixes RMSNorm eps at 1e-5 and the RoPE base at 10000.
 
 from __future__ import annotations
 
+import dataclasses
+
 import struct
 import warnings
 from pathlib import Path
@@ -133,7 +135,7 @@ def load(path: Path, device: torch.device, dtype: torch.dtype):
             state[name] = torch.from_numpy(data[offset : offset + n].reshape(shape))
         offset += n
     if shared:
-        state["output.weight"] = state["tok_embeddings.weight"].clone()  # our classifier is its own tensor
+        args = dataclasses.replace(args, tie_embeddings=True)  # the shared classifier stays shared
     return build_model(args, state, path, device, dtype)
 
 
@@ -146,6 +148,11 @@ def tokenizer_bin(tokenizer_path: Path) -> bytes:
         return tokenizer_path.read_bytes()
     if tokenizer_path.suffix != ".model":
         raise UserError(f"{tokenizer_path}: tokenizer: llama2.c needs a SentencePiece .model or a tokenizer.bin")
+    from llamaforge.tokenizer import is_tiktoken_file
+
+    if is_tiktoken_file(tokenizer_path):
+        raise UserError(f"{tokenizer_path}: tokenizer: a tiktoken (Llama 3) vocabulary cannot be stored in llama2.c's "
+                        "tokenizer.bin (run.c merges by score, not byte-level BPE ranks); use hf, meta or gguf")
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path))
@@ -174,6 +181,8 @@ def save(model, path: Path, tokenizer_path=None, dtype: torch.dtype | None = Non
     args, state = model.args, model.state_dict()
     if args.rope_theta != 10000.0:
         raise UserError(f"llama2c: rope_theta {args.rope_theta} cannot be stored; run.c fixes it at 10000")
+    if args.rope_scaling_factor is not None:
+        raise UserError("llama2c: RoPE scaling (Llama 3.1 llama3 type) cannot be stored; run.c has plain RoPE only")
     if args.norm_eps != NORM_EPS:
         warnings.warn(f"llama2c: norm_eps {args.norm_eps} is not stored; run.c uses {NORM_EPS}", stacklevel=2)
     shared = torch.equal(state["output.weight"], state["tok_embeddings.weight"])

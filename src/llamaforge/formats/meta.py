@@ -9,6 +9,12 @@ again for any degree that divides the heads and widths, so a checkpoint can be r
 Weights are in Meta's own layout and names: no renaming, no RoPE permutation.
 
 `torch.load(weights_only=True)` never runs code from the pickle; a file that needs code is refused.
+
+Llama 3.x (meta-llama/llama3, llama-models): params.json adds `use_scaled_rope` (RoPE scaling of type llama3 with
+Meta's fixed low/high frequency factors 1 and 4 over an original context of 8,192) and may give
+`rope_scaling_factor`; without it the factor is 8 (Llama 3.1) or, for the tied-embedding 3.2 1B/3B, 32. Tied
+embeddings are recognised by the checkpoint itself: `output.weight` absent or equal to `tok_embeddings.weight`
+(Meta's model code keeps a separate output layer, so the writer stores the copy).
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ COLUMN_PARALLEL = ("attention.wq.weight", "attention.wk.weight", "attention.wv.w
                    "feed_forward.w1.weight", "feed_forward.w3.weight", "output.weight")
 ROW_PARALLEL = ("attention.wo.weight", "feed_forward.w2.weight", "tok_embeddings.weight")
 PARAMS_KEYS = {"dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim_multiplier",
-               "norm_eps", "rope_theta", "max_seq_len", "max_batch_size", "use_scaled_rope"}
+               "norm_eps", "rope_theta", "max_seq_len", "max_batch_size", "use_scaled_rope", "rope_scaling_factor"}
+# Meta's apply_scaling hard-codes these (llama3/model.py); other values cannot be written to params.json.
+META_LOW_FREQ_FACTOR, META_HIGH_FREQ_FACTOR, META_ORIGINAL_CONTEXT = 1.0, 4.0, 8192
 
 
 def split_dim(name: str) -> int | None:
@@ -67,19 +75,31 @@ def detect(path: Path) -> bool:
 # ---------------------------------------------------------------------------------------------- params.json
 
 
-def args_from_params(params: dict, vocab_size: int, source) -> ModelArgs:
-    """ModelArgs from params.json; LLaMA-1 files say vocab_size -1, so the embedding's rows give it."""
+def args_from_params(params: dict, vocab_size: int, source, tied: bool = False) -> ModelArgs:
+    """ModelArgs from params.json; LLaMA-1 files say vocab_size -1, so the embedding's rows give it. `tied`: the
+    checkpoint's output projection is its embedding (see the module docstring)."""
     unknown = set(params) - PARAMS_KEYS
     if unknown:
         raise UserError(f"{source}: unknown field(s) {sorted(unknown)}")
-    if params.get("use_scaled_rope"):
-        raise UserError(f"{source}: use_scaled_rope: Llama 3.1 RoPE scaling is not supported; expected false")
+    scaled = params.get("use_scaled_rope", False)
+    if not isinstance(scaled, bool):
+        raise UserError(f"{source}: use_scaled_rope: expected true or false, got {scaled!r}")
+    if "rope_scaling_factor" in params and not scaled:
+        raise UserError(f"{source}: rope_scaling_factor: given without use_scaled_rope: true")
     fields = {k: v for k, v in params.items() if k not in ("max_batch_size", "use_scaled_rope")}
     if fields.get("vocab_size", -1) == -1:  # Meta's "defined by the tokenizer"
         fields["vocab_size"] = vocab_size
+    if scaled:
+        fields["rope_scaling_factor"] = float(fields.get("rope_scaling_factor", 32.0 if tied else 8.0))
+        fields.update(rope_low_freq_factor=META_LOW_FREQ_FACTOR, rope_high_freq_factor=META_HIGH_FREQ_FACTOR,
+                      rope_original_max_seq_len=META_ORIGINAL_CONTEXT)
+    fields["tie_embeddings"] = tied
     # params.json carries no context length (Meta passes it at build time): LLaMA-1 used 2048, Llama 2
-    # (recognizable by eps 1e-5) 4096.
-    fields.setdefault("max_seq_len", 4096 if fields.get("norm_eps") == 1e-5 else 2048)
+    # (recognizable by eps 1e-5) 4096, Llama 3 (rope_theta 500000) 8192, Llama 3.1/3.2 (scaled RoPE) 131072.
+    default_len = 4096 if fields.get("norm_eps") == 1e-5 else 2048
+    if isinstance(fields.get("rope_theta"), (int, float)) and fields["rope_theta"] >= 500000.0:
+        default_len = 131072 if scaled else 8192
+    fields.setdefault("max_seq_len", default_len)
     if not isinstance(params.get("n_heads"), int):  # params.json has no n_kv_heads for MHA: name the real field
         fields["n_heads"] = check_field("n_heads", params.get("n_heads"), source)
     return args_from_dict(fields, source)
@@ -104,6 +124,17 @@ def params_from_args(args: ModelArgs) -> dict:
     params["norm_eps"] = args.norm_eps
     if args.rope_theta != 10000.0:  # Meta's LLaMA-1/2 ModelArgs have no such field: write it only when needed
         params["rope_theta"] = args.rope_theta
+    if args.rope_scaling_factor is not None:
+        fixed = (META_LOW_FREQ_FACTOR, META_HIGH_FREQ_FACTOR, META_ORIGINAL_CONTEXT)
+        if (args.rope_low_freq_factor, args.rope_high_freq_factor, args.rope_original_max_seq_len) != fixed:
+            raise UserError("meta: rope scaling with low/high frequency factors "
+                            f"{args.rope_low_freq_factor}/{args.rope_high_freq_factor} and original context "
+                            f"{args.rope_original_max_seq_len} cannot be written to params.json (Meta's code fixes "
+                            "1/4 and 8192); expected those values, or another format")
+        params["use_scaled_rope"] = True
+        params["rope_scaling_factor"] = args.rope_scaling_factor
+    if args.max_seq_len != args_from_params(params, args.vocab_size, "", args.tie_embeddings).max_seq_len:
+        params["max_seq_len"] = args.max_seq_len  # only when the family's default would differ
     return params
 
 
@@ -163,8 +194,9 @@ def load(path: Path, device: torch.device, dtype: torch.dtype):
     if not files:
         raise UserError(f"{path}: no consolidated.NN.pth files beside params.json")
     state = merge_shards([load_shard(f) for f in files], path)
-    embedding = state.get("tok_embeddings.weight")
-    args = args_from_params(params, embedding.shape[0] if embedding is not None else -1, params_path)
+    embedding, output = state.get("tok_embeddings.weight"), state.get("output.weight")
+    tied = embedding is not None and (output is None or torch.equal(output, embedding))
+    args = args_from_params(params, embedding.shape[0] if embedding is not None else -1, params_path, tied=tied)
     return build_model(args, state, path, device, dtype)
 
 

@@ -48,7 +48,8 @@ def save(model, path: Path, tokenizer_path=None, dtype: torch.dtype | None = Non
     """
     config = {"format": FORMAT_TAG, **dataclasses.asdict(model.args)}
     # safetensors wants contiguous, unshared tensors.
-    state = {k: (v.to(dtype) if dtype else v).detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: (v.to(dtype) if dtype else v).detach().contiguous().cpu() for k, v in model.state_dict().items()
+             if not (k == "output.weight" and model.args.tie_embeddings)}  # tied: the embedding is the output
     with atomic_dir(path) as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})

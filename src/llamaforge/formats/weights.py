@@ -24,6 +24,8 @@ MODEL_RANGES: dict[str, tuple] = {
     "multiple_of": (int, 1, 1 << 17, "[]"), "ffn_dim_multiplier": (float, 0, 64, "(]"),
     "norm_eps": (float, 0, 1, "(]"), "rope_theta": (float, 0, 1e12, "(]"), "max_seq_len": (int, 1, 1 << 24, "[]"),
     "hidden_dim": (int, 1, 1 << 20, "[]"),
+    "rope_scaling_factor": (float, 0, 1e4, "(]"), "rope_low_freq_factor": (float, 0, 1e4, "(]"),
+    "rope_high_freq_factor": (float, 0, 1e4, "(]"), "rope_original_max_seq_len": (int, 1, 1 << 24, "[]"),
 }
 
 
@@ -56,10 +58,15 @@ def args_from_dict(d: Mapping, source) -> ModelArgs:
 def build_model(args: ModelArgs, state_dict: Mapping[str, torch.Tensor], source, device, dtype) -> Transformer:
     """Create `Transformer(args)` without allocating, then assign `state_dict` (Meta names) into it.
 
-    Every key and shape is checked first, so a mismatched checkpoint fails with one clear line."""
+    Every key and shape is checked first, so a mismatched checkpoint fails with one clear line. With
+    `args.tie_embeddings` the output projection is the embedding: `output.weight` may be absent, and is ignored."""
     with torch.device("meta"):
         model = Transformer(args)
+    if args.tie_embeddings:  # one tensor: the embedding; a checkpoint's copy of it as output is dropped
+        state_dict = {k: v for k, v in state_dict.items() if k != "output.weight"}
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if args.tie_embeddings:
+        expected.pop("output.weight")
     missing = sorted(set(expected) - set(state_dict))
     extra = sorted(set(state_dict) - set(expected))
     if missing or extra:
@@ -73,7 +80,8 @@ def build_model(args: ModelArgs, state_dict: Mapping[str, torch.Tensor], source,
         if tuple(state_dict[k].shape) != shape:
             raise UserError(f"{source}: tensor {k} has shape {tuple(state_dict[k].shape)}, expected {shape}")
     tensors = {k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}
-    model.load_state_dict(tensors, assign=True)
+    model.load_state_dict(tensors, assign=True, strict=not args.tie_embeddings)
+    model.tie_weights()
     model.init_rope(device)
     return model
 

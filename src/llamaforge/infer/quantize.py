@@ -115,7 +115,10 @@ def int4_fits(linear: nn.Linear, group_size: int, inner_k_tiles: int = 8) -> boo
 def quantize(model: nn.Module, mode: str = "int8", group_size: int = 64) -> nn.Module:
     """Swap every nn.Linear of `model` (in place) for its weight-only quantized version; returns the model.
 
-    int4 leaves layers whose shape the kernels cannot take (see `int4_fits`) in full precision."""
+    int4 leaves layers whose shape the kernels cannot take (see `int4_fits`) in full precision. With tied
+    embeddings (Llama 3.2 1B/3B) the output projection, the largest product of a decode step, becomes a quantized
+    copy of the shared matrix, as llama.cpp's q8_0 uses the quantized token_embd for both; the embedding lookup keeps
+    the full-precision rows."""
     if mode not in MODES:
         raise UserError(f"quantization mode {mode!r}: expected one of {', '.join(MODES)}")
     for name, child in list(model.named_children()):
