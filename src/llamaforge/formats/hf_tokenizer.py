@@ -48,6 +48,7 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 def token_string(token: bytes) -> str:
+    """A token's bytes as a byte-level BPE vocabulary spells them (" world" -> "Ġworld")."""
     table = bytes_to_unicode()
     return "".join(table[b] for b in token)
 
