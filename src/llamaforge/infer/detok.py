@@ -240,3 +240,38 @@ class Detokenizer:
         piece = self.text[self._shown : end] if end > self._shown else ""
         self._shown = max(self._shown, end)
         return piece
+
+
+def max_bytes_per_token(tokenizer) -> int | None:
+    """The most UTF-8 bytes of input text one token can stand for, when the tokenizer gives such a bound; None
+    when it does not. Then a text of B bytes encodes to at least ceil(B / bound) tokens, which lets a server
+    refuse an overlong prompt before tokenizing it.
+
+    The bound is the longest piece's byte length, and it holds only when every input byte ends up inside some
+    piece's bytes: no normalization that shrinks the text (NFKC, whitespace collapsing) and no unknown token
+    standing for a run of characters, i.e. byte fallback (SentencePiece `byte_fallback`, llama2.c, byte-level BPE).
+    Otherwise None."""
+    pieces = vocabulary(tokenizer).pieces
+    longest = max((len(b) for b in pieces), default=0) or None
+    if hasattr(tokenizer, "sp"):  # SentencePiece: read the model's own normalizer and trainer specs
+        from sentencepiece import sentencepiece_model_pb2 as pb
+
+        proto = pb.ModelProto()
+        proto.ParseFromString(tokenizer.sp.serialized_model_proto())
+        norm = proto.normalizer_spec
+        identity = norm.name == "identity" and not norm.precompiled_charsmap and not norm.remove_extra_whitespaces
+        return longest if identity and proto.trainer_spec.byte_fallback else None
+    if hasattr(tokenizer, "piece_bytes"):  # llama2.c: no normalization, byte tokens for every byte
+        return longest
+    if hasattr(tokenizer, "tok"):  # HF tokenizers: byte-level, or Llama's byte fallback with a space-only normalizer
+        import json
+
+        spec = json.loads(tokenizer.tok.to_str())
+        norm = spec.get("normalizer") or {}
+        steps = norm.get("normalizers", [norm]) if norm else []
+        harmless = all(s.get("type") == "Prepend" or (s.get("type") == "Replace" and s.get("pattern") == {"String": " "})
+                       for s in steps)
+        model = spec.get("model") or {}
+        byte_level = "ByteLevel" in json.dumps(spec.get("pre_tokenizer"))
+        return longest if harmless and (byte_level or model.get("byte_fallback")) else None
+    return None

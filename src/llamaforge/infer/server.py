@@ -6,8 +6,12 @@ template), SSE streaming that ends with `data: [DONE]`, and /health, /tokenizer_
 (what lm-eval's remote tokenizer probes).
 
 One background thread owns the engine and runs `Engine.step()` while any request is in flight; requests that
-arrive meanwhile join the running batch at the next step (continuous batching). Every field is validated;
-a bad request gets HTTP 400 with OpenAI's error object and the server carries on.
+arrive meanwhile join the running batch at the next step (continuous batching). The rest is small state
+(`Server`) and plain handlers (`ROUTES`). Every input is checked: a body that is not UTF-8 or JSON, text with lone
+surrogates, a field of the wrong type, a prompt that cannot fit the context (refused before it is tokenized when
+its byte length already proves it) all get HTTP 400 with OpenAI's error object; the engine's own refusals come
+as typed `RequestError(field, reason)`. Prompts are tokenized in a worker thread. A request whose client
+disconnects, streamed or not, is cancelled and its slot freed.
 """
 
 from __future__ import annotations
@@ -23,24 +27,33 @@ from typing import Literal
 
 from fastapi import FastAPI
 from fastapi import Request as HTTPRequest
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llamaforge.infer.templates import DialogError, load_chat_format
+from llamaforge.infer.detok import IncrementalDecoder, max_bytes_per_token, vocabulary
 from llamaforge.infer.engine import Engine, Request, RequestError, SamplingParams
+from llamaforge.infer.templates import DialogError, load_chat_format
 
 MAX_STOP_STRINGS = 16
 MAX_LOGPROBS = 20
 
 
 class APIError(Exception):
-    """A request the server refuses: `message` (one line), the OpenAI `param` it is about, the HTTP `status`
-    (400 unless said) and an optional OpenAI `code` such as context_length_exceeded.
-    """
+    """A request the server refuses: OpenAI's error object {message, type, param, code} with HTTP `status`."""
+
     def __init__(self, message: str, param: str | None = None, status: int = 400, code: str | None = None):
         super().__init__(message)
         self.message, self.param, self.status, self.code = message, param, status, code
+
+    @classmethod
+    def from_request_error(cls, e: RequestError) -> APIError:
+        """The engine's typed error, under the HTTP field's name (no message text is parsed)."""
+        param = HTTP_FIELDS.get(e.field, e.field)
+        return cls(f"{param}: {e.reason}", param, code=e.code)
+
+
+HTTP_FIELDS = {"max_new_tokens": "max_tokens"}  # engine field -> OpenAI request field
 
 
 def error_response(message: str, param=None, status=400, code=None) -> JSONResponse:
@@ -124,7 +137,7 @@ class EngineLoop:
         """Queue `request` for the engine thread; raises RequestError in the caller's thread if the engine would refuse
         it.
         """
-        self.engine.check(request)  # raises ValueError now, in the caller's thread
+        self.engine.check(request)  # raises RequestError now, in the caller's thread
         self._inbox.put(request)
 
     def stop(self) -> None:
@@ -156,104 +169,124 @@ class EngineLoop:
                     self.engine.abort_all(e)
 
 
-# -- the app -------------------------------------------------------------------------------------------------------
+# -- reading a request: every mistake is an APIError (400), never a 500 --------------------------------------------
 
 
-def create_app(engine: Engine, model_name: str = "llamaforge", chat_template: str = "plain") -> FastAPI:
-    """The FastAPI app. `chat_template`: a name `llamaforge.infer.templates.load_chat_format` takes."""
-    tokenizer = engine.tokenizer
-    if tokenizer is None:
-        raise ValueError("the server needs an engine with a tokenizer")
-    template = load_chat_format(chat_template, tokenizer)
-    loop_thread = EngineLoop(engine)
-    created = int(time.time())
+def _check_unicode(value, path: str = "") -> None:
+    """JSON may carry lone surrogates ("\\ud83e"): text that cannot be UTF-8 encoded is the client's mistake."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise APIError(f"{path or 'body'}: invalid Unicode text (a lone surrogate)", path or None) from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_unicode(k, path)
+            _check_unicode(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_unicode(v, f"{path}.{i}")
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_):
-        yield
-        loop_thread.stop()  # server shutdown: end the engine thread
 
-    app = FastAPI(title="llamaforge", lifespan=lifespan)
-    app.state.engine_loop = loop_thread
-
-    @app.exception_handler(APIError)
-    async def _api_error(_, e: APIError):
-        return error_response(e.message, e.param, e.status, e.code)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_, e: RequestValidationError):
+async def read_body(http: HTTPRequest, schema: type[BaseModel]):
+    """The request body as `schema`: UTF-8, JSON, valid Unicode, then the schema's strict fields."""
+    raw = await http.body()
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise APIError("request body is not valid UTF-8") from None
+    except ValueError:
+        raise APIError("request body is not valid JSON") from None
+    _check_unicode(data)
+    try:
+        return schema.model_validate(data)
+    except ValidationError as e:
         err = e.errors()[0]
-        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
-        param = ".".join(loc) or None
-        msg = err.get("msg", "invalid request")
-        if err.get("type") == "json_invalid":
-            msg, param = "request body is not valid JSON", None
-        return error_response(f"{param}: {msg}" if param else msg, param)
+        param = ".".join(str(x) for x in err.get("loc", ())) or None
+        msg = err.get("msg", "invalid value")
+        raise APIError(f"{param}: {msg}" if param else msg, param) from None
 
-    @app.exception_handler(Exception)
-    async def _internal_error(_, e: Exception):
-        return error_response(f"internal error: {type(e).__name__}: {e}", status=500)
 
-    @app.get("/health")
-    async def health():
-        return {"status": "ok"}
+class TokenizeRequest(_Strict):
+    prompt: str
+    add_special_tokens: bool = False
+    model: str | None = None
 
-    @app.get("/v1/models")
-    async def models():
-        card = {"id": model_name, "object": "model", "created": created, "owned_by": "llamaforge",
-                "max_model_len": engine.max_seq_len}
-        return {"object": "list", "data": [card]}
 
-    @app.get("/tokenizer_info")
-    async def tokenizer_info():
-        return {
-            "bos_token": tokenizer.id_to_piece(tokenizer.bos_id) if tokenizer.bos_id >= 0 else None,
-            "eos_token": tokenizer.id_to_piece(tokenizer.eos_id) if tokenizer.eos_id >= 0 else None,
-            "pad_token": None,
-            "model_max_length": engine.max_seq_len,
-            "chat_template": getattr(template, "source", template.name),
-        }
+class DetokenizeRequest(_Strict):
+    tokens: list[int]
+    model: str | None = None
 
-    @app.post("/tokenize")
-    async def tokenize(body: dict):
-        text = body.get("prompt")
-        if not isinstance(text, str):
-            raise APIError("prompt: expected a string", "prompt")
-        specials = {tokenizer.id_to_piece(i): i for i in (tokenizer.bos_id, tokenizer.eos_id) if i >= 0}
-        if text in specials:  # a special token's own text is that token, not its characters
-            return {"tokens": [specials[text]], "count": 1}
-        ids = tokenizer.encode(text, bos=bool(body.get("add_special_tokens", False)))
-        return {"tokens": ids, "count": len(ids)}
 
-    @app.post("/detokenize")
-    async def detokenize(body: dict):
-        ids = body.get("tokens")
-        if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
-            raise APIError("tokens: expected a list of integers", "tokens")
-        return {"prompt": tokenizer.decode(ids)}
+# -- the server's state and its handlers ---------------------------------------------------------------------------
 
-    def sampling(body: _Sampling, max_new_tokens: int, stops: list[str], logprobs: int | None, echo: bool, i: int,
-                 stop_ids=None):
+
+class Server:
+    """The state the handlers share: the engine (driven by its thread), the tokenizer and chat format, names."""
+
+    def __init__(self, engine: Engine, model_name: str, chat_template: str):
+        if engine.tokenizer is None:
+            raise ValueError("the server needs an engine with a tokenizer")
+        self.engine, self.tokenizer, self.model_name = engine, engine.tokenizer, model_name
+        self.chat = load_chat_format(chat_template, self.tokenizer)
+        self.loop = EngineLoop(engine)
+        self.created = int(time.time())
+        # a prompt of B UTF-8 bytes has at least B / max_bytes tokens (None: this tokenizer gives no such bound)
+        self.max_bytes = max_bytes_per_token(self.tokenizer)
+
+    # -- prompts ---------------------------------------------------------------------------------------------------
+
+    def check_fits(self, texts: list[str], field: str, extra_tokens: int) -> None:
+        """Refuse, before tokenizing, text that cannot fit the context: each token covers at most max_bytes
+        bytes of it, so it has at least ceil(bytes / max_bytes) tokens (plus the template's extra_tokens), and
+        the context must keep room for one new token."""
+        if self.max_bytes is None:
+            return
+        least = sum(-(-len(t.encode("utf-8")) // self.max_bytes) for t in texts) + extra_tokens
+        if least >= self.engine.max_seq_len:
+            raise APIError(f"{field}: at least {least} tokens, the context holds {self.engine.max_seq_len}", field,
+                           code="context_length_exceeded")
+
+    async def prompt_ids(self, prompt) -> list[list[int]]:
+        """The completion request's prompt as token-id lists (text gets BOS, as llama.cpp does), tokenized in a
+        worker thread so a long prompt does not stall the event loop."""
+        if isinstance(prompt, str):
+            prompt = [prompt]
+        if not prompt:
+            raise APIError("prompt: must not be empty", "prompt")
+        if all(isinstance(p, int) for p in prompt):
+            return [list(prompt)]
+        if all(isinstance(p, str) for p in prompt):
+            for text in prompt:
+                self.check_fits([text], "prompt", 1)
+            return await asyncio.to_thread(lambda: [self.tokenizer.encode(t, bos=True) for t in prompt])
+        return [list(p) for p in prompt]
+
+    async def chat_ids(self, messages: list[dict]) -> list[int]:
+        self.check_fits([m["content"] for m in messages], "messages", len(messages))
+        try:  # the chat format builds token ids: control tokens only from the template
+            return (await asyncio.to_thread(self.chat.render, messages)).ids
+        except DialogError as e:
+            raise APIError(str(e), e.field) from None
+
+    def sampling(self, body: _Sampling, max_new_tokens: int | None, logprobs: int | None, echo: bool, i: int,
+                 stops: list[str] = (), stop_ids=None) -> SamplingParams:
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stop) > MAX_STOP_STRINGS or any(not s for s in stop):
             raise APIError(f"stop: expected at most {MAX_STOP_STRINGS} non-empty strings", "stop")
         seed = None if body.seed is None else body.seed + i  # n > 1 with a seed: different, reproducible draws
         return SamplingParams(
             max_new_tokens=max_new_tokens, temperature=body.temperature, top_k=max(body.top_k, 0), top_p=body.top_p,
-            seed=seed, stop=stop + stops, logprobs=logprobs, echo_logprobs=echo, stop_token_ids=stop_ids,
+            seed=seed, stop=stop + list(stops), logprobs=logprobs, echo_logprobs=echo, stop_token_ids=stop_ids,
         )
 
-    def start(prompt: list[int], params: SamplingParams, on_update) -> Request:
-        request = Request(prompt, params, on_update=on_update)
-        try:
-            loop_thread.submit(request)
-        except RequestError as e:
-            param = {"max_new_tokens": "max_tokens"}.get(e.field, e.field)
-            raise APIError(f"{param}: {e.reason}", param, code=e.code)
-        return request
+    # -- running requests ------------------------------------------------------------------------------------------
 
-    async def run_all(jobs: list[tuple[list[int], SamplingParams]], http: HTTPRequest):
-        """Start every job; yield (choice index, text delta, request, finished) as they come."""
+    async def run(self, jobs: list[tuple[list[int], SamplingParams]], http: HTTPRequest, watch: bool):
+        """Start every job; yield (choice index, text delta, request, finished) as they come. Every request
+        still running when this generator ends (the client went away, an error) is cancelled: its slot is freed
+        at the engine's next step. watch: also end when the client disconnects (a non-streamed request; a
+        streamed one is ended by the response itself, which listens for the disconnect)."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
 
@@ -266,129 +299,248 @@ def create_app(engine: Engine, model_name: str = "llamaforge", chat_template: st
 
             return on_update
 
-        requests = []
+        requests, gone = [], None
         try:
             for i, (prompt, params) in enumerate(jobs):
-                requests.append(start(prompt, params, listener(i)))
+                request = Request(prompt, params, on_update=listener(i))
+                try:
+                    self.loop.submit(request)
+                except RequestError as e:
+                    raise APIError.from_request_error(e) from None
+                requests.append(request)
+            if watch:
+                gone = asyncio.ensure_future(_disconnected(http))
             pending = len(requests)
             while pending:
-                try:
-                    item = await asyncio.wait_for(events.get(), timeout=1.0)
-                except asyncio.TimeoutError:
-                    if await http.is_disconnected():
-                        return
-                    continue
+                get = asyncio.ensure_future(events.get())
+                waits = {get} if gone is None else {get, gone}
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():  # the client went away
+                    get.cancel()
+                    return
+                item = get.result()
                 pending -= item[3]
                 yield item
-        finally:  # client gone or error: free the slots
+        finally:
+            if gone is not None:
+                gone.cancel()
             for r in requests:
                 if not r.done.is_set():
                     r.cancelled = True
 
-    def usage(jobs, requests) -> dict:
-        prompt_tokens = sum(len(p) for p, _ in jobs)
-        completion = sum(len(r.tokens) for r in requests)
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-                "total_tokens": prompt_tokens + completion}
-
-    def piece(i: int) -> str:
-        return tokenizer.id_to_piece(i).replace("\u2581", " ")
-
-    def completion_logprobs(r: Request, echo: bool, prompt_text: str) -> dict:
-        tokens = (r.prompt if echo else []) + r.tokens
-        lps = (r.prompt_logprobs if echo else []) + r.token_logprobs
-        tops = (r.prompt_top_logprobs if echo else []) + r.top_logprobs
-        strings = [piece(t) for t in tokens]
-        offsets, at = [], 0 if echo else len(prompt_text)
-        for s in strings:
-            offsets.append(at)
-            at += len(s)
-        top = [None if t is None else {piece(k): v for k, v in t.items()} for t in tops]
-        return {"tokens": strings, "token_logprobs": lps, "top_logprobs": top, "text_offset": offsets}
-
-    async def run_to_end(jobs: list[tuple[list[int], SamplingParams]], http: HTTPRequest) -> list[Request]:
-        """Run every job to completion (non-streaming responses); the finished requests in job order."""
+    async def run_to_end(self, jobs, http: HTTPRequest) -> list[Request] | None:
+        """Every job to completion (non-streamed responses), in job order; None when the client went away."""
         finished: dict[int, Request] = {}
-        async for index, _, r, done in run_all(jobs, http):
+        async for index, _, r, done in self.run(jobs, http, watch=True):
             if done:
                 finished[index] = r
+        if len(finished) < len(jobs):
+            return None
         requests = [finished[i] for i in range(len(jobs))]
         for r in requests:
             if r.error is not None:
                 raise APIError(f"generation failed: {type(r.error).__name__}: {r.error}", status=500)
         return requests
 
-    @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, http: HTTPRequest):
-        prompts = _prompts(body.prompt, tokenizer)
-        max_new_tokens = 16 if body.max_tokens is None else body.max_tokens  # OpenAI's default
-        if max_new_tokens == 0 and not body.echo:
-            raise APIError("max_tokens: must be at least 1 unless echo is set", "max_tokens")
-        if body.stream and body.echo:
-            raise APIError("echo: not supported with stream", "echo")
-        jobs = []
-        for prompt in prompts:
-            for j in range(body.n):
-                params = sampling(body, max_new_tokens, [], body.logprobs, body.echo and body.logprobs is not None, j)
-                jobs.append((prompt, params))
-        cid, model = f"cmpl-{uuid.uuid4().hex}", body.model or model_name
-        if body.stream:
-            return _sse(_stream_completion(run_all(jobs, http), cid, model, created, body, jobs, usage))
-        requests = await run_to_end(jobs, http)
-        choices = []
-        for index, ((prompt, _), r) in enumerate(zip(jobs, requests)):
-            prompt_text = tokenizer.decode(prompt)
-            choices.append({
-                "index": index,
-                "text": (prompt_text if body.echo else "") + r.text,
-                "logprobs": completion_logprobs(r, body.echo, prompt_text) if body.logprobs is not None else None,
-                "finish_reason": r.finish_reason,
-            })
-        return {"id": cid, "object": "text_completion", "created": int(time.time()), "model": model,
-                "choices": choices, "usage": usage(jobs, requests)}
+    # -- logprobs in OpenAI's form ---------------------------------------------------------------------------------
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatRequest, http: HTTPRequest):
-        try:  # the chat format builds token ids: control tokens only from the template
-            prompt = template.render([m.model_dump() for m in body.messages]).ids
-        except DialogError as e:
-            raise APIError(str(e), e.field)
-        max_new_tokens = body.max_completion_tokens or body.max_tokens  # None: the rest of the context
-        top = (body.top_logprobs or 0) if body.logprobs else None
-        stop_ids = sorted(template.stop_ids)
-        jobs = [(prompt, sampling(body, max_new_tokens, template.stop_strings, top, False, j, stop_ids))
-                for j in range(body.n)]
-        cid, model = f"chatcmpl-{uuid.uuid4().hex}", body.model or model_name
-        if body.stream:
-            return _sse(_stream_chat(run_all(jobs, http), cid, model, created, body, jobs, usage))
-        requests = await run_to_end(jobs, http)
-        choices = []
-        for index, r in enumerate(requests):
-            logprobs = None
-            if body.logprobs:
-                content = [{"token": piece(t), "logprob": lp,
-                            "top_logprobs": [{"token": piece(k), "logprob": v} for k, v in top.items()][: body.top_logprobs or 0]}
-                           for t, lp, top in zip(r.tokens, r.token_logprobs, r.top_logprobs)]
-                logprobs = {"content": content}
-            choices.append({"index": index, "message": {"role": "assistant", "content": r.text},
-                            "logprobs": logprobs, "finish_reason": r.finish_reason})
-        return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-                "choices": choices, "usage": usage(jobs, requests)}
+    def token_texts(self, tokens: list[int], tops: list, text_len: int, primed: list[int]):
+        """Each token's text and its alternatives' texts, so that the tokens join to the returned text.
+
+        A token's text is the characters it completes: with byte fallback, a token holding the first bytes of a
+        character has "" and the token that completes it has the whole character (its raw bytes are in chat's
+        `bytes` field, OpenAI's way to show partial characters). vLLM and OpenAI's legacy API instead show such a
+        token alone ("\\ufffd" or "bytes:\\xNN"), which breaks "".join(tokens) == text; we keep that rule. An
+        alternative's text is what it would complete at that point. Texts are clipped to the returned text (a
+        stop string cuts it inside a token). primed: tokens before `tokens` that set the decoder's state only."""
+        dec = IncrementalDecoder(self.tokenizer)
+        for t in primed:
+            dec.decode(t)
+        texts, top_texts = [], []
+        for t, top in zip(tokens, tops):
+            alts = None
+            if top is not None:
+                alts = {}
+                for k, v in top.items():  # most likely first: on a shared text, the likelier entry stays
+                    alts.setdefault(dec.peek(k), (k, v))
+            top_texts.append(alts)
+            texts.append(dec.decode(t))
+        if texts:
+            texts[-1] += dec.flush()
+        clipped, at = [], 0
+        for s in texts:
+            s = s[: max(0, text_len - at)]
+            clipped.append(s)
+            at += len(s)
+        return clipped, top_texts
+
+    def completion_logprobs(self, r: Request, echo: bool, text: str) -> dict:
+        """OpenAI's legacy logprobs: tokens join to `text` (the returned text, the prompt's included with echo)
+        and text[text_offset[i]:][:len(tokens[i])] == tokens[i]; offsets count from the start of the returned
+        text. BOS and other control tokens have the text "" (they are not part of the text)."""
+        ids = (r.prompt if echo else []) + r.tokens
+        lps = (r.prompt_logprobs if echo else []) + r.token_logprobs
+        tops = (r.prompt_top_logprobs if echo else []) + r.top_logprobs
+        texts, top_texts = self.token_texts(ids, tops, len(text), [] if echo else r.prompt)
+        offsets, at = [], 0
+        for s in texts:
+            offsets.append(at)
+            at += len(s)
+        top = [None if t is None else {s: v for s, (_, v) in t.items()} for t in top_texts]
+        return {"tokens": texts, "token_logprobs": lps, "top_logprobs": top, "text_offset": offsets}
+
+    def chat_logprobs(self, r: Request, k: int) -> dict:
+        vocab = vocabulary(self.tokenizer)
+        texts, top_texts = self.token_texts(r.tokens, r.top_logprobs, len(r.text), r.prompt)
+        content = []
+        for t, s, lp, alts in zip(r.tokens, texts, r.token_logprobs, top_texts):
+            top = [{"token": a, "logprob": v, "bytes": list(vocab.bytes_of(i))} for a, (i, v) in alts.items()][:k]
+            content.append({"token": s, "logprob": lp, "bytes": list(vocab.bytes_of(t)), "top_logprobs": top})
+        return {"content": content}
+
+    def usage(self, jobs, requests) -> dict:
+        prompt_tokens = sum(len(p) for p, _ in jobs)
+        completion = sum(len(r.tokens) for r in requests)
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                "total_tokens": prompt_tokens + completion}
+
+
+async def _disconnected(http: HTTPRequest) -> None:
+    """Return when the client disconnects (after the body is read, the next ASGI message is the disconnect)."""
+    while (await http.receive())["type"] != "http.disconnect":
+        pass
+
+
+# -- the handlers: plain functions of (server, HTTP request) -------------------------------------------------------
+
+
+async def health(srv: Server, http: HTTPRequest):
+    return {"status": "ok"}
+
+
+async def models(srv: Server, http: HTTPRequest):
+    card = {"id": srv.model_name, "object": "model", "created": srv.created, "owned_by": "llamaforge",
+            "max_model_len": srv.engine.max_seq_len}
+    return {"object": "list", "data": [card]}
+
+
+async def tokenizer_info(srv: Server, http: HTTPRequest):
+    tok = srv.tokenizer
+    return {
+        "bos_token": tok.id_to_piece(tok.bos_id) if tok.bos_id >= 0 else None,
+        "eos_token": tok.id_to_piece(tok.eos_id) if tok.eos_id >= 0 else None,
+        "pad_token": None,
+        "model_max_length": srv.engine.max_seq_len,
+        "chat_template": getattr(srv.chat, "source", srv.chat.name),
+    }
+
+
+async def tokenize(srv: Server, http: HTTPRequest):
+    body = await read_body(http, TokenizeRequest)
+    tok, text = srv.tokenizer, body.prompt
+    specials = {tok.id_to_piece(i): i for i in (tok.bos_id, tok.eos_id) if i >= 0}
+    if text in specials:  # a special token's own text is that token, not its characters (lm-eval's probe)
+        return {"tokens": [specials[text]], "count": 1}
+    srv.check_fits([text], "prompt", 1)
+    ids = await asyncio.to_thread(tok.encode, text, bos=body.add_special_tokens)
+    return {"tokens": ids, "count": len(ids)}
+
+
+async def detokenize(srv: Server, http: HTTPRequest):
+    body = await read_body(http, DetokenizeRequest)
+    n = srv.tokenizer.vocab_size
+    if any(not 0 <= i < n for i in body.tokens):
+        raise APIError(f"tokens: ids must be in [0, {n})", "tokens")
+    return {"prompt": srv.tokenizer.decode(body.tokens)}
+
+
+async def completions(srv: Server, http: HTTPRequest):
+    body = await read_body(http, CompletionRequest)
+    max_new_tokens = 16 if body.max_tokens is None else body.max_tokens  # OpenAI's default
+    if max_new_tokens == 0 and not body.echo:
+        raise APIError("max_tokens: must be at least 1 unless echo is set", "max_tokens")
+    if body.stream and body.echo:
+        raise APIError("echo: not supported with stream", "echo")
+    prompts = await srv.prompt_ids(body.prompt)
+    echo_scores = body.echo and body.logprobs is not None
+    jobs = [(p, srv.sampling(body, max_new_tokens, body.logprobs, echo_scores, j)) for p in prompts
+            for j in range(body.n)]
+    cid, model = f"cmpl-{uuid.uuid4().hex}", body.model or srv.model_name
+    if body.stream:
+        return _sse(_stream_completion(srv.run(jobs, http, watch=False), cid, model, srv.created, body, jobs,
+                                       srv.usage))
+    requests = await srv.run_to_end(jobs, http)
+    if requests is None:
+        return JSONResponse({}, status_code=499)  # nobody reads it: the client closed the connection
+    choices = []
+    for index, r in enumerate(requests):
+        dec = IncrementalDecoder(srv.tokenizer)  # the prompt's text, as the completion's decoder continues it
+        text = ("".join(dec.decode(t) for t in r.prompt) if body.echo else "") + r.text
+        choices.append({"index": index, "text": text, "finish_reason": r.finish_reason,
+                        "logprobs": srv.completion_logprobs(r, body.echo, text) if body.logprobs is not None else None})
+    return {"id": cid, "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": choices, "usage": srv.usage(jobs, requests)}
+
+
+async def chat_completions(srv: Server, http: HTTPRequest):
+    body = await read_body(http, ChatRequest)
+    prompt = await srv.chat_ids([m.model_dump() for m in body.messages])
+    max_new_tokens = body.max_completion_tokens or body.max_tokens  # None: the rest of the context
+    top = (body.top_logprobs or 0) if body.logprobs else None
+    stop_ids = sorted(srv.chat.stop_ids)
+    jobs = [(prompt, srv.sampling(body, max_new_tokens, top, False, j, srv.chat.stop_strings, stop_ids))
+            for j in range(body.n)]
+    cid, model = f"chatcmpl-{uuid.uuid4().hex}", body.model or srv.model_name
+    if body.stream:
+        return _sse(_stream_chat(srv.run(jobs, http, watch=False), cid, model, srv.created, body, jobs, srv.usage))
+    requests = await srv.run_to_end(jobs, http)
+    if requests is None:
+        return JSONResponse({}, status_code=499)
+    choices = [{"index": index, "message": {"role": "assistant", "content": r.text},
+                "logprobs": srv.chat_logprobs(r, body.top_logprobs or 0) if body.logprobs else None,
+                "finish_reason": r.finish_reason} for index, r in enumerate(requests)]
+    return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": choices, "usage": srv.usage(jobs, requests)}
+
+
+ROUTES = [("GET", "/health", health), ("GET", "/v1/models", models), ("GET", "/tokenizer_info", tokenizer_info),
+          ("POST", "/tokenize", tokenize), ("POST", "/detokenize", detokenize),
+          ("POST", "/v1/completions", completions), ("POST", "/v1/chat/completions", chat_completions)]
+
+
+def create_app(engine: Engine, model_name: str = "llamaforge", chat_template: str = "plain") -> FastAPI:
+    """The FastAPI app: `Server` state plus the handlers in ROUTES. `chat_template`: a name
+    `llamaforge.infer.templates.load_chat_format` takes. Client mistakes answer 400 with OpenAI's error object;
+    only a failure of the server itself answers 500."""
+    srv = Server(engine, model_name, chat_template)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_):
+        yield
+        srv.loop.stop()  # server shutdown: end the engine thread
+
+    app = FastAPI(title="llamaforge", lifespan=lifespan)
+    app.state.server = srv
+    app.state.engine_loop = srv.loop
+    for method, path, handler in ROUTES:
+        async def endpoint(http: HTTPRequest, handler=handler):
+            return await handler(srv, http)
+
+        app.add_api_route(path, endpoint, methods=[method])
+
+    @app.exception_handler(APIError)
+    async def _api_error(_, e: APIError):
+        return error_response(e.message, e.param, e.status, e.code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_, e: StarletteHTTPException):  # unknown path, wrong method: same error object
+        return error_response(str(e.detail), status=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(_, e: Exception):
+        return error_response(f"internal error: {type(e).__name__}: {e}", status=500)
 
     return app
-
-
-def _prompts(prompt, tokenizer) -> list[list[int]]:
-    """The request's prompt field as token-id lists (text gets a BOS token, as llama.cpp does)."""
-    if isinstance(prompt, str):
-        return [tokenizer.encode(prompt, bos=True)]
-    if not prompt:
-        raise APIError("prompt: must not be empty", "prompt")
-    if all(isinstance(p, str) for p in prompt):
-        return [tokenizer.encode(p, bos=True) for p in prompt]
-    if all(isinstance(p, int) for p in prompt):
-        return [list(prompt)]
-    return [list(p) for p in prompt]
 
 
 def _sse(events) -> StreamingResponse:
