@@ -47,3 +47,13 @@ class ScriptedModel(Transformer):
             input_pos = torch.arange(tokens.shape[1]).expand(tokens.shape[0], -1)
         index = (input_pos - self.prompt_len + 1).clamp(0, len(self.script) - 1)
         return torch.zeros_like(logits).scatter_(-1, self.script[index][..., None], 1.0)
+
+
+class TableModel(ScriptedModel):
+    """A ScriptedModel driven by position alone: the token after position p is table[p] (default: `default`).
+    Requests whose prompts have different lengths thus get different scripted outputs from one model, in one
+    batch."""
+
+    def __init__(self, vocab_size: int, table: dict[int, int], default: int, max_seq_len: int = 2048):
+        script = [table.get(p, default) for p in range(max_seq_len)]
+        super().__init__(vocab_size, script, prompt_len=1, max_seq_len=max_seq_len)

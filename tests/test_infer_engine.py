@@ -164,3 +164,17 @@ def test_decode_over_the_filled_part_of_the_cache_matches_recompute():
     out = engine.generate(prompts, SamplingParams(max_new_tokens=12, stop_token_ids=()))
     assert [r.tokens for r in out] == refs
     assert engine.model.layers[0].attention.cache.k.shape[2] == 128  # the last step read 70 -> 128 positions
+
+
+def test_building_an_engine_leaves_the_callers_model_as_it_was():
+    """The engine decodes with a structural copy: no cache, no swapped layers, no mode change on the caller's
+    model (eager on a CPU, only the weights' strides change: same values, same Parameter objects)."""
+    model = tiny_model(torch.float32).train()
+    kinds = {name: type(m) for name, m in model.named_modules()}
+    params = {name: (p, p.detach().clone()) for name, p in model.named_parameters()}
+    engine = Engine(model, max_batch=2, max_seq_len=32)
+    engine.generate(PROMPTS[:2], SamplingParams(max_new_tokens=4, stop_token_ids=()))
+    assert {name: type(m) for name, m in model.named_modules()} == kinds
+    assert all(layer.attention.cache is None for layer in model.layers) and model.training
+    for name, p in model.named_parameters():
+        assert p is params[name][0] and torch.equal(p, params[name][1])

@@ -8,11 +8,12 @@ import random
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 from conftest import shared_path
-from infer_helpers import bigram_model
+from infer_helpers import TableModel, bigram_model
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_thread")]
 
@@ -89,6 +90,49 @@ def test_fault_1_chat_stream_equals_text(client):
     stream = client.chat.completions.create(model="m", messages=messages, temperature=0, stream=True)
     pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
     assert "".join(pieces) == " Hi 😀!" and not any("\ufffd" in p for p in pieces)
+
+
+def test_property_a_every_http_surface_streams_the_whole_text(llama2):
+    """Random byte-fallback-heavy outputs (emoji, CJK, combining marks) with stop strings taken from inside them,
+    through completions and chat, streamed and not, 4 requests in one batch: the streamed pieces join to the
+    non-streamed text, which is SentencePiece's decode cut before the earliest stop; no piece has a U+FFFD."""
+    from test_infer_detok import random_text
+
+    from llamaforge.infer.detok import cut_at_stop
+
+    rng = random.Random(5)
+    table, cases = {}, []
+    for k in range(8):  # case k: a prompt of BOS + 1 + 100 k "▁a" tokens; its script starts at that position
+        prompt = [llama2.bos_id] + [A] * (1 + 100 * k)
+        ids = llama2.encode(random_text(rng, rng.randint(3, 30)))[:90]
+        for i, t in enumerate(ids + [llama2.eos_id]):
+            table[len(prompt) - 1 + i] = t
+        full = llama2.sp.decode(prompt + ids)[len(llama2.sp.decode(prompt)):]
+        stop = [full[len(full) // 2 :][:2]] if k % 2 and len(full) > 3 else []
+        cases.append((prompt, full, stop))
+    engine = Engine(TableModel(llama2.vocab_size, table, llama2.eos_id, max_seq_len=1024), llama2, max_batch=4)
+    srv, thread, base = start_server(engine, chat_template=USER_TEXT)
+    try:
+        client = openai.OpenAI(base_url=base + "/v1", api_key="none", timeout=120, max_retries=0)
+
+        def check(case):
+            prompt, full, stop = case
+            expected = cut_at_stop(full, stop)
+            kw = dict(model="m", temperature=0, max_tokens=200, stop=stop or None)
+            text = client.completions.create(prompt=prompt, **kw).choices[0].text
+            pieces = [c.choices[0].text for c in client.completions.create(prompt=prompt, stream=True, **kw)]
+            messages = [{"role": "user", "content": " ".join(["a"] * (len(prompt) - 1))}]
+            chat = client.chat.completions.create(messages=messages, **kw).choices[0].message.content
+            chat_pieces = [c.choices[0].delta.content or "" for c in
+                           client.chat.completions.create(messages=messages, stream=True, **kw) if c.choices]
+            assert text == "".join(pieces) == chat == "".join(chat_pieces) == expected
+            assert not any("\ufffd" in p for p in pieces + chat_pieces)
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(check, cases))
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
 
 
 # -- fault 4: a model vocabulary padded past the tokenizer ---------------------------------------------------------
