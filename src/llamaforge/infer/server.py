@@ -208,12 +208,16 @@ async def read_body(http: HTTPRequest, schema: type[BaseModel]):
 
 
 class TokenizeRequest(_Strict):
+    """POST /tokenize (vLLM's and lm-eval's remote tokenizer): text -> ids."""
+
     prompt: str
     add_special_tokens: bool = False
     model: str | None = None
 
 
 class DetokenizeRequest(_Strict):
+    """POST /detokenize: ids (each in [0, tokenizer vocab)) -> text."""
+
     tokens: list[int]
     model: str | None = None
 
@@ -263,6 +267,7 @@ class Server:
         return [list(p) for p in prompt]
 
     async def chat_ids(self, messages: list[dict]) -> list[int]:
+        """The dialog as token ids from the chat format (in a worker thread); DialogError -> APIError."""
         self.check_fits([m["content"] for m in messages], "messages", len(messages))
         try:  # the chat format builds token ids: control tokens only from the template
             return (await asyncio.to_thread(self.chat.render, messages)).ids
@@ -271,6 +276,7 @@ class Server:
 
     def sampling(self, body: _Sampling, max_new_tokens: int | None, logprobs: int | None, echo: bool, i: int,
                  stops: list[str] = (), stop_ids=None) -> SamplingParams:
+        """The engine's SamplingParams for choice i of a request (stop strings checked; seed + i for n > 1)."""
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stop) > MAX_STOP_STRINGS or any(not s for s in stop):
             raise APIError(f"stop: expected at most {MAX_STOP_STRINGS} non-empty strings", "stop")
@@ -390,6 +396,7 @@ class Server:
         return {"tokens": texts, "token_logprobs": lps, "top_logprobs": top, "text_offset": offsets}
 
     def chat_logprobs(self, r: Request, k: int) -> dict:
+        """OpenAI's chat logprobs: per token its text (as in `token_texts`), logprob, raw `bytes` and k alternatives."""
         vocab = vocabulary(self.tokenizer)
         texts, top_texts = self.token_texts(r.tokens, r.top_logprobs, len(r.text), r.prompt)
         content = []
@@ -399,6 +406,7 @@ class Server:
         return {"content": content}
 
     def usage(self, jobs, requests) -> dict:
+        """OpenAI's usage object: prompt, completion and total tokens over every choice."""
         prompt_tokens = sum(len(p) for p, _ in jobs)
         completion = sum(len(r.tokens) for r in requests)
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
@@ -415,16 +423,19 @@ async def _disconnected(http: HTTPRequest) -> None:
 
 
 async def health(srv: Server, http: HTTPRequest):
+    """GET /health: the server is up (the event loop answers)."""
     return {"status": "ok"}
 
 
 async def models(srv: Server, http: HTTPRequest):
+    """GET /v1/models: the one model, with its context length (vLLM's max_model_len)."""
     card = {"id": srv.model_name, "object": "model", "created": srv.created, "owned_by": "llamaforge",
             "max_model_len": srv.engine.max_seq_len}
     return {"object": "list", "data": [card]}
 
 
 async def tokenizer_info(srv: Server, http: HTTPRequest):
+    """GET /tokenizer_info: what lm-eval's remote tokenizer probes (special tokens, length, chat template)."""
     tok = srv.tokenizer
     return {
         "bos_token": tok.id_to_piece(tok.bos_id) if tok.bos_id >= 0 else None,
@@ -436,6 +447,7 @@ async def tokenizer_info(srv: Server, http: HTTPRequest):
 
 
 async def tokenize(srv: Server, http: HTTPRequest):
+    """POST /tokenize: text -> ids (off the event loop; text that cannot fit the context refused first)."""
     body = await read_body(http, TokenizeRequest)
     tok, text = srv.tokenizer, body.prompt
     specials = {tok.id_to_piece(i): i for i in (tok.bos_id, tok.eos_id) if i >= 0}
@@ -447,6 +459,7 @@ async def tokenize(srv: Server, http: HTTPRequest):
 
 
 async def detokenize(srv: Server, http: HTTPRequest):
+    """POST /detokenize: ids -> text; ids outside the tokenizer are a 400."""
     body = await read_body(http, DetokenizeRequest)
     n = srv.tokenizer.vocab_size
     if any(not 0 <= i < n for i in body.tokens):
@@ -455,6 +468,7 @@ async def detokenize(srv: Server, http: HTTPRequest):
 
 
 async def completions(srv: Server, http: HTTPRequest):
+    """POST /v1/completions: text or token-id prompts, n choices, echo + logprobs, streamed or not."""
     body = await read_body(http, CompletionRequest)
     max_new_tokens = 16 if body.max_tokens is None else body.max_tokens  # OpenAI's default
     if max_new_tokens == 0 and not body.echo:
@@ -483,6 +497,7 @@ async def completions(srv: Server, http: HTTPRequest):
 
 
 async def chat_completions(srv: Server, http: HTTPRequest):
+    """POST /v1/chat/completions: messages through the chat format, streamed or not, logprobs with bytes."""
     body = await read_body(http, ChatRequest)
     prompt = await srv.chat_ids([m.model_dump() for m in body.messages])
     max_new_tokens = body.max_completion_tokens or body.max_tokens  # None: the rest of the context
