@@ -227,3 +227,80 @@ def test_harness_backend_generates_batched_in_request_order(stories):
         until = [kw["until"]] if isinstance(kw["until"], str) else kw["until"]
         assert text == scorer.generate_until(lm.tok_encode(context), until, kw["max_gen_toks"])[0]
     assert len(set(got)) == 4
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue #13, fault 6: a token that spans the context/continuation boundary; fault 7: the plugin keeps lm-eval's models
+
+
+@pytest.fixture(scope="module")
+def llama2_vocab_model():
+    """A tiny random model over the Llama-2 vocabulary, with Meta's tokenizer.model."""
+    from llamaforge.model import ModelArgs, Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=32000, multiple_of=16, max_seq_len=64))
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.5)  # spread the next-token distribution so scores differ clearly
+    return model.eval(), load_tokenizer(shared_path("llama2-tokenizer/tokenizer.model"))
+
+
+def test_token_spanning_the_boundary_is_rescored_not_lost(llama2_vocab_model, tmp_path):
+    """("Ans", "wer") is one piece "▁Answer" on Llama 2: the pair is re-split at the boundary (context = the
+    common prefix, continuation = the rest of the whole string's ids) and every other pair in the call is still
+    scored, each equal to lm-evaluation-harness's HF backend on the same ids (<= 1e-4)."""
+    import sentencepiece as spm
+    from lm_eval.models.huggingface import HFLM
+
+    model, tok = llama2_vocab_model
+    sp = spm.SentencePieceProcessor(model_file=shared_path("llama2-tokenizer/tokenizer.model").as_posix())
+    pairs = [("The capital of France is", " Paris"), ("Ans", "wer"), ("hello wor", "ld"), ("Question: 1+1=", "2"),
+             ("Nothing follows", "")]
+    got = Scorer(model, tok, batch_size=4).loglikelihood(pairs)
+    assert len(got) == len(pairs)
+
+    # The split, from sentencepiece itself: the standard cut where the context's ids are a prefix, else the
+    # common prefix of the two encodings.
+    bos = sp.bos_id()
+    assert encode_pair(tok, "Ans", "wer") == ([bos], [bos, *sp.encode("Answer")][1:])
+    assert encode_pair(tok, "hello wor", "ld") == ([bos, *sp.encode("hello")], sp.encode("hello world")[1:])
+    assert encode_pair(tok, "The capital of France is", " Paris") == (
+        [bos, *sp.encode("The capital of France is")], sp.encode("The capital of France is Paris")[5:])
+
+    hf = hf_export(model, tmp_path / "hf")
+    hflm = HFLM(pretrained=hf, tokenizer=hf_tokenizer(tok), batch_size=2, max_length=64)
+    for (ctx_text, cont_text), (ll, greedy) in zip(pairs, got):
+        ctx, cont = encode_pair(tok, ctx_text, cont_text)
+        if not cont:
+            assert (ll, greedy) == (0.0, True)  # log 1: nothing to predict
+            continue
+        ((ref_ll, ref_greedy),) = hflm._loglikelihood_tokens([((ctx_text, cont_text), ctx, cont)])
+        assert ll == pytest.approx(ref_ll, abs=1e-4) and greedy == ref_greedy
+        if sp.encode(ctx_text) == sp.encode(ctx_text + cont_text)[: len(sp.encode(ctx_text))]:
+            # No spanning token: lm-eval's own string-level split gives the same value.
+            from lm_eval.api.instance import Instance
+
+            ((lm_ll, _),) = hflm.loglikelihood([Instance("loglikelihood", {}, (ctx_text, cont_text), 0)])
+            assert ll == pytest.approx(lm_ll, abs=1e-4)
+    # Our harness backend splits the same way, so lm-eval tasks with such pairs run to the end.
+    from llamaforge.eval.harness import LlamaforgeLM
+
+    assert LlamaforgeLM(model=model, tokenizer=tok)._encode_pair("Ans", "wer") == encode_pair(tok, "Ans", "wer")
+
+
+def test_harness_plugin_keeps_lm_evals_own_models():
+    """After importing our backend in a fresh interpreter, `hf` and every other built-in model still resolve."""
+    import subprocess
+    import sys
+
+    code = ("import llamaforge.eval.harness\n"
+            "from lm_eval.api.registry import get_model, model_registry\n"
+            "hf = get_model('hf')  # before anything else imports lm_eval.models\n"
+            "from lm_eval.models import MODEL_MAPPING\n"
+            "from lm_eval.models.huggingface import HFLM\n"
+            "assert hf is HFLM, hf\n"
+            "missing = sorted(set(MODEL_MAPPING) - set(model_registry.keys()))\n"
+            "assert not missing, missing\n"
+            "assert get_model('llamaforge').__name__ == 'LlamaforgeLM'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]

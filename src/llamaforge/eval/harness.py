@@ -1,7 +1,8 @@
 """An lm-evaluation-harness (0.4.x) backend: any llamaforge checkpoint as the `llamaforge` model.
 
 lm-eval finds models only in its own registry (it reads no entry points), so the backend registers itself when
-this module is imported. Two ways in:
+this module is imported, after lm-eval's own models (`hf`, `vllm`, ...): lm-eval fills its registry with them only
+when it finds the registry empty, so registering first would hide every built-in model. Two ways in:
 
     python -m llamaforge.eval.harness --model llamaforge --model_args path=CKPT,tokenizer=TOK \\
         --tasks hellaswag --include_path my_tasks/            # lm-eval's own command line, with the model added
@@ -26,7 +27,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
 from llamaforge.eval.perplexity import document_nll
-from llamaforge.eval.scoring import Scorer
+from llamaforge.eval.scoring import Scorer, encode_pair
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -76,6 +77,10 @@ class LlamaforgeLM(TemplateLM):
     def tok_decode(self, tokens, **kwargs) -> str:
         """The text of `tokens`."""
         return self.tok.decode(tokens)
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """lm-eval's split, except where a token spans the boundary: re-split there (see `encode_pair`)."""
+        return encode_pair(self.tok, context, continuation)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
         return self.scorer.loglikelihood_tokens([(ctx, cont) for _, ctx, cont in requests])
@@ -129,4 +134,6 @@ if __name__ == "__main__":
 
     registered_main()
 else:
+    import lm_eval.models  # noqa: F401  (lm-eval's built-in models go into the registry first; see the docstring)
+
     register_model("llamaforge")(LlamaforgeLM)

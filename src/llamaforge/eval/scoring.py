@@ -34,22 +34,41 @@ class _Row:
 
 
 def encode_pair(tokenizer, context: str, continuation: str, bos: bool = True, encode=None):
-    """Token ids for (context, continuation), the way lm-evaluation-harness splits them.
+    """Token ids for (context, continuation): (context ids, continuation ids), the continuation never empty
+    unless the continuation text is.
 
     Trailing spaces of the context move to the continuation (" Paris" is one word piece, "Paris" after a space is
     not), and the continuation's ids are read off the encoding of the whole string so that the tokenizer's merges
-    across the boundary are respected. An empty context becomes the BOS token. Returns (context ids, continuation
-    ids); `encode(text)` may be given to memoize the tokenizer.
+    across the boundary are respected: while the context's own ids are a prefix of the whole string's ids, the cut
+    is at the context's length, exactly as lm-evaluation-harness does (`TemplateLM._encode_pair`).
+
+    When a token spans the boundary (Llama 2: "Ans" + "wer" is the single piece "▁Answer"; "hello wor" + "ld"
+    ends in "▁world"), that cut leaves the continuation empty or misaligned; lm-eval 0.4 then fails the whole
+    run (`assert len(continuation_enc) > 0`, EleutherAI/lm-evaluation-harness#1053, #1297). Here the pair is
+    re-split at the boundary instead: the context keeps the longest common prefix of its own ids and the whole
+    string's ids, and the continuation is the rest of the whole string's ids, so the spanning token is scored as
+    part of the continuation (with the context characters it covers). The scored text is then exactly the
+    string the tokenizer produces; encoding the continuation alone instead would add SentencePiece's dummy-prefix
+    space ("▁wer"). An empty context becomes the BOS token; an empty continuation gives no ids (its
+    log-likelihood is 0). `encode(text)` may be given to memoize the tokenizer.
     """
     encode = encode or (lambda text: tokenizer.encode(text, bos=bos))
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
         context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    if not continuation:
+        return list(encode(context)) if context else [tokenizer.bos_id], []
     if not context:
         return [tokenizer.bos_id], tokenizer.encode(continuation, bos=False)
     whole = list(encode(context + continuation))
     ctx = list(encode(context))
-    return ctx, whole[len(ctx) :]
+    if whole[: len(ctx)] == ctx and len(whole) > len(ctx):
+        return ctx, whole[len(ctx) :]
+    common = next((i for i, (a, b) in enumerate(zip(ctx, whole)) if a != b), min(len(ctx), len(whole)))
+    common = min(common, len(whole) - 1)  # at least one token for the continuation
+    if common == 0:  # nothing of the context survives (no BOS): condition on BOS
+        return [tokenizer.bos_id], whole
+    return whole[:common], whole[common:]
 
 
 class Scorer:
@@ -69,20 +88,26 @@ class Scorer:
     # log-likelihood
 
     def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
-        """(sum log p(continuation | context), continuation is the greedy decode) for each (context, continuation)."""
+        """(sum log p(continuation | context), continuation is the greedy decode) for each (context, continuation).
+
+        Every pair is scored: the split into ids follows `encode_pair` (a token spanning the boundary is re-split
+        there, never an empty continuation), and an empty continuation scores (0.0, True), log 1."""
         encode = functools.lru_cache(maxsize=4096)(lambda text: tuple(self.tokenizer.encode(text, bos=True)))
         return self.loglikelihood_tokens([encode_pair(self.tokenizer, c, x, encode=encode) for c, x in pairs])
 
     @torch.inference_mode()
     def loglikelihood_tokens(self, requests: Sequence[tuple[Tokens, Tokens]]) -> list[tuple[float, bool]]:
-        """Like `loglikelihood` on token ids: each request is (context ids, non-empty continuation ids)."""
+        """Like `loglikelihood` on token ids: each request is (context ids, continuation ids). An empty continuation
+        scores (0.0, True) without running the model; an empty context is conditioned on BOS."""
         prefixes: dict[tuple[int, ...], int] = {}  # prefix tokens -> item index
         rows: list[_Row] = []
         row_of: dict[tuple[int, tuple[int, ...]], int] = {}
         requests_of_row: list[list[int]] = []
-        targets: list[list[int]] = []
+        targets: dict[int, list[int]] = {}
         for q, (ctx, cont) in enumerate(requests):
-            ctx, cont = self._truncate(list(ctx), list(cont))
+            if not cont:
+                continue
+            ctx, cont = self._truncate(list(ctx) or [self.tokenizer.bos_id], list(cont))
             item = prefixes.setdefault(tuple(ctx[:-1]), len(prefixes))
             key = (item, tuple([ctx[-1]] + cont[:-1]))
             if key not in row_of:  # identical inputs give identical logits: run them once
@@ -90,7 +115,7 @@ class Scorer:
                 rows.append(_Row(*key))
                 requests_of_row.append([])
             requests_of_row[row_of[key]].append(q)
-            targets.append(cont)
+            targets[q] = cont
 
         # A group: one prefix and at most batch_size of its rows (an item with more choices is split).
         item_rows: dict[int, list[int]] = {}
@@ -102,7 +127,7 @@ class Scorer:
             for item, rs in item_rows.items()
             for s in range(0, len(rs), self.batch_size)
         ]
-        results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
+        results: list[tuple[float, bool]] = [(0.0, True)] * len(requests)  # empty continuations: log 1
         for batch in self._batches(groups, rows):
             batch_rows = [r for g in batch for r in groups[g][1]]
             logp = self._forward_rows([groups[g] for g in batch], rows)
