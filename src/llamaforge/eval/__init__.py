@@ -40,7 +40,7 @@ def preset_of(model) -> str | None:
 def evaluate_task(scorer, name: str, data_dir, shots: int | None = None, limit: int | None = None,
                   options: dict | None = None, preset: str | None = None) -> tuple[TaskResult, list[dict]]:
     """Run one registered task; returns the aggregate and the per-item metric dicts."""
-    from llamaforge.eval.tasks import get_task, paper_number, score_items
+    from llamaforge.eval.tasks import chance_level, get_task, paper_number, score_items
 
     task = get_task(name)
     shots = task.shots if shots is None or task.shots_fixed else shots
@@ -51,10 +51,16 @@ def evaluate_task(scorer, name: str, data_dir, shots: int | None = None, limit: 
     items = items[:limit] if limit else items
     per_item = score_items(task, scorer, items, options or {})
     result = aggregate(name, shots, per_item, task.paper_metric)
+    chance = chance_level(task, items)
+    result.note = task.note
     for metric in result.metrics:
         number = paper_number(task, metric, shots, preset)
         if number is not None:
             result.paper[metric] = number
+        base = metric.split("[")[0]  # a split's chance level is the task's
+        level = chance.get(base, 0.0 if base.startswith("maj@") else None)
+        if level is not None and not base.endswith("likelihood_diff"):
+            result.chance[metric] = level
     return result, per_item
 
 

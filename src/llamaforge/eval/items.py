@@ -15,7 +15,7 @@ import re
 import string
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import comb
 
 import numpy as np
@@ -32,6 +32,7 @@ class ChoiceItem:
     continuations: list[str]  # one per choice, with the delimiter (" ") in front
     gold: int
     choices: list[str]  # the choice texts without delimiter: their lengths normalize acc_norm
+    groups: list[str] = field(default_factory=list)  # the item's splits (subject, category), for per-split scores
 
     def __post_init__(self):
         n = len(self.choices)
@@ -78,6 +79,8 @@ def score_choice_items(scorer, items: Sequence[ChoiceItem], unconditional: bool 
             ll_uncond = np.array(lls[n_cond + at : n_cond + at + k])
             metrics["acc_uncond"] = float(np.argmax(ll - ll_uncond) == it.gold)
         metrics["loglikelihoods"] = ll.tolist()  # kept per item for inspection and parity tests
+        if it.groups:
+            metrics["groups"] = list(it.groups)
         out.append(metrics)
         at += k
     return out

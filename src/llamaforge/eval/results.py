@@ -25,6 +25,9 @@ class TaskResult:
     stderr: dict[str, float] = field(default_factory=dict)
     paper_metric: str | None = None
     paper: dict[str, float] = field(default_factory=dict)  # metric -> the paper's score (%)
+    chance: dict[str, float] = field(default_factory=dict)  # metric -> the score of a uniform random guess
+    note: str = ""  # what the numbers are (or are not), e.g. "needs an external judge"
+    sizes: dict[str, int] = field(default_factory=dict)  # metric[split] -> items in that split
 
 
 def mean_and_stderr(values: Sequence[float]) -> tuple[float, float]:
@@ -38,13 +41,23 @@ def mean_and_stderr(values: Sequence[float]) -> tuple[float, float]:
 
 
 def aggregate(task: str, shots: int, per_item: list[dict], paper_metric: str | None = None) -> TaskResult:
-    """Average every numeric per-item metric (lists and strings, e.g. predictions, are left out)."""
+    """Average every numeric per-item metric (lists and strings, e.g. predictions, are left out). Items that carry
+    `groups` (split names) also give `metric[split]`, the mean over that split's items, after the overall ones."""
     names = [k for k, v in per_item[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     names = [k for k in names if not k.startswith("loglikelihood")]
     metrics, stderr = {}, {}
     for name in names:
         metrics[name], stderr[name] = mean_and_stderr([float(it[name]) for it in per_item])
-    return TaskResult(task, shots, len(per_item), metrics, stderr, paper_metric)
+    splits: dict[str, list[dict]] = {}
+    for it in per_item:
+        for group in it.get("groups", ()):
+            splits.setdefault(group, []).append(it)
+    for group in sorted(splits):
+        for name in names:
+            key = f"{name}[{group}]"
+            metrics[key], stderr[key] = mean_and_stderr([float(it[name]) for it in splits[group]])
+    sizes = {f"{name}[{group}]": len(its) for group, its in splits.items() for name in names}
+    return TaskResult(task, shots, len(per_item), metrics, stderr, paper_metric, sizes=sizes)
 
 
 def to_json(results: list[TaskResult], config: dict) -> dict:
@@ -53,13 +66,14 @@ def to_json(results: list[TaskResult], config: dict) -> dict:
     """
     return {
         "results": {r.task: {**r.metrics, **{f"{k}_stderr": v for k, v in r.stderr.items()}} for r in results},
-        "details": {r.task: {"shots": r.shots, "n": r.n, "paper_metric": r.paper_metric, "paper": r.paper}
+        "details": {r.task: {"shots": r.shots, "n": r.n, "paper_metric": r.paper_metric, "paper": r.paper,
+                             "chance": r.chance, "split_sizes": r.sizes, **({"note": r.note} if r.note else {})}
                     for r in results},
         "config": config,
     }
 
 
-PERCENT_METRICS = ("acc", "exact_match", "maj@", "pass@")
+PERCENT_METRICS = ("acc", "exact_match", "maj@", "pass@", "pct_stereotype", "mc1", "mc2", "truthful", "informative")
 
 
 def _fmt(metric: str, value: float | None, scale: bool) -> str:
@@ -71,18 +85,23 @@ def _fmt(metric: str, value: float | None, scale: bool) -> str:
 
 
 def markdown_table(results: list[TaskResult]) -> str:
-    """One row per task and metric: task | metric | shots | n | value | stderr | paper (accuracies in %)."""
-    lines = ["| task | metric | shots | n | value | stderr | paper |", "|---|---|---|---|---|---|---|"]
+    """One row per task and metric: task | metric | shots | n | value | stderr | paper | chance (accuracies in %),
+    then one line per task note."""
+    lines = ["| task | metric | shots | n | value | stderr | paper | chance |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         for metric, value in r.metrics.items():
             scale = metric.startswith(PERCENT_METRICS)
             name = f"{metric} (paper's)" if metric == r.paper_metric else metric
             paper = r.paper.get(metric)
             lines.append(
-                f"| {r.task} | {name} | {r.shots} | {r.n} | {_fmt(metric, value, scale)} | "
-                f"{_fmt(metric, r.stderr.get(metric), scale)} | {'' if paper is None else f'{paper:.1f}'} |"
+                f"| {r.task} | {name} | {r.shots} | {r.sizes.get(metric, r.n)} | {_fmt(metric, value, scale)} | "
+                f"{_fmt(metric, r.stderr.get(metric), scale)} | {'' if paper is None else f'{paper:.1f}'} | "
+                f"{_fmt(metric, r.chance.get(metric), scale)} |"
             )
-    return "\n".join(lines) + "\n"
+        if not r.metrics:
+            lines.append(f"| {r.task} | (none) | {r.shots} | {r.n} |  |  |  |  |")
+    notes = [f"- {r.task}: {r.note}" for r in results if r.note]
+    return "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
 
 def write_results(path, results: list[TaskResult], config: dict) -> tuple[Path, Path]:

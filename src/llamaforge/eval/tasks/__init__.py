@@ -1,5 +1,7 @@
 """The task registry: each of the paper's benchmarks with its data loader, scorer, default shots, the paper's
-metric for it and the paper's numbers (Touvron et al. 2023, Tables 3-9; 7B/13B/33B/65B)."""
+metric for it, the paper's numbers (Touvron et al. 2023, Tables 3-9 and 12-14; 7B/13B/33B/65B) and the chance
+level. Per-split scores (MATH subject and level, CrowS-Pairs category, WinoGender pronouns) are reported as
+`metric[split]` beside the overall one."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from pathlib import Path
 
 from llamaforge.errors import UserError
 from llamaforge.eval.items import score_choice_items
-from llamaforge.eval.tasks import code, generative_qa, gsm8k, multiple_choice
+from llamaforge.eval.tasks import bias, code, generative_qa, gsm8k, minerva_math, multiple_choice, race, truthfulqa
 
 
 @dataclass
@@ -26,6 +28,8 @@ class Task:
     shots_fixed: bool = False  # the loader ignores --shots (e.g. MMLU's own dev exemplars)
     unconditional: bool = False  # also score P(choice | "Answer:") (OpenBookQA, BoolQ)
     paper_other: dict[str, dict[str, float]] = field(default_factory=dict)  # other metric -> preset -> score
+    chance: Callable | None = None  # items -> {metric: the score of guessing uniformly at random}
+    note: str = ""  # what a reader of the results must know (e.g. a metric that needs an external judge)
 
 
 def _choice(loader):
@@ -61,6 +65,32 @@ TASKS: dict[str, Task] = {
         Task("triviaqa", "qa", generative_qa.load_triviaqa, 0, "exact_match", _paper(50.0, 56.6, 65.1, 68.2)),
         Task("gsm8k", "math", lambda d, k: gsm8k.load_gsm8k(d, k), 8, "maj@1", _paper(11.0, 17.8, 35.6, 50.9),
              paper_other={"maj@100": _paper(18.1, 29.3, 53.1, 69.7)}),
+        Task("race_middle", "choice", lambda d, k: race.load_race(d, "middle"), 0, "acc_uncond",
+             _paper(61.1, 61.6, 64.1, 67.9), shots_fixed=True, unconditional=True),
+        Task("race_high", "choice", lambda d, k: race.load_race(d, "high"), 0, "acc_uncond",
+             _paper(46.9, 47.2, 48.3, 51.6), shots_fixed=True, unconditional=True),
+        Task("math", "minerva", minerva_math.load_math, 4, "maj@1", _paper(2.9, 3.9, 7.1, 10.6),
+             paper_other={"maj@256": _paper(6.9, 8.8, 15.2, 20.5)}, chance=lambda items: {"maj@1": 0.0},
+             note=f"answers compared by {minerva_math.EQUIVALENCE}"),
+        Task("math500", "minerva", minerva_math.load_math500, 4, "maj@1", chance=lambda items: {"maj@1": 0.0},
+             note=f"answers compared by {minerva_math.EQUIVALENCE}; the paper reports only the 5,000-problem set"),
+        Task("truthfulqa_mc", "truthfulqa_mc", lambda d, k: truthfulqa.load_truthfulqa_mc(d), 0, "mc2",
+             shots_fixed=True, note=truthfulqa.JUDGE_NOTE,
+             chance=lambda items: {"mc1": sum(1 / len(it.mc1) for it in items) / len(items),
+                                   "mc2": sum(sum(it.mc2_true) / len(it.mc2) for it in items) / len(items)}),
+        Task("truthfulqa_gen", "truthfulqa_gen", lambda d, k: truthfulqa.load_truthfulqa_gen(d), 0,
+             "truthful*informative", {p: 100 * v[1] for p, v in truthfulqa.PAPER_TRUTHFUL.items()}, shots_fixed=True,
+             paper_other={"truthful": {p: 100 * v[0] for p, v in truthfulqa.PAPER_TRUTHFUL.items()}},
+             note=truthfulqa.JUDGE_NOTE),
+        Task("crows_pairs", "crows_pairs", lambda d, k: bias.load_crows_pairs(d), 0, "pct_stereotype",
+             {"llama-65b": bias.CROWS_PAPER_65B["all"]}, shots_fixed=True,
+             paper_other={f"pct_stereotype[{c}]": {"llama-65b": v} for c, v in bias.CROWS_PAPER_65B.items()},
+             chance=lambda items: {"pct_stereotype": 0.5},
+             note="pct_stereotype: share of pairs where the more stereotyping sentence is likelier; 50 = no "
+                  "preference, higher = more biased; the paper gives LLaMA-65B only"),
+        Task("winogender", "choice", lambda d, k: bias.load_winogender(d), 0, "acc",
+             _paper(*bias.WINOGENDER_PAPER["all"]), shots_fixed=True,
+             paper_other={f"acc[{s}]": _paper(*v) for s, v in bias.WINOGENDER_PAPER.items() if s != "all"}),
         Task("humaneval", "code", lambda d, k: code.load_humaneval(d), 0, "pass@1", _paper(10.5, 15.8, 21.7, 23.7),
              shots_fixed=True, paper_other={"pass@100": _paper(36.5, 52.5, 70.7, 79.3)}),
         Task("mbpp", "code", lambda d, k: code.load_mbpp(d, k), 3, "pass@1", _paper(17.7, 22.0, 30.2, 37.7),
@@ -97,8 +127,22 @@ def paper_number(task: Task, metric: str, shots: int, preset: str | None) -> flo
     return task.paper_other.get(metric, {}).get(preset)
 
 
+def chance_level(task: Task, items) -> dict[str, float]:
+    """The score of a uniform random guess per metric: 1/k averaged over items for multiple choice (acc,
+    acc_norm, acc_uncond alike), or the task's own rule; {} where it is not defined (generation, code)."""
+    if task.chance is not None:
+        return task.chance(items)
+    if task.kind == "choice":
+        level = sum(1 / len(it.choices) for it in items) / len(items)
+        return {m: level for m in ("acc", "acc_norm", "acc_uncond")}
+    if task.kind == "math":
+        return {"maj@1": 0.0}
+    return {}
+
+
 def score_items(task: Task, scorer, items, options: dict) -> list[dict]:
-    """Per-item metric dicts for a task's items (options: samples, temperature, max_new_tokens, unsafe_exec)."""
+    """Per-item metric dicts for a task's items (options: samples, temperature, max_new_tokens, unsafe_exec,
+    judge)."""
     if task.kind == "choice":
         return score_choice_items(scorer, items, unconditional=task.unconditional)
     if task.kind == "qa":
@@ -106,6 +150,16 @@ def score_items(task: Task, scorer, items, options: dict) -> list[dict]:
     if task.kind == "math":
         return gsm8k.score_math_items(scorer, items, samples=options.get("samples", 1),
                                      temperature=options.get("temperature", 0.6))
+    if task.kind == "minerva":
+        return minerva_math.score_minerva_items(scorer, items, samples=options.get("samples", 1),
+                                                temperature=options.get("temperature", 0.6),
+                                                max_new_tokens=options.get("max_new_tokens", 512))
+    if task.kind == "truthfulqa_mc":
+        return truthfulqa.score_truthfulqa_mc(scorer, items)
+    if task.kind == "truthfulqa_gen":
+        return truthfulqa.score_truthfulqa_gen(scorer, items, judge=options.get("judge"))
+    if task.kind == "crows_pairs":
+        return bias.score_crows_pairs(scorer, items)
     if task.kind == "code":
         from llamaforge.eval.sandbox import Limits
 

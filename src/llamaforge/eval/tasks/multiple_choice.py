@@ -123,9 +123,26 @@ def load_winogrande(data_dir: Path) -> list[ChoiceItem]:
 
 
 def load_openbookqa(data_dir: Path) -> list[ChoiceItem]:
-    """OpenBookQA is not in the staged data: any `{"query", "choices", "gold"}` file at these paths works."""
-    candidates = ["openbookqa/test.jsonl", "openbookqa.jsonl", f"{GAUNTLET}/openbookqa.jsonl"]
-    return _mc_jsonl(find_data(data_dir, "openbookqa", candidates))
+    """OpenBookQA main test (500 questions) in the released format (`{"id", "question": {"stem", "choices":
+    [{"text", "label"}]}, "answerKey"}`, SOURCES.md `openbookqa/`). The prompt is the question stem and each choice
+    follows after one space, as lm-evaluation-harness's `openbookqa` task builds it; the paper's metric is
+    `acc_uncond` (Brown et al.'s P(choice | stem) / P(choice | "Answer:")). A `{"query", "choices", "gold"}` file
+    at the same path is read too."""
+    path = find_data(data_dir, "openbookqa", ["openbookqa/test.jsonl", "openbookqa.jsonl", f"{GAUNTLET}/openbookqa.jsonl"])
+    items = []
+    for n, doc in read_jsonl(path):
+        if not isinstance(doc.get("question"), dict):
+            items.append(parse_line(doc, f"{path}:{n}"))
+            continue
+        try:
+            choices = doc["question"]["choices"]
+            labels = [c["label"] for c in choices]
+            items.append(ChoiceItem.shared_context(doc["question"]["stem"], [c["text"] for c in choices],
+                                                   labels.index(doc["answerKey"].strip())))
+        except (KeyError, ValueError, TypeError):
+            raise UserError(f"{path}:{n}: expected OpenBookQA's question.stem, question.choices[{{text, label}}] and "
+                            "an answerKey among the labels") from None
+    return items
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -189,5 +206,5 @@ def add_shots(items: list[ChoiceItem], shots: int, seed: int = 1234) -> list[Cho
         drawn = rng.sample(range(len(items)), min(shots + 1, len(items)))
         others = [j for j in drawn if j != i][:shots]
         demo = "".join(items[j].contexts[items[j].gold] + items[j].continuations[items[j].gold] + "\n\n" for j in others)
-        out.append(ChoiceItem([demo + c for c in it.contexts], it.continuations, it.gold, it.choices))
+        out.append(ChoiceItem([demo + c for c in it.contexts], it.continuations, it.gold, it.choices, it.groups))
     return out
