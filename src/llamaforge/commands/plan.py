@@ -3,7 +3,11 @@
     llamaforge plan --model llama-65b --gpu A100-80GB --gpus 2048 --tokens 1.4T --fsdp 256 --tp 8 --ac selective
     llamaforge plan --dims dim=1024,n_layers=16,n_heads=16 --tokens 20B --gpus 8 --mfu 0.4
     llamaforge plan --budget 5.76e23 --inference-tokens 2T --constants besiroglu
-    llamaforge plan --paper            # the paper's Table 15 GPU-hours recomputed from the formula
+    llamaforge plan --paper            # the paper's Table 15 GPU-hours, energy and emissions recomputed
+    llamaforge plan --measured RUN/metrics.jsonl   # energy and emissions of a finished run (measured GPU-hours)
+
+Energy and emissions use the paper's formula (Section 6): MWh = GPU-hours x --gpu-watts x --pue / 1e6 and
+tCO2eq = MWh x --carbon-intensity (defaults: 400 W A100, PUE 1.1, 0.385 kg CO2eq/kWh).
 """
 
 from __future__ import annotations
@@ -38,6 +42,12 @@ def add_arguments(p) -> None:
     p.add_argument("--inference-tokens", default="0", help="with --budget: lifetime tokens to serve, e.g. 2T")
     p.add_argument("--constants", default="besiroglu",
                    help="scaling-law constants: besiroglu | hoffmann | a fit.json written by sweep")
+    what.add_argument("--measured", help="a training run's metrics.jsonl (or its folder): energy and emissions "
+                      "from its measured GPU-hours")
+    p.add_argument("--gpu-watts", type=float, default=400.0, help="power per GPU for energy (paper: 400 W A100)")
+    p.add_argument("--pue", type=float, default=1.1, help="data-centre power usage effectiveness (paper: 1.1)")
+    p.add_argument("--carbon-intensity", type=float, default=0.385,
+                   help="kg CO2eq per kWh (paper: 0.385, the US national average)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -125,6 +135,7 @@ def run_model(args) -> int:
             "activations": mem.activations, "loss": mem.loss, "recompute": mem.recompute, "total": mem.total,
         },
         "device_memory_bytes": device.memory_bytes, "largest_micro_batch": best, "scaling": scaling,
+        "carbon": _carbon(args, cost.device_hours).as_dict(),
     }
     if args.json:
         print(json.dumps(out, indent=2))
@@ -135,6 +146,9 @@ def run_model(args) -> int:
     print(f"throughput           {cost.tokens_per_s_per_device:,.0f} tokens/s/device at MFU {mfu:.1%} "
           f"of {device.peak_flops / 1e12:.0f} TFLOP/s ({device.name})")
     print(f"device-hours         {cost.device_hours:,.0f}")
+    footprint = _carbon(args, cost.device_hours)
+    print(f"energy, emissions    {footprint.mwh:,.1f} MWh, {footprint.tco2eq:,.1f} tCO2eq   ({args.gpu_watts:g} W x "
+          f"PUE {args.pue:g}, {args.carbon_intensity:g} kg/kWh; the paper's formula)")
     print(f"wall-clock           {cost.wall_clock_days:,.2f} days on {args.gpus} devices")
     print(f"memory per device    fsdp={fsdp} tp={args.tp} ac={args.ac} micro-batch={micro} "
           f"master={args.master_dtype} compute={args.compute_dtype}")
@@ -200,7 +214,26 @@ def run_budget(args) -> int:
     return 0
 
 
+def _carbon(args, gpu_hours: float):
+    from llamaforge.plan.carbon import carbon
+
+    return carbon(gpu_hours, args.gpu_watts, args.pue, args.carbon_intensity)
+
+
+def run_measured(args) -> int:
+    from llamaforge.plan.carbon import measured_gpu_hours
+
+    footprint = _carbon(args, measured_gpu_hours(args.measured))
+    if args.json:
+        print(json.dumps({"measured": str(args.measured), **footprint.as_dict()}, indent=2))
+        return 0
+    print(f"{args.measured}: {footprint.gpu_hours:,.4g} GPU-hours measured -> {footprint.mwh:,.4g} MWh, "
+          f"{footprint.tco2eq:,.4g} tCO2eq ({args.gpu_watts:g} W x PUE {args.pue:g}, {args.carbon_intensity:g} kg/kWh)")
+    return 0
+
+
 def run_paper(args) -> int:
+    from llamaforge.plan.carbon import paper_carbon_table
     from llamaforge.plan.flops import paper_mfu, paper_table
 
     mfu = paper_mfu() if args.mfu is None else args.mfu
@@ -209,6 +242,11 @@ def run_paper(args) -> int:
     for r in paper_table(mfu):
         print(f"{r['preset']:<11}{r['tokens'] / 1e12:>7.1f}T{r['tokens_per_s_per_gpu']:>11,.0f}{r['gpu_hours']:>12,.0f}"
               f"{r['paper_gpu_hours']:>12,}{r['ratio']:>7.3f}{r['paper_implied_mfu']:>11.1%}")
+    print(f"Table 15 from its GPU-hours: {args.gpu_watts:g} W x PUE {args.pue:g}, {args.carbon_intensity:g} kg CO2eq/kWh")
+    print(f"{'model':<11}{'GPU-hours':>12}{'MWh':>8}{'paper':>8}{'tCO2eq':>9}{'paper':>8}")
+    for r in paper_carbon_table(args.gpu_watts, args.pue, args.carbon_intensity):
+        print(f"{r['preset']:<11}{r['gpu_hours']:>12,}{r['mwh']:>8.1f}{r['paper_mwh']:>8.0f}{r['tco2eq']:>9.1f}"
+              f"{r['paper_tco2eq']:>8.0f}")
     return 0
 
 
@@ -217,6 +255,8 @@ def run(args) -> int:
         return run_budget(args)
     if args.paper:
         return run_paper(args)
+    if args.measured:
+        return run_measured(args)
     if not (args.model or args.dims):
-        raise UserError("plan: expected --model PRESET, --dims ..., --budget FLOPS or --paper")
+        raise UserError("plan: expected --model PRESET, --dims ..., --budget FLOPS, --paper or --measured METRICS")
     return run_model(args)

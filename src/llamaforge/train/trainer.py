@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -334,6 +335,7 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None, trust_checkpoint
 
     model.train()
     tokens_since_log, last, loss_value, val = 0, {}, None, {}
+    started = time.time()
     for step in range(start, t.steps):
         # 1. forward/backward over micro-batches; dividing by accum makes the summed gradient a mean
         loss_sum = torch.zeros((), device=device)
@@ -360,7 +362,8 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None, trust_checkpoint
         tokens_since_log += cfg.training.batch_tokens
         if master and (done % cfg.metrics.log_every == 0 or done == t.steps or skipped):  # every skip is logged
             last = {"step": done, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-                    **speed.update(tokens_since_log), **memory_stats(device)}
+                    **speed.update(tokens_since_log), **memory_stats(device),
+                    "elapsed_s": time.time() - started, "devices": world}  # for `plan --measured`
             if skipped:
                 last["skipped"] = skipped
                 (progress.write if progress is not None else print)(f"step {done}: update skipped: {skipped}")
