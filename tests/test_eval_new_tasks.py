@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import shared_path
+from peer_helpers import hf_tokenizer
 
 transformers = pytest.importorskip("transformers")
 lm_eval = pytest.importorskip("lm_eval")
 
 from llamaforge import load_model, load_tokenizer, save_model
 from llamaforge.eval import evaluate_task
-from llamaforge.eval.harness import hf_tokenizer
 from llamaforge.eval.scoring import Scorer
 from llamaforge.eval.tasks import TASKS, score_items
 from llamaforge.eval.tasks import minerva_math as mm
