@@ -320,3 +320,27 @@ def test_values_in_range_convert_unchanged(tmp_path, capsys):
     back = load_model(dst)
     for k, v in model.state_dict().items():
         assert torch.equal(back.state_dict()[k], v.half().float()), k
+
+
+def test_truncated_gguf_read_for_its_tokenizer(tmp_path, capsys):
+    """`convert` of a GGUF reads its embedded vocabulary first: a cut file is one line there too."""
+    from llamaforge.errors import UserError
+    from llamaforge.formats.gguf import load_tokenizer
+
+    src = shared_gguf = None
+    try:
+        from conftest import shared_path
+
+        shared_gguf = next(shared_path("llama-2-tiny-random-gguf").glob("*.gguf"))
+    except (StopIteration, pytest.skip.Exception):
+        pytest.skip("needs ../shared/data/llama-2-tiny-random-gguf")
+    data = shared_gguf.read_bytes()
+    assert load_tokenizer(shared_gguf) is not None  # the control: the whole file has a vocabulary
+    for cut in (16, 1000, len(data) // 3):
+        src = tmp_path / "cut.gguf"
+        src.write_bytes(data[:cut])
+        with pytest.raises(UserError) as e:
+            load_tokenizer(src)
+        assert str(src) in str(e.value) and "\n" not in str(e.value)
+        dst = tmp_path / "out"
+        assert_refused(capsys, ["convert", str(src), str(dst), "--to", "native"], names=str(src), nothing_at=dst)

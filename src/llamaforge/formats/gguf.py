@@ -389,7 +389,16 @@ def _tiktoken_from(reader, path: Path):
 def load_tokenizer(path: Path):
     """The tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata: model "llama" rebuilt as a SentencePiece
     model, model "gpt2" with Llama 3's pre-tokenizer as a tiktoken tokenizer; None when the file carries no
-    vocabulary."""
+    vocabulary. A truncated or malformed file is a one-line UserError."""
+    try:
+        return _load_tokenizer(path)
+    except UserError:
+        raise
+    except (ValueError, OSError, KeyError, IndexError, TypeError, RuntimeError) as e:
+        raise UserError(f"{path}: cannot read its tokenizer ({type(e).__name__}: {e})") from None
+
+
+def _load_tokenizer(path: Path):
     import tempfile
 
     import gguf
