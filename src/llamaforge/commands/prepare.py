@@ -86,6 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--keep-dropped", type=int, default=20, metavar="N",
                        help="write up to N dropped documents per stage and reason (and N removed lines per line "
                             "filter) to OUT/dropped/STAGE/REASON.jsonl (default 20; 0 = none)")
+        p.add_argument("--max-doc-bytes", type=int, default=None, metavar="N",
+                       help="drop documents larger than N bytes of UTF-8 as 'too_large' (default 64 MiB)")
         p.add_argument("--no-progress", action="store_true")
         _add_groups(p, groups)
 
@@ -112,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         options["dedup_group"] = None  # one group: every shard
     stats = prepare(args.source, args.inputs, args.out, workers=args.workers, executor=args.executor,
             ray_address=args.ray_address, progress=not args.no_progress, overwrite=args.overwrite,
-            keep_work=args.keep_work, keep_dropped=args.keep_dropped, **options)
+            keep_work=args.keep_work, keep_dropped=args.keep_dropped, max_doc_bytes=args.max_doc_bytes, **options)
     print(format_stats_table(stats))
     print(f"wrote {len(stats['outputs'])} shards and stats.json to {args.out}")
     return 0

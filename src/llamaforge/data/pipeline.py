@@ -135,16 +135,30 @@ def _nbytes(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))  # surrogatepass: count, never crash on, a lone surrogate
 
 
+MAX_DOC_BYTES = 64 * 1024 * 1024  # a document above this (UTF-8 bytes) is dropped as "too_large" when read
+
+
 def _counted(docs: Iterable[Doc], stats: StageStats, step: Callable[[Doc], Result],
-             sampler: DropSampler | None = None, stage: str = "") -> Iterator[Doc]:
+             sampler: DropSampler | None = None, stage: str = "", max_bytes: int | None = None) -> Iterator[Doc]:
     """Run `step` on each document, counting documents and bytes in and out and drops by reason; a `sampler` keeps
-    the first dropped documents per reason and the lines a line-level filter removed (`doc["_removed_lines"]`)."""
+    the first dropped documents per reason and the lines a line-level filter removed (`doc["_removed_lines"]`).
+
+    One bad record never ends the run: a document above `max_bytes` is dropped as "too_large" before the step,
+    and an exception the step raises on one document (a KeyError on a missing field, a MemoryError) drops that
+    document under the reason "error: ExceptionName", as the readers do for bad JSON."""
     for doc in docs:
         text = doc["text"]
         n_in = _nbytes(text)
         stats.docs_in += 1
         stats.bytes_in += n_in
-        out = step(doc)
+        if max_bytes is not None and n_in > max_bytes:
+            out = "too_large"
+        else:
+            try:
+                out = step(doc)
+            except Exception as e:  # noqa: BLE001 - one record's failure is counted, the run goes on
+                out = f"error: {type(e).__name__}"
+                doc = {**doc, "meta": {**doc.get("meta", {}), "error": f"{type(e).__name__}: {str(e)[:500]}"}}
         if isinstance(out, str):
             stats.drops[out] += 1
             if sampler is not None:
@@ -270,6 +284,7 @@ class Plan:
     segments: list[list[Stage]]  # segments[k] runs after groups[k - 1] is applied
     groups: list[GroupStage]
     keep_dropped: int = 0  # per (stage, reason): how many dropped documents / removed lines to sample
+    max_doc_bytes: int = MAX_DOC_BYTES  # larger documents are dropped as "too_large" when read
 
     @property
     def work(self) -> Path:
@@ -287,7 +302,7 @@ class Plan:
         return self.work / f"group{group}" / f"{shard:05d}.npz"
 
 
-def make_plan(source: Source, out: Path, keep_dropped: int = 0) -> Plan:
+def make_plan(source: Source, out: Path, keep_dropped: int = 0, max_doc_bytes: int = MAX_DOC_BYTES) -> Plan:
     segments: list[list[Stage]] = [[]]
     groups: list[GroupStage] = []
     for stage in source.stages:
@@ -299,7 +314,7 @@ def make_plan(source: Source, out: Path, keep_dropped: int = 0) -> Plan:
     names = ["read"] + [s.name for s in source.stages]
     if len(set(names)) != len(names):
         raise ValueError(f"stage names must be unique, got {names}")
-    return Plan(source, Path(out), segments, groups, keep_dropped)
+    return Plan(source, Path(out), segments, groups, keep_dropped, max_doc_bytes)
 
 
 def _stage_names(plan: Plan, seg: int) -> list[str]:
@@ -318,7 +333,7 @@ def run_task(plan: Plan, seg: int, shard: int) -> dict:
     sampler = DropSampler(plan.keep_dropped) if plan.keep_dropped > 0 else None
     if seg == 0:
         docs = _counted(plan.source.read(plan.source.shards[shard], stats["read"].drops), stats["read"],
-                        lambda d: d)
+                        lambda d: d, sampler, "read", plan.max_doc_bytes)
     else:
         group = plan.groups[seg - 1]
         group.setup()
@@ -385,6 +400,21 @@ def resolve_group(plan: Plan, g: int) -> None:
 # executors
 
 
+def die_with_parent(parent: int) -> None:
+    """Worker initializer: the kernel sends SIGKILL to this process when its parent dies (Linux prctl
+    PR_SET_PDEATHSIG), so a killed `prepare --workers N` leaves no orphan writing on. Elsewhere: a no-op."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the prctl took effect
+        os._exit(1)
+
+
 def _run_local(plan: Plan, seg: int, shards: list[int], workers: int, progress: bool) -> list[dict]:
     results: dict[int, dict] = {}
     bar = tqdm(total=len(shards), desc=f"{plan.source.name} segment {seg}", unit="shard", disable=not progress)
@@ -393,7 +423,7 @@ def _run_local(plan: Plan, seg: int, shards: list[int], workers: int, progress: 
             results[i] = run_task(plan, seg, i)
             bar.update()
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(run_task, plan, seg, i): i for i in shards}
             for fut in as_completed(futures):
                 results[futures[fut]] = fut.result()
@@ -426,13 +456,15 @@ def _run_ray(plan: Plan, seg: int, shards: list[int], workers: int, progress: bo
 
 def run(source: Source, out: str | os.PathLike, workers: int = 1, executor: str = "local",
         ray_address: str | None = None, progress: bool = True, keep_work: bool = False,
-        keep_dropped: int = 20) -> dict:
+        keep_dropped: int = 20, max_doc_bytes: int = MAX_DOC_BYTES) -> dict:
     """Run every segment over every shard, resolving group stages between segments; returns the merged stats.
 
     Resumable: finished tasks (with a `.done` marker) are skipped, so rerunning after a crash finishes the job;
     `stats["resumed"]` says how many tasks (and which first-segment shards) were skipped as already done.
     `keep_dropped` > 0: up to that many dropped documents per stage and reason (and lines removed by a line-level
     stage, reason `removed_lines`) are written to `OUT/dropped/STAGE/REASON.jsonl`, in shard order.
+    `max_doc_bytes`: documents above it are dropped as "too_large" when read; a document on which a stage raises
+    is dropped as "error: NAME" (see `_counted`).
     """
     if executor not in ("local", "ray"):
         raise UserError(f"--executor: expected 'local' or 'ray', got {executor!r}")
@@ -440,7 +472,9 @@ def run(source: Source, out: str | os.PathLike, workers: int = 1, executor: str 
         raise UserError(f"{source.name}: no input shards found")
     if keep_dropped < 0:
         raise UserError(f"--keep-dropped: expected a count >= 0, got {keep_dropped}")
-    plan = make_plan(source, Path(out), keep_dropped)
+    if not isinstance(max_doc_bytes, int) or max_doc_bytes < 1:
+        raise UserError(f"--max-doc-bytes: expected a positive number of bytes, got {max_doc_bytes!r}")
+    plan = make_plan(source, Path(out), keep_dropped, max_doc_bytes)
     plan.out.mkdir(parents=True, exist_ok=True)
     _check_same_inputs(plan)
     _remove_stale_temporaries(plan)

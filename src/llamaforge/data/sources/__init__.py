@@ -54,7 +54,7 @@ def build_source(name: str, inputs: list[str], **options) -> Source:
 
 def prepare(source: str, inputs: list[str], out: str, workers: int = 1, executor: str = "local",
             ray_address: str | None = None, progress: bool = True, overwrite: bool = False,
-            keep_work: bool = False, keep_dropped: int = 20, **options) -> dict:
+            keep_work: bool = False, keep_dropped: int = 20, max_doc_bytes: int | None = None, **options) -> dict:
     """Clean `inputs` of one source into gzip JSONL shards under `out`; returns the stats written to
     `out/stats.json`. A rerun into the same `out` resumes (finished shards are skipped) unless `overwrite`.
     Up to `keep_dropped` dropped documents per stage and reason go to `out/dropped/STAGE/REASON.jsonl` (0: none)."""
@@ -66,4 +66,5 @@ def prepare(source: str, inputs: list[str], out: str, workers: int = 1, executor
         options = {"work_dir": str(out), **options}
     src = build_source(source, inputs, **options)
     return pipeline.run(src, out, workers=workers, executor=executor, ray_address=ray_address,
-                        progress=progress, keep_work=keep_work, keep_dropped=keep_dropped)
+                        progress=progress, keep_work=keep_work, keep_dropped=keep_dropped,
+                        **({"max_doc_bytes": max_doc_bytes} if max_doc_bytes is not None else {}))

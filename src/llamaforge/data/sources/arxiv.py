@@ -23,6 +23,7 @@ import gzip
 import io
 import re
 import tarfile
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,8 @@ COMMENT = re.compile(r"(?<!\\)((?:\\\\)*)%.*$", re.MULTILINE)  # % after an even
 COMMENT_LINE = re.compile(r"^[ \t]*%.*\n?", re.MULTILINE)
 MACRO_HEAD = re.compile(r"\\(?:(?:re)?newcommand\*?\s*(?:\{\s*(\\[A-Za-z@]+)\s*\}|(\\[A-Za-z@]+))|def\s*(\\[A-Za-z@]+))\s*")
 MAX_EXPANSION_ROUNDS = 3  # macros defined with other macros
+MACRO_GROWTH = 8  # macro expansion may grow a paper to at most 8x its size (+ 1 MB)
+MAX_PAPER_BYTES = 64 * 1024 * 1024  # a paper's .tex files after decompression; more is dropped as "too_large"
 
 
 def remove_comments(tex: str) -> str:
@@ -74,13 +77,31 @@ def collect_macros(tex: str) -> dict[str, str]:
     return macros
 
 
-def expand_macros(tex: str, macros: dict[str, str]) -> str:
+class TooLarge(ValueError):
+    """A paper that would grow past its size limit (a decompression or macro-expansion bomb); the reader or stage
+    drops it under `reason`."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def expand_macros(tex: str, macros: dict[str, str], max_chars: int | None = None) -> str:
+    """Replace each macro by its value, up to MAX_EXPANSION_ROUNDS rounds (macros defined with macros).
+
+    The size of each round's result is computed before it is built: past `max_chars` (default
+    MACRO_GROWTH x the input + 1 MB) it raises TooLarge("macro_expansion_too_large"), so macros that expand
+    exponentially (each defined as many copies of the previous) cost a scan, not memory."""
     if not macros:
         return tex
+    limit = max_chars if max_chars is not None else MACRO_GROWTH * len(tex) + (1 << 20)
     # longest names first so that \RR is not matched as \R followed by R
     names = sorted(macros, key=len, reverse=True)
     pattern = re.compile("(" + "|".join(re.escape(n) for n in names) + r")(?![A-Za-z@])")
     for _ in range(MAX_EXPANSION_ROUNDS):
+        size = len(tex) + sum(len(macros[m.group(1)]) - len(m.group(1)) for m in pattern.finditer(tex))
+        if size > limit:
+            raise TooLarge("macro_expansion_too_large", f"macros would expand the paper to {size} characters")
         new = pattern.sub(lambda m: macros[m.group(1)], tex)
         if new == tex:
             break
@@ -111,16 +132,42 @@ def clean_paper(files: list[str]) -> str:
 # ---- reading papers
 
 
-def _tex_from_bytes(name: str, data: bytes) -> list[tuple[str, bytes]]:
-    """The .tex files of one paper given as bytes: a gzipped tar, a gzipped .tex, a tar or a .tex."""
+def gunzip_bounded(data: bytes, limit: int = MAX_PAPER_BYTES) -> bytes:
+    """gzip.decompress (every member) that stops past `limit` output bytes with TooLarge("too_large"): a 1 MB gzip
+    bomb costs `limit`, not gigabytes. A cut-short stream raises EOFError, as gzip.decompress does."""
+    out = bytearray()
+    while data:
+        d = zlib.decompressobj(wbits=31)  # 31: gzip header and trailer
+        out += d.decompress(data, limit + 1 - len(out))
+        if len(out) > limit:
+            raise TooLarge("too_large", f"decompresses to more than {limit} bytes")
+        if not d.eof:
+            raise EOFError("compressed file ended before the end-of-stream marker was reached")
+        data = d.unused_data.lstrip(b"\x00")  # gzip allows trailing zero padding
+    return bytes(out)
+
+
+def _tex_from_bytes(name: str, data: bytes, limit: int = MAX_PAPER_BYTES) -> list[tuple[str, bytes]]:
+    """The .tex files of one paper given as bytes: a gzipped tar, a gzipped .tex, a tar or a .tex. More than
+    `limit` bytes after decompression raises TooLarge."""
     if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
+        data = gunzip_bounded(data, limit)
     try:
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            return [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()
-                    if m.isfile() and m.name.endswith(".tex")]
+            members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(".tex")]
+            if sum(m.size for m in members) > limit:
+                raise TooLarge("too_large", f"its .tex files hold more than {limit} bytes")
+            return [(m.name, tar.extractfile(m).read()) for m in members]
     except tarfile.ReadError:
         return [(name, data)]
+
+
+def _files_or_too_large(name: str, data: bytes):
+    """One paper's files, or the TooLarge that says why it is dropped (one paper never ends a bulk archive)."""
+    try:
+        return _tex_from_bytes(name, data)
+    except TooLarge as e:
+        return e
 
 
 def _decode(data: bytes, strict_utf8: bool) -> str:
@@ -138,6 +185,9 @@ class ArxivReader:
 
     def __call__(self, shard: str, drops: Counter) -> Iterator[Doc]:
         for paper_id, files in self._papers(Path(shard), drops):
+            if isinstance(files, TooLarge):
+                drops[files.reason] += 1
+                continue
             try:
                 texts = [_decode(data, self.strict_utf8).replace("\r\n", "\n") for _, data in files]
             except UnicodeDecodeError:
@@ -166,9 +216,9 @@ class ArxivReader:
                     for m in tar.getmembers():
                         if m.isfile():
                             stem = Path(m.name).name.split(".gz")[0]
-                            yield stem, _tex_from_bytes(m.name, tar.extractfile(m).read())
+                            yield stem, _files_or_too_large(m.name, tar.extractfile(m).read())
             else:
-                yield path.name.split(".tar")[0].removesuffix(".gz"), _tex_from_bytes(path.name, path.read_bytes())
+                yield path.name.split(".tar")[0].removesuffix(".gz"), _files_or_too_large(path.name, path.read_bytes())
         except (OSError, EOFError, tarfile.TarError):
             drops["truncated_gzip"] += 1
 
@@ -180,7 +230,10 @@ class LatexClean(Stage):
     name = "latex_clean"
 
     def __call__(self, doc: Doc) -> Result:
-        text = clean_paper(doc.pop("_files", None) or [doc["text"]])
+        try:
+            text = clean_paper(doc.pop("_files", None) or [doc["text"]])
+        except TooLarge as e:
+            return e.reason
         if not text:
             return "no_section"
         doc["text"] = text

@@ -86,6 +86,9 @@ class StackExchangeReader:
                 drops["bad_score"] += 1
                 continue
             if row.get("PostTypeId") == "1":
+                if not row.get("Id"):  # a question nothing can answer or link to
+                    drops["missing_id"] += 1
+                    continue
                 qs.append((pos, row["Id"], row.get("Title", ""), row.get("Body", ""), score))
             elif row.get("PostTypeId") == "2" and "ParentId" in row:
                 ans.append((pos, row["ParentId"], row.get("Body", ""), score))
