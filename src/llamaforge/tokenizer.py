@@ -21,7 +21,7 @@ import json
 import re
 import struct
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 
 from llamaforge.errors import UserError
 
@@ -62,6 +62,28 @@ class Tokenizer(Protocol):
         """The id of the control/special token spelled `text` (e.g. "</s>", "<|eot_id|>"), or None."""
 
 
+LONG_TEXT_CHARS = 1 << 20  # longer texts are encoded in pieces (`split_at_spaces`) so memory stays linear
+_CUT = re.compile(r"(?<=\S) (?=\S)")
+
+
+def split_at_spaces(text: str, chunk_chars: int = LONG_TEXT_CHARS) -> Iterator[str]:
+    """`text` in consecutive pieces of about `chunk_chars` characters (joined, they are `text`), each piece after
+    the first starting with a single space that follows and precedes a non-space character.
+
+    Such a cut cannot change the ids of a tokenizer that never merges across the start of a space (SentencePiece
+    with split_by_whitespace, Meta's default; llama2.c vocabularies without a piece holding an inner space): the
+    tokenizer's work, and so its memory, is then bounded by one piece instead of the whole document (issue #18:
+    one 50 MB line took 8.7 GB). A text without such a space stays one piece."""
+    start = 0
+    while len(text) - start > chunk_chars:
+        cut = _CUT.search(text, start + chunk_chars)
+        if cut is None:
+            break
+        yield text[start : cut.start()]
+        start = cut.start()
+    yield text[start:]
+
+
 class SentencePieceTokenizer:
     """A SentencePiece model file, e.g. Meta's LLaMA `tokenizer.model` ("Hello world" -> [15043, 3186])."""
 
@@ -80,18 +102,47 @@ class SentencePieceTokenizer:
         self.control_ids = frozenset(i for i in range(self.vocab_size)
                                      if self.sp.is_control(i) or self.sp.is_unknown(i))
         self.specials = {self.sp.id_to_piece(i): i for i in sorted(self.control_ids)}
+        self.splits_at_spaces = self._splits_at_spaces()
+
+    def _splits_at_spaces(self) -> bool:
+        """True when a cut before a space cannot change the ids (`split_at_spaces`): pieces never span the start
+        of a space (split_by_whitespace), nothing rewrites spaces across the cut (identity normalization, no
+        whitespace collapsing), and the dummy prefix can stand for a piece's leading space."""
+        from sentencepiece import sentencepiece_model_pb2 as pb
+
+        proto = pb.ModelProto()
+        proto.ParseFromString(self.sp.serialized_model_proto())
+        norm, trainer = proto.normalizer_spec, proto.trainer_spec
+        return (norm.name == "identity" and norm.add_dummy_prefix and not norm.remove_extra_whitespaces
+                and norm.escape_whitespaces and trainer.split_by_whitespace
+                and not trainer.treat_whitespace_as_suffix)
 
     def special_token_id(self, text: str) -> int | None:
         """The id of a control or unknown piece spelled `text` ("<s>", "</s>", "<unk>"), or None."""
         return self.specials.get(text)
 
+    def encode_pieces(self, text: str) -> Iterator[list[int]]:
+        """The ids of `text` in consecutive parts (concatenated: `encode(text)`): a long text in `split_at_spaces`
+        pieces, each piece's leading space given back to sentencepiece as its dummy prefix (same ids, working
+        memory bounded by one piece)."""
+        if len(text) <= LONG_TEXT_CHARS or not self.splits_at_spaces:
+            yield self.sp.encode(text)  # control symbols in `text` stay text: sentencepiece never matches them
+            return
+        for k, piece in enumerate(split_at_spaces(text, LONG_TEXT_CHARS)):
+            yield self.sp.encode(piece if k == 0 else piece[1:])
+
+    def _encode_text(self, text: str) -> list[int]:
+        return [i for part in self.encode_pieces(text) for i in part]
+
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         """sentencepiece's ids of `text` (control symbols in it stay text), with BOS/EOS when asked."""
-        ids = self.sp.encode(text)  # control symbols in `text` stay text: sentencepiece never matches them
+        ids = self._encode_text(text)
         return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """The ids of each text (no BOS/EOS), in one sentencepiece call."""
+        if any(len(t) > LONG_TEXT_CHARS for t in texts):
+            return [self._encode_text(t) for t in texts]
         return self.sp.encode(list(texts))
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -125,10 +176,37 @@ class HFTokenizer:
         self.bos_id = self._first_id(self.BOS_NAMES)
         self.eos_id = self._first_id(self.EOS_NAMES)
         self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
+        self.split_mode = self._split_mode()
+        self.splits_at_spaces = self.split_mode is not None
+
+    def _split_mode(self) -> str | None:
+        """How a long text may be cut before spaces (`split_at_spaces`) without changing the ids: "prefix" (Llama 2's
+        Prepend("▁") + Replace(" ", "▁") normalizer, BPE without pre-tokenizer, no token joining a non-space and
+        "▁": a piece's leading space becomes the prepended "▁"), "plain" (GPT-2's byte-level regex pre-tokenizer,
+        which already splits there), or None (not cut)."""
+        spec = json.loads(self.tok.to_str())
+        norm, pre, model = spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}, spec.get("model") or {}
+        steps = norm.get("normalizers", [norm]) if norm.get("type") == "Sequence" else [norm] if norm else []
+        llama2 = [{"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]
+        if steps == llama2 and not pre and model.get("type") == "BPE":
+            if not any(re.search("[^▁]▁", t) for t in model.get("vocab", {})):
+                return "prefix"
+        if not steps and pre.get("type") == "ByteLevel" and pre.get("use_regex", True) \
+                and not pre.get("add_prefix_space", False):
+            return "plain"
+        return None
 
     def special_token_id(self, text: str) -> int | None:
         """The id of an added special token spelled `text`, or None."""
         return self.specials.get(text)
+
+    def encode_pieces(self, text: str) -> Iterator[list[int]]:
+        """The ids of `text` in consecutive parts (concatenated: `encode(text)`), one per `split_at_spaces` piece
+        when that is exact for this tokenizer, so a long document's working memory is bounded by one piece."""
+        pieces = split_at_spaces(text, LONG_TEXT_CHARS) if self.splits_at_spaces else [text]
+        for k, piece in enumerate(pieces):
+            cut = k > 0 and self.split_mode == "prefix"  # the prepended "▁" stands for the leading space
+            yield self.tok.encode(piece[1:] if cut else piece, add_special_tokens=False).ids
 
     def _first_id(self, names) -> int:
         for name in names:
@@ -139,11 +217,13 @@ class HFTokenizer:
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         """The tokenizer.json ids of `text` with special-token splitting off and no template tokens; BOS/EOS when asked.
         """
-        ids = self.tok.encode(text, add_special_tokens=False).ids  # BOS/EOS are ours to add, not the template's
+        ids = [i for part in self.encode_pieces(text) for i in part]  # BOS/EOS are ours to add, not the template's
         return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """The ids of each text (no BOS/EOS, no template tokens), in one `tokenizers` batch call."""
+        if any(len(t) > LONG_TEXT_CHARS for t in texts):
+            return [self.encode(t) for t in texts]
         return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -194,6 +274,9 @@ class Llama2cTokenizer:
         for i, piece in enumerate(self.pieces):
             if i not in self.control_ids and not self._is_byte_piece(piece):
                 self.lookup.setdefault(piece, i)  # first id wins for duplicate pieces
+        # `split_at_spaces` cuts between a non-space and a space: exact when no piece holds that pair (runs of
+        # spaces, as Llama 2's "▁▁▁▁", are fine)
+        self.splits_at_spaces = not any(re.search(rb"[^ ] ", piece) for piece in self.lookup)
 
     @staticmethod
     def _is_byte_piece(piece: bytes) -> bool:
@@ -207,8 +290,19 @@ class Llama2cTokenizer:
         """run.c's encoder: a dummy-prefix space, one token per character (UTF-8 byte tokens where a character is
         not in the vocabulary), then best-score pair merges; BOS/EOS when asked.
         """
+        tokens = [i for part in self.encode_pieces(text) for i in part]
+        return ([self.bos_id] if bos else []) + tokens + ([self.eos_id] if eos else [])
+
+    def encode_pieces(self, text: str) -> Iterator[list[int]]:
+        """The ids of `text` in consecutive parts (concatenated: `encode(text)`), one per `split_at_spaces` piece
+        when that is exact (see `splits_at_spaces`): working memory bounded by one piece."""
+        pieces = split_at_spaces(text, LONG_TEXT_CHARS) if self.splits_at_spaces else [text]
+        for k, piece in enumerate(pieces):
+            yield self._encode_piece(piece, dummy_prefix=k == 0 and bool(text))
+
+    def _encode_piece(self, text: str, dummy_prefix: bool) -> list[int]:
         tokens: list[int] = []
-        if text:
+        if dummy_prefix:
             tokens.append(self.lookup[b" "])  # SentencePiece's add_dummy_prefix
         for ch in text:
             b = ch.encode("utf-8")
@@ -216,8 +310,7 @@ class Llama2cTokenizer:
                 tokens.append(self.lookup[b])
             else:  # byte fallback: one token per UTF-8 byte
                 tokens.extend(byte + self.BYTE_OFFSET for byte in b)
-        tokens = self._merge(tokens)
-        return ([self.bos_id] if bos else []) + tokens + ([self.eos_id] if eos else [])
+        return self._merge(tokens)
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """The ids of each text (no BOS/EOS)."""

@@ -183,11 +183,26 @@ def _init_worker(tokenizer_path: str):
     _worker_tokenizer = load_tokenizer(tokenizer_path)
 
 
+LONG_DOC_CHARS = 1 << 20  # longer documents are encoded piece by piece straight into a numpy array
+
+
+def _encode_long(tokenizer, text: str, dtype: np.dtype) -> np.ndarray:
+    """A long document's ids as a numpy array, built from the tokenizer's `encode_pieces` (pieces cut where they
+    cannot change the ids), so memory is the array (2-4 bytes a token) plus one piece's work, not a Python list
+    of the whole document (~36 bytes a token). Tokenizers without `encode_pieces` encode it whole."""
+    pieces = getattr(tokenizer, "encode_pieces", None)
+    if pieces is None:
+        return np.asarray(tokenizer.encode(text), dtype=dtype)
+    parts = [np.asarray(part, dtype=dtype) for part in pieces(text)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+
 def encode_chunk(tokenizer, path: str, first: int, lines: list[bytes], dtype: np.dtype):
     """One chunk of lines -> (ids of its non-empty documents back to back, their lengths, UTF-8 bytes, empties)."""
     texts = parse_texts(path, first, lines)
     batch = getattr(tokenizer, "encode_batch", None)
-    encoded = batch(texts) if batch else [tokenizer.encode(t) for t in texts]
+    encoded = batch(texts) if batch and not any(len(t) > LONG_DOC_CHARS for t in texts) else [
+        _encode_long(tokenizer, t, dtype) if len(t) > LONG_DOC_CHARS else tokenizer.encode(t) for t in texts]
     kept = [(ids, t) for ids, t in zip(encoded, texts, strict=True) if len(ids) > 0]
     lengths = np.array([len(ids) for ids, _ in kept], dtype=np.int64)
     ids = np.fromiter(itertools.chain.from_iterable(ids for ids, _ in kept), dtype=dtype, count=int(lengths.sum()))
