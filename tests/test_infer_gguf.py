@@ -158,3 +158,24 @@ def test_llama_cpp_tokenizes_and_writes_like_llamaforge(tmp_path):
     engine = Engine(model, tok, max_seq_len=128)
     (ours,) = engine.generate([tok.encode("Once upon a time", bos=True)], SamplingParams(max_new_tokens=30))
     assert theirs == ours.text
+
+
+def test_fast_metadata_reader_equals_gguf_py():
+    """formats.gguf.GGUFFile (one struct pass) reads llama.cpp's own file exactly as gguf-py's GGUFReader does."""
+    import gguf
+    import numpy as np
+
+    from llamaforge.formats.gguf import GGUFFile
+
+    path = shared_path("llama-2-tiny-random-gguf/llama-2-tiny-random.gguf")
+    ours, theirs = GGUFFile(path), gguf.GGUFReader(str(path))
+    assert ours.fields.keys() == {k for k in theirs.fields if not k.startswith("GGUF.")}
+    for key in ours.fields:
+        expected = theirs.fields[key].contents()
+        if isinstance(expected, list) and expected and isinstance(expected[0], float):
+            assert np.allclose(ours.fields[key], expected), key
+        else:
+            assert ours.fields[key] == expected, key
+    assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
+    for a, b in zip(ours.tensors, theirs.tensors):
+        assert a.tensor_type == b.tensor_type and a.data.shape == b.data.shape and np.array_equal(a.data, b.data)

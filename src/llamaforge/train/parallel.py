@@ -45,8 +45,12 @@ def apply_tensor_parallel(model: Transformer, tp_mesh: DeviceMesh) -> None:
     """Tensor + sequence parallelism over `tp_mesh` (Megatron-LM's layout, torchtitan's plan): wq/wk/wv and
     w1/w3 column-parallel, wo/w2 row-parallel with a reduce-scatter along the sequence, the norms sequence-parallel,
     the output projection gathering full logits on every rank. Each rank holds n_heads / tp heads, so tp must
-    divide n_heads and n_kv_heads.
+    divide n_heads and n_kv_heads. Tied embeddings (Llama 3.2) are refused: one matrix cannot be split by rows
+    for the embedding and by columns for the output projection.
     """
+    if model.args.tie_embeddings:
+        raise UserError("parallel.tp: tensor parallelism with tied embeddings (Llama 3.2 1B/3B) is not supported; "
+                        "expected tp = 1 (FSDP alone)")
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor.parallel import (
         ColwiseParallel,
