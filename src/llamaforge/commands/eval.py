@@ -28,6 +28,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--unsafe-exec", action="store_true",
                         help="run generated code (HumanEval, MBPP) even where the OS sandbox (bwrap namespaces) is "
                              "unavailable, with only rlimits and a Python-level guard")
+    parser.add_argument("--judge", default=None,
+                        help="truthfulqa_gen: URL of a judge that answers POST {question, answer} with "
+                             "{truthful, informative} (none by default: answers only)")
     parser.add_argument("--list-tasks", action="store_true", help="list the task names and exit")
 
 
@@ -70,6 +73,8 @@ def run(args) -> int:
     options = {"samples": args.samples, "unsafe_exec": args.unsafe_exec}
     if args.temperature is not None:
         options["temperature"] = args.temperature
+    if args.judge:
+        options["judge"] = args.judge
 
     results: list[TaskResult] = []
     start = time.time()

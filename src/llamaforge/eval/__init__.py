@@ -94,3 +94,32 @@ def evaluate(model, tokenizer, tasks: Sequence[str], data_dir, shots: int | None
     scorer = Scorer(model, tokenizer, batch_size=batch_size)
     preset = preset_of(model)
     return [evaluate_task(scorer, t, data_dir, shots, limit, options, preset)[0] for t in tasks]
+
+
+def training_evaluator(tasks: Sequence[str], data_dir, tokenizer, limit: int = 100, batch_size: int = 16):
+    """The callback `train(..., on_eval=...)` takes for evaluation during training (the paper's Figure 2).
+
+    Loads each task's first `limit` items once, now (an unknown task or missing data is a UserError before
+    training starts). The callback `(model, step) -> {"TASK/METRIC": value}` scores them on the model as it is,
+    with the overall metrics only (no per-split ones). `tokenizer` is a tokenizer object or a path."""
+    from llamaforge.eval.scoring import Scorer
+    from llamaforge.eval.tasks import get_task, score_items
+
+    if isinstance(tokenizer, (str, Path)):
+        from llamaforge import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer)
+    loaded = []
+    for name in tasks:
+        task = get_task(name)
+        loaded.append((name, task, task.load(Path(data_dir), task.shots)[:limit]))
+
+    def on_eval(model, step: int) -> dict[str, float]:
+        scorer = Scorer(getattr(model, "_orig_mod", model), tokenizer, batch_size=batch_size)  # unwrap compile
+        scores = {}
+        for name, task, items in loaded:
+            result = aggregate(name, task.shots, score_items(task, scorer, items, {}), task.paper_metric)
+            scores.update({f"{name}/{m}": v for m, v in result.metrics.items() if "[" not in m})
+        return scores
+
+    return on_eval

@@ -299,7 +299,10 @@ class Flow:
         if self.check_unchanged("train", confs["train"]):
             print(f"{self.out / 'train' / 'final'}: done before")
             return
-        summary = train(self.train_config(), self.out / "train", resume="auto")
+        from llamaforge.commands.train import eval_callback  # [eval] of the train config: Figure-2 scores
+
+        cfg = self.train_config()
+        summary = train(cfg, self.out / "train", resume="auto", on_eval=eval_callback(cfg))
         _write_json(self.out / "train" / "summary.json", dataclasses.asdict(summary))
         self.mark("train", confs["train"])
 

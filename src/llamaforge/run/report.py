@@ -110,6 +110,10 @@ def _plots(rep: dict, folder: Path, flow) -> list[str]:
     if loss_png.is_file():
         shutil.copy(loss_png, folder / "loss.png")
         made.append("loss.png")
+    eval_png = flow.out / "train" / "eval.png"  # benchmark scores during training (Figure 2), when [eval] ran
+    if eval_png.is_file():
+        shutil.copy(eval_png, folder / "eval.png")
+        made.append("eval.png")
     names = list(rep["sources"])
     if rep.get("mixture"):
         fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -203,6 +207,8 @@ def _markdown(rep: dict, pngs: list[str]) -> str:
               + (f", {tr['val_bpb']:.4f} bits/byte" if "val_bpb" in tr else ""), ""]
         if "loss.png" in pngs:
             L += ["![loss](loss.png)", ""]
+        if "eval.png" in pngs:
+            L += ["Benchmark scores during training (the paper's Figure 2):", "", "![eval](eval.png)", ""]
     if rep.get("val_loss"):
         L += ["| source | validation loss (nats/token) | bits/byte |", "|---|---:|---:|"]
         L += [f"| {n} | {v['val_loss']:.4f} | {v['val_bpb']:.4f} |" for n, v in rep["val_loss"].items()] + [""]

@@ -5,13 +5,14 @@ schedule (`optim`), FSDP2 / tensor parallelism (`parallel`), whole-state checkpo
 from llamaforge.train.config import TrainConfig, load_config
 
 
-def train(cfg: TrainConfig, out_dir, resume=None, trust_checkpoint: bool = False):
-    """`llamaforge.train.trainer.train`: train per `cfg` under `out_dir`; returns a `TrainSummary`."""
+def train(cfg: TrainConfig, out_dir, resume=None, trust_checkpoint: bool = False, on_eval=None):
+    """`llamaforge.train.trainer.train`: train per `cfg` under `out_dir`; returns a `TrainSummary`. `on_eval`:
+    the optional evaluation callback (see the trainer's docstring)."""
     from llamaforge.train.trainer import (
         train as _train,  # torch.distributed imports only when training
     )
 
-    return _train(cfg, out_dir, resume, trust_checkpoint=trust_checkpoint)
+    return _train(cfg, out_dir, resume, trust_checkpoint=trust_checkpoint, on_eval=on_eval)
 
 
 def __getattr__(name):

@@ -119,6 +119,22 @@ class MetricsConfig:
 
 
 @dataclass
+class EvalConfig:
+    """[eval]: benchmark accuracy during training (the paper's Figure 2). Every `every` steps (0: never) and at the
+    end, the comma-separated `tasks` (names of `llamaforge eval --list-tasks`) are scored on their first `limit`
+    items, read from `data_dir` (the layout of SOURCES.md), with `tokenizer` (default: data.tokenizer). The scores
+    go into metrics.jsonl (`eval/TASK/METRIC`) and TensorBoard, and eval.png plots them against training tokens.
+    The evaluation is given to the trainer as a callback by `llamaforge train` (train/ does not import eval/).
+    """
+    tasks: str = ""
+    every: int = 0
+    limit: int = 100
+    data_dir: str = ""
+    tokenizer: str = ""
+    batch_size: int = 16
+
+
+@dataclass
 class TrainConfig:
     """A whole training run: the sections of a TOML recipe (recipes/*.toml), each a dataclass.
 
@@ -131,6 +147,7 @@ class TrainConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def model_args(self, where: str = "config") -> ModelArgs:
         """The model shape: the preset with `model.overrides` and `max_seq_len = data.seq_len` applied.
@@ -167,6 +184,9 @@ CHOICES = {
 # limits far beyond any real run (the paper: 1.4T tokens = ~350k steps of 4M tokens).
 BIG = 10**12
 RANGES: dict[tuple[str, str], tuple] = {
+    ("eval", "every"): (int, 0, BIG, "[]"),
+    ("eval", "limit"): (int, 1, BIG, "[]"),
+    ("eval", "batch_size"): (int, 1, 1 << 16, "[]"),
     ("data", "seq_len"): (int, 1, 1 << 24, "[]"),
     ("optim", "lr"): (float, 0, 10, "(]"),
     ("optim", "beta1"): (float, 0, 1, "[)"),

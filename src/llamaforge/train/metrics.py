@@ -136,6 +136,40 @@ def plot_loss(metrics_path: Path, png_path: Path) -> None:
     tmp.replace(png_path)
 
 
+def plot_eval(metrics_path: Path, png_path: Path) -> bool:
+    """Benchmark scores during training (`eval/TASK/METRIC` records) against training tokens, one panel per task
+    as in the paper's Figure 2 (accuracies in %). Writes nothing and returns False when no run logged any."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, dict[str, list]] = {}  # task -> metric -> [(tokens, value)]
+    for r in read_metrics(metrics_path):
+        for key, value in r.items():
+            if key.startswith("eval/") and key.count("/") == 2 and isinstance(value, (int, float)):
+                _, task, metric = key.split("/")
+                series.setdefault(task, {}).setdefault(metric, []).append((r.get("tokens", r["step"]), value))
+    if not series:
+        return False
+    fig, axes = plt.subplots(1, len(series), figsize=(4 * len(series), 3.5), squeeze=False)
+    for ax, (task, metrics) in zip(axes[0], sorted(series.items())):
+        for metric, points in sorted(metrics.items()):
+            xs, ys = zip(*points)
+            ax.plot(xs, [100 * y for y in ys], "o-", label=metric, ms=3)
+        ax.set_title(task)
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel("score (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = png_path.with_name(png_path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(png_path)
+    return True
+
+
 def bits_per_byte(loss_nats: float, bytes_per_token: float | None) -> float | None:
     """Tokenizer-independent loss: nats/token -> bits/token, divided by the bytes one token covers."""
     if not bytes_per_token:

@@ -32,6 +32,7 @@ from llamaforge.train.metrics import (
     bits_per_byte,
     device_peak_flops,
     memory_stats,
+    plot_eval,
     plot_loss,
 )
 from llamaforge.train.optim import build_optimizer, build_scheduler
@@ -257,7 +258,8 @@ def export_final(cfg: TrainConfig, args, state: dict, out_dir: Path) -> None:
 # The loop
 
 
-def train(cfg: TrainConfig, out_dir, resume: str | None = None, trust_checkpoint: bool = False) -> TrainSummary:
+def train(cfg: TrainConfig, out_dir, resume: str | None = None, trust_checkpoint: bool = False,
+          on_eval=None) -> TrainSummary:
     """Train per `cfg`, writing config.json, metrics.jsonl, checkpoints/, final/ (and loss.png, data_stats.json)
     under `out_dir`; `resume` is "auto" (the newest complete checkpoint there), a checkpoint path, or None.
 
@@ -265,6 +267,11 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None, trust_checkpoint
     written where it can be checked first (vocabulary sizes, shards). Resuming unpickles DCP's `.metadata`, which
     can run code: a checkpoint outside out_dir/checkpoints (not written by this run) is refused unless
     `trust_checkpoint` (`--trust-checkpoint`).
+
+    `on_eval(model, step) -> {name: value}` (optional) is called every `cfg.eval.every` steps and at the end, on a
+    single-process run, with the model in eval mode; its values are logged as `eval/NAME` beside `tokens` (the
+    paper's Figure 2; `llamaforge train` passes the benchmark evaluation of `[eval]` here, so this room needs no
+    import of eval/), and eval.png plots them at the end.
     """
     out_dir = Path(out_dir)
     t = cfg.training
@@ -385,6 +392,19 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None, trust_checkpoint
                 writer.write(record)
                 last.update(record)
 
+        # 4b. benchmark accuracy (the paper's Figure 2), through the caller's callback
+        if on_eval is not None and ((cfg.eval.every and done % cfg.eval.every == 0) or done == t.steps):
+            if world == 1:
+                model.eval()
+                scores = on_eval(model, done)
+                model.train()
+                record = {"step": done, "tokens": done * cfg.training.batch_tokens,
+                          **{f"eval/{k}": v for k, v in scores.items()}}
+                writer.write(record)
+                last.update(record)
+            elif master and done == t.steps:  # said once, not skipped silently
+                print("eval during training: runs only in single-process runs; evaluate final/ with `llamaforge eval`")
+
         # 5. checkpoint (collective)
         if (cfg.checkpoint.every and done % cfg.checkpoint.every == 0) or done == t.steps:
             train_state = {"scheduler": scheduler.state_dict(), "spike_guard": guard.state_dict(),
@@ -402,6 +422,7 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None, trust_checkpoint
         export_final(cfg, args, state, out_dir)
         writer.close()
         plot_loss(out_dir / "metrics.jsonl", out_dir / "loss.png")
+        plot_eval(out_dir / "metrics.jsonl", out_dir / "eval.png")
         stats = loader.stats()
         if stats:
             (out_dir / "data_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
