@@ -1,0 +1,46 @@
+"""The neutral I/O room: the one strict JSONL reader and atomic writes."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+
+from llamaforge.errors import UserError
+from llamaforge.io import atomic_file, read_jsonl
+
+
+def test_gzip_is_recognized_by_its_bytes_not_its_name(tmp_path):
+    path = tmp_path / "docs.jsonl"  # gzipped, but named like plain JSONL
+    path.write_bytes(gzip.compress(b'{"text": "a"}\n\n{"text": "b"}\n'))
+    assert list(read_jsonl(path)) == [(1, {"text": "a"}), (3, {"text": "b"})]  # blank line 2 skipped, numbered
+
+
+@pytest.mark.parametrize("lines, message", [
+    ([b'{"text": "a"}', b'{"text": '], r":2: not valid JSON"),
+    ([b'{"text": "a"}', b'["a"]'], r":2: expected a JSON object, got list"),
+    ([b'{"text": "a"}', b'{"text": "\xff\xfe"}'], r":2: not valid JSON .*utf-8"),  # not UTF-8
+])
+def test_a_bad_line_names_file_and_line(tmp_path, lines, message):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(UserError, match=message) as e:
+        list(read_jsonl(path))
+    assert str(e.value).startswith(f"{path}:2: ") and "\n" not in str(e.value)
+
+
+def test_a_cut_short_gzip_is_one_error(tmp_path):
+    data = gzip.compress(b'{"text": "a"}\n' * 1000)
+    path = tmp_path / "x.jsonl.gz"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match=r"cannot read"):
+        list(read_jsonl(path))
+
+
+def test_atomic_file_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError):
+        with atomic_file(target, "w") as f:
+            f.write("half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
