@@ -70,6 +70,9 @@ EXEMPLARS = [
 
 
 def fewshot_prompt(problem: str, shots: int = 4) -> str:
+    """The prompt for `problem`: the first `shots` of Minerva's four exemplars (Lewkowycz et al. 2022, Appendix
+    D.2; "Problem:\n...\n\nSolution: ..."), then the problem and "Solution:".
+    """
     blocks = [f"Problem:\n{p}\n\nSolution: {s}" for p, s in EXEMPLARS[:shots]]
     return "\n\n".join([*blocks, f"Problem:\n{problem}\n\nSolution:"])
 
@@ -166,6 +169,7 @@ def is_equiv(prediction: str | None, gold: str) -> bool:
 
 @dataclass
 class MinervaItem:
+    """A MATH problem (Hendrycks et al. 2021): its prompt, the gold final answer as written, subject and level."""
     prompt: str
     answer: str  # the gold final answer, unnormalised
     subject: str

@@ -52,11 +52,14 @@ JUDGE_NOTE = ("the paper's Table 14 (truthful, truthful*informative) is judged b
 
 
 def prompt(question: str) -> str:
+    """TruthfulQA's standard QA prompt (six Q/A pairs), then "\n\nQ: {question}\nA:"."""
     return f"{QA_PROMPT}\n\nQ: {question}\nA:"
 
 
 @dataclass
 class TruthfulMCItem:
+    """One mc_task.json question: its prompt, the mc1 answers (the true one first), the mc2 answers and which are true.
+    """
     context: str
     mc1: list[str]  # answers; the first is the one true answer
     mc2: list[str]
@@ -64,6 +67,9 @@ class TruthfulMCItem:
 
 
 def load_truthfulqa_mc(data_dir: Path) -> list[TruthfulMCItem]:
+    """The 817 questions of truthfulqa/mc_task.json under data_dir; raises UserError when the file is absent or
+    not a list of {question, mc1_targets with exactly one true answer, mc2_targets}.
+    """
     path = find_data(data_dir, "truthfulqa_mc", ["truthfulqa/mc_task.json"])
     try:
         docs = json.loads(path.read_text(encoding="utf-8"))
@@ -107,12 +113,16 @@ def score_truthfulqa_mc(scorer, items: list[TruthfulMCItem]) -> list[dict]:
 
 @dataclass
 class TruthfulGenItem:
+    """One TruthfulQA.csv question: its text, its prompt and its category."""
     question: str
     prompt: str
     category: str
 
 
 def load_truthfulqa_gen(data_dir: Path) -> list[TruthfulGenItem]:
+    """The questions of truthfulqa/TruthfulQA.csv under data_dir; raises UserError when it is absent or has no Question
+    column.
+    """
     path = find_data(data_dir, "truthfulqa_gen", ["truthfulqa/TruthfulQA.csv"])
     with open(path, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
