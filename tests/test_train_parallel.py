@@ -1,6 +1,6 @@
 """Two processes under torchrun on CPU/gloo: FSDP2, tensor+sequence parallel, and both with activation
-checkpointing, must reproduce the one-process losses (same global batch) within 1e-5 relative for 20 steps,
-and export the same final weights."""
+checkpointing, must reproduce the one-process losses (same global batch) within 1e-5 relative for 20 steps, and
+the validation loss (the same held-out tokens in every layout), and export the same final weights."""
 
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ def losses(out: Path) -> torch.Tensor:
     return torch.tensor([r["loss"] for r in records if "loss" in r], dtype=torch.float64)
 
 
+def val_losses(out: Path) -> torch.Tensor:
+    records = map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+    return torch.tensor([r["val_loss"] for r in records if "val_loss" in r], dtype=torch.float64)
+
+
 @pytest.fixture(scope="module")
 def single(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("single")
@@ -49,6 +54,10 @@ def test_two_processes_match_one(single, tmp_path, layout):
     ref, got = losses(single), losses(tmp_path)
     assert len(ref) == len(got) == 20
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=0)
+    # validation: the same held-out tokens, weighted the same, in every layout (was 4.671 vs 4.6817 under FSDP)
+    ref_val, got_val = val_losses(single), val_losses(tmp_path)
+    assert len(ref_val) == len(got_val) == 1
+    torch.testing.assert_close(got_val, ref_val, rtol=1e-5, atol=0)
     a, b = load_file(single / "final" / "model.safetensors"), load_file(tmp_path / "final" / "model.safetensors")
     assert a.keys() == b.keys()
     for k in a:

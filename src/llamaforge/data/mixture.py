@@ -198,12 +198,15 @@ class MixtureLoader:
             self._choices[cache_key] = cached
         return names[cached[1][k % CHOICE_BLOCK]]
 
-    def _fill(self, streams: dict, start: int, stream_key: int, names: list, probs: np.ndarray) -> torch.Tensor:
-        """This rank's block of the global batch starting at global sequence `start`; advances every stream."""
-        B, W = self.batch_size, self.world_size
+    def _fill(self, streams: dict, start: int, stream_key: int, names: list, probs: np.ndarray,
+              whole: bool = False) -> torch.Tensor:
+        """This rank's block of the global batch starting at global sequence `start` (with `whole`: the
+        batch_size sequences from `start`, the same on every rank); advances every stream."""
+        B, W = self.batch_size, (1 if whole else self.world_size)
+        rank = 0 if whole else self.rank
         buf = np.empty((B, self.seq_len + 1), dtype=np.int64)
         for k in range(start, start + B * W):
-            j = k - start - self.rank * B  # row of this rank's batch, or outside [0, B) for other ranks' sequences
+            j = k - start - rank * B  # row of this rank's batch, or outside [0, B) for other ranks' sequences
             out = buf[j] if 0 <= j < B else None
             streams[self._source_of(k, stream_key, names, probs)].take(self.seq_len + 1, out)
         return torch.from_numpy(buf)
@@ -220,7 +223,8 @@ class MixtureLoader:
             yield self.next_batch()
 
     def val_batches(self, n: int, source: str | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """n held-out batches (this rank's part), the same at every call; only `source`'s when given."""
+        """n held-out batches of batch_size sequences, the same at every call and on every rank whatever the number
+        of processes (validation measures the same tokens in every layout); only `source`'s when given."""
         if source is not None and source not in self.names:
             raise UserError(f"mixture: source: expected one of {self.names}, got {source!r}")
         val_weights = self._val_weights(source)
@@ -231,7 +235,7 @@ class MixtureLoader:
         streams = {m: SourceStream(*self._val_docs[m], self.seed, _name_key(m), shuffle=False) for m in names}
         batches = []
         for i in range(n):
-            seq = self._fill(streams, i * self.batch_size * self.world_size, VAL_STREAM, names, probs)
+            seq = self._fill(streams, i * self.batch_size, VAL_STREAM, names, probs, whole=True)
             batches.append((seq[:, :-1].contiguous(), seq[:, 1:].contiguous()))
         return batches
 

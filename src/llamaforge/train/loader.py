@@ -30,7 +30,8 @@ class Loader(Protocol):
         ...
 
     def val_batches(self, n: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-        """`n` held-out batches of this rank, the same ones at every call (validation curves are comparable)."""
+        """`n` held-out batches, the same ones at every call and on every rank whatever the number of processes
+        (validation curves are comparable, and every layout measures the same tokens)."""
         ...
 
     def val_bytes_per_token(self) -> float | None:

@@ -48,9 +48,11 @@ class SyntheticLoader:
         return batch
 
     def val_batches(self, n: int):
-        """`n` held-out batches (a separate random stream), the same at every call."""
+        """`n` held-out batches (a separate random stream), the same at every call and on every rank whatever the
+        number of processes, so validation measures the same tokens in every layout."""
         for i in range(n):
-            yield self._batch(i * self.batch_size * self.world_size, "val")
+            seq = self._samples(i * self.batch_size, self.batch_size, "val")
+            yield seq[:, :-1], seq[:, 1:]
 
     def val_bytes_per_token(self) -> None:
         """None: no text behind these tokens, so no bits-per-byte."""
