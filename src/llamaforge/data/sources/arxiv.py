@@ -19,7 +19,6 @@ Per paper (RedPajama's rules, with its regex bugs fixed):
 
 from __future__ import annotations
 
-import gzip
 import io
 import re
 import tarfile
