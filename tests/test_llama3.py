@@ -73,7 +73,7 @@ def test_export_to_transformers_matches_past_the_original_context(tmp_path):
     config = json.loads((tmp_path / "hf/config.json").read_text())
     assert config["tie_word_embeddings"] and config["rope_parameters"]["rope_type"] == "llama3"
     assert config["rope_scaling"]["original_max_position_embeddings"] == 64
-    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
     assert hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()
     tokens = torch.randint(0, TINY.vocab_size, (2, SEQ))
     with torch.no_grad():
@@ -338,12 +338,17 @@ def test_server_chat_on_a_llama3_checkpoint(exported):
         r = client.post("/v1/chat/completions", json={"messages": DIALOG, "max_tokens": 6, "temperature": 0})
         assert r.status_code == 200, r.text
         body = r.json()
+        stream = client.post("/v1/chat/completions", json={"messages": DIALOG, "max_tokens": 6, "temperature": 0,
+                                                             "stream": True})
+        pieces = [json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                  for line in stream.text.splitlines() if line.startswith("data: {")]
         bad = client.post("/v1/chat/completions", json={"messages": [{"role": "robot", "content": "x"}]})
         assert bad.status_code == 400 and "role" in bad.text
     assert body["usage"]["prompt_tokens"] == len(ids)
     reference = Engine(copy.deepcopy(model), tok, max_batch=1, max_seq_len=128)
     (expected,) = reference.generate([ids], SamplingParams(max_new_tokens=6, stop_token_ids=[128009, 128001]))
-    assert body["choices"][0]["message"]["content"] == expected.text
+    assert body["choices"][0]["message"]["content"] == expected.text == "".join(pieces) and len(pieces) > 1
+    assert expected.text and len(expected.tokens) == 6
 
 
 def load_chat_format_ids(tok, dialog) -> list[int]:
