@@ -32,7 +32,9 @@ PAPER = {  # paper Table 2 / model card: peak lr, tokens
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in RECIPES_DIR.glob("*.toml")))
 def test_every_recipe_parses(name):
-    load_config(name).model_args()
+    # finetuning recipes take their base model and data from `llamaforge finetune MODEL --data FILE`
+    extra = ['--finetune.base="model"', '--finetune.data="data.json"'] if name.startswith("finetune-") else []
+    load_config(name, extra).model_args()
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))

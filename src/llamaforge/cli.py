@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("llamaforge.commands.prepare", "clean one of the paper's seven data sources"),
     "train": ("llamaforge.commands.train", "pretrain with the paper's recipe (torchrun for many processes)"),
     "run": ("llamaforge.commands.run", "the whole main job from one flow config: prepare -> ... -> report"),
+    "finetune": ("llamaforge.commands.finetune", "instruction finetuning, full or LoRA (PEFT format adapters)"),
     "demo": ("llamaforge.commands.demo", "the whole pipeline on the built-in corpus, on a CPU in minutes"),
     "eval": ("llamaforge.commands.eval", "perplexity and the paper's benchmarks"),
     "plan": ("llamaforge.commands.plan", "FLOPs, memory and compute-optimal model size for a budget"),

@@ -23,11 +23,13 @@ FORMATS = ("native", "hf", "meta", "llama2c", "gguf")
 # A model folder carries its tokenizer under the name `load_tokenizer(folder)` looks for, whatever the file was
 # called before (a trainer's `llama8k.model` becomes `tokenizer.model`): the same names Meta's and HF's folders use.
 TOKENIZER_NAMES = {".model": "tokenizer.model", ".json": "tokenizer.json", ".bin": "tokenizer.bin"}
+TOKENIZER_CONFIG = "tokenizer_config.json"  # travels with the tokenizer file when it sits beside it
 
 
 def copy_tokenizer(tokenizer_path, folder) -> Path:
     """Copy a tokenizer file into a model folder under its standard name (`TOKENIZER_NAMES`); returns the copy.
 
+    A `tokenizer_config.json` beside the file (special tokens, chat template) is copied along.
     Raises UserError for a file that is missing or of a type no loader reads."""
     import shutil
 
@@ -39,7 +41,23 @@ def copy_tokenizer(tokenizer_path, folder) -> Path:
         raise UserError(f"{src}: tokenizer: expected a .model, .json or .bin file")
     dst = Path(folder) / name
     shutil.copy(src, dst)
+    config = src.parent / TOKENIZER_CONFIG  # HF's companion file: special tokens, the chat template
+    if config.is_file() and config.resolve() != (Path(folder) / TOKENIZER_CONFIG).resolve():
+        shutil.copy(config, Path(folder) / TOKENIZER_CONFIG)
     return dst
+
+
+def chat_template_of(tokenizer_path) -> str | None:
+    """The Jinja `chat_template` of the tokenizer_config.json beside a tokenizer file (a finetuned model's
+    template, `llamaforge finetune`), or None."""
+    import json
+
+    config = Path(tokenizer_path).parent / TOKENIZER_CONFIG
+    try:
+        template = json.loads(config.read_text()).get("chat_template") if config.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return template if isinstance(template, str) else None
 
 
 def _module(fmt: str):

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from llamaforge.errors import UserError
+from llamaforge.formats import chat_template_of
 from llamaforge.formats.weights import args_from_dict, build_model, check_field
 from llamaforge.model import ModelArgs, Transformer
 
@@ -379,6 +380,8 @@ def _write(gguf, tmp: Path, model, kind: str, qtype, file_type, tokenizer_path) 
     writer.add_rope_dimension_count(args.head_dim)
     writer.add_vocab_size(args.vocab_size)
     writer.add_file_type(file_type)
+    if tokenizer_path is not None and chat_template_of(tokenizer_path):  # llama.cpp's tokenizer.chat_template
+        writer.add_chat_template(chat_template_of(tokenizer_path))
     from llamaforge.tokenizer import is_tiktoken_file
 
     if tokenizer_path is not None and Path(tokenizer_path).suffix == ".model" and is_tiktoken_file(tokenizer_path):

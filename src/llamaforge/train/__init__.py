@@ -5,14 +5,15 @@ schedule (`optim`), FSDP2 / tensor parallelism (`parallel`), whole-state checkpo
 from llamaforge.train.config import TrainConfig, load_config
 
 
-def train(cfg: TrainConfig, out_dir, resume=None, trust_checkpoint: bool = False, on_eval=None):
+def train(cfg: TrainConfig, out_dir, resume=None, trust_checkpoint: bool = False, on_eval=None, examples=None):
     """`llamaforge.train.trainer.train`: train per `cfg` under `out_dir`; returns a `TrainSummary`. `on_eval`:
-    the optional evaluation callback (see the trainer's docstring)."""
+    the optional evaluation callback (see the trainer's docstring); `examples`: the rendered instruction examples
+    of a finetuning run (`llamaforge.train.finetune.build_examples`)."""
     from llamaforge.train.trainer import (
         train as _train,  # torch.distributed imports only when training
     )
 
-    return _train(cfg, out_dir, resume, trust_checkpoint=trust_checkpoint, on_eval=on_eval)
+    return _train(cfg, out_dir, resume, trust_checkpoint=trust_checkpoint, on_eval=on_eval, examples=examples)
 
 
 def __getattr__(name):

@@ -10,6 +10,8 @@ A checkpoint is the folder `checkpoints/step_XXXXXXXX/` holding
 Atomicity: everything is written into `step_XXXXXXXX.tmp/` and renamed to `step_XXXXXXXX/` only when complete,
 so a kill during a save leaves the previous checkpoints untouched and `latest()` never returns a partial one.
 `get_state_dict`/`set_state_dict` translate between FSDP2/TP (DTensor) parameters and DCP's flat names.
+Frozen parameters (the base of a LoRA run) are left out: they never change, and the run reloads them from its base
+model, so a LoRA checkpoint holds only the adapters and their optimizer state.
 """
 
 from __future__ import annotations
@@ -25,10 +27,18 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_state_dict,
+)
 
 from llamaforge.errors import UserError
 
+OPTIONS = StateDictOptions(ignore_frozen_params=True)
+# strict=False only lets the frozen parameters be absent: dcp.load above has already refused a checkpoint that
+# lacks any of the trainable ones.
+LOAD_OPTIONS = StateDictOptions(ignore_frozen_params=True, strict=False)
 STEP_DIR = re.compile(r"^step_(\d+)$")
 TRAIN_STATE = "train_state.json"
 
@@ -101,7 +111,7 @@ def save(root: Path, step: int, model, optimizer, train_state: dict, rank_state:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed mid-save
         tmp.mkdir(parents=True)
     _barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=OPTIONS)
     with warnings.catch_warnings():  # one process without a process group is a supported DCP use: don't warn
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
@@ -158,13 +168,14 @@ def load(path: Path, model, optimizer) -> tuple[dict, dict]:
         raise UserError(f"{train_state_file}: expected a checkpoint state with {', '.join(sorted(needed))}")
     if not (path / ".metadata").is_file():  # checked here: DCP would log a traceback before raising
         raise UserError(f"{path / '.metadata'}: missing; not a complete DCP checkpoint")
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=OPTIONS)
     state = {"model": model_sd, "optim": optim_sd}
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
             dcp.load(state, checkpoint_id=str(path))
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                       options=LOAD_OPTIONS)
     except (Exception, CheckpointException) as e:  # DCP's wrapper of every rank's error (a BaseException)
         saved = train_state.get("config", {}).get("model") if isinstance(train_state.get("config"), dict) else None
         hint = f"; it was saved with model {saved}" if saved else ""

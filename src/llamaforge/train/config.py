@@ -135,6 +135,35 @@ class EvalConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """Low-rank adapters (Hu et al. 2021, "LoRA"): W x + (alpha / rank) * B A dropout(x), B = 0 at the start.
+
+    `targets`: comma-separated projection names, Meta's (wq, wk, wv, wo, w1, w2, w3) or HF's (q_proj ... down_proj),
+    or "all" for all seven linear layers of every block. The default, the four attention projections, follows the
+    LoRA paper's Section 7.1 (adapting all of wq, wk, wv, wo at a small rank) and torchtune's Llama recipes."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: str = "wq,wk,wv,wo"
+
+
+@dataclass
+class FinetuneConfig:
+    """Instruction finetuning (the paper's Section 4, LLaMA-I): start from `base` instead of a random model and
+    train on examples whose loss falls on the response tokens only (`llamaforge finetune`)."""
+
+    base: str = ""  # pretrained model (any format `load_model` reads); empty: pretraining from scratch
+    method: str = "full"  # "full": every weight trains; "lora": low-rank adapters ([lora]) on a frozen base
+    data: str = ""  # Alpaca JSON/JSONL, chat JSONL ({"messages": [...]}) or prompt/completion JSONL
+    template: str = "plain"  # chat format of the examples (llamaforge.infer.templates: plain, llama2, llama3, chatml,
+    #                          a tokenizer_config.json or a Jinja file); the finetuned model is served with it
+    overflow: str = "truncate"  # an example longer than data.seq_len + 1 tokens: "truncate" its response or "drop" it
+    val_examples: int = 64  # held-out examples for the validation (response) loss
+    max_examples: int = 0  # use only the first N examples of the file (0: all)
+
+
+@dataclass
 class TrainConfig:
     """A whole training run: the sections of a TOML recipe (recipes/*.toml), each a dataclass.
 
@@ -148,6 +177,8 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def model_args(self, where: str = "config") -> ModelArgs:
         """The model shape: the preset with `model.overrides` and `max_seq_len = data.seq_len` applied.
@@ -172,7 +203,9 @@ class TrainConfig:
 
 
 CHOICES = {
-    ("data", "kind"): ("shards", "synthetic"),
+    ("data", "kind"): ("shards", "synthetic", "instructions"),
+    ("finetune", "method"): ("full", "lora"),
+    ("finetune", "overflow"): ("truncate", "drop"),
     ("training", "dtype"): ("bf16", "fp32"),
     ("training", "activation_checkpointing"): ("none", "full", "selective"),
     ("training", "device"): ("auto", "cpu", "cuda"),
@@ -209,6 +242,11 @@ RANGES: dict[tuple[str, str], tuple] = {
     ("metrics", "log_every"): (int, 1, BIG, "[]"),
     ("metrics", "val_every"): (int, 0, BIG, "[]"),
     ("metrics", "val_batches"): (int, 1, 1 << 20, "[]"),
+    ("lora", "rank"): (int, 1, 1 << 16, "[]"),
+    ("lora", "alpha"): (float, 0, 1e6, "(]"),
+    ("lora", "dropout"): (float, 0, 1, "[)"),
+    ("finetune", "val_examples"): (int, 0, 1 << 24, "[]"),
+    ("finetune", "max_examples"): (int, 0, BIG, "[]"),  # 0: all
 }
 
 _MODEL_FIELDS = {f.name: f for f in dataclasses.fields(ModelArgs)}
@@ -364,6 +402,23 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
     if cfg.training.batch_tokens < per_micro:
         raise UserError(f"{where}: training.batch_tokens: {cfg.training.batch_tokens} is less than one micro-batch "
                         f"(data.seq_len x training.micro_batch_size = {per_micro})")
+    if cfg.data.kind == "instructions" and not (cfg.finetune.data and cfg.finetune.base):
+        raise UserError(f"{where}: data.kind: 'instructions' needs finetune.base and finetune.data "
+                        "(use `llamaforge finetune`)")
+    if cfg.finetune.base:
+        if cfg.training.meta_init:
+            raise UserError(f"{where}: training.meta_init: finetuning loads the base model whole on every process; "
+                            "expected false")
+        if cfg.finetune.method == "lora" and cfg.parallel.tp > 1:
+            raise UserError(f"{where}: parallel.tp: LoRA adapters are not tensor-parallel here; expected 1 "
+                            "(FSDP2 works)")
+        if cfg.finetune.method == "lora":
+            from llamaforge.train.lora import check
+
+            try:
+                check(cfg.lora)
+            except UserError as e:
+                raise UserError(f"{where}: {e}") from None
 
 
 def grad_accum_steps(cfg: TrainConfig, dp_degree: int) -> int:

@@ -1,7 +1,9 @@
 """The interface between data and the training loop: what `train()` asks of a loader, and which loader it builds.
 
-Two loaders implement `Loader`: `llamaforge.data.mixture.MixtureLoader` (weighted token-shard sources, the real
-data) and `llamaforge.train.synthetic.SyntheticLoader` (a counting task for the `debug` recipe). The protocol is
+Three loaders implement `Loader`: `llamaforge.data.mixture.MixtureLoader` (weighted token-shard sources, the real
+data), `llamaforge.train.synthetic.SyntheticLoader` (a counting task for the `debug` recipe) and
+`llamaforge.train.finetune.InstructionLoader` (masked instruction examples, one per row, padded to the longest row
+of the batch, so its batches may be narrower than seq_len). The protocol is
 structural: data/ does not import train/ to implement it.
 """
 
@@ -52,11 +54,19 @@ class Loader(Protocol):
         ...
 
 
-def build_loader(cfg: TrainConfig, vocab_size: int, rank: int, world: int) -> Loader:
+def build_loader(cfg: TrainConfig, vocab_size: int, rank: int, world: int, examples=None) -> Loader:
     """The loader of data-parallel rank `rank` of `world` (tensor-parallel ranks of one group share it):
-    `SyntheticLoader` for `data.kind = "synthetic"`, else a `MixtureLoader` over `data.sources` with
-    `data.weights` (equal weights when empty). Raises UserError for unreadable shards or bad weights."""
+    `SyntheticLoader` for `data.kind = "synthetic"`, `InstructionLoader` over the rendered `examples` for
+    "instructions" (finetuning), else a `MixtureLoader` over `data.sources` with `data.weights` (equal weights
+    when empty). Raises UserError for unreadable shards or bad weights."""
     d, t = cfg.data, cfg.training
+    if d.kind == "instructions":
+        from llamaforge.train.finetune import InstructionLoader
+
+        if examples is None:
+            raise ValueError("data.kind 'instructions' needs the rendered examples (train(..., examples=...))")
+        return InstructionLoader(examples, t.micro_batch_size, t.seed, cfg.finetune.val_examples,
+                                 pad_id=examples.pad_id, rank=rank, world_size=world)
     if d.kind == "synthetic":
         return SyntheticLoader(vocab_size, d.seq_len, t.micro_batch_size, t.seed, rank=rank, world_size=world)
     from llamaforge.data.mixture import MixtureLoader

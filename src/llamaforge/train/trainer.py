@@ -1,6 +1,11 @@
-"""The pretraining loop, top to bottom (nanoGPT-style): set up processes, model, optimizer and data; resume;
+"""The training loop, top to bottom (nanoGPT-style): set up processes, model, optimizer and data; resume;
 then for each step accumulate gradients over micro-batches, clip, guard against spikes, update, log, validate
 and checkpoint; at the end export the model, plot the loss curve.
+
+The same loop finetunes (`finetune.base` set): the model starts from the pretrained weights, optionally with LoRA
+adapters on a frozen base (`train.lora`, applied before `parallelize`), and the data are masked instruction
+examples (`train.finetune`): targets -100 carry no loss. The loss of a step is the mean over every target token of
+the step (all micro-batches and processes), so examples with more response tokens weigh more, whatever the layout.
 
 Runs as one process or under `torchrun` (FSDP2 and tensor/sequence parallelism come from `parallel.py`).
 """
@@ -18,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 from torch.distributed.tensor import DTensor
 
 from llamaforge.errors import UserError
@@ -150,6 +156,14 @@ def all_reduce_mean(x: torch.Tensor) -> float:
     return x.item()
 
 
+def all_reduce_sum(x: torch.Tensor, group=None) -> torch.Tensor:
+    """Sum over the processes of `group` (default: all); a copy, the input is unchanged."""
+    if dist.is_initialized():
+        x = x.clone()
+        dist.all_reduce(x, group=group)
+    return x
+
+
 def full_value(x) -> float:
     """A plain float from a tensor or a DTensor (the grad norm of sharded parameters is a DTensor)."""
     if isinstance(x, DTensor):
@@ -157,9 +171,54 @@ def full_value(x) -> float:
     return float(x)
 
 
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token loss; target -100 marks positions without a target."""
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+def cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed next-token loss over the positions that have a target; target -100 marks positions without one
+    (padding, and in finetuning the prompt and template tokens). logits [..., V], targets [...]."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
+                           reduction="sum")
+
+
+def n_targets(targets: torch.Tensor) -> torch.Tensor:
+    return (targets != -100).sum()
+
+
+class OutputAtTargets(nn.Linear):
+    """The output projection, applied only at the positions that carry a target while `positions` is set.
+
+    In finetuning most positions are prompt, template or padding (target -100): their logits are never used, yet
+    the vocabulary-wide projection and softmax are the largest single cost of a small model's step. Set from
+    outside (`model.output = OutputAtTargets(model.output)`, before `parallelize`; not with tensor parallelism,
+    whose plan expects the sequence-split input), it keeps the same `weight` Parameter, so names and checkpoints do
+    not change. With `positions` None it is the plain projection. h [B, T, D] -> [N, V] for N positions."""
+
+    def __init__(self, base: nn.Linear):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight = base.weight
+        self.register_parameter("bias", None)
+        self.positions: torch.Tensor | None = None  # indices into the flattened [B * T] positions
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.positions is not None:
+            h = h.flatten(0, -2)[self.positions]
+        return F.linear(h, self.weight)
+
+
+@contextlib.contextmanager
+def logits_at(model, targets: torch.Tensor):
+    """Within the block, `model(x)` returns logits [N, V] for the N positions of `targets` [B, T] that are not -100
+    (when the model's output is an `OutputAtTargets`); yields those targets [N]. Otherwise logits stay [B, T, V]
+    and the targets are yielded unchanged."""
+    out = getattr(model, "output", None)
+    if not isinstance(out, OutputAtTargets):
+        yield targets
+        return
+    flat = targets.reshape(-1)
+    out.positions = (flat != -100).nonzero().squeeze(1)
+    try:
+        yield flat[out.positions]
+    finally:
+        out.positions = None
 
 
 @torch.no_grad()
@@ -174,10 +233,8 @@ def evaluate(model, loader: Loader, n_batches: int, device, autocast) -> float:
     count = 0
     for x, y in loader.val_batches(n_batches):
         y = y.to(device)
-        with autocast():
-            logits = model(x.to(device))
-        total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100,
-                                 reduction="sum").double()
+        with autocast(), logits_at(model, y) as kept:  # finetuning: logits only where a target is
+            total += cross_entropy_sum(model(x.to(device)).float(), kept).double()
         count += int((y != -100).sum())
     model.train()
     return all_reduce_mean(total / max(count, 1))  # identical on every rank: the mean only removes float noise
@@ -194,13 +251,36 @@ def validate(model, loader: Loader, cfg: TrainConfig, device, autocast) -> dict:
     return record
 
 
-def build_model(cfg: TrainConfig, args, mesh, device: torch.device, param_dtype: torch.dtype) -> torch.nn.Module:
+def load_base(cfg: TrainConfig) -> Transformer:
+    """The pretrained model a finetuning run starts from (fp32 on the CPU), checked against the data's context."""
+    from llamaforge.formats import load_model
+
+    model = load_model(cfg.finetune.base, device="cpu", dtype=torch.float32)
+    if cfg.data.seq_len > model.args.max_seq_len:
+        raise UserError(f"data.seq_len: {cfg.data.seq_len} exceeds the base model's context "
+                        f"{model.args.max_seq_len} ({cfg.finetune.base})")
+    return model
+
+
+def build_model(cfg: TrainConfig, args, mesh, device: torch.device, param_dtype: torch.dtype,
+                base: Transformer | None = None) -> torch.nn.Module:
     """The model of this process, already parallelized (`parallelize`: TP -> AC -> compile -> FSDP2).
 
     With `training.meta_init` the shapes are built on the meta device, sharded, then only this process's shards
     are allocated and initialized; otherwise every rank builds the same full model from the same seed, so any
-    layout starts from identical weights.
+    layout starts from identical weights. Finetuning (`base` given): every rank holds the whole pretrained model,
+    then the LoRA adapters (before parallelize, which FSDP2 needs: it shards adapters with their block), then the
+    output projection that skips positions without a target, then parallelize.
     """
+    if base is not None:
+        model = base.to(device)
+        if cfg.finetune.method == "lora":
+            from llamaforge.train.lora import apply_lora
+
+            apply_lora(model, cfg.lora)
+        if cfg.parallel.tp == 1:  # prompt and padding positions carry no loss: skip their logits
+            model.output = OutputAtTargets(model.output)
+        return parallelize(model, mesh, cfg, param_dtype=param_dtype)
     if cfg.training.meta_init:
         with torch.device("meta"):
             model = Transformer(args)
@@ -250,8 +330,15 @@ def full_state_dict(model) -> dict:
 
 
 def export_final(cfg: TrainConfig, args, state: dict, out_dir: Path) -> None:
-    """Rank 0: the final model as a native folder (load_model reads it), with the tokenizer; HF on request."""
+    """Rank 0: the final model as a native folder (load_model reads it), with the tokenizer; HF on request.
+    A LoRA run also writes its adapters in PEFT's format (`adapter/`), and `final/` is the merged model."""
     from llamaforge.formats import save_model
+
+    if cfg.finetune.base and cfg.finetune.method == "lora":
+        from llamaforge.train import lora
+
+        lora.save_adapter(state, args, cfg.lora, out_dir / "adapter", base_model=cfg.finetune.base)
+        state = lora.merge_state_dict(state, lora.scaling(cfg.lora))
 
     with torch.device("meta"):
         plain = Transformer(args)
@@ -268,7 +355,7 @@ def export_final(cfg: TrainConfig, args, state: dict, out_dir: Path) -> None:
 
 
 def train(cfg: TrainConfig, out_dir, resume: str | None = None, trust_checkpoint: bool = False,
-          on_eval=None) -> TrainSummary:
+          on_eval=None, examples=None) -> TrainSummary:
     """Train per `cfg`, writing config.json, metrics.jsonl, checkpoints/, final/ (and loss.png, data_stats.json)
     under `out_dir`; `resume` is "auto" (the newest complete checkpoint there), a checkpoint path, or None.
 
@@ -281,10 +368,13 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None, trust_checkpoint
     single-process run, with the model in eval mode; its values are logged as `eval/NAME` beside `tokens` (the
     paper's Figure 2; `llamaforge train` passes the benchmark evaluation of `[eval]` here, so this room needs no
     import of eval/), and eval.png plots them at the end.
+    `examples`: the rendered instruction examples (`train.finetune.Examples`) when `data.kind` is
+    "instructions" (finetuning, `finetune.base` set).
     """
     out_dir = Path(out_dir)
     t = cfg.training
-    args = cfg.model_args()
+    base = load_base(cfg) if cfg.finetune.base else None
+    args = base.args if base is not None else cfg.model_args()
     check_vocab(cfg, args.vocab_size)  # before anything is started or written
     rank, world, device = init_processes(t.device)
     master = rank == 0
@@ -302,10 +392,13 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None, trust_checkpoint
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and not fsdp else contextlib.nullcontext()
 
-    model = build_model(cfg, args, mesh, device, param_dtype=torch.bfloat16 if bf16 else torch.float32)
+    model = build_model(cfg, args, mesh, device, param_dtype=torch.bfloat16 if bf16 else torch.float32, base=base)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, t.steps)
-    loader = build_loader(cfg, args.vocab_size, dp_rank, dp)
+    loader = build_loader(cfg, args.vocab_size, dp_rank, dp, examples)
+
+    def dp_sum(x: torch.Tensor) -> torch.Tensor:  # over the data-parallel processes (tp ranks share their data)
+        return all_reduce_sum(x, mesh["dp_shard"].get_group()) if fsdp else x
     guard = SpikeGuard(t.spike_window, t.spike_zscore)
     if master and cfg.data.kind == "shards":  # the mixture says what it will do before it does it (issue #11)
         from llamaforge.data.mixture import format_plan
@@ -337,8 +430,10 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None, trust_checkpoint
         (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         writer = MetricsWriter(out_dir, cfg.metrics.tensorboard, resume_step=start)
         n_total, n_nonemb = Transformer.num_params(model), Transformer.num_params(model, non_embedding=True)
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         print(f"model: {args.n_layers} layers, dim {args.dim}; {n_total / 1e6:.2f}M parameters "
-              f"({n_nonemb / 1e6:.2f}M non-embedding); {world} process(es) as dp_shard {dp} x tp {tp}; "
+              f"({n_nonemb / 1e6:.2f}M non-embedding, {n_train / 1e6:.3f}M trainable); "
+              f"{world} process(es) as dp_shard {dp} x tp {tp}; "
               f"{cfg.training.batch_tokens} tokens/step = {accum} micro-batch(es) of {t.micro_batch_size} x "
               f"{cfg.data.seq_len} per process")
     fpt = flops_per_token(args, cfg.data.seq_len)
@@ -353,16 +448,18 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None, trust_checkpoint
     tokens_since_log, last, loss_value, val = 0, {}, None, {}
     started = time.time()
     for step in range(start, t.steps):
-        # 1. forward/backward over micro-batches; dividing by accum makes the summed gradient a mean
+        # 1. forward/backward over micro-batches. The step's loss is a mean over all its target tokens: count them
+        # first (all micro-batches, all data-parallel processes), then each micro-batch adds sum / count.
+        batches = [loader.next_batch() for _ in range(accum)]
+        count = dp_sum(sum(n_targets(y) for _, y in batches).to(device)).clamp(min=1)
         loss_sum = torch.zeros((), device=device)
-        for _ in range(accum):
-            x, y = loader.next_batch()
+        for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast():
-                loss = cross_entropy(model(x), y)
-            (loss / accum).backward()
+            with autocast(), logits_at(model, y) as kept:
+                loss = cross_entropy_sum(model(x), kept)
+            (loss * (dp / count)).backward()  # x dp: FSDP averages gradients over the dp processes
             loss_sum += loss.detach()
-        loss_value = all_reduce_mean(loss_sum / accum)
+        loss_value = (dp_sum(loss_sum) / count).item()
 
         # 2. clip (returns the norm before clipping), then update unless this step is a spike
         grad_norm = full_value(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))

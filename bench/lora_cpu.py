@@ -1,0 +1,153 @@
+"""CPU LoRA finetuning throughput and peak memory: llamaforge vs Hugging Face transformers + PEFT, same run.
+
+Same model (the `small-42m` shape: vocab 32000, dim 512, 8 layers, 8 heads, random weights, fp32), same LoRA
+(rank 8, alpha 16, dropout 0.05 on wq, wk, wv, wo = q/k/v/o_proj), same data (Alpaca examples from
+../shared/data/alpaca rendered with the plain chat format and the Llama 2 tokenizer, masked to the responses,
+micro-batches of B rows padded to their longest), same optimizer (AdamW lr 3e-4 over the adapters) and loop
+(forward, masked next-token cross-entropy, backward, clip 1.0, step).
+
+llamaforge runs its trainer's own pieces (`train.lora.apply_lora`, `train.trainer.cross_entropy_sum`,
+`train.optim.build_optimizer`, and the trainer's `OutputAtTargets`: logits only where a target is); HF runs `peft.get_peft_model(LlamaForCausalLM, LoraConfig)` with `labels=` (HF's
+own loss). Each runner is a fresh process per round (peak RSS is per process), rounds alternate between the two so
+machine load hits both alike.
+
+    python bench/lora_cpu.py [--steps 8] [--rounds 3] [--batch 4] [--threads 2] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+SHAPE = dict(dim=512, n_layers=8, n_heads=8, vocab_size=32000, multiple_of=32, max_seq_len=512)
+
+
+def batches(n: int, batch: int, seq_len: int):
+    """The same n micro-batches (inputs, targets with -100 off the responses) for both runners."""
+    from llamaforge.infer.templates import load_chat_format
+    from llamaforge.tokenizer import load_tokenizer
+    from llamaforge.train.finetune import build_examples, collate, to_pair
+
+    fmt = load_chat_format("plain", load_tokenizer(DATA / "llama2-tokenizer" / "tokenizer.model"))
+    ex = build_examples(DATA / "alpaca" / "alpaca_5000.json", fmt, seq_len, max_examples=n * batch)
+    pairs = [to_pair(i, m) for i, m in zip(ex.ids, ex.masks)]
+    return [collate(pairs[k * batch:(k + 1) * batch], ex.pad_id) for k in range(n)]
+
+
+def run_one(runner: str, steps: int, batch: int, seq_len: int, warmup: int, out: Path,
+            compile_blocks: bool = False) -> None:
+    import torch
+
+    from llamaforge.model import ModelArgs, Transformer
+    from llamaforge.train.config import LoRAConfig, OptimConfig
+    from llamaforge.train.optim import build_optimizer
+
+    torch.manual_seed(0)
+    data = batches(warmup + steps, batch, seq_len)
+    args = ModelArgs(**SHAPE)
+    if runner == "llamaforge":
+        from llamaforge.train.lora import apply_lora
+        from llamaforge.train.trainer import OutputAtTargets, cross_entropy_sum, logits_at, n_targets
+
+        model = Transformer(args)
+        apply_lora(model, LoRAConfig(rank=8, alpha=16, dropout=0.05, targets="wq,wk,wv,wo"))
+        model.output = OutputAtTargets(model.output)  # as the trainer sets it up for finetuning
+        if compile_blocks:
+            for block in model.layers:
+                block.compile(fullgraph=True)  # the trainer's training.compile
+
+        def loss_of(x, y):
+            with logits_at(model, y) as kept:
+                return cross_entropy_sum(model(x), kept) / n_targets(y)
+    else:
+        import peft
+        from peers import hf_llama
+
+        model = peft.get_peft_model(hf_llama(args), peft.LoraConfig(
+            r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+
+        def loss_of(x, y):  # HF's own loss; shift_labels: y already holds each position's next token
+            return model(input_ids=x, labels=y, shift_labels=y).loss
+    model.train()
+    opt = build_optimizer(model, OptimConfig(lr=3e-4, weight_decay=0.0))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    tokens, t0 = 0, None
+    for k, (x, y) in enumerate(data):
+        if k == warmup:
+            t0 = time.perf_counter()
+        loss = loss_of(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if k >= warmup:
+            tokens += x.numel()
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    out.write_text(json.dumps({"tokens_per_s": tokens / seconds, "peak_rss_gib": peak, "trainable": trainable,
+                               "last_loss": loss.item()}))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--compile", action="store_true", help="llamaforge with its per-block torch.compile (HF eager)")
+    p.add_argument("--runner", default=None, help=argparse.SUPPRESS)  # internal: one runner in this process
+    p.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.runner:
+        import torch
+
+        torch.set_num_threads(a.threads)
+        run_one(a.runner, a.steps, a.batch, a.seq_len, a.warmup, Path(a.out), a.compile)
+        return
+    import tempfile
+
+    import torch
+
+    results = {"llamaforge": [], "hf+peft": []}
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{REPO / 'bench'}", "OMP_NUM_THREADS": str(a.threads)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(a.rounds):
+            for name, runner in (("llamaforge", "llamaforge"), ("hf+peft", "hf")):
+                out = Path(tmp) / f"{runner}{r}.json"
+                cmd = [sys.executable, __file__, "--runner", runner, "--out", str(out), "--steps", str(a.steps),
+                       "--warmup", str(a.warmup), "--batch", str(a.batch), "--seq-len", str(a.seq_len),
+                       "--threads", str(a.threads)] + (["--compile"] if a.compile else [])
+                subprocess.run(cmd, check=True, env=env)
+                results[name].append(json.loads(out.read_text()))
+    import peft
+    import transformers
+
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}; "
+          f"{a.threads} threads; B={a.batch}, rows up to {a.seq_len} tokens, fp32; {a.rounds} rounds x {a.steps} "
+          f"steps (+{a.warmup} warmup), one process per runner per round")
+    print("| runner | tokens/s median (all rounds) | peak RSS GiB median (all) | trainable params |")
+    print("|---|---|---|---|")
+    med = {}
+    for name, rs in results.items():
+        tps, mem = [x["tokens_per_s"] for x in rs], [x["peak_rss_gib"] for x in rs]
+        med[name] = (statistics.median(tps), statistics.median(mem))
+        print(f"| {name} | {med[name][0]:.0f} ({', '.join(f'{v:.0f}' for v in tps)}) | {med[name][1]:.2f} "
+              f"({', '.join(f'{v:.2f}' for v in mem)}) | {rs[0]['trainable']} |")
+    best = {n: max(x["tokens_per_s"] for x in rs) for n, rs in results.items()}
+    print(f"ratio llamaforge / hf+peft: tokens/s median {med['llamaforge'][0] / med['hf+peft'][0]:.2f}x, "
+          f"best {best['llamaforge'] / best['hf+peft']:.2f}x; peak memory {med['llamaforge'][1] / med['hf+peft'][1]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
