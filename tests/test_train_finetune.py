@@ -315,7 +315,7 @@ def test_finetuned_model_carries_its_template_to_serve_hf_and_gguf(tmp_path):
     assert served.render(msgs, False).ids == load_chat_format(source, tok).render(msgs, False).ids
     assert main(["convert", str(final), str(tmp_path / "hf"), "--to", "hf"]) == 0
     config = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
-    assert config["chat_template"] == source and config["tokenizer_class"] == "LlamaTokenizer"
+    assert config["chat_template"] == source
     assert main(["convert", str(final), str(tmp_path / "m.gguf"), "--to", "gguf"]) == 0
     field = GGUFReader(tmp_path / "m.gguf").fields["tokenizer.chat_template"]
     assert bytes(field.parts[field.data[0]]).decode() == source
