@@ -99,7 +99,9 @@ def test_seven_source_flow_end_to_end(tmp_path):
         assert parity["gguf"]["status"] == "passed", parity["gguf"]
     except ImportError:
         assert parity["gguf"]["status"] == "skipped"
+    assert any(report["sources"][n]["samples"] for n in SEVEN)  # short samples of dropped documents, by reason
     md = (out / "report" / "report.md").read_text()
+    assert "- dropped by " in md
     for section in ("## Data", "## Tokenizer", "## Mixture", "## Training", "## Evaluation", "## Exports"):
         assert section in md
     for png in ("loss.png", "mixture.png", "data.png"):
