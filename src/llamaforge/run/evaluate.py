@@ -166,7 +166,7 @@ def gguf_parity(model, tok, path: Path, prompt_ids: list[int]) -> dict:
     llm = llama_cpp.Llama(str(path), n_ctx=128, n_threads=1, verbose=False)
     try:
         theirs = []
-        for t in llm.generate(prompt_ids, top_k=1, temp=0.0):
+        for t in llm.generate(prompt_ids, top_k=1, temp=0.0, repeat_penalty=1.0):
             if t == tok.eos_id or len(theirs) == GREEDY_TOKENS:
                 break
             theirs.append(t)
