@@ -8,13 +8,16 @@ from conftest import shared_path
 from llamaforge.eval.items import pass_at_k
 from llamaforge.eval.sandbox import (
     Limits,
+    isolation_problem,
     network_namespace_available,
     run_program,
     run_programs,
 )
 from llamaforge.eval.tasks.code import load_humaneval, load_mbpp, program
 
-FAST = Limits(timeout_s=10.0, memory_mb=512)
+# Where the host has no OS sandbox (bwrap), these tests check the scoring under --unsafe-exec; the isolation
+# itself is tested (or skipped with the reason) in test_eval_sandbox_escapes.py.
+FAST = Limits(timeout_s=10.0, memory_mb=512, unsafe_exec=isolation_problem() is not None)
 
 
 def test_humaneval_canonical_solutions_all_pass():
@@ -37,12 +40,13 @@ def test_mbpp_reference_code_passes():
 
 
 def test_infinite_loop_is_stopped_by_the_time_limit():
-    outcome = run_program("while True:\n    pass\n", Limits(timeout_s=1.0))
+    outcome = run_program("while True:\n    pass\n", Limits(timeout_s=1.0, unsafe_exec=FAST.unsafe_exec))
     assert outcome.status == "timeout" and not outcome.passed
 
 
 def test_memory_limit():
-    outcome = run_program("x = bytearray(2 * 1024 ** 3)\n", Limits(timeout_s=5.0, memory_mb=256))
+    outcome = run_program("x = bytearray(2 * 1024 ** 3)\n", Limits(timeout_s=5.0, memory_mb=256,
+                                                                 unsafe_exec=FAST.unsafe_exec))
     assert not outcome.passed and "MemoryError" in outcome.detail
 
 

@@ -279,7 +279,11 @@ def test_generation_tasks_score_scripted_answers():
     code_items = TASKS["humaneval"].load(data, 0)[:3]
     by_prompt = {it.prompt: it.reference for it in code_items}
     right = ScriptedScorer(lambda p: [by_prompt[p] + "\ndef unrelated():\n    pass\n", "    return None\n"])
-    scores = score_items(TASKS["humaneval"], right, code_items, {"samples": 2})
+    from llamaforge.eval.sandbox import isolation_problem
+
+    # without an OS sandbox on the host the scoring still runs, under --unsafe-exec (the sandbox's own tests say so)
+    scores = score_items(TASKS["humaneval"], right, code_items,
+                         {"samples": 2, "unsafe_exec": isolation_problem() is not None})
     assert [s["pass@1"] for s in scores] == [0.5, 0.5, 0.5]  # one of two samples passes (the stop cuts the extra def)
 
     gsm = TASKS["gsm8k"].load(data, 8)[:1]  # Janet's ducks: 18
