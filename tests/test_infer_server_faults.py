@@ -267,6 +267,7 @@ MALFORMED = [
     ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": ["a"]}]}'),
     ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "top_logprobs": 99}'),
     ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}'),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "' + b"word " * 400 + b'"}]}'),
     ("/tokenize", b'{"prompt": 5}'),
     ("/tokenize", b'{"prompt": "\\ud800"}'),
     ("/tokenize", b'{nope'),
@@ -345,6 +346,11 @@ def test_fault_10_a_huge_prompt_does_not_stall_the_event_loop(one_slot_server):
     assert_openai_400(result["r"])
     assert result["r"].json()["error"]["code"] == "context_length_exceeded"
     assert worst < 1.0 and result["s"] < 5.0
+    # the same for a chat dialog
+    r = httpx.post(one_slot_server + "/v1/chat/completions", timeout=60,
+                   json={"messages": [{"role": "user", "content": "Hello world. " * 400_000}]})
+    assert_openai_400(r)
+    assert r.json()["error"]["code"] == "context_length_exceeded"
     # a long prompt that does need tokenizing (under the byte bound) is tokenized off the event loop
     r = httpx.post(one_slot_server + "/v1/completions", json={"prompt": "é" * 8000}, timeout=60)
     assert_openai_400(r)

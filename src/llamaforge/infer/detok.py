@@ -233,7 +233,7 @@ class Detokenizer:
         end = len(self.text)
         if not final:  # hold back a tail that is the beginning of a stop string
             for s in self.stop:
-                for k in range(min(len(s) - 1, end - self._shown), 0, -1):
+                for k in range(min(len(s) - 1, len(self.text) - self._shown), 0, -1):
                     if self.text.endswith(s[:k]):
                         end = min(end, len(self.text) - k)
                         break

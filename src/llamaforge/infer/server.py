@@ -240,13 +240,15 @@ class Server:
 
     # -- prompts ---------------------------------------------------------------------------------------------------
 
-    def check_fits(self, texts: list[str], field: str, extra_tokens: int) -> None:
-        """Refuse, before tokenizing, text that cannot fit the context: each token covers at most max_bytes
-        bytes of it, so it has at least ceil(bytes / max_bytes) tokens (plus the template's extra_tokens), and
-        the context must keep room for one new token."""
+    def least_tokens(self, texts: list[str]) -> int:
+        """A lower bound on the tokens of `texts`, each encoded on its own, without encoding them: every token
+        stands for at most max_bytes bytes of text (0 when the tokenizer gives no such bound)."""
         if self.max_bytes is None:
-            return
-        least = sum(-(-len(t.encode("utf-8")) // self.max_bytes) for t in texts) + extra_tokens
+            return 0
+        return sum(-(-len(t.encode("utf-8")) // self.max_bytes) for t in texts)
+
+    def check_fits(self, least: int, field: str) -> None:
+        """Refuse a prompt of at least `least` tokens when it leaves no room for one new token in the context."""
         if least >= self.engine.max_seq_len:
             raise APIError(f"{field}: at least {least} tokens, the context holds {self.engine.max_seq_len}", field,
                            code="context_length_exceeded")
@@ -262,15 +264,28 @@ class Server:
             return [list(prompt)]
         if all(isinstance(p, str) for p in prompt):
             for text in prompt:
-                self.check_fits([text], "prompt", 1)
+                self.check_fits(self.least_tokens([text]) + 1, "prompt")  # + BOS
             return await asyncio.to_thread(lambda: [self.tokenizer.encode(t, bos=True) for t in prompt])
         return [list(p) for p in prompt]
 
     async def chat_ids(self, messages: list[dict]) -> list[int]:
-        """The dialog as token ids from the chat format (in a worker thread); DialogError -> APIError."""
-        self.check_fits([m["content"] for m in messages], "messages", len(messages))
+        """The dialog as token ids from the chat format, in a worker thread; DialogError -> APIError. The format's
+        pieces (control tokens, text runs) are laid out first, so a dialog that cannot fit is refused before its
+        text is tokenized."""
+
+        def build() -> list[int]:
+            try:
+                pieces = self.chat.pieces(messages, True)
+            except DialogError:
+                raise
+            except Exception:  # render() checks the dialog first and says what is wrong
+                pieces = []
+            texts = ["".join(s for s, _ in p.spans) for p in pieces if hasattr(p, "spans")]
+            self.check_fits(self.least_tokens(texts) + len(pieces) - len(texts), "messages")
+            return self.chat.render(messages).ids
+
         try:  # the chat format builds token ids: control tokens only from the template
-            return (await asyncio.to_thread(self.chat.render, messages)).ids
+            return await asyncio.to_thread(build)
         except DialogError as e:
             raise APIError(str(e), e.field) from None
 
@@ -447,13 +462,13 @@ async def tokenizer_info(srv: Server, http: HTTPRequest):
 
 
 async def tokenize(srv: Server, http: HTTPRequest):
-    """POST /tokenize: text -> ids (off the event loop; text that cannot fit the context refused first)."""
+    """POST /tokenize: text -> ids, tokenized off the event loop."""
     body = await read_body(http, TokenizeRequest)
     tok, text = srv.tokenizer, body.prompt
     specials = {tok.id_to_piece(i): i for i in (tok.bos_id, tok.eos_id) if i >= 0}
     if text in specials:  # a special token's own text is that token, not its characters (lm-eval's probe)
         return {"tokens": [specials[text]], "count": 1}
-    srv.check_fits([text], "prompt", 1)
+    # no context check: lm-eval tokenizes long documents and windows them itself
     ids = await asyncio.to_thread(tok.encode, text, bos=body.add_special_tokens)
     return {"tokens": ids, "count": len(ids)}
 
