@@ -54,9 +54,9 @@ def run(args) -> int:
 
 
 def print_samples(model_dir: Path) -> None:
-    from llamaforge import generate, load_model, load_tokenizer
+    from llamaforge import generate, load_model_and_tokenizer
 
-    model, tok = load_model(model_dir), load_tokenizer(model_dir)
+    model, tok = load_model_and_tokenizer(model_dir)
     for prompt in ("def ", "import os\n", "The "):
         text = generate(model, tok, prompt, max_new_tokens=48, temperature=0.7, top_p=0.9, seed=0)
         print(f"--- sample, prompt {prompt!r}:\n{prompt}{text}")

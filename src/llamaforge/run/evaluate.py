@@ -17,10 +17,9 @@ GREEDY_TOKENS = 24
 
 
 def _model_and_tokenizer(flow):
-    from llamaforge import load_model, load_tokenizer
+    from llamaforge.formats import load_model_and_tokenizer
 
-    final = flow.out / "train" / "final"
-    return load_model(final), load_tokenizer(final)
+    return load_model_and_tokenizer(flow.out / "train" / "final")
 
 
 def _val_loader(flow):
