@@ -133,6 +133,7 @@ class Examples:
     pad_id: int = 0  # input id of padding positions (their targets are -100): the tokenizer's EOS
 
     def drop(self, reason: str, where: str) -> None:
+        """Count one example dropped for `reason`; `where` (FILE:LINE) is kept for the first drop of each reason."""
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
         self.first.setdefault(reason, where)
 
@@ -237,6 +238,9 @@ class InstructionLoader:
         return self.train[self._perm[i]]
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's block of the next global batch: (inputs, targets) LongTensor[batch_size, T], right-padded to
+        the longest row, targets -100 on prompt, template and padding positions.
+        """
         first = self.seq_index + self.rank * self.batch_size
         batch = collate([self._example(k) for k in range(first, first + self.batch_size)], self.pad_id)
         self.seq_index += self.batch_size * self.world_size
@@ -254,11 +258,14 @@ class InstructionLoader:
         return None
 
     def state_dict(self) -> dict:
+        """The position: global examples consumed so far (the epoch's permutation follows from the seed)."""
         return {"seq_index": self.seq_index}
 
     def load_state_dict(self, state: dict) -> None:
+        """Resume at a position from `state_dict`."""
         self.seq_index = int(state["seq_index"])
 
     def stats(self) -> dict:
+        """{"instructions": share 1.0, epochs so far, training and held-out example counts} (data_stats.json)."""
         return {"instructions": {"share": 1.0, "epochs": self.seq_index / max(len(self.train), 1),
                                  "examples": len(self.train), "held_out": len(self.val)}}

@@ -110,9 +110,13 @@ class LoRALinear(nn.Linear):
         nn.init.zeros_(self.lora_B.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., in] -> [..., out]: W x + scaling * B(A(dropout(x))) (Hu et al. 2021; scaling = alpha / r), with
+        the frozen base weight W and the trainable low-rank A [r, in], B [out, r].
+        """
         return F.linear(x, self.weight) + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
 
     def extra_repr(self) -> str:
+        """in/out features, rank and scaling, for print(model)."""
         return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, scaling={self.scaling:g}"
 
 

@@ -179,6 +179,7 @@ def cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
 
 
 def n_targets(targets: torch.Tensor) -> torch.Tensor:
+    """The number of positions that carry a target (target != -100), as a 0-d tensor on targets' device."""
     return (targets != -100).sum()
 
 
@@ -199,6 +200,7 @@ class OutputAtTargets(nn.Linear):
         self.positions: torch.Tensor | None = None  # indices into the flattened [B * T] positions
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """h [B, T, D] -> logits [B, T, V], or [N, V] at the flattened `positions` when they are set."""
         if self.positions is not None:
             h = h.flatten(0, -2)[self.positions]
         return F.linear(h, self.weight)
