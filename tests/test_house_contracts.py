@@ -7,13 +7,14 @@ import inspect
 import pytest
 
 from llamaforge.data.mixture import MixtureLoader
+from llamaforge.train.finetune import InstructionLoader
 from llamaforge.train.loader import Loader
 from llamaforge.train.synthetic import SyntheticLoader
 
 PROTOCOL_METHODS = [name for name, v in vars(Loader).items() if inspect.isfunction(v) and not name.startswith("_")]
 
 
-@pytest.mark.parametrize("cls", [MixtureLoader, SyntheticLoader])
+@pytest.mark.parametrize("cls", [MixtureLoader, SyntheticLoader, InstructionLoader])
 def test_loaders_implement_the_protocol(cls):
     """Every protocol method exists and takes the protocol's positional parameters (extra ones need defaults)."""
     assert set(PROTOCOL_METHODS) == {"next_batch", "val_batches", "val_bytes_per_token", "stats", "state_dict",
