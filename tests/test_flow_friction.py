@@ -150,3 +150,11 @@ def test_tokens_are_finite_after_load(tmp_path, renamed_tokenizer):
     folder = save_model(tiny(), tmp_path / "m", format="native", tokenizer_path=renamed_tokenizer)
     ids = torch.tensor([load_tokenizer(folder).encode(TEXT, bos=True)])
     assert torch.isfinite(load_model(folder)(ids)).all()
+
+
+def test_model_folder_is_enough_for_generate_and_convert(tmp_path, renamed_tokenizer, capsys):
+    """`generate` and `convert` on a folder the project wrote, without --tokenizer (the issue's first failure)."""
+    folder = save_model(tiny(), tmp_path / "final", format="native", tokenizer_path=renamed_tokenizer)
+    assert main(["generate", str(folder), "--prompt", "Hello", "--max-new-tokens", "3"]) == 0, capsys.readouterr().err
+    assert main(["convert", str(folder), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    assert (tmp_path / "hf" / "tokenizer.model").is_file()
