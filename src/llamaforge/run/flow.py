@@ -347,8 +347,8 @@ def describe(flow: Flow, until: str = "report", start: str | None = None) -> str
         if spec.kind == "builtin":
             from llamaforge.data.builtin_corpus import stdlib_root
 
-            found, raw = f"the standard library at {stdlib_root()} ({spec.options['part']})", None
-            raw = int(float(spec.options.get("max_mb") or 50) * 1e6)
+            found = f"the standard library at {stdlib_root()} ({spec.options['part']})"
+            raw = None if spec.options.get("max_mb") is None else int(float(spec.options["max_mb"]) * 1e6)
         else:
             files = _input_files(spec)
             raw = sum(Path(f).stat().st_size if Path(f).is_file() else _folder_size(Path(f)) for f in files)
@@ -362,6 +362,8 @@ def describe(flow: Flow, until: str = "report", start: str | None = None) -> str
             out_bytes = list(s["stages"].values())[-1]["bytes_out"]
             available[n] = int(out_bytes / ASSUMED_BYTES_PER_TOKEN)
             est = f"~{available[n]:,} tokens ({out_bytes / 1e6:.1f} MB prepared / {ASSUMED_BYTES_PER_TOKEN:g} bytes/token)"
+        elif raw is None:
+            est = "size known after prepare (no max_mb)"
         else:
             available[n] = int(raw / ASSUMED_BYTES_PER_TOKEN)
             est = f"at most ~{available[n]:,} tokens (raw bytes / {ASSUMED_BYTES_PER_TOKEN:g}; prepare drops some)"
@@ -388,10 +390,15 @@ def describe(flow: Flow, until: str = "report", start: str | None = None) -> str
         total = t.steps * t.batch_tokens // tcfg.data.seq_len * (tcfg.data.seq_len + 1)
         lines.append(f"\ntraining: {t.steps:,} steps x {t.batch_tokens:,} tokens = {t.steps * t.batch_tokens:,} "
                      f"tokens (recipe {cfg.train.recipe}, preset {tcfg.model.preset})")
-        rows, warnings = plan_mixture(available, flow.weights, total,
-                                      {n: (TABLE1.get(cfg.sources[n].kind) or {}).get("epochs") for n in flow.names})
-        lines.append("mixture plan (estimated until tokenized):")
-        lines.append(format_plan(rows, warnings))
+        unknown = [n for n in flow.names if n not in available]
+        if unknown:
+            lines.append(f"mixture plan: after prepare (size unknown for {', '.join(unknown)})")
+        else:
+            rows, warnings = plan_mixture(available, flow.weights, total,
+                                          {n: (TABLE1.get(cfg.sources[n].kind) or {}).get("epochs")
+                                           for n in flow.names})
+            lines.append("mixture plan (estimated until tokenized):")
+            lines.append(format_plan(rows, warnings))
     except UserError as e:
         lines.append(f"\ntraining: not planned: {e}")
     return "\n".join(lines)
