@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 
 from llamaforge.errors import UserError
+from llamaforge.tokenizer import TOKENIZER_FILES
 
 FORMATS = ("native", "hf", "meta", "llama2c", "gguf")
 # A model folder carries its tokenizer under the name `load_tokenizer(folder)` looks for, whatever the file was
 # called before (a trainer's `llama8k.model` becomes `tokenizer.model`): the same names Meta's and HF's folders use.
-TOKENIZER_NAMES = {".model": "tokenizer.model", ".json": "tokenizer.json", ".bin": "tokenizer.bin"}
+TOKENIZER_NAMES = {Path(name).suffix: name for name in TOKENIZER_FILES}  # .model -> tokenizer.model ...
 TOKENIZER_CONFIG = "tokenizer_config.json"  # travels with the tokenizer file when it sits beside it
 
 
@@ -49,14 +50,21 @@ def copy_tokenizer(tokenizer_path, folder) -> Path:
 
 def chat_template_of(tokenizer_path) -> str | None:
     """The Jinja `chat_template` of the tokenizer_config.json beside a tokenizer file (a finetuned model's
-    template, `llamaforge finetune`), or None."""
+    template, `llamaforge finetune`; an HF Instruct model's), or None when there is no such file or template.
+
+    HF's list form (`[{"name": "default", "template": ...}, ...]`, transformers' named templates) gives the one
+    named "default". The exports (hf_tokenizer, gguf) carry the template through this one reader; a config that is
+    not readable JSON counts as no template here (serving it reports the error: `infer.templates`)."""
     import json
 
     config = Path(tokenizer_path).parent / TOKENIZER_CONFIG
     try:
-        template = json.loads(config.read_text()).get("chat_template") if config.is_file() else None
+        template = json.loads(config.read_text(encoding="utf-8")).get("chat_template") if config.is_file() else None
     except (OSError, ValueError, AttributeError):
         return None
+    if isinstance(template, list):
+        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"),
+                        None)
     return template if isinstance(template, str) else None
 
 
@@ -104,7 +112,7 @@ def find_tokenizer(path, fmt: str | None = None):
     """The tokenizer that belongs to the checkpoint at `path`, or None. In this order: the vocabulary inside a
     GGUF file (`tokenizer.ggml.*`); a tokenizer file (tokenizer.model, tokenizer.json, tokenizer.bin, in that
     order) inside a model folder, beside a model file, or (Meta's download layout) in a Meta folder's parent."""
-    from llamaforge.tokenizer import TOKENIZER_FILES, load_tokenizer
+    from llamaforge.tokenizer import load_tokenizer
 
     path = Path(path)
     fmt = fmt or detect_format(path)

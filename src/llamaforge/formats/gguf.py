@@ -380,11 +380,18 @@ def _write(gguf, tmp: Path, model, kind: str, qtype, file_type, tokenizer_path) 
     writer.add_rope_dimension_count(args.head_dim)
     writer.add_vocab_size(args.vocab_size)
     writer.add_file_type(file_type)
-    if tokenizer_path is not None and chat_template_of(tokenizer_path):  # llama.cpp's tokenizer.chat_template
-        writer.add_chat_template(chat_template_of(tokenizer_path))
     from llamaforge.tokenizer import is_tiktoken_file
 
-    if tokenizer_path is not None and Path(tokenizer_path).suffix == ".model" and is_tiktoken_file(tokenizer_path):
+    tiktoken = tokenizer_path is not None and Path(tokenizer_path).suffix == ".model" and is_tiktoken_file(
+        tokenizer_path)
+    template = chat_template_of(tokenizer_path) if tokenizer_path is not None else None
+    if template is None and tiktoken:  # a Llama 3 vocabulary without its own template: Llama 3's
+        from llamaforge.formats.hf_tokenizer import LLAMA3_TEMPLATE
+
+        template = LLAMA3_TEMPLATE
+    if template is not None:  # llama.cpp's tokenizer.chat_template
+        writer.add_chat_template(template)
+    if tiktoken:
         _add_tiktoken_vocab(writer, Path(tokenizer_path), args.vocab_size)
     elif tokenizer_path is not None and Path(tokenizer_path).suffix == ".model":
         _add_sentencepiece_vocab(writer, Path(tokenizer_path), args.vocab_size)
@@ -418,7 +425,7 @@ def _add_tiktoken_vocab(writer, tokenizer_path: Path, vocab_size: int) -> None:
     """Llama 3's vocabulary as llama.cpp's convert_hf_to_gguf writes it (module docstring)."""
     import gguf
 
-    from llamaforge.formats.hf_tokenizer import LLAMA3_TEMPLATE, tiktoken_vocab_merges, token_string
+    from llamaforge.formats.hf_tokenizer import tiktoken_vocab_merges, token_string
     from llamaforge.tokenizer import TiktokenTokenizer
 
     tok = TiktokenTokenizer(tokenizer_path)
@@ -439,16 +446,6 @@ def _add_tiktoken_vocab(writer, tokenizer_path: Path, vocab_size: int) -> None:
         writer.add_eot_token_id(eot)
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
-    template = None
-    beside = tokenizer_path.parent / "tokenizer_config.json"
-    if beside.is_file():
-        import json
-
-        try:
-            template = json.loads(beside.read_text(encoding="utf-8")).get("chat_template")
-        except (ValueError, UnicodeDecodeError, AttributeError):
-            template = None
-    writer.add_chat_template(template if isinstance(template, str) else LLAMA3_TEMPLATE)
 
 
 def _tiktoken_from(reader, path: Path):

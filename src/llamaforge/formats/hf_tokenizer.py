@@ -148,19 +148,14 @@ def write_hf_tokenizer(tokenizer_path, folder: Path, chat_template: str | None =
     """Put the tokenizer in `folder` so that both llamaforge and `AutoTokenizer` load it with the same ids:
     the original file under its standard name, plus tokenizer.json and tokenizer_config.json. A chat template
     already in a tokenizer_config.json beside the source is carried over unless `chat_template` is given."""
-    from llamaforge.formats import copy_tokenizer
+    from llamaforge.formats import chat_template_of, copy_tokenizer
     from llamaforge.tokenizer import HFTokenizer, SentencePieceTokenizer, TiktokenTokenizer, load_tokenizer
 
     src = Path(tokenizer_path)
     copy_tokenizer(src, folder)
     tok = load_tokenizer(src)
-    beside = src.parent / "tokenizer_config.json"
-    if chat_template is None and beside.is_file():
-        try:
-            template = json.loads(beside.read_text(encoding="utf-8")).get("chat_template")
-        except (ValueError, UnicodeDecodeError, AttributeError):
-            template = None
-        chat_template = template if isinstance(template, str) else None
+    if chat_template is None:
+        chat_template = chat_template_of(src)
     if isinstance(tok, TiktokenTokenizer):
         (folder / "tokenizer.json").write_text(tiktoken_tokenizer_json(tok), encoding="utf-8")
         if chat_template is None:
