@@ -34,9 +34,9 @@ ALLOWED: dict[str, set[str] | str] = {
     "train":     {"errors", "io", "model", "presets", "tokenizer", "data", "formats",
                   "plan",                       # the one FLOP formula and device table (MFU)
                   "infer.templates"},           # finetune: chat formats as token sequences
-    "infer":     {"errors", "io", "model", "presets", "tokenizer", "formats", "generate"},
-    "generate":  {"errors", "model", "tokenizer", "formats", "infer"},              # the public generate()
-    "eval":      {"errors", "io", "model", "presets", "tokenizer", "formats", "infer", "generate", "data"},
+    "infer":     {"errors", "io", "model", "presets", "tokenizer", "formats"},
+    "generate":  {"errors", "infer"},          # the public generate(): a thin call into the engine
+    "eval":      {"errors", "io", "model", "presets", "tokenizer", "formats", "infer", "data"},
     "__init__":  {"errors", "formats", "tokenizer", "generate", "infer"},          # the public API, lazily
     "run":       EVERYTHING,                   # the flow calls every room in order
     "commands":  EVERYTHING,                   # one module per subcommand
@@ -141,6 +141,7 @@ def test_the_table_catches_a_wrong_arrow(tmp_path):
     assert not allowed("plan", "llamaforge.commands.args")
     assert not allowed("train", "llamaforge.infer.engine") and allowed("train", "llamaforge.infer.templates")
     assert allowed("commands", "llamaforge.train.trainer") and allowed("io", "llamaforge.errors")
+    assert not allowed("infer", "llamaforge.generate")  # generate is a thin call into infer: one way only
 
 
 def _imports_after(argv: list[str]) -> str:
