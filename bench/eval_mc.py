@@ -1,12 +1,14 @@
 """Multiple-choice scoring speed: llamaforge's Scorer vs lm-evaluation-harness's HF backend, same model, same
 items, same batch size, same process. Prints items/s for both, their ratio, and checks the accuracies agree.
 
-    .venv/bin/python bench/eval_mc.py [--items 200] [--batch-size 16] [--model stories260K|random-15m]
+    .venv/bin/python bench/eval_mc.py [--items 200] [--batch-size 16] [--model stories260K|random-15m|random-110m]
+        [--task hellaswag|mmlu]
 
 stories260K: the real 260K-parameter llama2.c model with its 512-token tokenizer (overhead-bound).
 random-15m: stories15M's shape (dim 288, 6 layers) with random weights and Meta's 32000-token tokenizer
-(compute-bound, like a real model). lm-eval gets the HF export of the same weights; both score HellaSwag
-validation items (4 endings each), zero-shot.
+(compute-bound, like a real model); random-110m: stories110M's shape (dim 768, 12 layers), same tokenizer.
+lm-eval gets the HF export of the same weights; both score HellaSwag validation items (4 endings each,
+zero-shot) or MMLU test items (5-shot, the answer letters; long shared contexts, one-token continuations).
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ def build(name: str):
         return load_model(DATA / "stories260K/stories260K.bin"), load_tokenizer(DATA / "stories260K/tok512.bin")
     tok = load_tokenizer(DATA / "llama2-tokenizer/tokenizer.model")
     torch.manual_seed(0)
-    args = ModelArgs(dim=288, n_layers=6, n_heads=6, vocab_size=tok.vocab_size, max_seq_len=256, hidden_dim=768)
+    if name == "random-110m":
+        args = ModelArgs(dim=768, n_layers=12, n_heads=12, vocab_size=tok.vocab_size, max_seq_len=1024, hidden_dim=2048)
+    else:
+        args = ModelArgs(dim=288, n_layers=6, n_heads=6, vocab_size=tok.vocab_size, max_seq_len=1024, hidden_dim=768)
     return Transformer(args).eval(), tok
 
 
@@ -51,7 +56,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--items", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--model", default="stories260K", choices=["stories260K", "random-15m"])
+    parser.add_argument("--model", default="stories260K", choices=["stories260K", "random-15m", "random-110m"])
+    parser.add_argument("--task", default="hellaswag", choices=["hellaswag", "mmlu"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
@@ -68,10 +74,13 @@ def main() -> int:
     from peer_helpers import hf_tokenizer
     from llamaforge.eval.items import score_choice_items
     from llamaforge.eval.scoring import Scorer
-    from llamaforge.eval.tasks.multiple_choice import load_hellaswag
+    from llamaforge.eval.tasks.multiple_choice import load_hellaswag, load_mmlu
 
     model, tok = build(args.model)
-    items = load_hellaswag(DATA)[: args.items]
+    if args.task == "mmlu":  # every 50th test item: many subjects, each with its own 5-shot context
+        items = load_mmlu(DATA, 5)[:: 50][: args.items]
+    else:
+        items = load_hellaswag(DATA)[: args.items]
 
     scorer = Scorer(model, tok, batch_size=args.batch_size)
 
@@ -95,7 +104,7 @@ def main() -> int:
         at += len(it.choices)
 
     n = len(items)
-    print(f"model {args.model} ({model.num_params() / 1e6:.2f}M params), {n} HellaSwag items x 4 choices, "
+    print(f"model {args.model} ({model.num_params() / 1e6:.2f}M params), {n} {args.task} items x 4 choices, "
           f"batch size {args.batch_size}, torch {torch.__version__}, transformers {transformers.__version__}, "
           f"lm-eval {lm_eval.__version__}, {torch.get_num_threads()} threads")
     print(f"llamaforge Scorer       : {n / ours_s:8.1f} items/s ({ours_s:.2f} s)")

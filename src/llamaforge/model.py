@@ -302,14 +302,17 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.attention.cache = None
 
-    def forward(self, tokens: torch.Tensor, input_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, input_pos: Optional[torch.Tensor] = None, head: bool = True) -> torch.Tensor:
         """tokens [B, T] -> logits [B, T, vocab] (fp32).
 
         input_pos None: the tokens are positions 0..T-1 of their sequences, attended causally, no cache (training,
         scoring). input_pos [B, T] (needs setup_cache): the position of every token, each sequence its own, so
         sequences of different lengths decode in one batch (llamaforge.infer.engine); the keys and values go into
         the cache at those positions, and a query attends to its row's cache up to its own position. Positions are
-        not range-checked there (the engine checks them once per request)."""
+        not range-checked there (the engine checks them once per request).
+
+        head False: the last block's output [B, T, dim] instead, without the final norm and the vocabulary
+        projection (a caller that only fills the cache, e.g. the eval scorer's shared prefix, skips that matmul)."""
         seqlen = tokens.shape[1]
         if input_pos is None:
             if seqlen > self.rope_cos.shape[0]:
@@ -320,6 +323,8 @@ class Transformer(nn.Module):
         h = self.tok_embeddings(tokens)
         for layer in self.layers:
             h = layer(h, cos, sin, input_pos)
+        if not head:
+            return h
         return self.output(self.norm(h)).float()
 
     def num_params(self, non_embedding: bool = False) -> int:

@@ -8,7 +8,9 @@ Efficiency: a multiple-choice item asks for the same context with several contin
 once per item: its first `len(ctx) - 1` tokens (the "prefix") go through the model into the KV cache, the cache row
 is copied to one row per choice, and only `[ctx[-1]] + cont[:-1]` is run per choice. Items are sorted by length
 and batched (each row keeps its own positions, so prefixes of different lengths share a forward pass).
-Continuations that feed identical tokens (e.g. MMLU's single letters " A", " B", ...) are run once.
+Continuations that feed identical tokens (e.g. MMLU's single letters " A", " B", ...) are run once. The prefix
+pass stops before the vocabulary projection (`Transformer.forward(head=False)`: its logits would be thrown away),
+and log p(target) is read as logit - logsumexp, without a [rows, T, vocab] log-softmax tensor.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from llamaforge.infer.engine import Engine, Request, SamplingParams, cut_at_stop  # noqa: F401 (re-exported)
 
@@ -130,13 +131,15 @@ class Scorer:
         results: list[tuple[float, bool]] = [(0.0, True)] * len(requests)  # empty continuations: log 1
         for batch in self._batches(groups, rows):
             batch_rows = [r for g in batch for r in groups[g][1]]
-            logp = self._forward_rows([groups[g] for g in batch], rows)
+            logits = self._forward_rows([groups[g] for g in batch], rows)
+            # log p(target) = logit(target) - logsumexp(logits): no [rows, T, vocab] log-softmax tensor is made.
+            lse, greedy = logits.logsumexp(-1), logits.argmax(-1)
             for k, r in enumerate(batch_rows):
                 for q in requests_of_row[r]:
-                    lp = logp[k, : len(targets[q])]
-                    target = torch.tensor(targets[q], device=lp.device)
-                    total = lp.gather(-1, target[:, None]).sum().item()
-                    results[q] = (total, bool((lp.argmax(-1) == target).all()))
+                    n = len(targets[q])
+                    target = torch.tensor(targets[q], device=logits.device)
+                    total = (logits[k, :n].gather(-1, target[:, None])[:, 0] - lse[k, :n]).sum().item()
+                    results[q] = (total, bool((greedy[k, :n] == target).all()))
         return results
 
     def _truncate(self, ctx: list[int], cont: list[int]) -> tuple[list[int], list[int]]:
@@ -168,7 +171,7 @@ class Scorer:
             yield batch
 
     def _forward_rows(self, groups, rows) -> torch.Tensor:
-        """Log-softmax over the vocabulary at every fed position of every row of `groups`: [rows, feed_len, vocab].
+        """Logits (fp32) at every fed position of every row of `groups`: [rows, feed_len, vocab].
 
         Each row carries its own positions (`input_pos`), so prefixes of different lengths share the batch: right
         padding is harmless because a query only attends to keys at positions up to its own, and the continuation
@@ -186,7 +189,7 @@ class Scorer:
                 for k, (tokens, _) in enumerate(groups):
                     prefix[k, : len(tokens)] = torch.tensor(tokens)
                 pos = torch.arange(max_prefix, device=dev).expand(len(groups), -1)
-                model(prefix.to(dev), input_pos=pos)  # fills the cache; the prefix's own logits are not needed
+                model(prefix.to(dev), input_pos=pos, head=False)  # fills the cache; no logits are needed there
                 source = torch.tensor(row_group, device=dev)
                 for layer in model.layers:  # copy each group's cached prefix to all of its rows
                     cache = layer.attention.cache
@@ -199,7 +202,7 @@ class Scorer:
             logits = model(feed.to(dev), input_pos=start[:, None] + torch.arange(feed_len, device=dev))
         finally:
             model.clear_cache()
-        return F.log_softmax(logits.float(), dim=-1)
+        return logits.float()
 
     # ----------------------------------------------------------------------------------------------------------
     # generation
