@@ -199,10 +199,18 @@ class Scorer:
             for k, tokens in enumerate(feeds):
                 feed[k, : len(tokens)] = torch.tensor(tokens)
             start = torch.tensor([prefix_lens[g] for g in row_group], device=dev)
-            logits = model(feed.to(dev), input_pos=start[:, None] + torch.arange(feed_len, device=dev))
+            h = model(feed.to(dev), input_pos=start[:, None] + torch.arange(feed_len, device=dev), head=False)
         finally:
             model.clear_cache()
-        return logits.float()
+        # The vocabulary projection only where a row has a real token (padding's logits would be thrown away):
+        # the model's own final norm and output head on the packed positions, then back to [rows, feed_len, vocab].
+        real = torch.arange(feed_len)[None, :] < torch.tensor([len(f) for f in feeds])[:, None]
+        if bool(real.all()):
+            return model.output(model.norm(h)).float()
+        real = real.to(dev)
+        logits = torch.zeros(len(feeds), feed_len, model.args.vocab_size, device=dev)
+        logits[real] = model.output(model.norm(h[real])).float()
+        return logits
 
     # ----------------------------------------------------------------------------------------------------------
     # generation
