@@ -106,9 +106,28 @@ def _plots(rep: dict, folder: Path, flow) -> list[str]:
     import matplotlib.pyplot as plt
 
     made = []
-    loss_png = flow.out / "train" / "loss.png"
-    if loss_png.is_file():
-        shutil.copy(loss_png, folder / "loss.png")
+    metrics = flow.out / "train" / "metrics.jsonl"
+    if metrics.is_file():  # training loss, validation loss over the run, and each source's held-out loss at the end
+        from llamaforge.train.metrics import read_metrics
+
+        records = read_metrics(metrics)
+        train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+        val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        if train:
+            ax.plot(*zip(*train), lw=1, label="training loss")
+        if val:
+            ax.plot(*zip(*val), "o-", label="validation loss (mixture)")
+        last = train[-1][0] if train else 0
+        for i, (name, v) in enumerate((rep.get("val_loss") or {}).items()):
+            ax.plot([last], [v["val_loss"]], marker="_x+1234"[i % 8], ms=10, ls="", label=f"validation: {name}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("nats/token")
+        ax.set_title("loss")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(folder / "loss.png", dpi=100)
+        plt.close(fig)
         made.append("loss.png")
     eval_png = flow.out / "train" / "eval.png"  # benchmark scores during training (Figure 2), when [eval] ran
     if eval_png.is_file():
