@@ -146,3 +146,19 @@ def test_paper_recipes_fit_their_tensor_parallel_degree(name):
     assert args.n_heads % tp == 0 and args.ffn_hidden_dim % tp == 0 and args.vocab_size % tp == 0
     assert cfg.data.seq_len % tp == 0
     assert cfg.training.batch_tokens % (cfg.data.seq_len * cfg.training.micro_batch_size) == 0
+
+
+@pytest.mark.parametrize("arg", ["--optim.lr=-1", "--model.dim=0", "--parallel.dp_shard=0"])
+def test_range_error_names_the_flag_that_set_the_value(tmp_path, arg):
+    """A value out of range that came from the command line is blamed on the flag, not on the recipe file; one that
+    came from the file names the file."""
+    flag = arg.split("=")[0]
+    with pytest.raises(UserError) as e:
+        load_config("debug", [arg])
+    assert str(e.value).startswith(f"{flag}: expected"), str(e.value)
+    section, key = flag[2:].split(".")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f"[{section}]\n{key} = {arg.split('=')[1]}\n")
+    with pytest.raises(UserError) as e:
+        load_config(str(recipe))
+    assert str(e.value).startswith(f"{recipe}: {section}.{key}: expected"), str(e.value)

@@ -361,28 +361,41 @@ def load_config(recipe: str, overrides: list[str] = ()) -> TrainConfig:
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: not valid TOML ({e})") from None
     cfg = from_dict(data, str(path))
+    flags = {}  # "section.key" -> the command-line flag that set it last, so a range error names the flag
     for arg in overrides:
         section, key, value = parse_override(arg)
-        _set(cfg, section, key, value, arg.split("=", 1)[0])
-    validate(cfg, str(path))
+        flag = arg.split("=", 1)[0]
+        _set(cfg, section, key, value, flag)
+        flags[f"{section}.{key}"] = flag
+    validate(cfg, str(path), flags)
     return cfg
 
 
-def validate(cfg: TrainConfig, where: str = "config") -> None:
+def validate(cfg: TrainConfig, where: str = "config", flags: dict[str, str] | None = None) -> None:
     """Every field in its range (`RANGES`; the model's through `formats.weights.MODEL_RANGES`), then the checks
     that need more than one field. Raises UserError with one line that starts with `where` (the recipe file) and
-    names the field; called before anything is started or written."""
-    from llamaforge.formats.weights import check_field
+    names the field, or, for a value set on the command line, starts with its flag (`flags`: "section.key" ->
+    "--section.key"); called before anything is started or written."""
+    from llamaforge.formats.weights import MODEL_RANGES, check_field
+
+    flags = flags or {}
+
+    def origin(name: str) -> str:
+        return flags.get(name) or f"{where}: {name}"
 
     for (section, key), (kind, low, high, bounds) in RANGES.items():
-        value = check_range(getattr(getattr(cfg, section), key), kind, low, high, f"{where}: {section}.{key}",
+        value = check_range(getattr(getattr(cfg, section), key), kind, low, high, origin(f"{section}.{key}"),
                             bounds)
         setattr(getattr(cfg, section), key, value)
     if cfg.parallel.dp_shard == 0:
-        raise UserError(f"{where}: parallel.dp_shard: expected -1 (all processes left after tp) or a positive "
+        raise UserError(f"{origin('parallel.dp_shard')}: expected -1 (all processes left after tp) or a positive "
                         "degree, got 0")
     for name, value in cfg.model.overrides.items():
-        check_field(name, value, where, f"model.{name}")
+        if f"model.{name}" in flags and name in MODEL_RANGES:
+            kind, low, high, bounds = MODEL_RANGES[name]
+            check_range(value, kind, low, high, flags[f"model.{name}"], bounds)
+        else:
+            check_field(name, value, where, f"model.{name}")
     cfg.model_args(where)  # the model shape holds together (preset + overrides)
     if cfg.data.kind == "shards":
         if not cfg.data.sources:
