@@ -46,7 +46,7 @@ def run(args) -> int:
     import torch
 
     from llamaforge.errors import UserError
-    from llamaforge.eval import evaluate_task, evaluate_task_file, preset_of
+    from llamaforge.eval import check_counts, evaluate_task, evaluate_task_file, preset_of
     from llamaforge.eval.perplexity import perplexity, read_texts
     from llamaforge.eval.results import TaskResult, markdown_table, write_results
     from llamaforge.eval.scoring import Scorer
@@ -63,6 +63,11 @@ def run(args) -> int:
         raise UserError("eval: nothing to do; give --tasks, --task-file or --text")
     if tasks and args.data_dir is None:
         raise UserError("--data-dir: required with --tasks (the folder with the benchmark files)")
+    check_counts(args.limit, args.shots, prefix="--")  # before loading the model: a mistake costs nothing
+    for flag, value in (("--batch-size", args.batch_size), ("--samples", args.samples), ("--context", args.context),
+                        ("--stride", args.stride)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag}: expected an integer >= 1, got {value}")
 
     from llamaforge import load_model_and_tokenizer
 

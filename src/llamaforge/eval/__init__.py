@@ -24,6 +24,15 @@ from llamaforge.errors import UserError
 from llamaforge.eval.results import TaskResult, aggregate
 
 
+def check_counts(limit: int | None = None, shots: int | None = None, prefix: str = "") -> None:
+    """Refuse a `limit` below 1 or `shots` below 0 with a UserError naming the field (`prefix` + name, e.g.
+    "--limit"). Both are used as list slices, where 0 would silently mean "all items" and -1 "all but the
+    last" (`items[:-1]`): never what was asked. None means the default (all items / the task's shots)."""
+    for name, value, least in (("limit", limit, 1), ("shots", shots, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise UserError(f"{prefix}{name}: expected an integer >= {least}, got {value!r}")
+
+
 def preset_of(model) -> str | None:
     """The paper's preset name whose shape this model has (for putting the paper's number beside ours)."""
     from llamaforge.presets import PRESETS
@@ -42,6 +51,7 @@ def evaluate_task(scorer, name: str, data_dir, shots: int | None = None, limit: 
     """Run one registered task; returns the aggregate and the per-item metric dicts."""
     from llamaforge.eval.tasks import chance_level, get_task, paper_number, score_items
 
+    check_counts(limit, shots)
     task = get_task(name)
     shots = task.shots if shots is None or task.shots_fixed else shots
     try:
@@ -73,6 +83,7 @@ def evaluate_task_file(scorer, path, limit: int | None = None) -> tuple[TaskResu
     )
     from llamaforge.eval.taskfile import load_task_file
 
+    check_counts(limit)
     items = load_task_file(path)
     items = items[:limit] if limit else items
     if isinstance(items[0], ChoiceItem):
@@ -91,6 +102,7 @@ def evaluate(model, tokenizer, tasks: Sequence[str], data_dir, shots: int | None
     """
     from llamaforge.eval.scoring import Scorer
 
+    check_counts(limit, shots)
     scorer = Scorer(model, tokenizer, batch_size=batch_size)
     preset = preset_of(model)
     return [evaluate_task(scorer, t, data_dir, shots, limit, options, preset)[0] for t in tasks]
@@ -105,6 +117,7 @@ def training_evaluator(tasks: Sequence[str], data_dir, tokenizer, limit: int = 1
     from llamaforge.eval.scoring import Scorer
     from llamaforge.eval.tasks import get_task, score_items
 
+    check_counts(limit)
     if isinstance(tokenizer, (str, Path)):
         from llamaforge import load_tokenizer
 

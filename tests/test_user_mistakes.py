@@ -1,0 +1,62 @@
+"""Mistakes a new user made on real input (helper "user", notes/user.md): each is refused with one `error:` line
+naming the flag, exit 2, before any work, where it used to run and print a wrong result."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import shared_path
+from llamaforge import cli
+from llamaforge.formats import save_model
+from llamaforge.model import ModelArgs, Transformer
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny native checkpoint with Llama 2's tokenizer beside it, and a 3-item multiple-choice task file."""
+    import shutil
+
+    tok = shared_path("llama2-tokenizer/tokenizer.model")
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("user")
+    save_model(Transformer(ModelArgs(dim=32, n_layers=1, n_heads=4, vocab_size=32000, multiple_of=16,
+                                     max_seq_len=64)), root / "m", format="native")
+    shutil.copy(tok, root / "m" / "tokenizer.model")
+    items = [{"query": f"Question {i}:", "choices": [" yes", " no"], "gold": i % 2} for i in range(3)]
+    (root / "t.jsonl").write_text("".join(json.dumps(x) + "\n" for x in items))
+    return root
+
+
+@pytest.mark.parametrize("flag, value", [("--limit", "-1"), ("--limit", "0"), ("--shots", "-1"),
+                                         ("--batch-size", "0"), ("--samples", "0")])
+def test_eval_counts_below_range_are_refused(model_dir, tmp_path, capsys, flag, value):
+    """`--limit -1` was `items[:-1]` (all but the last item, reported as a normal result), `--limit 0` all items,
+    `--shots -1` printed shots=-1 in the table, `--batch-size 0` ran silently."""
+    out = tmp_path / "r.json"
+    capsys.readouterr()
+    rc = cli.main(["eval", str(model_dir / "m"), "--task-file", str(model_dir / "t.jsonl"), "--out", str(out),
+                   flag, value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {flag}: expected an integer >= "), err
+    assert not out.exists()
+
+
+def test_eval_limit_in_range_still_limits(model_dir, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert cli.main(["eval", str(model_dir / "m"), "--task-file", str(model_dir / "t.jsonl"), "--limit", "2",
+                     "--out", str(out)]) == 0
+    assert '| 2 |' in out.with_suffix(".md").read_text()
+
+
+def test_library_refuses_negative_limit(model_dir):
+    from llamaforge import load_model_and_tokenizer
+    from llamaforge.errors import UserError
+    from llamaforge.eval import evaluate_task_file
+    from llamaforge.eval.scoring import Scorer
+
+    model, tok = load_model_and_tokenizer(str(model_dir / "m"))
+    with pytest.raises(UserError, match="limit: expected an integer >= 1"):
+        evaluate_task_file(Scorer(model, tok), model_dir / "t.jsonl", limit=-1)
