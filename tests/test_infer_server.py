@@ -72,7 +72,7 @@ def server(tmp_path_factory):
     assert srv.started, "server did not start"
     # A second engine over a copy of the weights (an engine owns its model's caches) gives the expected text.
     reference = Engine(copy.deepcopy(model), tok, max_batch=1, max_seq_len=128)
-    yield {"base": f"http://127.0.0.1:{port}", "tok": tok, "engine": engine, "reference": reference}
+    yield {"base": f"http://127.0.0.1:{port}", "tok": tok, "engine": engine, "reference": reference, "app": app}
     srv.should_exit = True
     thread.join(timeout=10)
 
@@ -119,6 +119,25 @@ def test_raw_stream_ends_with_done(server):
         assert r.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in r.iter_lines() if line]
     assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
+
+
+@pytest.mark.parametrize("route, body", [("completions", {"prompt": "The dog"}),
+                                         ("chat/completions", {"messages": [{"role": "user", "content": "Hi"}]})])
+def test_stream_created_is_the_request_time(server, route, body):
+    """A streamed response's `created` is when the request came (as non-streamed ones), not the server's start
+    (found by helper "user": every stream carried the start time). The start time is moved back to tell them apart."""
+    state = server["app"].state.server
+    started, state.created = state.created, 1
+    before = int(time.time())
+    try:
+        with httpx.stream("POST", f"{server['base']}/v1/{route}", json={**body, "max_tokens": 2, "stream": True},
+                          timeout=60) as r:
+            lines = [line for line in r.iter_lines() if line.startswith("data: {")]
+    finally:
+        state.created = started
+    import json
+
+    assert lines and all(json.loads(line[6:])["created"] >= before for line in lines)
 
 
 def test_echo_logprobs_on_token_ids_like_lm_eval(server, client):

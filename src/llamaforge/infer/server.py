@@ -496,7 +496,7 @@ async def completions(srv: Server, http: HTTPRequest):
             for j in range(body.n)]
     cid, model = f"cmpl-{uuid.uuid4().hex}", body.model or srv.model_name
     if body.stream:
-        return _sse(_stream_completion(srv.run(jobs, http, watch=False), cid, model, srv.created, body, jobs,
+        return _sse(_stream_completion(srv.run(jobs, http, watch=False), cid, model, int(time.time()), body, jobs,
                                        srv.usage))
     requests = await srv.run_to_end(jobs, http)
     if requests is None:
@@ -522,7 +522,7 @@ async def chat_completions(srv: Server, http: HTTPRequest):
             for j in range(body.n)]
     cid, model = f"chatcmpl-{uuid.uuid4().hex}", body.model or srv.model_name
     if body.stream:
-        return _sse(_stream_chat(srv.run(jobs, http, watch=False), cid, model, srv.created, body, jobs, srv.usage))
+        return _sse(_stream_chat(srv.run(jobs, http, watch=False), cid, model, int(time.time()), body, jobs, srv.usage))
     requests = await srv.run_to_end(jobs, http)
     if requests is None:
         return JSONResponse({}, status_code=499)
