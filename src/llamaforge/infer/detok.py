@@ -261,8 +261,8 @@ def max_bytes_per_token(tokenizer) -> int | None:
         norm = proto.normalizer_spec
         identity = norm.name == "identity" and not norm.precompiled_charsmap and not norm.remove_extra_whitespaces
         return longest if identity and proto.trainer_spec.byte_fallback else None
-    if hasattr(tokenizer, "piece_bytes"):  # llama2.c: no normalization, byte tokens for every byte
-        return longest
+    if hasattr(tokenizer, "piece_bytes") or hasattr(tokenizer, "enc"):  # llama2.c, tiktoken: no normalization,
+        return longest  # and every byte is inside some token (byte tokens / byte-level BPE)
     if hasattr(tokenizer, "tok"):  # HF tokenizers: byte-level, or Llama's byte fallback with a space-only normalizer
         import json
 
