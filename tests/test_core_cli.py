@@ -132,3 +132,13 @@ def test_real_entry_point_has_no_traceback(tmp_path):
                            str(tmp_path / "out"), "--to", "hf"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope'}: no such file or folder"]
+
+
+@pytest.mark.parametrize("command", ["generate", "chat"])
+@pytest.mark.parametrize("flag,value", [("--temperature", "nan"), ("--temperature", "-1"), ("--top-p", "0"),
+                                        ("--top-p", "1.5"), ("--top-k", "-2"), ("--max-new-tokens", "-1")])
+def test_sampling_flag_out_of_range_is_named(capsys, tmp_path, command, flag, value):
+    """The flag that is out of range is named, before any model is loaded (the model path does not exist)."""
+    argv = [command, tmp_path / "no-model", flag, value] + (["--prompt", "x"] if command == "generate" else [])
+    rc, _, err = run_cli(capsys, *argv)
+    assert_one_line_error(rc, err, f"{flag}: expected")

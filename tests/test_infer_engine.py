@@ -178,3 +178,16 @@ def test_building_an_engine_leaves_the_callers_model_as_it_was():
     assert all(layer.attention.cache is None for layer in model.layers) and model.training
     for name, p in model.named_parameters():
         assert p is params[name][0] and torch.equal(p, params[name][1])
+
+
+@pytest.mark.parametrize("field,params", [("temperature", dict(temperature=float("nan"))),
+                                          ("temperature", dict(temperature=-0.5)), ("top_p", dict(top_p=0.0)),
+                                          ("top_k", dict(top_k=-1))])
+def test_sampling_params_out_of_range_are_refused(field, params):
+    """NaN compares false with everything, so `temperature < 0` let it through to the sampler (NaN probabilities)."""
+    from llamaforge.infer import RequestError
+
+    engine = Engine(tiny_model(), max_batch=1, max_seq_len=32)
+    with pytest.raises(RequestError) as e:
+        engine.submit(Request([1, 2, 3], SamplingParams(max_new_tokens=2, **params)))
+    assert e.value.field == field

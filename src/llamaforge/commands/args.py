@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from llamaforge.errors import UserError
+from llamaforge.errors import UserError, check_range
 
 # count suffixes: K/M/B(G)/T/P as powers of 1000 ("1.4T tokens", "65B parameters", the paper's spelling)
 COUNT_SUFFIXES = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12, "P": 1e15}
@@ -57,3 +57,13 @@ def parse_shapes(text: str, flag: str = "--shapes") -> list:
             raise UserError(f"{flag}: expected positive sizes, got {item!r}")
         shapes.append(Shape(dim, layers, head_dim=min(16, dim)))
     return shapes
+
+
+def check_sampling(args, min_new_tokens: int = 0) -> None:
+    """The sampling flags of `generate` and `chat` (--max-new-tokens, --temperature, --top-k, --top-p) in range:
+    a UserError naming the first flag that is not (NaN and infinity are never in range). The ranges are the
+    engine's (`infer.Engine.check`); here they are said in the flag's own name before a model is loaded."""
+    check_range(args.max_new_tokens, int, min_new_tokens, 2**31 - 1, "--max-new-tokens")
+    check_range(args.temperature, float, 0, float("inf"), "--temperature", "[)")
+    check_range(args.top_k, int, 0, 2**31 - 1, "--top-k")
+    check_range(args.top_p, float, 0, 1, "--top-p", "(]")

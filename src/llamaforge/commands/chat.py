@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 
+from llamaforge.commands.args import check_sampling
 from llamaforge.commands.serve import add_chat_template_argument, add_model_arguments, load_engine
 
 
@@ -26,8 +27,7 @@ def run(args) -> int:
     from llamaforge.infer import Request, SamplingParams
     from llamaforge.infer.templates import check_name, load_chat_format
 
-    if args.max_new_tokens < 1 or args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
-        raise UserError("--max-new-tokens >= 1, --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1 expected")
+    check_sampling(args, min_new_tokens=1)
     check_name(args.chat_template)
     engine = load_engine(args, max_batch=1)
     tok = engine.tokenizer

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
+from llamaforge.commands.args import check_sampling
 from llamaforge.commands.serve import add_model_arguments, load_engine
 
 
@@ -27,8 +28,7 @@ def run(args) -> int:
     from llamaforge.errors import UserError
     from llamaforge.infer import Request, SamplingParams
 
-    if args.max_new_tokens < 0 or args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
-        raise UserError("--max-new-tokens >= 0, --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1 expected")
+    check_sampling(args)
     if any(not s for s in args.stop):
         raise UserError("--stop: expected non-empty text")
     engine = load_engine(args, max_batch=1)

@@ -291,8 +291,8 @@ class Engine:
         if p.max_new_tokens is not None and (p.max_new_tokens < 0 or n + p.max_new_tokens > self.max_seq_len):
             raise RequestError("max_new_tokens", f"prompt ({n} tokens) plus {p.max_new_tokens} new tokens exceeds "
                                f"the context length {self.max_seq_len}", code="context_length_exceeded")
-        if p.temperature < 0 or not 0 < p.top_p <= 1 or p.top_k < 0:
-            raise RequestError("temperature" if p.temperature < 0 else "top_p" if p.top_k >= 0 else "top_k",
+        if not p.temperature >= 0 or not 0 < p.top_p <= 1 or p.top_k < 0:  # `not >=`: NaN is refused too
+            raise RequestError("temperature" if not p.temperature >= 0 else "top_p" if p.top_k >= 0 else "top_k",
                                "expected temperature >= 0, 0 < top_p <= 1, top_k >= 0")
 
     def submit(self, request: Request) -> Request:
