@@ -45,3 +45,10 @@ def test_measured_run(tmp_path, capsys):
     (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n")
     assert main(["plan", "--measured", str(run)]) == 2
     assert "elapsed_s" in capsys.readouterr().err
+
+
+def test_measured_run_killed_mid_line(tmp_path):
+    """A run killed while writing metrics.jsonl leaves a torn last line: the hours up to the record before count."""
+    lines = [json.dumps({"step": 10, "loss": 3.0, "elapsed_s": 1800.0, "devices": 2}), '{"step": 20, "loss": 2.']
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines))
+    assert measured_gpu_hours(tmp_path) == pytest.approx(1.0)

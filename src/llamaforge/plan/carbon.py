@@ -9,7 +9,6 @@ them from the GPU-hours of the same table.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,15 +60,19 @@ def paper_carbon_table(watts: float = PAPER_GPU_WATTS, pue: float = PAPER_PUE,
 
 def measured_gpu_hours(metrics_path) -> float:
     """GPU-hours of a training run from its metrics.jsonl: the last record's `elapsed_s` (wall seconds since the
-    run started) times its `devices`. Raises UserError when the file has no such record."""
+    run started) times its `devices`. Read by the trainer's own reader (`train.metrics.read_metrics`), so a run
+    killed while writing its last line still counts up to the record before. Raises UserError when the file cannot
+    be read or has no such record."""
+    from llamaforge.train.metrics import read_metrics
+
     path = Path(metrics_path)
     if path.is_dir():
         path = path / "metrics.jsonl"
     try:
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records = read_metrics(path)
     except (OSError, ValueError) as e:
         raise UserError(f"--measured: {path}: expected a training run's metrics.jsonl ({e})") from None
-    timed = [r for r in records if "elapsed_s" in r]
+    timed = [r for r in records if isinstance(r, dict) and "elapsed_s" in r]
     if not timed:
         raise UserError(f"--measured: {path}: elapsed_s: expected training records with elapsed_s and devices")
     last = timed[-1]
