@@ -60,3 +60,16 @@ def test_library_refuses_negative_limit(model_dir):
     model, tok = load_model_and_tokenizer(str(model_dir / "m"))
     with pytest.raises(UserError, match="limit: expected an integer >= 1"):
         evaluate_task_file(Scorer(model, tok), model_dir / "t.jsonl", limit=-1)
+
+
+@pytest.mark.parametrize("command", ["generate", "eval"])
+@pytest.mark.parametrize("device, names", [("nosuch", "--device: expected a torch device"),
+                                           ("cuda:99", "--device: 'cuda:99'")])
+def test_device_this_machine_lacks_is_one_line(model_dir, capsys, command, device, names):
+    """`generate --device cuda` on a CPU-only torch was an AssertionError traceback, `--device nosuch` a
+    RuntimeError traceback (every command that loads a model: generate, chat, serve, eval)."""
+    extra = ["--prompt", "x"] if command == "generate" else ["--task-file", str(model_dir / "t.jsonl")]
+    capsys.readouterr()
+    rc = cli.main([command, str(model_dir / "m"), "--device", device, *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and names in err[0], err

@@ -100,10 +100,34 @@ def detect_format(path) -> str:
     )
 
 
+def check_device(device) -> torch.device:
+    """`device` (a string like "cpu", "cuda", "cuda:1", or a torch.device) as a torch.device that exists here.
+
+    Raises UserError naming the device when torch cannot parse it, or when it names a CUDA / MPS device this
+    machine or this torch build does not have (torch would raise AssertionError or RuntimeError deep inside the
+    first tensor move)."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UserError(f"--device: expected a torch device such as cpu, cuda or cuda:0, got {device!r}") from None
+    if d.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            why = "this torch has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
+            raise UserError(f"--device: {device!r}: {why}; expected cpu")
+        if d.index is not None and d.index >= count:
+            raise UserError(f"--device: {device!r}: only {count} CUDA device(s) here (cuda:0..cuda:{count - 1})")
+    elif d.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device: {device!r}: MPS is not available here; expected cpu")
+    return d
+
+
 def load_model(path, device="cpu", dtype=torch.float32, format: str | None = None):
-    """Load a checkpoint of any known format into a `Transformer` (weights only, never code)."""
+    """Load a checkpoint of any known format into a `Transformer` (weights only, never code).
+    Raises UserError for an unknown format or a `device` this machine lacks (`check_device`)."""
+    device = check_device(device)
     fmt = format or detect_format(path)
-    model = _module(fmt).load(Path(path), device=torch.device(device), dtype=dtype)
+    model = _module(fmt).load(Path(path), device=device, dtype=dtype)
     model.eval()
     return model
 
