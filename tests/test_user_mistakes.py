@@ -73,3 +73,16 @@ def test_device_this_machine_lacks_is_one_line(model_dir, capsys, command, devic
     rc = cli.main([command, str(model_dir / "m"), "--device", device, *extra])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and names in err[0], err
+
+
+@pytest.mark.parametrize("workers", ["0", "-3"])
+def test_prepare_workers_below_one_is_refused(tmp_path, capsys, workers):
+    """`prepare books ... --workers 0` (or -3) ran as if 1 was given; now one line, exit 2, nothing written."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "b.txt").write_text("A small book.\n" * 50)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    rc = cli.main(["prepare", "books", str(tmp_path / "in"), "--out", str(out), "--workers", workers, "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"error: --workers: expected a count >= 1, got {workers}"], err
+    assert not out.exists()

@@ -464,10 +464,13 @@ def run(source: Source, out: str | os.PathLike, workers: int = 1, executor: str 
     `keep_dropped` > 0: up to that many dropped documents per stage and reason (and lines removed by a line-level
     stage, reason `removed_lines`) are written to `OUT/dropped/STAGE/REASON.jsonl`, in shard order.
     `max_doc_bytes`: documents above it are dropped as "too_large" when read; a document on which a stage raises
-    is dropped as "error: NAME" (see `_counted`).
+    is dropped as "error: NAME" (see `_counted`). Raises UserError for `workers` < 1, an unknown executor, no
+    input shards, or a negative `keep_dropped` / non-positive `max_doc_bytes`.
     """
     if executor not in ("local", "ray"):
         raise UserError(f"--executor: expected 'local' or 'ray', got {executor!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UserError(f"--workers: expected a count >= 1, got {workers!r}")  # 0 and -3 used to run as 1
     if not source.shards:
         raise UserError(f"{source.name}: no input shards found")
     if keep_dropped < 0:
