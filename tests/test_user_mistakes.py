@@ -86,3 +86,14 @@ def test_prepare_workers_below_one_is_refused(tmp_path, capsys, workers):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err == [f"error: --workers: expected a count >= 1, got {workers}"], err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("workers", ["0", "-3"])
+def test_tokenize_workers_below_one_is_refused(tmp_path, capsys, workers):
+    (tmp_path / "d.jsonl").write_text('{"text": "hello world"}\n')
+    capsys.readouterr()
+    rc = cli.main(["tokenize", "--tokenizer", str(shared_path("llama2-tokenizer/tokenizer.model")), "--input",
+                   str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "s"), "--workers", workers])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"error: --workers: expected a count >= 1, got {workers}"], err
+    assert not (tmp_path / "s").exists()

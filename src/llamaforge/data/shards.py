@@ -297,9 +297,12 @@ def tokenize(inputs, tokenizer_path, out_dir, source: str | None = None, workers
 
     `inputs`: files or folders (a folder means its *.jsonl / *.jsonl.gz); `source` defaults to the name of the first
     input without its extensions. Documents whose text encodes to no tokens are skipped and counted.
+    Raises UserError for `workers` < 1, a bad source name, missing inputs or an unusable tokenizer.
     """
     from llamaforge import load_tokenizer
 
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UserError(f"--workers: expected a count >= 1, got {workers!r}")  # 0 and -3 used to run as 1
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     files = input_files(inputs, JSONL_SUFFIXES)
