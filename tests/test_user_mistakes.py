@@ -97,3 +97,22 @@ def test_tokenize_workers_below_one_is_refused(tmp_path, capsys, workers):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err == [f"error: --workers: expected a count >= 1, got {workers}"], err
     assert not (tmp_path / "s").exists()
+
+
+def test_prepare_wikipedia_refuses_a_file_that_is_not_a_dump(tmp_path, capsys):
+    """A Stack Exchange Posts.xml given to `prepare wikipedia` by name was read as a dump with 0 pages and written
+    as an empty shard, exit 0. Now: one line naming the file and what was expected, exit 2, nothing written."""
+    posts = shared_path("stackexchange/beer.stackexchange.com-Posts.xml")
+    out = tmp_path / "out"
+    capsys.readouterr()
+    rc = cli.main(["prepare", "wikipedia", str(posts), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {posts}: expected a MediaWiki XML dump"), err
+    assert not out.exists()
+
+
+def test_prepare_wikipedia_still_takes_the_real_dump_by_name():
+    from llamaforge.data.sources.wikipedia import build
+
+    dump = shared_path("wikipedia-xml/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
+    assert build([str(dump)]).shards == [str(dump)]

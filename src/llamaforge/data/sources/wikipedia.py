@@ -24,6 +24,8 @@ from collections.abc import Iterator
 
 from llamaforge.data.pipeline import Doc, Result, Source, Stage
 from llamaforge.data.readers import iter_lines, match_inputs
+from llamaforge.io import STREAM_ERRORS, open_binary
+from llamaforge.errors import UserError
 
 PAPER_LANGUAGES = ("bg", "ca", "cs", "da", "de", "en", "es", "fr", "hr", "hu", "it", "nl", "pl", "pt", "ro", "ru",
                    "sl", "sr", "sv", "uk")
@@ -158,7 +160,26 @@ class WikiClean(Stage):
         return doc
 
 
+def check_is_dump(path: str) -> None:
+    """Raise UserError unless the first 64 KiB of `path` (decompressed) hold MediaWiki's `<mediawiki` root tag.
+
+    A file given by name is taken whatever its name, so without this a file of another kind (a Stack Exchange
+    Posts.xml, a WARC) was read as a dump with zero pages and "prepared" into an empty shard, exit 0."""
+    try:
+        with open_binary(path) as f:
+            head = f.read(1 << 16)
+    except (OSError, *STREAM_ERRORS) as e:
+        raise UserError(f"{path}: cannot be read as a (compressed) MediaWiki XML dump ({type(e).__name__})") from None
+    if b"<mediawiki" not in head:
+        raise UserError(f"{path}: expected a MediaWiki XML dump (a <mediawiki> export of <page> elements, e.g. "
+                        "enwiki-*-pages-articles.xml.bz2); none in its first 64 KiB")
+
+
 def build(inputs: list[str], languages: list[str] | None = None) -> Source:
+    """The Wikipedia source over `inputs` (dump files, or folders searched for DUMP_PATTERNS names). Raises
+    UserError for a missing input, a folder without dumps, or a file that is not a MediaWiki dump."""
     shards = match_inputs(inputs, DUMP_PATTERNS, NOT_DUMPS, what="Wikipedia dump")
+    for shard in shards:
+        check_is_dump(shard)
     return Source("wikipedia", shards, WikipediaReader(),
                   [WikiClean(tuple(languages) if languages else PAPER_LANGUAGES)])
