@@ -231,3 +231,16 @@ def test_bad_adapter_folders_are_one_line_errors(hf_export, tmp_path):
                                                          "target_modules": ["q_proj"]}))
     with pytest.raises(UserError, match="use_dora"):
         load_adapter(ours, bad)
+
+
+def test_truncated_adapter_weights_are_one_line(hf_export, tmp_path):
+    """A cut-short adapter_model.safetensors (a copy interrupted) is a UserError naming the file."""
+    ours, _ = hf_export
+    cfg = LoRAConfig(rank=2, alpha=4, targets="wq")
+    adapted = random_model()
+    apply_lora(adapted, cfg)
+    save_adapter(adapted.state_dict(), ARGS, cfg, tmp_path / "adapter")
+    weights = tmp_path / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-40])
+    with pytest.raises(UserError, match="adapter_model.safetensors: not a valid safetensors file"):
+        load_adapter(ours, tmp_path / "adapter")

@@ -313,14 +313,15 @@ def read_adapter_config(path) -> tuple[LoRAConfig, bool]:
 def load_adapter(model: Transformer, path) -> LoRAConfig:
     """Put the PEFT adapters at `path` on `model` (a plain, unparallelized Transformer), in place; returns their
     config. Missing or extra adapter tensors and shape mismatches are a UserError naming the file."""
-    from safetensors.torch import load_file
+    from llamaforge.formats.weights import read_safetensors
 
     path = Path(path)
     cfg, rslora = read_adapter_config(path)
     file = path / ADAPTER_WEIGHTS
     if not file.is_file():
         raise UserError(f"{file}: no such file (PEFT adapters are stored as {ADAPTER_WEIGHTS})")
-    tensors = from_peft(load_file(str(file)), model.args.n_heads, model.args.n_kv_heads, file)
+    # the project's one safetensors reader: a truncated or corrupt file is one line, not safetensors' traceback
+    tensors = from_peft(read_safetensors(file), model.args.n_heads, model.args.n_kv_heads, file)
     apply_lora(model, cfg, use_rslora=rslora)
     own = adapter_state_dict(model.state_dict())
     if set(own) != set(tensors):
