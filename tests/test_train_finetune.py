@@ -320,3 +320,18 @@ def test_finetuned_model_carries_its_template_to_serve_hf_and_gguf(tmp_path):
     field = GGUFReader(tmp_path / "m.gguf").fields["tokenizer.chat_template"]
     assert bytes(field.parts[field.data[0]]).decode() == source
     assert load_model(tmp_path / "hf") is not None
+
+
+@pytest.mark.parametrize("layout", ["jsonl", "json list"])
+def test_gzipped_data_reads_like_plain(tmp_path, layout):
+    """Instruction data gzipped (as datasets are often shipped) reads through the one JSONL reader: same records,
+    same FILE:LINE locations."""
+    import gzip
+
+    records = [{"instruction": "Add.", "input": "1+1", "output": "2"}, {"instruction": "Greet.", "output": "Hi."}]
+    text = json.dumps(records) if layout == "json list" else "".join(json.dumps(r) + "\n" for r in records)
+    (tmp_path / "d.jsonl").write_text(text)
+    (tmp_path / "d.jsonl.gz").write_bytes(gzip.compress(text.encode()))
+    plain_records, gz_records = read_records(tmp_path / "d.jsonl"), read_records(tmp_path / "d.jsonl.gz")
+    assert [r for _, r in gz_records] == [r for _, r in plain_records] == records
+    assert gz_records[1][0].endswith(".gz:2" if layout == "jsonl" else ".gz[1]")

@@ -69,26 +69,28 @@ def _messages(obj, where: str) -> list[dict] | None:
 
 
 def read_records(path) -> list[tuple[str, object]]:
-    """(location 'FILE:LINE' or 'FILE[i]', record) for every record of a JSON list or a JSONL file."""
+    """(location 'FILE:LINE' or 'FILE[i]', record) for every record of a JSON list (Alpaca's alpaca_data.json) or
+    a JSONL file, plain or gzip. JSONL goes through the project's one reader (`llamaforge.io.read_jsonl`: a line
+    that is not a JSON object is a `FILE:LINE` UserError); an unreadable file or a JSON list that does not parse
+    is a UserError too."""
+    from llamaforge.io import STREAM_ERRORS, open_binary, read_jsonl
+
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        with open_binary(path) as f:
+            is_list = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
+    except STREAM_ERRORS as e:
         raise UserError(f"{path}: cannot read ({e})") from None
-    if text.lstrip().startswith("["):  # one JSON list (Alpaca's alpaca_data.json)
+    if is_list:
         try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+            with open_binary(path) as f:
+                records = json.loads(f.read().decode("utf-8-sig"))
+        except STREAM_ERRORS as e:
+            raise UserError(f"{path}: cannot read ({e})") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"{path}:{getattr(e, 'lineno', 1)}: not valid JSON ({e})") from None
         return [(f"{path}[{i}]", r) for i, r in enumerate(records)]
-    out = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            out.append((f"{path}:{lineno}", json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}); expected one JSON object per line") from None
+    out = [(f"{path}:{lineno}", obj) for lineno, obj in read_jsonl(path)]
     if not out:
         raise UserError(f"{path}: no examples")
     return out
