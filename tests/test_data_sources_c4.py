@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from conftest import shared_path
-from data_helpers import run_source
+from data_helpers import CC_SAMPLES, run_source
 
 from llamaforge.data.sources.c4 import END_MARKS, POLICY, clean_page, count_sentences
 
@@ -56,3 +56,22 @@ def test_clean_page_rules():
     assert clean_page("Only one sentence survives in this short page.")[1] == "too_few_sentences"
     cited, _ = clean_page(f"Water boils at one hundred degrees.[1] {good}[citation needed]")
     assert cited == f"Water boils at one hundred degrees. {good}"
+
+
+def test_c4_badwords_list_is_used_by_default_with_phrases():
+    """The bundled list is C4's (the LDNOOBW commit TFDS pinned, 377 entries) and matches as TFDS does: whole
+    entries, phrases included, between non-word characters."""
+    from llamaforge.data.sources.c4 import BADWORDS, badwords_regex, build
+
+    assert BADWORDS.read_bytes() == shared_path("c4-badwords/en.txt").read_bytes()
+    entries = [w for w in BADWORDS.read_text(encoding="utf-8").splitlines() if w]
+    assert len(entries) == 377
+    phrase = next(w for w in entries if " " in w)
+    rx = badwords_regex(entries)
+    good = "The river rose in the spring. The town built a wall. Everyone was safe again."
+    assert rx.search(good.lower()) is None
+    assert rx.search(f"{good} And then {phrase} appeared.".lower())  # a multi-word entry (never matched before)
+    assert rx.search("classic assessment") is None  # inside a word is not a match
+    cc = [str(shared_path(CC_SAMPLES[0]))]
+    assert build(cc).stages[0].badwords == frozenset(entries)
+    assert build(cc, badwords="none").off == {"bad_words": "--badwords none"}

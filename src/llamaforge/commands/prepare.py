@@ -59,7 +59,8 @@ def _add_groups(p: argparse.ArgumentParser, groups: tuple[str, ...]) -> None:
         g.add_argument("--cutoff-sample", type=int,
                        help="crawl pages scored, once, to fix the head/middle cut-offs (10000)")
     if "c4" in groups:
-        p.add_argument_group("c4").add_argument("--badwords", help="file of bad words, one a line")
+        p.add_argument_group("c4").add_argument(
+            "--badwords", help="c4 (default: the list C4 used, bundled), a file of entries one a line, or none")
     if "wikipedia" in groups:
         p.add_argument_group("wikipedia").add_argument(
             "--languages", type=_names, help="dumps to use by language, e.g. en,de (default: the paper's 20)")

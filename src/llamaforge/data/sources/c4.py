@@ -5,7 +5,7 @@ files (read as in `commoncrawl`). Per line: strip; drop the line if a word is lo
 citation markers `[1]`, `[edit]`, `[citation needed]`; keep only lines ending in `.`, `?`, `!` or `"` (not `...`)
 with at least 5 words, without "javascript" and without a cookie / privacy / terms-of-use phrase. Per page: drop it
 if a kept line contains "lorem ipsum" or a curly brace `{`, if fewer than 3 sentences remain, if it is over 190,000
-characters, or (when a word list is given) if it contains a bad word. Then English only (langid score >= 0.99, as
+characters, or if it contains an entry of C4's bad-words list (bundled, CC BY 4.0; `badwords`). Then English only (langid score >= 0.99, as
 TFDS's langdetect threshold) and exact line dedup: each normalized line (stripped, lowercased, MD5) is kept in the
 first page that has it, after which pages are re-checked for 3 sentences.
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 from llamaforge.data.filters.dedup import LineDedup
 from llamaforge.data.filters.langid import LanguageFilter
@@ -25,6 +26,7 @@ from llamaforge.data.filters.quality import load_texts
 from llamaforge.data.pipeline import Doc, MapStage, Result, Source, Stage
 from llamaforge.data.readers import expand_inputs, iter_jsonl
 from llamaforge.data.sources.commoncrawl import CCReader
+from llamaforge.errors import UserError
 
 MIN_WORDS_PER_LINE = 5
 MIN_SENTENCES = 3
@@ -41,8 +43,20 @@ def count_sentences(text: str) -> int:
     return len(SENTENCE_END.findall(text))
 
 
-def clean_page(text: str, badwords: frozenset[str] = frozenset()) -> tuple[str | None, str | None]:
-    """C4's line and page rules: `(kept text, None)` or `(None, reason)`."""
+BADWORDS = Path(__file__).resolve().parents[1] / "assets" / "c4_badwords_en.txt"  # C4's list, see assets/NOTICE.md
+
+
+def badwords_regex(words) -> re.Pattern | None:
+    """TFDS's C4 bad-words test: an entry (a word, a phrase or an emoji) found in the lowercased page between
+    non-word characters or the text's ends, `(?:\\W|^)(w1|w2|...)(?:\\W|$)`; None for an empty list."""
+    words = sorted(words)
+    if not words:
+        return None
+    return re.compile(r"(?:\W|^)({})(?:\W|$)".format("|".join(re.escape(w) for w in words)))
+
+
+def clean_page(text: str, badwords: re.Pattern | None = None) -> tuple[str | None, str | None]:
+    """C4's line and page rules: `(kept text, None)` or `(None, reason)`; `badwords` from `badwords_regex`."""
     kept: list[str] = []
     for line in text.split("\n"):
         line = line.strip()
@@ -69,7 +83,7 @@ def clean_page(text: str, badwords: frozenset[str] = frozenset()) -> tuple[str |
         return None, "too_few_sentences"
     if len(page) > MAX_PAGE_CHARS:
         return None, "too_long"
-    if badwords and not badwords.isdisjoint(re.findall(r"\w+", page.lower())):
+    if badwords is not None and badwords.search(page.lower()):
         return None, "bad_words"
     return page, None
 
@@ -79,9 +93,10 @@ class C4Rules(Stage):
 
     def __init__(self, badwords: frozenset[str] = frozenset()):
         self.badwords = badwords
+        self._regex = badwords_regex(badwords)
 
     def __call__(self, doc: Doc) -> Result:
-        text, reason = clean_page(doc["text"], self.badwords)
+        text, reason = clean_page(doc["text"], self._regex)
         if reason:
             return reason
         doc["text"] = text
@@ -109,13 +124,20 @@ class C4Reader:
             yield {"text": obj["text"], "meta": meta}
 
 
-def build(inputs: list[str], badwords: str | None = None, lang_threshold: float = 0.99,
+def build(inputs: list[str], badwords: str | None = "c4", lang_threshold: float = 0.99,
           langid: str = "py3langid", languages: list[str] | None = None) -> Source:
-    words = frozenset()
-    if badwords:
-        words = frozenset(w.strip().lower() for w in load_texts([badwords]))
+    """C4's rules; `badwords`: "c4" (default: the list C4 used, bundled), a file (one entry a line) or "none"."""
+    words: frozenset[str] = frozenset()
+    off = {}
+    if badwords in (None, "none"):
+        off["bad_words"] = "--badwords none"
+    else:
+        path = BADWORDS if badwords == "c4" else Path(badwords)
+        if not path.is_file():
+            raise UserError(f"--badwords: {path}: expected a file of words, one a line (or c4, or none)")
+        words = frozenset(w.strip().lower() for w in load_texts([str(path)]) if w.strip())
     shards = expand_inputs(inputs, (".jsonl", ".jsonl.gz", ".json.gz", ".warc.gz", ".wet.gz", ".warc"))
-    return Source("c4", shards, C4Reader(), [
+    return Source("c4", shards, C4Reader(), off=off, stages=[
         C4Rules(words),
         LanguageFilter(languages or ["en"], lang_threshold, langid),
         LineDedup(mode="first", algo="md5", lowercase_only=True),
