@@ -228,7 +228,7 @@ def format_stats_table(stats: dict) -> str:
         names = ", ".join(Path(p).name for p in resumed["shards"])
         lines.append(f"resumed: {resumed['tasks_skipped']} of {resumed['tasks']} shard tasks were already done and "
                      f"skipped (their saved counts are included); first-segment shards skipped: {names or '-'}")
-    if stats.get("dropped_samples"):
+    if stats.get("dropped"):  # something was dropped and sampled
         lines.append(f"samples of dropped documents and removed lines: {stats['dropped_samples']}/STAGE/REASON.jsonl")
     return "\n".join(lines)
 
