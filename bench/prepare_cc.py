@@ -222,7 +222,7 @@ def spread(values: list[float]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--docs", type=int, default=5000)
-    p.add_argument("--workers", default="1,2")
+    p.add_argument("--workers", default="1")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--lid-docs", type=int, default=300)
     p.add_argument("--skip-datatrove", action="store_true")
@@ -253,12 +253,18 @@ def main() -> None:
         del Counter
         rows = []
         for w in [int(x) for x in args.workers.split(",")]:
-            ours = [spawn("ours", tmp, inputs, str(models), w, r, args.lid_docs) for r in range(args.repeats)]
+            ours = []
+            for r in range(args.repeats):
+                ours.append(spawn("ours", tmp, inputs, str(models), w, r, args.lid_docs))
+                print(json.dumps({"ours": ours[-1]}), flush=True)
             rate = [x["docs"] / (x["wall"] * w) for x in ours]
             row = {"workers": w, "docs": ours[0]["docs"], "kept": ours[0]["kept"], "steps": ours[0]["steps"],
                    "ours": spread(rate)}
             if not args.skip_datatrove:
-                dt = [spawn("datatrove", tmp, inputs, "", w, r, args.lid_docs) for r in range(args.repeats)]
+                dt = []
+                for r in range(args.repeats):
+                    dt.append(spawn("datatrove", tmp, inputs, "", w, r, args.lid_docs))
+                    print(json.dumps({"datatrove": dt[-1]}), flush=True)
                 dt_rate = [x["docs"] / (x["wall"] * w) for x in dt]
                 row.update(datatrove=spread(dt_rate), dt_docs=dt[0]["docs"],
                            ratio=f"{statistics.median(rate) / statistics.median(dt_rate):.2f}x")
