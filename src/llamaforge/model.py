@@ -238,8 +238,8 @@ class TransformerBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    """The LLaMA decoder: token embedding, n_layers `TransformerBlock`s, a final RMSNorm and an untied output
-    projection to vocab_size logits. Built initialized (`init_weights`); on the meta device it allocates nothing
+    """The LLaMA decoder: token embedding, n_layers `TransformerBlock`s, a final RMSNorm and an output projection
+    to vocab_size logits (its own matrix, or the embedding's when `args.tie_embeddings`, Llama 3.2 1B/3B). Built initialized (`init_weights`); on the meta device it allocates nothing
     and `init_rope` / `init_weights` are called once the parameters have storage."""
 
     def __init__(self, args: ModelArgs):
@@ -328,7 +328,10 @@ class Transformer(nn.Module):
         return self.output(self.norm(h)).float()
 
     def num_params(self, non_embedding: bool = False) -> int:
-        """Parameter count; with non_embedding, without the token embedding table (Kaplan et al. 2020's N, which
-        the FLOP formula in `plan.flops` uses; the output projection is counted)."""
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.tok_embeddings.weight.numel() if non_embedding else n
+        """Parameter count (a tied matrix once); with non_embedding, without the token embedding table (Kaplan et
+        al. 2020's N, which the FLOP formula in `plan.flops` uses): the output projection is counted, also when it
+        is the embedding's matrix (tied), since it is still a matmul."""
+        n = sum(p.numel() for p in self.parameters())  # parameters() yields a shared Parameter once
+        if not non_embedding or self.args.tie_embeddings:  # tied: the one matrix counts as the output projection
+            return n
+        return n - self.tok_embeddings.weight.numel()

@@ -151,13 +151,6 @@ def apply_lora(model: Transformer, cfg: LoRAConfig, use_rslora: bool = False) ->
     return adapted
 
 
-def init_lora(model: nn.Module) -> None:
-    """Re-initialize every adapter (A random, B = 0), e.g. after `to_empty` on a meta-device model."""
-    for m in model.modules():
-        if isinstance(m, LoRALinear):
-            m.reset_lora()
-
-
 def adapter_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Only the adapter tensors (`...lora_A.weight`, `...lora_B.weight`) of a model state dict."""
     return {k: v for k, v in state.items() if ".lora_A." in k or ".lora_B." in k}
