@@ -116,3 +116,25 @@ def test_prepare_wikipedia_still_takes_the_real_dump_by_name():
 
     dump = shared_path("wikipedia-xml/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
     assert build([str(dump)]).shards == [str(dump)]
+
+
+def test_convert_with_a_tokenizer_larger_than_the_model_is_refused(model_dir, tmp_path, capsys):
+    """`convert M OUT --tokenizer llama3` on a 32000-row model wrote a model + tokenizer pair that generate then
+    refuses; convert now applies the same check (`formats.check_tokenizer_fits`) before writing anything."""
+    llama3 = shared_path("llama3-tokenizer/tokenizer.model")
+    out = tmp_path / "out"
+    capsys.readouterr()
+    rc = cli.main(["convert", str(model_dir / "m"), str(out), "--to", "hf", "--tokenizer", str(llama3)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"error: {llama3}: tokenizer has 128256 tokens, the model only 32000 embedding rows; "
+                               "expected the model's own tokenizer"], err
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+@pytest.mark.parametrize("dst", ["/proc/llamaforge-user-test", "/proc/self/nosuch/m"])
+def test_convert_to_an_unwritable_place_is_one_line(model_dir, capsys, dst):
+    """`convert M /proc/x` was a FileNotFoundError traceback from mkdtemp (any writer using io.atomic_dir/file)."""
+    capsys.readouterr()
+    rc = cli.main(["convert", str(model_dir / "m"), dst, "--to", "hf"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {dst}: cannot write here ("), err

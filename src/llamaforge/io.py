@@ -66,15 +66,28 @@ def glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
+def _writable_beside(path: Path, make_temporary):
+    """Create `path`'s parent folder and call `make_temporary()` (mkdtemp/mkstemp beside `path`); an OSError there
+    (a read-only or pseudo file system, no permission, a parent that is a file, disk full) is the user's
+    destination, not a bug: UserError naming the path and the system's reason."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        return make_temporary()
+    except OSError as e:
+        raise UserError(f"{path}: cannot write here ({e.strerror or type(e).__name__}); expected a writable "
+                        "destination") from None
+
+
 @contextlib.contextmanager
 def atomic_dir(path: Path):
     """Yield a temporary folder beside `path`; on success it replaces `path`, on error it is removed.
 
-    Temporaries of an earlier writer that was killed (`.NAME.tmp-PID-*`) are removed first."""
+    Temporaries of an earlier writer that was killed (`.NAME.tmp-PID-*`) are removed first. Raises UserError
+    when nothing can be created beside `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
+    tmp = Path(_writable_beside(path, lambda: tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-",
+                                                                dir=path.parent)))
     tmp.chmod(_umask_mode(0o777))
     try:
         yield tmp
@@ -92,11 +105,11 @@ def atomic_dir(path: Path):
 
 @contextlib.contextmanager
 def atomic_file(path: Path, mode: str = "wb"):
-    """Yield an open file beside `path`; on success it is fsynced and renamed onto `path`."""
+    """Yield an open file beside `path`; on success it is fsynced and renamed onto `path`. Raises UserError when
+    nothing can be created beside `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
+    fd, tmp = _writable_beside(path, lambda: tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-",
+                                                              dir=path.parent))
     os.chmod(tmp, _umask_mode(0o666))
     try:
         with os.fdopen(fd, mode) as f:

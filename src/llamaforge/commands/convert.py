@@ -40,7 +40,7 @@ def _tokenizer_file(src: Path, fmt: str, given, scratch: Path):
     """The tokenizer to carry over: the given file, the one in the source folder, or a GGUF's embedded vocabulary
     (written to `scratch` as a SentencePiece model); None when there is none."""
     from llamaforge.errors import UserError
-    from llamaforge.tokenizer import TOKENIZER_FILES
+    from llamaforge.tokenizer import TOKENIZER_FILES, load_tokenizer
 
     if given is not None:
         if not Path(given).is_file():
@@ -70,8 +70,8 @@ def run(args) -> int:
 
     from llamaforge.commands.args import parse_bytes
     from llamaforge.errors import UserError
-    from llamaforge.formats import detect_format, load_model, save_model
-    from llamaforge.tokenizer import TOKENIZER_FILES
+    from llamaforge.formats import check_tokenizer_fits, detect_format, load_model, save_model
+    from llamaforge.tokenizer import TOKENIZER_FILES, load_tokenizer
 
     src, dst = Path(args.src), Path(args.dst)
     if src.resolve() == dst.resolve():
@@ -100,6 +100,8 @@ def run(args) -> int:
             options["tokenizer_path"] = tokenizer
         # Loaded in float32 and narrowed on write, after the range check (loading as fp16 would already be inf).
         model = load_model(src, dtype=torch.float32, format=fmt)
+        if tokenizer is not None:  # a tokenizer with more ids than the model has rows is not its own: refuse
+            check_tokenizer_fits(load_tokenizer(tokenizer), model)
         save_model(model, dst, format=args.to, shards=args.shards, **options)
     print(f"{src} ({fmt}) -> {dst} ({args.to}{f', {args.shards} shards' if args.shards != 1 else ''})")
     return 0

@@ -156,6 +156,15 @@ def find_tokenizer(path, fmt: str | None = None):
     return None
 
 
+def check_tokenizer_fits(tok, model) -> None:
+    """Raise UserError when tokenizer `tok` has more tokens than `model` has embedding rows: it is not the model's
+    tokenizer (its ids past the table would index out of range). Fewer is fine (a vocabulary padded to a multiple
+    of 64). Used wherever a model is paired with a tokenizer: loading for inference and `convert --tokenizer`."""
+    if tok.vocab_size > model.args.vocab_size:
+        raise UserError(f"{tok.path}: tokenizer has {tok.vocab_size} tokens, the model only "
+                        f"{model.args.vocab_size} embedding rows; expected the model's own tokenizer")
+
+
 def load_model_and_tokenizer(path, tokenizer=None, device="cpu", dtype=torch.float32, format: str | None = None):
     """A checkpoint of any format and its tokenizer: (Transformer, tokenizer). The one lookup every command uses.
 
@@ -176,9 +185,7 @@ def load_model_and_tokenizer(path, tokenizer=None, device="cpu", dtype=torch.flo
             raise UserError(f"{path}: no tokenizer found (none inside the model, no tokenizer.model, tokenizer.json "
                             "or tokenizer.bin beside it); give the tokenizer file (--tokenizer)")
     model = load_model(path, device=device, dtype=dtype, format=fmt)
-    if tok.vocab_size > model.args.vocab_size:
-        raise UserError(f"{tok.path}: tokenizer has {tok.vocab_size} tokens, the model only "
-                        f"{model.args.vocab_size} embedding rows; expected the model's own tokenizer")
+    check_tokenizer_fits(tok, model)
     return model, tok
 
 
