@@ -77,6 +77,7 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"finetune-{cfg.finetune.method}"
 
     before = _score(args, cfg.finetune.base, tokenizer) if master and args.eval and not args.resume else None
+    base_loss = _held_out_loss(cfg, examples) if master and not args.resume else None
     from llamaforge.train import train
 
     summary = train(cfg, out, resume=args.resume, trust_checkpoint=args.trust_checkpoint, examples=examples)
@@ -85,7 +86,7 @@ def run(args) -> int:
     _write_template(out / "final", template, tokenizer)
     after = _score(args, out / "final", tokenizer) if args.eval else None
     samples = _chat_samples(out / "final", tokenizer, template, cfg, examples, args.samples)
-    report = _report(cfg, summary, before, after, samples, args)
+    report = _report(cfg, summary, before, after, samples, args, base_loss)
     (out / "finetune_report.md").write_text(report)
     print(report, end="")
     loss = f"{summary.loss:.4f}" if summary.loss is not None else "-"
@@ -114,6 +115,22 @@ def _write_template(folder, fmt, tokenizer) -> None:
         config = {**json.loads(path.read_text()), **config}
     with atomic_file(path, "w") as f:
         f.write(json.dumps(config, indent=2) + "\n")
+
+
+def _held_out_loss(cfg, examples) -> float:
+    """The base model's loss on the run's held-out responses (the same examples and function the trainer's
+    validation uses), for the report's before/after."""
+    import contextlib
+
+    import torch
+
+    from llamaforge.train.loader import build_loader
+    from llamaforge.train.trainer import evaluate, load_base
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_base(cfg).to(device)
+    loader = build_loader(cfg, model.args.vocab_size, 0, 1, examples)
+    return evaluate(model, loader, cfg.metrics.val_batches, device, contextlib.nullcontext)
 
 
 def _score(args, model_path, tokenizer):
@@ -157,12 +174,13 @@ def _chat_samples(model_path, tokenizer, template, cfg, examples, n: int) -> lis
     return out
 
 
-def _report(cfg, summary, before, after, samples, args) -> str:
+def _report(cfg, summary, before, after, samples, args, base_loss=None) -> str:
+    held_out = f"{summary.val_loss:.4f}" if base_loss is None else f"{base_loss:.4f} (base) -> {summary.val_loss:.4f}"
     lines = [f"# Finetune report ({cfg.finetune.method})", "",
              f"- base: `{cfg.finetune.base}`; data: `{cfg.finetune.data}`; template: `{cfg.finetune.template}`",
              f"- steps: {summary.step}; final train loss "
              f"{summary.loss if summary.loss is not None else float('nan'):.4f}; "
-             f"held-out response loss {summary.val_loss:.4f}", ""]
+             f"held-out response loss ({cfg.finetune.val_examples} examples) {held_out}", ""]
     if before is not None or after is not None:
         lines += [f"## {args.eval} before and after (as the paper's Table 10)", "",
                   "| model | metric | n | value |", "|---|---|---|---|"]
