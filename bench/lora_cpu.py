@@ -1,6 +1,7 @@
 """CPU LoRA finetuning throughput and peak memory: llamaforge vs Hugging Face transformers + PEFT, same run.
 
-Same model (the `small-42m` shape: vocab 32000, dim 512, 8 layers, 8 heads, random weights, fp32), same LoRA
+Same model (the `small-42m` shape: vocab 32000, dim 512, 8 layers, 8 heads, the same random weights: HF's are
+llamaforge's through `formats.hf.hf_state_dict`, fp32), same LoRA
 (rank 8, alpha 16, dropout 0.05 on wq, wk, wv, wo = q/k/v/o_proj), same data (Alpaca examples from
 ../shared/data/alpaca rendered with the plain chat format and the Llama 2 tokenizer, masked to the responses,
 micro-batches of B rows padded to their longest), same optimizer (AdamW lr 3e-4 over the adapters) and loop
@@ -72,7 +73,11 @@ def run_one(runner: str, steps: int, batch: int, seq_len: int, warmup: int, out:
         import peft
         from peers import hf_llama
 
-        model = peft.get_peft_model(hf_llama(args), peft.LoraConfig(
+        from llamaforge.formats.hf import hf_state_dict
+
+        hf = hf_llama(args)
+        hf.load_state_dict(hf_state_dict(Transformer(args)))  # the same weights as llamaforge's (same seed)
+        model = peft.get_peft_model(hf, peft.LoraConfig(
             r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
 
         def loss_of(x, y):  # HF's own loss; shift_labels: y already holds each position's next token
@@ -145,6 +150,8 @@ def main():
         print(f"| {name} | {med[name][0]:.0f} ({', '.join(f'{v:.0f}' for v in tps)}) | {med[name][1]:.2f} "
               f"({', '.join(f'{v:.2f}' for v in mem)}) | {rs[0]['trainable']} |")
     best = {n: max(x["tokens_per_s"] for x in rs) for n, rs in results.items()}
+    print("last loss (same weights and data, so equal up to float noise and dropout's random draws): "
+          + ", ".join(f"{n} {rs[0]['last_loss']:.4f}" for n, rs in results.items()))
     print(f"ratio llamaforge / hf+peft: tokens/s median {med['llamaforge'][0] / med['hf+peft'][0]:.2f}x, "
           f"best {best['llamaforge'] / best['hf+peft']:.2f}x; peak memory {med['llamaforge'][1] / med['hf+peft'][1]:.2f}x")
 

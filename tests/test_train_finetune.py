@@ -259,7 +259,7 @@ def _held_out_loss(out: Path) -> float:
     from llamaforge.train.trainer import evaluate
 
     cfg = from_dict(json.loads((out / "config.json").read_text()))
-    model, tok = stories()
+    model, _ = stories()
     ex = build_examples(cfg.finetune.data, load_chat_format(cfg.finetune.template, tokenizer()), cfg.data.seq_len,
                         cfg.finetune.overflow, cfg.finetune.max_examples)
     loader = InstructionLoader(ex, cfg.training.micro_batch_size, cfg.training.seed, cfg.finetune.val_examples,

@@ -177,9 +177,9 @@ def test_forward_and_adapter_gradients_match_peft(hf_export, targets):
     theirs = from_peft(peft_adapter_grads(pm), ARGS.n_heads, ARGS.n_kv_heads, "peft grads")
     mine = {n: p.grad for n, p in ours.named_parameters() if ".lora_" in n}
     assert mine.keys() == theirs.keys() and len(mine) == ARGS.n_layers * len(parse_targets(targets)) * 2
-    for n in mine:
-        assert mine[n].abs().max() > 0, n
-        torch.testing.assert_close(mine[n], theirs[n], rtol=0, atol=1e-5, msg=n)
+    for n, grad in mine.items():
+        assert grad.abs().max() > 0, n
+        torch.testing.assert_close(grad, theirs[n], rtol=0, atol=1e-5, msg=n)
 
 
 def _hf_names(targets):

@@ -176,11 +176,11 @@ def _chat_samples(model_path, tokenizer, template, cfg, examples, n: int) -> lis
 
 def _report(cfg, summary, before, after, samples, args, base_loss=None) -> str:
     held_out = f"{summary.val_loss:.4f}" if base_loss is None else f"{base_loss:.4f} (base) -> {summary.val_loss:.4f}"
+    train_loss = summary.loss if summary.loss is not None else float("nan")
     lines = [f"# Finetune report ({cfg.finetune.method})", "",
              f"- base: `{cfg.finetune.base}`; data: `{cfg.finetune.data}`; template: `{cfg.finetune.template}`",
-             f"- steps: {summary.step}; final train loss "
-             f"{summary.loss if summary.loss is not None else float('nan'):.4f}; "
-             f"held-out response loss ({cfg.finetune.val_examples} examples) {held_out}", ""]
+             (f"- steps: {summary.step}; final train loss {train_loss:.4f}; "
+              f"held-out response loss ({cfg.finetune.val_examples} examples) {held_out}"), ""]
     if before is not None or after is not None:
         lines += [f"## {args.eval} before and after (as the paper's Table 10)", "",
                   "| model | metric | n | value |", "|---|---|---|---|"]

@@ -257,7 +257,6 @@ class InstructionLoader:
 
     def val_bytes_per_token(self) -> None:
         """None: the loss is over response tokens only, so bits per byte of the text would not mean what it says."""
-        return None
 
     def state_dict(self) -> dict:
         """The position: global examples consumed so far (the epoch's permutation follows from the seed)."""

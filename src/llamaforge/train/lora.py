@@ -145,7 +145,7 @@ def apply_lora(model: Transformer, cfg: LoRAConfig, use_rslora: bool = False) ->
             parent = getattr(block, parent_path)
             base = getattr(parent, attr)
             if isinstance(base, LoRALinear):
-                raise RuntimeError(f"layers.{i}.{PROJECTIONS[name][0]} already has an adapter")
+                raise TypeError(f"layers.{i}.{PROJECTIONS[name][0]} is already a LoRALinear (adapters applied twice)")
             setattr(parent, attr, LoRALinear(base, cfg.rank, s, cfg.dropout))
             adapted.append(f"layers.{i}.{PROJECTIONS[name][0]}")
     return adapted
@@ -190,7 +190,7 @@ def merge_lora(model: Transformer) -> Transformer:
 
 def _peft_name(meta_key: str) -> tuple[str, str, str]:
     """'layers.3.attention.wq.lora_B.weight' -> (PEFT name, projection 'wq', 'lora_B')."""
-    _, i, sub, proj, lora, _ = meta_key.split(".")
+    _, i, _, proj, lora, _ = meta_key.split(".")
     hf = PROJECTIONS[proj][1]
     return f"{PEFT_PREFIX}.{i}.{hf}.{lora}.weight", proj, lora
 
