@@ -75,8 +75,10 @@ def run_one(runner: str, steps: int, batch: int, seq_len: int, warmup: int, out:
 
         from llamaforge.formats.hf import hf_state_dict
 
+        same = hf_state_dict(Transformer(args))  # llamaforge's weights: the first draw after the seed, as there
         hf = hf_llama(args)
-        hf.load_state_dict(hf_state_dict(Transformer(args)))  # the same weights as llamaforge's (same seed)
+        hf.load_state_dict(same)
+        del same
         model = peft.get_peft_model(hf, peft.LoraConfig(
             r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
 
@@ -85,11 +87,12 @@ def run_one(runner: str, steps: int, batch: int, seq_len: int, warmup: int, out:
     model.train()
     opt = build_optimizer(model, OptimConfig(lr=3e-4, weight_decay=0.0))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    tokens, t0 = 0, None
+    tokens, t0, first = 0, None, None
     for k, (x, y) in enumerate(data):
         if k == warmup:
             t0 = time.perf_counter()
         loss = loss_of(x, y)
+        first = loss.item() if first is None else first
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         opt.step()
@@ -99,7 +102,7 @@ def run_one(runner: str, steps: int, batch: int, seq_len: int, warmup: int, out:
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     out.write_text(json.dumps({"tokens_per_s": tokens / seconds, "peak_rss_gib": peak, "trainable": trainable,
-                               "last_loss": loss.item()}))
+                               "first_loss": first, "last_loss": loss.item()}))
 
 
 def main():
@@ -150,7 +153,9 @@ def main():
         print(f"| {name} | {med[name][0]:.0f} ({', '.join(f'{v:.0f}' for v in tps)}) | {med[name][1]:.2f} "
               f"({', '.join(f'{v:.2f}' for v in mem)}) | {rs[0]['trainable']} |")
     best = {n: max(x["tokens_per_s"] for x in rs) for n, rs in results.items()}
-    print("last loss (same weights and data, so equal up to float noise and dropout's random draws): "
+    print("loss at step 0 (same weights and data, B = 0: equal up to float noise): "
+          + ", ".join(f"{n} {rs[0]['first_loss']:.6f}" for n, rs in results.items())
+          + "; last step (dropout draws differ): "
           + ", ".join(f"{n} {rs[0]['last_loss']:.4f}" for n, rs in results.items()))
     print(f"ratio llamaforge / hf+peft: tokens/s median {med['llamaforge'][0] / med['hf+peft'][0]:.2f}x, "
           f"best {best['llamaforge'] / best['hf+peft']:.2f}x; peak memory {med['llamaforge'][1] / med['hf+peft'][1]:.2f}x")
