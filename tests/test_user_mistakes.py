@@ -138,3 +138,23 @@ def test_convert_to_an_unwritable_place_is_one_line(model_dir, capsys, dst):
     rc = cli.main(["convert", str(model_dir / "m"), dst, "--to", "hf"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {dst}: cannot write here ("), err
+
+
+def test_flow_dry_run_refuses_a_bad_train_recipe_as_the_run_does(tmp_path, capsys):
+    """`llamaforge run FLOW --dry-run` with `[train] set = {"optim.lr" = -1}` printed "training: not planned: ..."
+    and exited 0, while the real run refuses the same flow at once with exit 2. A dry run exists to catch that."""
+    books = tmp_path / "books"
+    books.mkdir()
+    (books / "b.txt").write_text("A small book.\n" * 50)
+    flow = tmp_path / "f.toml"
+    flow.write_text(f'[run]\nout = "{tmp_path / "run"}"\n[sources.books]\nkind = "books"\ninputs = ["{books}"]\n'
+                    '[train]\nset = { "optim.lr" = -1 }\n')
+    for extra in (["--dry-run"], []):
+        capsys.readouterr()
+        rc = cli.main(["run", str(flow), "--no-progress", *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and err == [f"error: {flow}: train: optim.lr: expected a number in (0, 10], got -1.0"], err
+    assert not (tmp_path / "run").exists()
+    # stopping before training, the recipe is not needed: the dry run says so and succeeds
+    assert cli.main(["run", str(flow), "--dry-run", "--until", "tokenize"]) == 0
+    assert "training: not planned" in capsys.readouterr().out

@@ -386,6 +386,12 @@ def describe(flow: Flow, until: str = "report", start: str | None = None) -> str
         lines.append(f"  {stage:<10} {state}")
     try:
         tcfg = flow.train_config()
+    except UserError as e:
+        if STAGES.index(until) >= STAGES.index("train"):
+            raise  # the run would refuse it before any work (`Flow.run`): so does its dry run, with exit 2
+        lines.append(f"\ntraining: not planned: {e}")
+        return "\n".join(lines)
+    try:
         t = tcfg.training
         total = t.steps * t.batch_tokens // tcfg.data.seq_len * (tcfg.data.seq_len + 1)
         lines.append(f"\ntraining: {t.steps:,} steps x {t.batch_tokens:,} tokens = {t.steps * t.batch_tokens:,} "
