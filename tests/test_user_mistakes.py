@@ -158,3 +158,29 @@ def test_flow_dry_run_refuses_a_bad_train_recipe_as_the_run_does(tmp_path, capsy
     # stopping before training, the recipe is not needed: the dry run says so and succeeds
     assert cli.main(["run", str(flow), "--dry-run", "--until", "tokenize"]) == 0
     assert "training: not planned" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_flow_no_progress_reaches_the_training_bar(tmp_path, monkeypatch, progress):
+    """`llamaforge run FLOW --no-progress` still drew tqdm's training bar (the recipe's metrics.progress won)."""
+    import llamaforge.train
+    from llamaforge.run import Flow, load_flow
+
+    flow_file = tmp_path / "f.toml"
+    flow_file.write_text(f'[run]\nout = "{tmp_path / "run"}"\n[sources.books]\nkind = "books"\n'
+                         f'inputs = ["{tmp_path}"]\n[train]\nrecipe = "demo"\n')
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(cfg, *a, **k):
+        seen.append(cfg.metrics.progress)
+        raise Stop
+
+    monkeypatch.setattr(llamaforge.train, "train", fake_train)
+    flow = Flow(load_flow(str(flow_file)), progress=progress)
+    monkeypatch.setattr(flow, "check_unchanged", lambda *a: False)
+    with pytest.raises(Stop):
+        flow.stage_train(flow.stage_configs())
+    assert seen == [progress]

@@ -302,6 +302,8 @@ class Flow:
         from llamaforge.commands.train import eval_callback  # [eval] of the train config: Figure-2 scores
 
         cfg = self.train_config()
+        if not self.progress:  # `run --no-progress` covers the training bar too (not part of the stage's hash)
+            cfg.metrics.progress = False
         summary = train(cfg, self.out / "train", resume="auto", on_eval=eval_callback(cfg))
         _write_json(self.out / "train" / "summary.json", dataclasses.asdict(summary))
         self.mark("train", confs["train"])
