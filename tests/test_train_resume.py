@@ -81,6 +81,10 @@ def test_exact_resume_after_sigkill(straight, tmp_path):
     a = load_file(straight / "final" / "model.safetensors")
     b = load_file(tmp_path / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the wall time goes on from the checkpoint (plan --measured reads the last elapsed_s as the run's hours)
+    timed = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "elapsed_s" in r]
+    before = max(r["elapsed_s"] for r in timed if r["step"] <= 10)  # logged by the killed process
+    assert min(r["elapsed_s"] for r in timed if r["step"] > 10) > before
 
 
 def test_kill_during_checkpoint_write_resumes_from_previous(straight, tmp_path):

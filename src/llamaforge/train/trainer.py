@@ -409,7 +409,7 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None, trust_checkpoint
         sequences = t.steps * cfg.training.batch_tokens // cfg.data.seq_len
         print(format_plan(*loader.plan(sequences * (cfg.data.seq_len + 1))), flush=True)
 
-    start = 0
+    start, elapsed_before = 0, 0.0  # wall seconds the run spent before this process (a resumed run's earlier part)
     ckpt_root = out_dir / "checkpoints"
     if resume:
         path = checkpoint.latest(ckpt_root) if resume == "auto" else Path(resume)
@@ -420,6 +420,7 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None, trust_checkpoint
             start = train_state["step"]
             scheduler.load_state_dict(train_state["scheduler"])
             guard.load_state_dict(train_state["spike_guard"])
+            elapsed_before = float(train_state.get("elapsed_s", 0.0))  # absent in checkpoints of older versions
             loader.load_state_dict(rank_state["loader"])
             if master:
                 print(f"resumed from {path} at step {start}")
@@ -478,7 +479,7 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None, trust_checkpoint
         if master and (done % cfg.metrics.log_every == 0 or done == t.steps or skipped):  # every skip is logged
             last = {"step": done, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                     **speed.update(tokens_since_log), **memory_stats(device),
-                    "elapsed_s": time.time() - started, "devices": world}  # for `plan --measured`
+                    "elapsed_s": elapsed_before + time.time() - started, "devices": world}  # for `plan --measured`
             if skipped:
                 last["skipped"] = skipped
                 (progress.write if progress is not None else print)(f"step {done}: update skipped: {skipped}")
@@ -516,7 +517,7 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None, trust_checkpoint
         # 5. checkpoint (collective)
         if (cfg.checkpoint.every and done % cfg.checkpoint.every == 0) or done == t.steps:
             train_state = {"scheduler": scheduler.state_dict(), "spike_guard": guard.state_dict(),
-                           "config": cfg.to_dict()}
+                           "config": cfg.to_dict(), "elapsed_s": elapsed_before + time.time() - started}
             checkpoint.save(ckpt_root, done, model, optimizer, train_state,
                             {"loader": loader.state_dict()}, cfg.checkpoint.keep_last_k)
 
