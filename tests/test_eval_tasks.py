@@ -20,7 +20,8 @@ from llamaforge.eval.items import (
 )
 from llamaforge.eval.perplexity import document_nll, windows
 from llamaforge.eval.results import aggregate, markdown_table, to_json
-from llamaforge.eval.scoring import Scorer, cut_at_stop
+from llamaforge.eval.scoring import Scorer
+from llamaforge.infer.detok import cut_at_stop
 from llamaforge.eval.taskfile import load_task_file
 from llamaforge.eval.tasks import TASKS, get_task
 from llamaforge.eval.tasks.gsm8k import extract_number
@@ -267,7 +268,7 @@ class ScriptedScorer:
         return [len(self.texts) - 1]
 
     def generate_many(self, prompts, until, max_new_tokens, temperature=0.0, num_samples=1, **kwargs):
-        from llamaforge.eval.scoring import cut_at_stop
+        from llamaforge.infer.detok import cut_at_stop
 
         return [[cut_at_stop(c, until) for c in self.answer(self.texts[p[0]])][:num_samples] for p in prompts]
 

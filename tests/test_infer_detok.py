@@ -9,7 +9,6 @@ import random
 import sys
 
 import pytest
-import torch
 from conftest import shared_path
 from infer_helpers import ScriptedModel, bigram_model
 

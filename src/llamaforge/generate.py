@@ -5,10 +5,7 @@ detokenizer (`infer/detok.py`), whichever surface asks.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
-
-if TYPE_CHECKING:
-    import torch
+from typing import Callable, Optional, Sequence
 
 # torch and the engine are imported inside the functions: `llamaforge/__init__.py` imports `generate` from here
 # eagerly (a lazy attribute would be shadowed by this submodule once imported), and `import llamaforge` must stay

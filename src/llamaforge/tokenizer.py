@@ -15,7 +15,6 @@ templates (`llamaforge.infer.templates`), which look them up with `special_token
 
 from __future__ import annotations
 
-import base64
 import heapq
 import json
 import re

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llamaforge.infer.engine import Engine, Request, SamplingParams, cut_at_stop  # noqa: F401 (re-exported)
+from llamaforge.infer.engine import Engine, Request, SamplingParams
 
 Tokens = Sequence[int]
 

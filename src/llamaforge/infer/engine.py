@@ -42,12 +42,12 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from llamaforge.infer.detok import Detokenizer, cut_at_stop
+from llamaforge.infer.detok import Detokenizer
 from llamaforge.infer.layout import decode_layout
 from llamaforge.infer.sampling import sample_next
 from llamaforge.model import KVCache, Transformer
 
-__all__ = ["Engine", "Request", "RequestError", "SamplingParams", "cut_at_stop"]
+__all__ = ["Engine", "Request", "RequestError", "SamplingParams"]
 
 
 class RequestError(ValueError):
