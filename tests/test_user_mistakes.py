@@ -184,3 +184,17 @@ def test_flow_no_progress_reaches_the_training_bar(tmp_path, monkeypatch, progre
     with pytest.raises(Stop):
         flow.stage_train(flow.stage_configs())
     assert seen == [progress]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "no-such-host.invalid"])
+def test_serve_on_a_port_in_use_or_a_bad_host_is_one_line(model_dir, capsys, host):
+    """`serve M --port P` with P in use: uvicorn logged `ERROR: [Errno 98] ... address already in use` after loading
+    the model and exited 3. Now one line, exit 2, before the model is loaded."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        capsys.readouterr()
+        rc = cli.main(["serve", str(model_dir / "m"), "--host", host, "--port", str(port)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: --host/--port: cannot listen on {host}:{port} ("), err

@@ -63,6 +63,22 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model-name", default=None, help="the id /v1/models reports (default: MODEL's name)")
 
 
+def _check_listen(host: str, port: int) -> None:
+    """Raise UserError when `host:port` cannot be listened on (in use, a host name that does not resolve, an
+    address not on this machine), before the model is loaded; uvicorn would log it and exit 3 after loading.
+    A port taken between this check and uvicorn's bind is still uvicorn's message."""
+    import socket
+
+    from llamaforge.errors import UserError
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise UserError(f"--host/--port: cannot listen on {host}:{port} ({e.strerror or e}); expected a free port "
+                        "on an address of this machine") from None
+
+
 def run(args) -> int:
     from llamaforge.errors import UserError
     from llamaforge.infer.templates import check_name, load_chat_format
@@ -73,6 +89,7 @@ def run(args) -> int:
     if not 0 <= args.port < 65536:
         raise UserError("--port: expected 0..65535")
     check_name(args.chat_template)  # fail before loading the model
+    _check_listen(args.host, args.port)
     engine = load_engine(args, args.max_batch)
     load_chat_format(args.chat_template, engine.tokenizer)  # a bad template fails here, before the server starts
     name = args.model_name or Path(args.model).name
