@@ -198,3 +198,18 @@ def test_serve_on_a_port_in_use_or_a_bad_host_is_one_line(model_dir, capsys, hos
         rc = cli.main(["serve", str(model_dir / "m"), "--host", host, "--port", str(port)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: --host/--port: cannot listen on {host}:{port} ("), err
+
+
+@pytest.mark.parametrize("flag, value", [("--vocab-size", "0"), ("--vocab-size", "-5"), ("--max-sentences", "0")])
+def test_tokenizer_train_counts_below_one(tmp_path, capsys, flag, value):
+    """`tokenizer train --vocab-size 0` answered with SentencePiece's internals
+    (`INTERNAL: src/trainer_interface.cc(78) [(trainer_spec.vocab_size()) > (0)]`)."""
+    (tmp_path / "d.jsonl").write_text('{"text": "hello world"}\n')
+    flags = {"--vocab-size": "300", "--max-sentences": "1000", flag: value}
+    argv = ["tokenizer", "train", "--input", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "tok")]
+    argv += [x for kv in flags.items() for x in kv]
+    capsys.readouterr()
+    rc = cli.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"error: {flag}: expected a positive integer, got {value}"], err
+    assert not list(tmp_path.glob("tok*")) and not list(tmp_path.glob(".tok*"))

@@ -146,8 +146,12 @@ def train_tokenizer(inputs, vocab_size: int, out_prefix, max_sentences: int = 2_
                     num_threads: int = NUM_THREADS, verbose: bool = False) -> Path:
     """Train on `inputs` (files or folders) and write `out_prefix.model` (atomically) and `out_prefix.vocab`.
 
-    Returns the `.model` path; it loads with `llamaforge.load_tokenizer`.
+    Returns the `.model` path; it loads with `llamaforge.load_tokenizer`. Raises UserError for a `vocab_size` or
+    `max_sentences` below 1 (before reading anything), missing inputs, or a vocabulary the sample cannot fill.
     """
+    for flag, value in (("--vocab-size", vocab_size), ("--max-sentences", max_sentences)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{flag}: expected a positive integer, got {value!r}")
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     files = input_files(inputs)
