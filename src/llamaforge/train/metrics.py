@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 
 from llamaforge.errors import UserError
+from llamaforge.io import atomic_file
 from llamaforge.plan.flops import peak_flops_of
+
 
 def device_peak_flops(device: torch.device) -> float | None:
     """The dense bf16 peak (FLOP/s) of `device` from the device table in `plan.flops`, or None (CPUs, unknown
@@ -74,7 +76,8 @@ class MetricsWriter:
         if not self.path.exists():
             return
         keep = [line for line in _intact_lines(self.path) if json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        with atomic_file(self.path, "w") as f:  # a kill during the rewrite must not lose the run's history
+            f.write("".join(line + "\n" for line in keep))
 
     def write(self, record: dict) -> None:
         """Append one record (a JSON line, flushed) and its numeric values as TensorBoard scalars at record["step"]."""

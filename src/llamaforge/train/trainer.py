@@ -27,6 +27,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from llamaforge.errors import UserError
+from llamaforge.io import atomic_file
 from llamaforge.model import Transformer
 from llamaforge.plan.flops import flops_per_token
 from llamaforge.train import checkpoint
@@ -430,7 +431,8 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None, trust_checkpoint
     writer = None
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        with atomic_file(out_dir / "config.json", "w") as f:
+            f.write(json.dumps(cfg.to_dict(), indent=2) + "\n")
         writer = MetricsWriter(out_dir, cfg.metrics.tensorboard, resume_step=start)
         n_total, n_nonemb = Transformer.num_params(model), Transformer.num_params(model, non_embedding=True)
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -534,7 +536,8 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None, trust_checkpoint
         plot_eval(out_dir / "metrics.jsonl", out_dir / "eval.png")
         stats = loader.stats()
         if stats:
-            (out_dir / "data_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+            with atomic_file(out_dir / "data_stats.json", "w") as f:
+                f.write(json.dumps(stats, indent=2) + "\n")
         if guard.skipped:
             print(f"{guard.skipped} of {t.steps} updates were skipped by the spike guard (see metrics.jsonl)")
     if dist.is_initialized():
