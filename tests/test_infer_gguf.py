@@ -179,3 +179,21 @@ def test_fast_metadata_reader_equals_gguf_py():
     assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
     for a, b in zip(ours.tensors, theirs.tensors):
         assert a.tensor_type == b.tensor_type and a.data.shape == b.data.shape and np.array_equal(a.data, b.data)
+
+
+def test_export_removes_what_a_killed_export_left(tmp_path):
+    """A GGUF export killed mid-write leaves `.NAME.tmp-PID` (as large as the model); the next export removes it
+    when that process is gone, and leaves a live writer's temporary alone."""
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    stale = tmp_path / f".m.gguf.tmp-{int(dead.stdout)}"
+    live = tmp_path / f".m.gguf.tmp-{os.getppid()}"
+    stale.write_bytes(b"GGUF" + bytes(100))
+    live.write_bytes(b"GGUF")
+    save_model(Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=32, multiple_of=16)),
+               tmp_path / "m.gguf", format="gguf")
+    assert (tmp_path / "m.gguf").is_file() and not stale.exists() and live.exists()

@@ -135,6 +135,8 @@ def save(root: Path, step: int, model, optimizer, train_state: dict, rank_state:
 def check_written_here(path: Path, root: Path) -> None:
     """Refuse a checkpoint folder outside `root` (this run's checkpoints folder): resuming unpickles DCP's
     `.metadata` (torch.distributed.checkpoint, as torchtitan does), so a crafted folder could run code."""
+    if not Path(path).is_dir():  # say what is wrong first: a typo is not a trust question
+        raise UserError(f"{path}: --resume: no such checkpoint folder; expected OUT/checkpoints/step_N or 'auto'")
     path, root = Path(path).resolve(), Path(root).resolve()
     if root not in path.parents:
         raise UserError(f"{path}: --resume: this checkpoint was not written by this run (not under {root}); "
@@ -147,6 +149,8 @@ def _short(e: BaseException) -> str:
     if isinstance(e, CheckpointException) and e.failures:
         e = next(iter(e.failures.values()))
         e = getattr(e, "exc", e)
+        if isinstance(e, tuple):  # torch's failure entries are (exception, traceback frames)
+            e = e[0]
     text = " ".join(str(e).split())
     return (text[:300] + " ...") if len(text) > 300 else text or type(e).__name__
 
