@@ -213,3 +213,20 @@ def test_tokenizer_train_counts_below_one(tmp_path, capsys, flag, value):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err == [f"error: {flag}: expected a positive integer, got {value}"], err
     assert not list(tmp_path.glob("tok*")) and not list(tmp_path.glob(".tok*"))
+
+
+def test_resume_mistakes_say_what_is_wrong(tmp_path, capsys):
+    """`train --resume /nonexist` talked about trust (--trust-checkpoint) for a folder that does not exist; resuming
+    into another model shape printed torch's `[<FrameSummary file ...>, ...]` inside the error line."""
+    out = tmp_path / "run"
+    base = ["train", "--recipe", "debug", "--out", str(out), "--training.steps=2", "--checkpoint.every=2",
+            "--metrics.val_every=0"]
+    assert cli.main(base) == 0
+    capsys.readouterr()
+    assert cli.main([*base, "--resume", str(tmp_path / "nonexist")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {tmp_path / 'nonexist'}: --resume: no such checkpoint folder; expected "
+                   "OUT/checkpoints/step_N or 'auto'"], err
+    assert cli.main([*base, "--resume", "auto", "--training.steps=4", "--model.dim=128"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Size mismatch" in err[0] and "FrameSummary" not in err[0], err

@@ -33,6 +33,7 @@ import torch
 from llamaforge.errors import UserError
 from llamaforge.formats import chat_template_of
 from llamaforge.formats.weights import args_from_dict, build_model, check_field
+from llamaforge.io import remove_stale_temporaries
 from llamaforge.model import ModelArgs, Transformer
 
 ARCH = "llama"
@@ -356,6 +357,7 @@ def save(model, path: Path, tokenizer_path=None, dtype=None) -> None:
                  "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[kind]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)  # what an export killed earlier left (a temporary as large as the model)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # GGUFWriter opens its file by name
     try:
         _write(gguf, tmp, model, kind, qtype, file_type, tokenizer_path)
