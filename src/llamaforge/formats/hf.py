@@ -24,7 +24,14 @@ from safetensors.torch import save_file
 from llamaforge.errors import UserError
 from llamaforge.formats.hf_tokenizer import write_hf_tokenizer
 from llamaforge.io import atomic_dir
-from llamaforge.formats.weights import args_from_dict, build_model, check_field, read_json, read_safetensors
+from llamaforge.formats.weights import (
+    args_from_dict,
+    build_model,
+    check_field,
+    folder_config,
+    read_json,
+    read_safetensors,
+)
 from llamaforge.model import ModelArgs
 
 INDEX = "model.safetensors.index.json"
@@ -63,14 +70,8 @@ def hf_to_meta_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 def detect(path: Path) -> bool:
     """Whether `path` is a folder with a transformers config.json (a JSON object not tagged as our native format)."""
-    cfg = path / "config.json"
-    if not (path.is_dir() and cfg.is_file()):
-        return False
-    try:
-        config = json.loads(cfg.read_text())
-    except (ValueError, UnicodeDecodeError):
-        return False
-    if not isinstance(config, dict) or config.get("format") == "llamaforge":  # a native folder
+    config = folder_config(path)
+    if config is None or config.get("format") == "llamaforge":  # a native folder
         return False
     return config.get("model_type") == "llama" or "LlamaForCausalLM" in (config.get("architectures") or [])
 

@@ -15,21 +15,15 @@ from safetensors.torch import save_file
 
 from llamaforge.formats import copy_tokenizer
 from llamaforge.io import atomic_dir
-from llamaforge.formats.weights import args_from_dict, build_model, read_json, read_safetensors
+from llamaforge.formats.weights import args_from_dict, build_model, folder_config, read_json, read_safetensors
 
 FORMAT_TAG = "llamaforge"
 
 
 def detect(path: Path) -> bool:
     """Whether `path` is our native folder: config.json tagged `"format": "llamaforge"`."""
-    cfg = path / "config.json"
-    if not (path.is_dir() and cfg.is_file()):
-        return False
-    try:
-        config = json.loads(cfg.read_text())
-        return isinstance(config, dict) and config.get("format") == FORMAT_TAG
-    except (ValueError, UnicodeDecodeError):
-        return False
+    config = folder_config(path)
+    return config is not None and config.get("format") == FORMAT_TAG
 
 
 def load(path: Path, device: torch.device, dtype: torch.dtype):

@@ -86,6 +86,19 @@ def build_model(args: ModelArgs, state_dict: Mapping[str, torch.Tensor], source,
     return model
 
 
+def folder_config(path: Path) -> dict | None:
+    """The JSON object in `path`/config.json when `path` is a folder holding a readable one, else None: what the
+    native and HF `detect` functions look at (no error: detection only asks)."""
+    cfg = Path(path) / "config.json"
+    if not (Path(path).is_dir() and cfg.is_file()):
+        return None
+    try:
+        config = json.loads(cfg.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
 def read_json(path: Path) -> dict:
     """The JSON object in `path`; raises UserError naming the file when it is missing, not JSON, or not an object."""
     try:
