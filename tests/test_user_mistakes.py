@@ -230,3 +230,31 @@ def test_resume_mistakes_say_what_is_wrong(tmp_path, capsys):
     assert cli.main([*base, "--resume", "auto", "--training.steps=4", "--model.dim=128"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Size mismatch" in err[0] and "FrameSummary" not in err[0], err
+
+
+@pytest.mark.parametrize("source, given, kind", [
+    ("books", "commoncrawl/dolma-tests/warc_sample-0000.warc.gz", "a WARC file"),
+    ("books", "stackexchange/beer.stackexchange.com-Posts.xml", "an XML file"),
+    ("books", "llama2-tokenizer/tokenizer.model", "a binary file"),
+    ("arxiv", "stackexchange/beer.stackexchange.com-Posts.xml", "an XML file"),
+    ("arxiv", "commoncrawl/whirlwind/whirlwind.warc.wet.gz", "a WARC file"),
+])
+def test_prepare_refuses_a_file_of_another_kind(tmp_path, capsys, source, given, kind):
+    """`prepare books warc_sample-0000.warc.gz` kept the decompressed WARC (HTTP headers and HTML) as one "book",
+    exit 0; `prepare arxiv Posts.xml` dropped it as `no_section`, exit 0. Now one line naming file and kind, exit 2."""
+    path = shared_path(given)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    rc = cli.main(["prepare", source, str(path), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {path}: {source}: this is {kind}; expected"), err
+    assert not out.exists()
+
+
+def test_prepare_books_and_arxiv_still_take_their_own_kind(tmp_path):
+    from llamaforge.data.sources import build_source
+
+    book = shared_path("gutenberg/pg11_alice_in_wonderland.txt")  # UTF-8 with a BOM and CRLF
+    assert build_source("books", [str(book)]).shards == [str(book)]
+    tex = shared_path("arxiv-latex/1707.08043/main.tex")
+    assert build_source("arxiv", [str(tex)]).shards == [str(tex)]

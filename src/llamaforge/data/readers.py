@@ -74,6 +74,36 @@ def match_inputs(inputs: Iterable, patterns: tuple[str, ...], exclude: tuple[str
     return list(dict.fromkeys(out))
 
 
+def sniff_kind(path) -> str | None:
+    """What the first 4 KiB of `path` (decompressed) show it to be, when that is one of the raw-dump kinds a source
+    may be handed by mistake: "a WARC file" (`WARC/` version line, ISO 28500), "an XML file" (`<?xml`, a MediaWiki
+    or Stack Exchange root), "a binary file" (a NUL byte, which UTF-8 text never has); else None. Unreadable: None
+    (the reader counts it)."""
+    try:
+        with open_binary(path) as f:
+            head = f.read(4096)
+    except (OSError, *STREAM_ERRORS):
+        return None
+    start = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if start.startswith(b"WARC/"):
+        return "a WARC file"
+    if start.startswith((b"<?xml", b"<mediawiki", b"<posts")):
+        return "an XML file"
+    if b"\x00" in head:
+        return "a binary file"
+    return None
+
+
+def refuse_other_kinds(shards: Iterable, source: str, expected: str, refuse: tuple[str, ...]) -> None:
+    """Raise UserError for the first file among `shards` whose `sniff_kind` is in `refuse`: a file given by name is
+    taken whatever its name, so a WARC handed to `prepare books` was kept as one "book". Folders are skipped."""
+    for shard in shards:
+        if Path(shard).is_file():
+            kind = sniff_kind(shard)
+            if kind in refuse:
+                raise UserError(f"{shard}: {source}: this is {kind}; expected {expected}")
+
+
 def input_files(inputs: Iterable, suffixes: tuple[str, ...]) -> list[Path]:
     """The strict form for `tokenize` and `tokenizer train`: files as given, folders as their sorted files ending
     in `suffixes`, top level only (`prepare` keeps its intermediate files in a subfolder, and only the final shards

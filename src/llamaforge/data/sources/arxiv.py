@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from llamaforge.data.pipeline import Doc, Result, Source, Stage
-from llamaforge.data.readers import expand_inputs
+from llamaforge.data.readers import expand_inputs, refuse_other_kinds
 
 SECTION = re.compile(r"\\(?:part|chapter|section|subsection|subsubsection|paragraph|subparagraph)\*?\s*[\[{]")
 END_OF_BODY = re.compile(r"\\appendix\b|\\begin\{(?:references|REFERENCES|thebibliography)\}|\\bibliography\{")
@@ -241,4 +241,5 @@ class LatexClean(Stage):
 
 def build(inputs: list[str], strict_utf8: bool = False) -> Source:
     shards = expand_inputs(inputs, (), dirs_are_shards=True)
+    refuse_other_kinds(shards, "arxiv", "LaTeX sources (.tex, paper folders or tarballs)", ("a WARC file", "an XML file"))
     return Source("arxiv", shards, ArxivReader(strict_utf8), [LatexClean()])

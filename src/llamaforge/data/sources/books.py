@@ -16,7 +16,7 @@ from pathlib import Path
 
 from llamaforge.data.filters.dedup import MinHashDedup
 from llamaforge.data.pipeline import Doc, MapStage, Result, Source
-from llamaforge.data.readers import expand_inputs, is_jsonl, iter_jsonl, read_text_file
+from llamaforge.data.readers import expand_inputs, is_jsonl, iter_jsonl, read_text_file, refuse_other_kinds
 
 START = re.compile(r"^\*\*\*\s*START OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK.*$", re.MULTILINE | re.IGNORECASE)
 END = re.compile(r"^\*\*\*\s*END OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK.*$", re.MULTILINE | re.IGNORECASE)
@@ -114,5 +114,7 @@ def _clean(doc: Doc) -> Result:
 
 def build(inputs: list[str], near_dup_threshold: float = 0.9) -> Source:
     shards = expand_inputs(inputs, (".txt", ".txt.gz", ".txt.bz2", ".jsonl", ".jsonl.gz"))
+    refuse_other_kinds(shards, "books", 'plain-text books (.txt) or JSONL with a "text" field',
+                       ("a WARC file", "an XML file", "a binary file"))
     return Source("books", shards, BookReader(),
                   [MapStage("gutenberg_strip", _clean), MinHashDedup(threshold=near_dup_threshold)])
