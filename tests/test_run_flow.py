@@ -210,3 +210,12 @@ def test_recipe_field_sweep_one_error_line(tmp_path, capsys, override):
 
 def test_stage_names_are_the_documented_ones():
     assert STAGES == ("prepare", "tokenizer", "tokenize", "train", "eval", "export", "report")
+
+
+@pytest.mark.parametrize("override", ["--tokenizer.vocab_size=-3", "--export.formats=[\"x\"]",
+                                      "--sources.code.weight=oops"])
+def test_override_errors_name_the_flag(flow_file, capsys, override):
+    """A bad value given on the command line is blamed on its flag, not on the flow file that does not hold it."""
+    rc = main(["run", str(flow_file), "--dry-run", override])
+    line = one_error_line(capsys, rc)
+    assert line.startswith(f"error: {override.split('=')[0]}: "), line

@@ -269,7 +269,18 @@ def load_flow(name_or_path: str, overrides: list[str] = ()) -> FlowConfig:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: not valid TOML ({e})") from None
+    flags = {}  # "a.b.c" -> the flag that set it last
     for arg in overrides:
         section, key, value = parse_override(arg)
         set_dotted(data, f"{section}.{key}", value, arg.split("=", 1)[0])
-    return from_dict(data, str(path))
+        flags[f"{section}.{key}"] = arg.split("=", 1)[0]
+    try:
+        return from_dict(data, str(path))
+    except UserError as e:
+        # Every message starts "FILE: a.b.c: ..."; a value given on the command line is blamed on its flag instead
+        # (the longest matching key: --train.set.optim.lr before --train.set).
+        message = str(e)
+        for dotted in sorted(flags, key=len, reverse=True):
+            if message.startswith(f"{path}: {dotted}: "):
+                raise UserError(f"{flags[dotted]}: {message[len(f'{path}: {dotted}: '):]}") from None
+        raise
