@@ -258,3 +258,15 @@ def test_prepare_books_and_arxiv_still_take_their_own_kind(tmp_path):
     assert build_source("books", [str(book)]).shards == [str(book)]
     tex = shared_path("arxiv-latex/1707.08043/main.tex")
     assert build_source("arxiv", [str(tex)]).shards == [str(tex)]
+
+
+def test_finetune_on_an_empty_json_list_says_why(model_dir, tmp_path, capsys):
+    """`finetune M --data empty.json` (`[]`) said `no usable examples ()`: empty parentheses, no expectation."""
+    data = tmp_path / "empty.json"
+    data.write_text("[]\n")
+    capsys.readouterr()
+    rc = cli.main(["finetune", str(model_dir / "m"), "--data", str(data), "--out", str(tmp_path / "ft")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"error: {data}: no usable examples (the file holds no examples); expected Alpaca "
+                               "records, chat JSONL or prompt/completion JSONL"], err
+    assert not (tmp_path / "ft").exists()

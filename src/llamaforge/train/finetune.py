@@ -174,7 +174,9 @@ def build_examples(path, fmt, seq_len: int, overflow: str = "truncate", max_exam
         out.ids.append(ids)
         out.masks.append(mask)
     if not out.ids:
-        raise UserError(f"{path}: no usable examples ({', '.join(f'{n} {r}' for r, n in out.dropped.items())})")
+        why = ", ".join(f"{n} {r}" for r, n in out.dropped.items()) or "the file holds no examples"
+        raise UserError(f"{path}: no usable examples ({why}); expected Alpaca records, chat JSONL or "
+                        "prompt/completion JSONL")
     return out
 
 
