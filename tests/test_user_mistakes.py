@@ -270,3 +270,16 @@ def test_finetune_on_an_empty_json_list_says_why(model_dir, tmp_path, capsys):
     assert rc == 2 and err == [f"error: {data}: no usable examples (the file holds no examples); expected Alpaca "
                                "records, chat JSONL or prompt/completion JSONL"], err
     assert not (tmp_path / "ft").exists()
+
+
+def test_dry_run_estimate_of_a_compressed_dump_is_not_called_an_upper_bound(tmp_path, capsys):
+    """`run seven-sources --dry-run` said wikipedia had "at most ~423,967 tokens (raw bytes / 4)" from the 1.7 MB
+    .bz2 size; the dump holds 6.3 MB of text and tokenized to 1.1M tokens. Compressed inputs no longer claim a bound."""
+    dump = shared_path("wikipedia-xml")
+    flow = tmp_path / "f.toml"
+    flow.write_text(f'[run]\nout = "{tmp_path / "run"}"\n[sources.wikipedia]\nkind = "wikipedia"\n'
+                    f'inputs = ["{dump}"]\noptions = {{ languages = ["en"] }}\n')
+    capsys.readouterr()
+    assert cli.main(["run", str(flow), "--dry-run"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("wikipedia"))
+    assert "at most" not in line and "compressed bytes" in line, line

@@ -368,7 +368,11 @@ def describe(flow: Flow, until: str = "report", start: str | None = None) -> str
             est = "size known after prepare (no max_mb)"
         else:
             available[n] = int(raw / ASSUMED_BYTES_PER_TOKEN)
-            est = f"at most ~{available[n]:,} tokens (raw bytes / {ASSUMED_BYTES_PER_TOKEN:g}; prepare drops some)"
+            if any(_compressed(f) for f in files):  # a 1.7 MB .bz2 dump is ~6 MB of text: no upper bound here
+                est = (f"~{available[n]:,} tokens (compressed bytes / {ASSUMED_BYTES_PER_TOKEN:g}: the text is "
+                       "larger; prepare drops some)")
+            else:
+                est = f"at most ~{available[n]:,} tokens (raw bytes / {ASSUMED_BYTES_PER_TOKEN:g}; prepare drops some)"
         lines.append(f"  {n:<14} {spec.kind:<13} {found}; {est}")
     confs = flow.stage_configs()
     lines.append("\nstages:")
@@ -421,6 +425,16 @@ def _input_files(spec) -> list[str]:
     from llamaforge.data.sources import build_source
 
     return build_source(spec.kind, spec.inputs, **spec.options).shards
+
+
+def _compressed(path) -> bool:
+    """Whether `path` (a file, or any file in a folder) is gzip / bz2 / xz compressed, by magic bytes."""
+    p = Path(path)
+    for f in ([p] if p.is_file() else [x for x in p.rglob("*") if x.is_file()] if p.is_dir() else []):
+        with open(f, "rb") as fh:
+            if fh.read(6).startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ")):
+                return True
+    return False
 
 
 def _folder_size(path: Path) -> int:
