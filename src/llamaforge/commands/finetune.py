@@ -87,7 +87,10 @@ def run(args) -> int:
     after = _score(args, out / "final", tokenizer) if args.eval else None
     samples = _chat_samples(out / "final", tokenizer, template, cfg, examples, args.samples)
     report = _report(cfg, summary, before, after, samples, args, base_loss)
-    (out / "finetune_report.md").write_text(report)
+    from llamaforge.io import atomic_file
+
+    with atomic_file(out / "finetune_report.md", "w") as f:
+        f.write(report)
     print(report, end="")
     loss = f"{summary.loss:.4f}" if summary.loss is not None else "-"
     print(f"done: step {summary.step}, loss {loss}, held-out response loss {summary.val_loss:.4f}; "

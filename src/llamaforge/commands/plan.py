@@ -223,7 +223,11 @@ def _carbon(args, gpu_hours: float):
 def run_measured(args) -> int:
     from llamaforge.plan.carbon import measured_gpu_hours
 
-    footprint = _carbon(args, measured_gpu_hours(args.measured))
+    try:
+        hours = measured_gpu_hours(args.measured)
+    except UserError as e:  # plan/ names the file; the flag is this command's word
+        raise UserError(f"--measured: {e}") from None
+    footprint = _carbon(args, hours)
     if args.json:
         print(json.dumps({"measured": str(args.measured), **footprint.as_dict()}, indent=2))
         return 0

@@ -14,7 +14,7 @@ def sample_next(logits: torch.Tensor, temperature=0.0, top_p=1.0, generator=None
 
     Temperature 0 takes the argmax; otherwise a draw from softmax(logits / temperature), restricted to the
     top_k most likely tokens (0: no limit) and to the smallest set whose probability reaches top_p (nucleus,
-    Holtzman et al. 2019). temperature, top_p and top_k are numbers or per-row tensors [B]; `generator` is one
+    Holtzman et al. 2020). temperature, top_p and top_k are numbers or per-row tensors [B]; `generator` is one
     torch.Generator, a list of one per row (None entries use the global RNG), or None. Logits of -inf (ids the
     engine masks, e.g. rows of a padded vocabulary) are never drawn."""
     bsz, vocab = logits.shape

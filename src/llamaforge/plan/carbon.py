@@ -71,9 +71,9 @@ def measured_gpu_hours(metrics_path) -> float:
     try:
         records = read_metrics(path)
     except (OSError, ValueError) as e:
-        raise UserError(f"--measured: {path}: expected a training run's metrics.jsonl ({e})") from None
+        raise UserError(f"{path}: expected a training run's metrics.jsonl ({e})") from None
     timed = [r for r in records if isinstance(r, dict) and "elapsed_s" in r]
     if not timed:
-        raise UserError(f"--measured: {path}: elapsed_s: expected training records with elapsed_s and devices")
+        raise UserError(f"{path}: elapsed_s: expected training records with elapsed_s and devices")
     last = timed[-1]
     return float(last["elapsed_s"]) * int(last.get("devices", 1)) / 3600
