@@ -283,3 +283,20 @@ def test_dry_run_estimate_of_a_compressed_dump_is_not_called_an_upper_bound(tmp_
     assert cli.main(["run", str(flow), "--dry-run"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("wikipedia"))
     assert "at most" not in line and "compressed bytes" in line, line
+
+
+def test_train_on_tokenized_shards_puts_their_tokenizer_beside_the_final_model(tmp_path, capsys):
+    """`tokenize` then `train --data.kind=shards ...` wrote OUT/final without a tokenizer, so `generate OUT/final`
+    failed with "no tokenizer found" right after training; the shard headers record the tokenizer (path + sha256)."""
+    tok = shared_path("llama2-tokenizer/tokenizer.model")
+    (tmp_path / "d.jsonl").write_text("".join(f'{{"text": "Document {i}: the cat sat on the mat."}}\n'
+                                              for i in range(200)))
+    assert cli.main(["tokenize", "--tokenizer", str(tok), "--input", str(tmp_path / "d.jsonl"), "--out",
+                     str(tmp_path / "shards")]) == 0
+    out = tmp_path / "run"
+    assert cli.main(["train", "--recipe", "debug", "--out", str(out), "--training.steps=1", "--data.kind=shards",
+                     f"--data.sources.d={tmp_path / 'shards' / 'd'}", "--model.vocab_size=32000",
+                     "--metrics.val_every=0"]) == 0
+    assert (out / "final" / "tokenizer.model").read_bytes() == tok.read_bytes()
+    capsys.readouterr()
+    assert cli.main(["generate", str(out / "final"), "--prompt", "The cat", "--max-new-tokens", "2"]) == 0

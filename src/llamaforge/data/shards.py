@@ -61,6 +61,25 @@ def file_sha256(path: Path) -> str:
 SCAN_AT_OPEN = 1 << 28  # shards up to 256M tokens (512 MB of u2) have every id checked when opened
 
 
+def recorded_tokenizer(folders) -> str | None:
+    """The tokenizer file every shard folder in `folders` records in its header.json (`tokenize` writes its path
+    and sha256), when all agree and the file is still there with that sha256; else None. Lets `train` put the
+    tokenizer beside its final model without `--data.tokenizer`."""
+    seen = set()
+    for folder in folders:
+        try:
+            h = json.loads((Path(folder) / "header.json").read_text())
+        except (OSError, ValueError):
+            return None
+        seen.add((h.get("tokenizer"), h.get("tokenizer_sha256")))
+    if len(seen) != 1:
+        return None
+    path, sha = seen.pop()
+    if not path or not sha or not Path(path).is_file() or file_sha256(Path(path)) != sha:
+        return None
+    return path
+
+
 class TokenShard:
     """A source folder written by `tokenize`, memory-mapped and checked.
 

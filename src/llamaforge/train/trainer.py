@@ -348,6 +348,10 @@ def export_final(cfg: TrainConfig, args, state: dict, out_dir: Path) -> None:
     plain.load_state_dict(state, assign=True)  # assign: take the CPU tensors, the meta model allocated nothing
     plain.init_rope("cpu")
     tokenizer = cfg.data.tokenizer or None
+    if tokenizer is None and cfg.data.kind == "shards":  # the one `tokenize` recorded in every shard's header
+        from llamaforge.data.shards import recorded_tokenizer
+
+        tokenizer = recorded_tokenizer(cfg.data.sources.values())
     save_model(plain, out_dir / "final", format="native", tokenizer_path=tokenizer)
     if cfg.checkpoint.export_hf:
         save_model(plain, out_dir / "final_hf", format="hf", tokenizer_path=tokenizer)
