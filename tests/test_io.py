@@ -44,3 +44,15 @@ def test_atomic_file_leaves_nothing_on_error(tmp_path):
             f.write("half")
             raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_named_toml_by_name_or_path(tmp_path):
+    from llamaforge.io import named_toml
+
+    (tmp_path / "a.toml").write_text("")
+    assert named_toml("a", tmp_path, "recipe", "--recipe") == tmp_path / "a.toml"
+    assert named_toml(str(tmp_path / "a.toml"), tmp_path / "elsewhere", "flow", "FLOW") == tmp_path / "a.toml"
+    with pytest.raises(UserError, match=r"^--recipe: unknown recipe 'b'; known: a or a \.toml path$"):
+        named_toml("b", tmp_path, "recipe", "--recipe")
+    with pytest.raises(UserError, match=r"b\.toml: no such flow file$"):
+        named_toml(str(tmp_path / "b.toml"), tmp_path, "flow", "FLOW")

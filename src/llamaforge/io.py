@@ -123,6 +123,22 @@ def atomic_file(path: Path, mode: str = "wb"):
         raise
 
 
+def named_toml(name_or_path: str, folder: Path, kind: str, flag: str) -> Path:
+    """A TOML file given by path (a `.toml` name or anything with a folder in it) or by the name of one shipped in
+    `folder` (`debug` -> folder/debug.toml). `kind` ("recipe", "flow") and `flag` ("--recipe", "FLOW") word the
+    UserError for a missing file or an unknown name, which lists the shipped names."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or len(path.parts) > 1:  # a path, not a name
+        if not path.is_file():
+            raise UserError(f"{path}: no such {kind} file")
+        return path
+    path = Path(folder) / f"{name_or_path}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in Path(folder).glob("*.toml"))
+        raise UserError(f"{flag}: unknown {kind} {name_or_path!r}; known: {', '.join(known)} or a .toml path")
+    return path
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # reading: the one JSONL reader
 

@@ -247,17 +247,10 @@ def validate(cfg: FlowConfig) -> None:
 
 
 def flow_path(name_or_path: str) -> Path:
-    """A flow name shipped with the package (`demo`, `seven-sources`) or a path to a TOML file."""
-    path = Path(name_or_path)
-    if path.suffix == ".toml" or len(path.parts) > 1:
-        if not path.is_file():
-            raise UserError(f"{path}: no such flow file")
-        return path
-    path = FLOWS_DIR / f"{name_or_path}.toml"
-    if not path.is_file():
-        known = sorted(p.stem for p in FLOWS_DIR.glob("*.toml"))
-        raise UserError(f"FLOW: unknown flow {name_or_path!r}; known: {', '.join(known)} or a .toml path")
-    return path
+    """A flow name shipped with the package (`demo`, `seven-sources`) or a path to a TOML file (`io.named_toml`)."""
+    from llamaforge.io import named_toml
+
+    return named_toml(name_or_path, FLOWS_DIR, "flow", "FLOW")
 
 
 def load_flow(name_or_path: str, overrides: list[str] = ()) -> FlowConfig:

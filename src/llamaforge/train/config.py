@@ -307,17 +307,10 @@ def set_key(cfg: TrainConfig, section: str, key: str, value: Any, where: str) ->
 
 
 def recipe_path(name_or_path: str) -> Path:
-    """A recipe name (`debug`, `llama-7b` ...) or a path to a TOML file."""
-    path = Path(name_or_path)
-    if path.suffix == ".toml" or len(path.parts) > 1:  # a path, not a name
-        if not path.is_file():
-            raise UserError(f"{path}: no such recipe file")
-        return path
-    path = RECIPES_DIR / f"{name_or_path}.toml"
-    if not path.is_file():
-        known = sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
-        raise UserError(f"--recipe: unknown recipe {name_or_path!r}; known: {', '.join(known)} or a .toml path")
-    return path
+    """A recipe name (`debug`, `llama-7b` ...) or a path to a TOML file (`io.named_toml`)."""
+    from llamaforge.io import named_toml
+
+    return named_toml(name_or_path, RECIPES_DIR, "recipe", "--recipe")
 
 
 def from_dict(data: dict, where: str = "config") -> TrainConfig:
