@@ -174,10 +174,10 @@ def run_model(args) -> int:
 def _scaling_view(constants: str, n_params: float, tokens: float) -> dict:
     """Where a (model, tokens) choice sits under the parametric law: its loss, the compute-optimal alternative,
     and the inference volume that makes it the cheapest model at its loss (LLaMA's argument)."""
-    from llamaforge.plan.scaling import breakeven_inference_tokens, compute_optimal
+    from llamaforge.plan.scaling import TRAINING_FLOPS_PER_PARAM, breakeven_inference_tokens, compute_optimal
 
     label, law = _law(constants)
-    flops = 6 * n_params * tokens
+    flops = TRAINING_FLOPS_PER_PARAM * n_params * tokens
     chin = compute_optimal(law, flops)
     return {
         "constants": label,

@@ -56,6 +56,7 @@ BESIROGLU = ScalingLaw(E=1.82, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658)
 HOFFMANN = ScalingLaw(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 CONSTANTS = {"besiroglu": BESIROGLU, "hoffmann": HOFFMANN}
 
+TRAINING_FLOPS_PER_PARAM = 6  # C = 6·N·D (Kaplan et al. 2020, Chinchilla): forward 2 + backward 4 per weight per token
 INFERENCE_FLOPS_PER_PARAM = 2  # a forward pass: one multiply-add per weight per served token
 
 
@@ -88,8 +89,8 @@ def compute_optimal(law: ScalingLaw, flops: float, inference_tokens: float = 0.0
         raise UserError(f"constants: expected positive A, B, alpha and beta, got {law}")
     a, b = law.alpha, law.beta
     g = (a * law.A / (b * law.B)) ** (1 / (a + b))
-    n = g * (flops / 6) ** (b / (a + b))
-    d = flops / (6 * n)
+    n = g * (flops / TRAINING_FLOPS_PER_PARAM) ** (b / (a + b))
+    d = flops / (TRAINING_FLOPS_PER_PARAM * n)
     return Allocation(n, d, float(law.loss(n, d)), flops, INFERENCE_FLOPS_PER_PARAM * n * inference_tokens)
 
 
@@ -105,14 +106,15 @@ def inference_optimal(law: ScalingLaw, target_loss: float, inference_tokens: flo
     def total_flops(log_n: float) -> float:
         n = math.exp(log_n)
         d = law.tokens_for_loss(n, target_loss)
-        return math.log(6 * n * d + INFERENCE_FLOPS_PER_PARAM * n * inference_tokens)
+        return math.log(TRAINING_FLOPS_PER_PARAM * n * d + INFERENCE_FLOPS_PER_PARAM * n * inference_tokens)
 
     # Total cost is unimodal in log N: a tiny model needs unbounded data, a huge one costs per token.
     lo, hi = math.log(n_min) + 1e-9, math.log(n_min) + 40
     res = minimize_scalar(total_flops, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10})
     n = math.exp(res.x)
     d = law.tokens_for_loss(n, target_loss)
-    return Allocation(n, d, target_loss, 6 * n * d, INFERENCE_FLOPS_PER_PARAM * n * inference_tokens)
+    return Allocation(n, d, target_loss, TRAINING_FLOPS_PER_PARAM * n * d,
+                      INFERENCE_FLOPS_PER_PARAM * n * inference_tokens)
 
 
 def breakeven_inference_tokens(law: ScalingLaw, n_params: float, n_tokens: float) -> float:
