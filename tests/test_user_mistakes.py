@@ -300,3 +300,33 @@ def test_train_on_tokenized_shards_puts_their_tokenizer_beside_the_final_model(t
     assert (out / "final" / "tokenizer.model").read_bytes() == tok.read_bytes()
     capsys.readouterr()
     assert cli.main(["generate", str(out / "final"), "--prompt", "The cat", "--max-new-tokens", "2"]) == 0
+
+
+@pytest.mark.parametrize("source, given, kind", [
+    ("c4", "gutenberg/pg11_alice_in_wonderland.txt", "a text file, not JSON lines"),
+    ("commoncrawl", "stackexchange/beer.stackexchange.com-Posts.xml", "an XML file"),
+    ("github", "stackexchange/beer.stackexchange.com-Posts.xml", "an XML file"),
+    ("github", "gutenberg/pg11_alice_in_wonderland.txt", "a text file, not JSON lines"),
+])
+def test_prepare_jsonl_sources_refuse_a_file_of_another_kind(tmp_path, capsys, source, given, kind):
+    """`prepare c4 alice.txt` read every line as bad JSON and exited 0 with 0 documents and an empty shard (same for
+    commoncrawl / github given Posts.xml). Now one line naming the file and what was expected, exit 2, nothing
+    written."""
+    path = shared_path(given)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    rc = cli.main(["prepare", source, str(path), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {path}: {source}: this is {kind}; expected"), err
+    assert not out.exists()
+
+
+def test_prepare_jsonl_sources_still_take_their_own_kind():
+    from llamaforge.data.sources import build_source
+
+    for name in ("multiple_files_cc_en_head-0091.jsonl.gz", "provided_documents_000.json.gz",
+                 "warc_sample-0000.warc.gz"):
+        path = str(shared_path(f"commoncrawl/dolma-tests/{name}"))
+        assert build_source("c4", [path]).shards == [path]
+    wet = str(shared_path("commoncrawl/whirlwind/whirlwind.warc.wet.gz"))
+    assert build_source("c4", [wet]).shards == [wet]

@@ -104,6 +104,31 @@ def refuse_other_kinds(shards: Iterable, source: str, expected: str, refuse: tup
                 raise UserError(f"{shard}: {source}: this is {kind}; expected {expected}")
 
 
+def refuse_unless_records(shards: Iterable, source: str, expected: str, warc: bool = False) -> None:
+    """Raise UserError for the first file among `shards` that its reader would take as JSON lines (or, with `warc`,
+    as WARC when `.warc` is in its name, the rule `CCReader` routes by) but that is of another kind: a `.txt` book
+    or a Posts.xml given to `prepare c4` was read line by line as bad JSON and the run "succeeded" with 0 documents.
+    JSON lines start with `{` (a JSON object per line); a WARC with its `WARC/` version line (ISO 28500). Folders
+    and empty or unreadable files are left to the reader, which counts them."""
+    for shard in shards:
+        if not Path(shard).is_file():
+            continue
+        try:
+            with open_binary(shard) as f:
+                start = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+        except (OSError, *STREAM_ERRORS):
+            continue
+        if not start:
+            continue
+        kind = sniff_kind(shard)
+        if warc and ".warc" in Path(shard).name:
+            if kind != "a WARC file":
+                raise UserError(f"{shard}: {source}: named .warc but this is {kind or 'a text file'}; "
+                                f"expected {expected}")
+        elif not start.startswith(b"{"):
+            raise UserError(f"{shard}: {source}: this is {kind or 'a text file, not JSON lines'}; expected {expected}")
+
+
 def input_files(inputs: Iterable, suffixes: tuple[str, ...]) -> list[Path]:
     """The strict form for `tokenize` and `tokenizer train`: files as given, folders as their sorted files ending
     in `suffixes`, top level only (`prepare` keeps its intermediate files in a subfolder, and only the final shards

@@ -24,7 +24,7 @@ from llamaforge.data.filters.dedup import LineDedup
 from llamaforge.data.filters.langid import LanguageFilter
 from llamaforge.data.filters.quality import load_texts
 from llamaforge.data.pipeline import Doc, MapStage, Result, Source, Stage
-from llamaforge.data.readers import expand_inputs, iter_jsonl
+from llamaforge.data.readers import expand_inputs, iter_jsonl, refuse_unless_records
 from llamaforge.data.sources.commoncrawl import CCReader
 from llamaforge.errors import UserError
 
@@ -137,6 +137,8 @@ def build(inputs: list[str], badwords: str | None = "c4", lang_threshold: float 
             raise UserError(f"--badwords: {path}: expected a file of words, one a line (or c4, or none)")
         words = frozenset(w.strip().lower() for w in load_texts([str(path)]) if w.strip())
     shards = expand_inputs(inputs, (".jsonl", ".jsonl.gz", ".json.gz", ".warc.gz", ".wet.gz", ".warc"))
+    refuse_unless_records(shards, "c4", 'JSONL(.gz) with a "text" field, or Common Crawl WARC / WET (.warc.gz)',
+                          warc=True)
     return Source("c4", shards, C4Reader(), off=off, stages=[
         C4Rules(words),
         LanguageFilter(languages or ["en"], lang_threshold, langid),

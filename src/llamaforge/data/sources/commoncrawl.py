@@ -37,7 +37,7 @@ from llamaforge.data.filters.quality import (
     normalize_url,
 )
 from llamaforge.data.pipeline import Doc, Result, Source, Stage
-from llamaforge.data.readers import expand_inputs, iter_jsonl
+from llamaforge.data.readers import expand_inputs, iter_jsonl, refuse_unless_records
 from llamaforge.errors import UserError
 from llamaforge.io import STREAM_ERRORS, open_binary
 
@@ -316,6 +316,8 @@ def build(inputs: list[str], languages: list[str] | None = None, lang_threshold:
     run), else they are built into `work_dir/models` from `wikipedia` (dumps or `prepare wikipedia` output; see
     `build_models`). With neither, those two steps are off and the stage table says why."""
     shards = expand_inputs(inputs, (".warc.gz", ".wet.gz", ".warc", ".jsonl", ".jsonl.gz", ".json.gz"))
+    refuse_unless_records(shards, "commoncrawl", 'Common Crawl WARC / WET (.warc.gz) or JSONL(.gz) with a "text" '
+                          'or "raw_content" field (CCNet / dolma)', warc=True)
     lid = LanguageFilter(languages or ["en"], lang_threshold, langid)
     stages: list = [MinLength(min_length), LineDedup(mode="ccnet", group_size=dedup_group), lid]
     source = Source("commoncrawl", shards, CCReader(), stages)

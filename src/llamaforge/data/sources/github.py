@@ -22,7 +22,7 @@ from pathlib import Path
 
 from llamaforge.data.filters.dedup import ExactDedup
 from llamaforge.data.pipeline import Doc, MapStage, Result, Source
-from llamaforge.data.readers import expand_inputs, iter_jsonl, read_text_file
+from llamaforge.data.readers import expand_inputs, iter_jsonl, read_text_file, refuse_unless_records
 
 EXTENSIONS = (
     ".asm", ".bat", ".cmd", ".c", ".h", ".cs", ".cpp", ".hpp", ".c++", ".h++", ".cc", ".hh", ".C", ".H", ".cmake",
@@ -208,4 +208,6 @@ def github_shards(inputs: list[str]) -> list[str]:
 
 def build(inputs: list[str]) -> Source:
     shards = github_shards(inputs)
+    refuse_unless_records(shards, "github", 'a repository folder (LICENSE at its root), a folder of them, or JSONL(.gz) '
+                          'with "content", "path", "repo_name", "license" (RedPajama\'s BigQuery export)')
     return Source("github", shards, GithubReader(), [MapStage("code_filters", _clean), ExactDedup()])
