@@ -330,3 +330,28 @@ def test_prepare_jsonl_sources_still_take_their_own_kind():
         assert build_source("c4", [path]).shards == [path]
     wet = str(shared_path("commoncrawl/whirlwind/whirlwind.warc.wet.gz"))
     assert build_source("c4", [wet]).shards == [wet]
+
+
+def test_seven_sources_dry_run_flags_a_source_without_inputs(tmp_path, capsys, monkeypatch):
+    """The shipped flow's `--dry-run` (as its own comment suggests) failed like a broken config because
+    ../shared/data has no github folder. The dry run now prints its plan and flags that source in one line; the
+    real run still refuses in one line that names the flag to pass."""
+    from pathlib import Path
+
+    shared_path("wikipedia-xml")  # skips without ../shared/data
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the flow's paths are relative to the repo root
+    if Path("../shared/data/github").exists():
+        pytest.skip("../shared/data has a github folder here")
+    out = [f"--run.out={tmp_path / 'run'}"]
+    capsys.readouterr()
+    assert cli.main(["run", "seven-sources", "--dry-run", *out]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    flagged = [line for line in printed if "NO INPUTS" in line]
+    assert len(flagged) == 1 and flagged[0].split()[0] == "github", printed
+    assert "--sources.github.inputs=" in flagged[0] and "the run refuses" in flagged[0]
+    assert any(line.split()[:1] == ["wikipedia"] and "shard(s)" in line for line in printed), printed
+    assert cli.main(["run", "seven-sources", "--until", "prepare", *out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sources.github.inputs: ../shared/data/github: no such file or folder" in err[0] \
+        and "pass --sources.github.inputs=" in err[0], err
+    assert not (tmp_path / "run").exists()

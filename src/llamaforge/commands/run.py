@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from llamaforge.run import Flow, describe, load_flow
 
-    cfg = load_flow(args.flow, args.extra)
+    cfg = load_flow(args.flow, args.extra, dry_run=args.dry_run)
     flow = Flow(cfg, progress=not args.no_progress)
     if args.dry_run:
         print(describe(flow, until=args.until, start=args.start))

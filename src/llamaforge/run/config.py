@@ -157,8 +157,9 @@ def set_dotted(data: dict, dotted: str, value: Any, where: str) -> None:
     node[parts[-1]] = value
 
 
-def from_dict(data: dict, path: str) -> FlowConfig:
-    """A FlowConfig from parsed TOML; checks every section, key and type (UserError: `FILE: section.key: ...`)."""
+def from_dict(data: dict, path: str, dry_run: bool = False) -> FlowConfig:
+    """A FlowConfig from parsed TOML; checks every section, key and type (UserError: `FILE: section.key: ...`).
+    `dry_run`: see `validate`."""
     cfg = FlowConfig(path=path)
     sections = {"run", "sources", "tokenizer", "train", "eval", "export"}
     for section, table in data.items():
@@ -176,12 +177,23 @@ def from_dict(data: dict, path: str) -> FlowConfig:
                 cfg.sources[name] = source
         else:
             _fill(getattr(cfg, section), table, f"{path}: {section}")
-    validate(cfg)
+    validate(cfg, dry_run)
     return cfg
 
 
-def validate(cfg: FlowConfig) -> None:
-    """Checks beyond types: kinds, inputs, weights, the sources' own options, stage settings."""
+def missing_input(name: str, spec: SourceSpec) -> str | None:
+    """Why source `name`'s inputs cannot be read (the first one that does not exist, and the flag that points it
+    elsewhere), or None. The real run refuses with it; a dry run lists it beside the source (`run.flow.describe`)."""
+    for item in spec.inputs:
+        if not Path(item).exists():
+            return (f"{item}: no such file or folder (paths are relative to the current directory {Path.cwd()}); "
+                    f"pass --sources.{name}.inputs='[\"DIR\"]'")
+    return None
+
+
+def validate(cfg: FlowConfig, dry_run: bool = False) -> None:
+    """Checks beyond types: kinds, inputs, weights, the sources' own options, stage settings. With `dry_run`, a
+    source whose inputs do not exist is let through (the dry run flags it in its plan); the real run refuses it."""
     import re
 
     from llamaforge.data import sources as data_sources
@@ -209,10 +221,9 @@ def validate(cfg: FlowConfig) -> None:
             continue
         if not s.inputs:
             raise UserError(f"{where}.inputs: expected at least one file or folder")
-        for item in s.inputs:
-            if not Path(item).exists():
-                raise UserError(f"{where}.inputs: {item}: no such file or folder (paths are relative to the "
-                                f"current directory {Path.cwd()})")
+        missing = missing_input(name, s)
+        if missing and not dry_run:
+            raise UserError(f"{where}.inputs: {missing}")
         if s.kind == "jsonl":
             if s.options:
                 raise UserError(f"{where}.options: prepared JSONL takes no options, got {s.options}")
@@ -253,8 +264,9 @@ def flow_path(name_or_path: str) -> Path:
     return named_toml(name_or_path, FLOWS_DIR, "flow", "FLOW")
 
 
-def load_flow(name_or_path: str, overrides: list[str] = ()) -> FlowConfig:
-    """Read a flow, apply `--a.b.c=value` overrides (values read as TOML, else as bare strings), validate."""
+def load_flow(name_or_path: str, overrides: list[str] = (), dry_run: bool = False) -> FlowConfig:
+    """Read a flow, apply `--a.b.c=value` overrides (values read as TOML, else as bare strings), validate
+    (`dry_run`: missing inputs are left for the dry run to flag, see `validate`)."""
     from llamaforge.train.config import parse_override
 
     path = flow_path(name_or_path)
@@ -268,7 +280,7 @@ def load_flow(name_or_path: str, overrides: list[str] = ()) -> FlowConfig:
         set_dotted(data, f"{section}.{key}", value, arg.split("=", 1)[0])
         flags[f"{section}.{key}"] = arg.split("=", 1)[0]
     try:
-        return from_dict(data, str(path))
+        return from_dict(data, str(path), dry_run)
     except UserError as e:
         # Every message starts "FILE: a.b.c: ..."; a value given on the command line is blamed on its flag instead
         # (the longest matching key: --train.set.optim.lr before --train.set).

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from llamaforge.errors import UserError
 from llamaforge.io import atomic_file
-from llamaforge.run.config import FlowConfig
+from llamaforge.run.config import FlowConfig, missing_input
 
 STAGES = ("prepare", "tokenizer", "tokenize", "train", "eval", "export", "report")
 ASSUMED_BYTES_PER_TOKEN = 4.0  # for estimates before a tokenizer exists (LLaMA's tokenizer: ~4 bytes of English)
@@ -351,6 +351,9 @@ def describe(flow: Flow, until: str = "report", start: str | None = None) -> str
 
             found = f"the standard library at {stdlib_root()} ({spec.options['part']})"
             raw = None if spec.options.get("max_mb") is None else int(float(spec.options["max_mb"]) * 1e6)
+        elif missing_input(n, spec):
+            lines.append(f"  {n:<14} {spec.kind:<13} NO INPUTS: {missing_input(n, spec)} (the run refuses)")
+            continue
         else:
             files = _input_files(spec)
             raw = sum(Path(f).stat().st_size if Path(f).is_file() else _folder_size(Path(f)) for f in files)
