@@ -305,3 +305,22 @@ def test_streamed_text_respects_stop_strings(client):
     chunks = list(stream)
     assert "".join(c.choices[0].text for c in chunks) == ref.choices[0].text == full[: full.find(stop)]
     assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("route, body", [
+    ("/v1/completions", {"prompt": "x", "max_tokens": 1}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}),
+    ("/tokenize", {"prompt": "x"}),
+])
+def test_unknown_model_is_404_model_not_found(server, route, body):
+    """`"model": "nosuch"` was accepted and echoed back; OpenAI and vLLM answer 404 with code model_not_found.
+    The served id (and the request without `model`) still work."""
+    r = httpx.post(server["base"] + route, json={**body, "model": "nosuch"}, timeout=30)
+    assert r.status_code == 404, r.text
+    err = r.json()["error"]
+    assert err["code"] == "model_not_found" and err["param"] == "model" and err["type"] == "invalid_request_error"
+    assert "nosuch" in err["message"]
+    card = httpx.get(server["base"] + "/v1/models", timeout=30).json()["data"][0]
+    for name in (card["id"], card["root"], None):
+        ok = httpx.post(server["base"] + route, json={**body, **({"model": name} if name else {})}, timeout=30)
+        assert ok.status_code == 200, ok.text

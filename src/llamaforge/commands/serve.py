@@ -93,5 +93,6 @@ def run(args) -> int:
     engine = load_engine(args, args.max_batch)
     load_chat_format(args.chat_template, engine.tokenizer)  # a bad template fails here, before the server starts
     name = args.model_name or Path(args.model).name
-    serve(engine, host=args.host, port=args.port, model_name=name, chat_template=args.chat_template)
+    serve(engine, host=args.host, port=args.port, model_name=name, chat_template=args.chat_template,
+          model_root=args.model)
     return 0

@@ -228,15 +228,24 @@ class DetokenizeRequest(_Strict):
 class Server:
     """The state the handlers share: the engine (driven by its thread), the tokenizer and chat format, names."""
 
-    def __init__(self, engine: Engine, model_name: str, chat_template: str):
+    def __init__(self, engine: Engine, model_name: str, chat_template: str, model_root: str | None = None):
         if engine.tokenizer is None:
             raise ValueError("the server needs an engine with a tokenizer")
         self.engine, self.tokenizer, self.model_name = engine, engine.tokenizer, model_name
+        self.model_root = model_root or model_name  # the path it was loaded from (vLLM's `root` in /v1/models)
         self.chat = load_chat_format(chat_template, self.tokenizer)
         self.loop = EngineLoop(engine)
         self.created = int(time.time())
         # a prompt of B UTF-8 bytes has at least B / max_bytes tokens (None: this tokenizer gives no such bound)
         self.max_bytes = max_bytes_per_token(self.tokenizer)
+
+    def check_model(self, name: str | None) -> None:
+        """A request's `model` must be the served one: its id or the path it was loaded from, as /v1/models lists
+        them (`id`, `root`); omitted is the served one. Else 404 with OpenAI's `model_not_found` error, as OpenAI
+        and vLLM answer (an unknown name used to be accepted and echoed back)."""
+        if name is not None and name not in (self.model_name, self.model_root):
+            raise APIError(f"The model `{name}` does not exist; this server serves `{self.model_name}`", "model",
+                           status=404, code="model_not_found")
 
     # -- prompts ---------------------------------------------------------------------------------------------------
 
@@ -445,6 +454,7 @@ async def health(srv: Server, http: HTTPRequest):
 async def models(srv: Server, http: HTTPRequest):
     """GET /v1/models: the one model, with its context length (vLLM's max_model_len)."""
     card = {"id": srv.model_name, "object": "model", "created": srv.created, "owned_by": "llamaforge",
+            "root": srv.model_root,
             "max_model_len": srv.engine.max_seq_len}
     return {"object": "list", "data": [card]}
 
@@ -464,6 +474,7 @@ async def tokenizer_info(srv: Server, http: HTTPRequest):
 async def tokenize(srv: Server, http: HTTPRequest):
     """POST /tokenize: text -> ids, tokenized off the event loop."""
     body = await read_body(http, TokenizeRequest)
+    srv.check_model(body.model)
     tok, text = srv.tokenizer, body.prompt
     specials = {tok.id_to_piece(i): i for i in (tok.bos_id, tok.eos_id) if i >= 0}
     if text in specials:  # a special token's own text is that token, not its characters (lm-eval's probe)
@@ -476,6 +487,7 @@ async def tokenize(srv: Server, http: HTTPRequest):
 async def detokenize(srv: Server, http: HTTPRequest):
     """POST /detokenize: ids -> text; ids outside the tokenizer are a 400."""
     body = await read_body(http, DetokenizeRequest)
+    srv.check_model(body.model)
     n = srv.tokenizer.vocab_size
     if any(not 0 <= i < n for i in body.tokens):
         raise APIError(f"tokens: ids must be in [0, {n})", "tokens")
@@ -485,6 +497,7 @@ async def detokenize(srv: Server, http: HTTPRequest):
 async def completions(srv: Server, http: HTTPRequest):
     """POST /v1/completions: text or token-id prompts, n choices, echo + logprobs, streamed or not."""
     body = await read_body(http, CompletionRequest)
+    srv.check_model(body.model)
     max_new_tokens = 16 if body.max_tokens is None else body.max_tokens  # OpenAI's default
     if max_new_tokens == 0 and not body.echo:
         raise APIError("max_tokens: must be at least 1 unless echo is set", "max_tokens")
@@ -514,6 +527,7 @@ async def completions(srv: Server, http: HTTPRequest):
 async def chat_completions(srv: Server, http: HTTPRequest):
     """POST /v1/chat/completions: messages through the chat format, streamed or not, logprobs with bytes."""
     body = await read_body(http, ChatRequest)
+    srv.check_model(body.model)
     prompt = await srv.chat_ids([m.model_dump() for m in body.messages])
     max_new_tokens = body.max_completion_tokens or body.max_tokens  # None: the rest of the context
     top = (body.top_logprobs or 0) if body.logprobs else None
@@ -538,11 +552,13 @@ ROUTES = [("GET", "/health", health), ("GET", "/v1/models", models), ("GET", "/t
           ("POST", "/v1/completions", completions), ("POST", "/v1/chat/completions", chat_completions)]
 
 
-def create_app(engine: Engine, model_name: str = "llamaforge", chat_template: str = "plain") -> FastAPI:
+def create_app(engine: Engine, model_name: str = "llamaforge", chat_template: str = "plain",
+               model_root: str | None = None) -> FastAPI:
     """The FastAPI app: `Server` state plus the handlers in ROUTES. `chat_template`: a name
     `llamaforge.infer.templates.load_chat_format` takes. Client mistakes answer 400 with OpenAI's error object;
-    only a failure of the server itself answers 500."""
-    srv = Server(engine, model_name, chat_template)
+    only a failure of the server itself answers 500. `model_root`: the path the model was loaded from; requests
+    may name the model by it or by `model_name`."""
+    srv = Server(engine, model_name, chat_template, model_root)
 
     @contextlib.asynccontextmanager
     async def lifespan(_):
@@ -621,8 +637,8 @@ async def _stream_chat(updates, cid, model, created, body: ChatRequest, jobs, us
 
 
 def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000, model_name: str = "llamaforge",
-          chat_template: str = "plain") -> None:
-    """Run the server until interrupted."""
+          chat_template: str = "plain", model_root: str | None = None) -> None:
+    """Run the server until interrupted (arguments as `create_app`'s)."""
     import sys
 
     import uvicorn
@@ -630,7 +646,7 @@ def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000, model_name:
     if engine.compiled:  # pay for compiling before the first client waits on it
         print("compiling the decode step (once; 15-45 s on a CPU)...", file=sys.stderr, flush=True)
         engine.warmup()
-    app = create_app(engine, model_name=model_name, chat_template=chat_template)
+    app = create_app(engine, model_name=model_name, chat_template=chat_template, model_root=model_root)
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 
