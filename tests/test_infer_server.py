@@ -324,3 +324,58 @@ def test_unknown_model_is_404_model_not_found(server, route, body):
     for name in (card["id"], card["root"], None):
         ok = httpx.post(server["base"] + route, json={**body, **({"model": name} if name else {})}, timeout=30)
         assert ok.status_code == 200, ok.text
+
+
+def test_logit_bias_is_added_to_the_logits(server):
+    """OpenAI's logit_bias (was refused as an extra input): the bias is added to those ids' logits before the draw.
+    Reference: a direct forward of the model; the greedy token is argmax(logits + bias) and its reported logprob
+    is that of softmax(logits + bias)."""
+    tok, model = server["tok"], copy.deepcopy(server["reference"].model)
+    model.clear_cache()
+    ids = tok.encode("Once upon a time", bos=True)
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).double()[0, -1]
+    ranked = logits.argsort(descending=True).tolist()
+    bias = {ranked[0]: -100.0, ranked[5]: 3.0}  # the greedy token out, a lower one pushed up
+    biased = logits.clone()
+    for i, b in bias.items():
+        biased[i] += b
+    want = int(biased.argmax())
+    assert want != ranked[0]
+    r = httpx.post(server["base"] + "/v1/completions", timeout=30, json={
+        "prompt": ids, "max_tokens": 1, "temperature": 0, "logprobs": 0,
+        "logit_bias": {str(i): b for i, b in bias.items()}})
+    assert r.status_code == 200, r.text
+    got = r.json()["choices"][0]["logprobs"]["token_logprobs"][0]
+    assert got == pytest.approx(torch.log_softmax(biased, -1)[want].item(), abs=1e-4)
+
+
+@pytest.mark.parametrize("route, extra, param", [
+    ("/v1/completions", {"logit_bias": {"abc": 1}}, "logit_bias"),
+    ("/v1/completions", {"logit_bias": {"99999": 1}}, "logit_bias"),
+    ("/v1/completions", {"logit_bias": {"5": 101}}, "logit_bias"),
+    ("/v1/completions", {"best_of": 3}, "best_of"),
+    ("/v1/completions", {"suffix": "end"}, "suffix"),
+    ("/v1/chat/completions", {"response_format": {"type": "json_object"}}, "response_format"),
+    ("/v1/chat/completions", {"logit_bias": {"5": -101}}, "logit_bias"),
+])
+def test_unsupported_or_bad_openai_fields_are_400_naming_the_param(server, route, extra, param):
+    body = {"prompt": "x"} if route == "/v1/completions" else {"messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.post(server["base"] + route, json={**body, "max_tokens": 1, **extra}, timeout=30)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
+    assert err["param"].split(".")[0] == param and err["message"].startswith(param), err
+    if param != "logit_bias":
+        assert "not supported" in err["message"]
+
+
+def test_openai_fields_at_their_no_op_values_are_taken(server):
+    """Clients that always send `logit_bias: {}`, `best_of: 1`, `suffix: null` or `response_format: text` work."""
+    r = httpx.post(server["base"] + "/v1/completions", timeout=30, json={
+        "prompt": "x", "max_tokens": 1, "logit_bias": {}, "best_of": 1, "suffix": None})
+    assert r.status_code == 200, r.text
+    r = httpx.post(server["base"] + "/v1/chat/completions", timeout=30, json={
+        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "logit_bias": {},
+        "response_format": {"type": "text"}})
+    assert r.status_code == 200, r.text

@@ -35,7 +35,7 @@ import copy
 import itertools
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -74,6 +74,9 @@ class SamplingParams:
     stop_token_ids: Sequence[int] | None = None  # None: the tokenizer's end-of-sequence id
     logprobs: int | None = None  # also return this many most likely tokens (and the chosen one's logprob)
     echo_logprobs: bool = False  # score the prompt tokens too (lm-eval's loglikelihood requests)
+    # added to those ids' logits before sampling (OpenAI's logit_bias: ids in the vocab, values in [-100, 100]);
+    # the reported logprobs are of the biased distribution, the one the tokens are drawn from
+    logit_bias: Mapping[int, float] | None = None
 
 
 @dataclass(eq=False)  # requests are compared by identity
@@ -291,6 +294,10 @@ class Engine:
         if p.max_new_tokens is not None and (p.max_new_tokens < 0 or n + p.max_new_tokens > self.max_seq_len):
             raise RequestError("max_new_tokens", f"prompt ({n} tokens) plus {p.max_new_tokens} new tokens exceeds "
                                f"the context length {self.max_seq_len}", code="context_length_exceeded")
+        if p.logit_bias and any(not (isinstance(t, int) and 0 <= t < self.n_tokens) for t in p.logit_bias):
+            raise RequestError("logit_bias", f"token ids must be integers in [0, {self.n_tokens})")
+        if p.logit_bias and any(not -100 <= b <= 100 for b in p.logit_bias.values()):  # `not <=`: NaN refused
+            raise RequestError("logit_bias", "bias values must be in [-100, 100]")
         if not p.temperature >= 0 or not 0 < p.top_p <= 1 or p.top_k < 0:  # `not >=`: NaN is refused too
             raise RequestError("temperature" if not p.temperature >= 0 else "top_p" if p.top_k >= 0 else "top_k",
                                "expected temperature >= 0, 0 < top_p <= 1, top_k >= 0")
@@ -392,6 +399,12 @@ class Engine:
         """Sample the next token of each slot from its logits [len(slots), vocab] and hand it to its request."""
         requests = [self._slots[s] for s in slots]
         logits = self._mask(logits)
+        biased = [(i, r.params.logit_bias) for i, r in enumerate(requests) if r.params.logit_bias]
+        if biased:
+            logits = logits.clone()  # the step's output stays as it was
+            for i, bias in biased:  # OpenAI's logit_bias: added to the logits before sampling
+                ids = torch.tensor(list(bias), device=logits.device)
+                logits[i, ids] += torch.tensor(list(bias.values()), dtype=logits.dtype, device=logits.device)
         every_slot = len(slots) == self.max_batch  # slots are then 0..max_batch-1, in order
         index = slice(None) if every_slot else torch.tensor(slots, device=self.device)
         if all(r.params.temperature <= 0 for r in requests):  # all greedy (known on the host): plain argmax

@@ -23,7 +23,7 @@ import queue
 import threading
 import time
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi import Request as HTTPRequest
@@ -90,6 +90,7 @@ class _Sampling(_Strict):
     presence_penalty: float = Field(0.0, ge=0.0, le=0.0)  # accepted for compatibility; only 0 is supported
     frequency_penalty: float = Field(0.0, ge=0.0, le=0.0)
     user: str | None = None
+    logit_bias: dict[str, float] | None = None  # OpenAI's: {"token id": bias in [-100, 100]}, checked by the engine
 
 
 class CompletionRequest(_Sampling):
@@ -100,6 +101,8 @@ class CompletionRequest(_Sampling):
     max_tokens: int | None = Field(16, ge=0)
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False
+    best_of: Any = None  # not supported: only its no-op values (null, 1) are taken; see `refuse_unsupported`
+    suffix: Any = None  # not supported: only null or ""
 
 
 class ChatMessage(_Strict):
@@ -118,6 +121,36 @@ class ChatRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    response_format: Any = None  # not supported: only null or {"type": "text"}; see `refuse_unsupported`
+
+
+UNSUPPORTED = {  # OpenAI request field -> (the values that change nothing, why the others are refused)
+    "best_of": ((None, 1), "best_of: not supported by this server (it returns n choices, none ranked out); "
+                           "expected null or 1"),
+    "suffix": ((None, ""), "suffix: not supported by this server (no fill-in-the-middle); expected null"),
+    "response_format": ((None, {"type": "text"}), "response_format: not supported by this server (no JSON mode "
+                                                  "or schema-guided decoding); expected null or {\"type\": \"text\"}"),
+}
+
+
+def refuse_unsupported(body: BaseModel) -> None:
+    """400 (OpenAI's error object naming the param) for an OpenAI field this server cannot honour, set to a value
+    that would change the answer; its no-op values (what clients send by default) are taken."""
+    for param, (noop, message) in UNSUPPORTED.items():
+        value = getattr(body, param, None)
+        if not any(value == v and type(value) is type(v) for v in noop):  # 1.0 / True are not 1
+            raise APIError(message, param, code="unsupported_parameter")
+
+
+def logit_bias_ids(body: _Sampling) -> dict[int, float] | None:
+    """OpenAI's logit_bias keys are token ids written as JSON strings ("50256"): as ints (400 if not integers;
+    the vocab range and the [-100, 100] values are the engine's check)."""
+    if not body.logit_bias:
+        return None
+    try:
+        return {int(k): v for k, v in body.logit_bias.items()}
+    except ValueError:
+        raise APIError("logit_bias: keys must be token ids (integers written as strings)", "logit_bias") from None
 
 
 # -- the engine thread ---------------------------------------------------------------------------------------------
@@ -308,6 +341,7 @@ class Server:
         return SamplingParams(
             max_new_tokens=max_new_tokens, temperature=body.temperature, top_k=max(body.top_k, 0), top_p=body.top_p,
             seed=seed, stop=stop + list(stops), logprobs=logprobs, echo_logprobs=echo, stop_token_ids=stop_ids,
+            logit_bias=logit_bias_ids(body),
         )
 
     # -- running requests ------------------------------------------------------------------------------------------
@@ -498,6 +532,7 @@ async def completions(srv: Server, http: HTTPRequest):
     """POST /v1/completions: text or token-id prompts, n choices, echo + logprobs, streamed or not."""
     body = await read_body(http, CompletionRequest)
     srv.check_model(body.model)
+    refuse_unsupported(body)
     max_new_tokens = 16 if body.max_tokens is None else body.max_tokens  # OpenAI's default
     if max_new_tokens == 0 and not body.echo:
         raise APIError("max_tokens: must be at least 1 unless echo is set", "max_tokens")
@@ -528,6 +563,7 @@ async def chat_completions(srv: Server, http: HTTPRequest):
     """POST /v1/chat/completions: messages through the chat format, streamed or not, logprobs with bytes."""
     body = await read_body(http, ChatRequest)
     srv.check_model(body.model)
+    refuse_unsupported(body)
     prompt = await srv.chat_ids([m.model_dump() for m in body.messages])
     max_new_tokens = body.max_completion_tokens or body.max_tokens  # None: the rest of the context
     top = (body.top_logprobs or 0) if body.logprobs else None
