@@ -355,3 +355,33 @@ def test_seven_sources_dry_run_flags_a_source_without_inputs(tmp_path, capsys, m
     assert len(err) == 1 and "sources.github.inputs: ../shared/data/github: no such file or folder" in err[0] \
         and "pass --sources.github.inputs=" in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("content", ["", "not json\n", '{"text": ""}\n'])
+def test_failed_tokenize_leaves_no_out_folder(tmp_path, capsys, content):
+    """A failed `tokenize ... --out s3` (empty input, bad JSON, no text) left an empty `s3/` behind. The folders a
+    failed write created are removed again (`io.atomic_dir` / `io.atomic_file`); ones that were there stay."""
+    tok = shared_path("llama2-tokenizer/tokenizer.model")
+    data = tmp_path / "in.jsonl"
+    data.write_text(content)
+    out = tmp_path / "s3"
+    capsys.readouterr()
+    rc = cli.main(["tokenize", "--tokenizer", str(tok), "--input", str(data), "--out", str(out / "deeper")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("error: "), err
+    assert not out.exists()
+
+
+def test_failed_atomic_write_removes_only_the_folders_it_created(tmp_path):
+    from llamaforge.io import atomic_dir, atomic_file
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for writer in (atomic_dir, atomic_file):
+        with pytest.raises(RuntimeError):
+            with writer(kept / "a" / "b" / "target"):
+                raise RuntimeError("the write failed")
+        assert kept.is_dir() and list(kept.iterdir()) == []
+    with atomic_file(kept / "a" / "ok.txt", "w") as f:
+        f.write("x")
+    assert (kept / "a" / "ok.txt").read_text() == "x"

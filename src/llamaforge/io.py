@@ -66,15 +66,37 @@ def glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
+def _missing_parents(path: Path) -> list[Path]:
+    """The folders above `path` that do not exist yet (deepest first): what `_writable_beside` will create."""
+    missing = []
+    for parent in path.parents:
+        if parent.exists() or parent.is_symlink():
+            break
+        missing.append(parent)
+    return missing
+
+
+def _remove_created(folders: list[Path]) -> None:
+    """Remove the folders a failed write created (deepest first), each only if still empty: a failed run leaves
+    no empty `--out` folder behind."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another writer's files) or already gone
+            return
+
+
 def _writable_beside(path: Path, make_temporary):
     """Create `path`'s parent folder and call `make_temporary()` (mkdtemp/mkstemp beside `path`); an OSError there
     (a read-only or pseudo file system, no permission, a parent that is a file, disk full) is the user's
     destination, not a bug: UserError naming the path and the system's reason."""
+    created = _missing_parents(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)
         return make_temporary()
     except OSError as e:
+        _remove_created(created)
         raise UserError(f"{path}: cannot write here ({e.strerror or type(e).__name__}); expected a writable "
                         "destination") from None
 
@@ -86,6 +108,7 @@ def atomic_dir(path: Path):
     Temporaries of an earlier writer that was killed (`.NAME.tmp-PID-*`) are removed first. Raises UserError
     when nothing can be created beside `path`."""
     path = Path(path)
+    created = _missing_parents(path)  # removed again if this write fails
     tmp = Path(_writable_beside(path, lambda: tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-",
                                                                 dir=path.parent)))
     tmp.chmod(_umask_mode(0o777))
@@ -100,6 +123,7 @@ def atomic_dir(path: Path):
             os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_created(created)
         raise
 
 
@@ -108,6 +132,7 @@ def atomic_file(path: Path, mode: str = "wb"):
     """Yield an open file beside `path`; on success it is fsynced and renamed onto `path`. Raises UserError when
     nothing can be created beside `path`."""
     path = Path(path)
+    created = _missing_parents(path)  # removed again if this write fails
     fd, tmp = _writable_beside(path, lambda: tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-",
                                                               dir=path.parent))
     os.chmod(tmp, _umask_mode(0o666))
@@ -120,6 +145,7 @@ def atomic_file(path: Path, mode: str = "wb"):
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        _remove_created(created)
         raise
 
 
