@@ -206,3 +206,25 @@ def test_no_prompt_text_produces_a_control_id(sp):
             assert not set(ids) & tok.control_ids, (name, text)
             if name in LLAMA2_FILES:
                 assert ids == sp.encode(text), (name, text)
+
+
+def test_tiktoken_file_travels_into_a_model_folder(tmp_path):
+    """A `.tiktoken` file (loads by itself) is carried into a saved model folder under the name the folder lookup
+    finds (`tokenizer.model`, Meta's Llama 3 name), and the model loads with it: the same ids as the file."""
+    import torch
+
+    from llamaforge.formats import load_model_and_tokenizer, save_model
+    from llamaforge.model import ModelArgs, Transformer
+    from llamaforge.tokenizer import TiktokenTokenizer
+
+    src = tmp_path / "llama3.tiktoken"
+    shutil.copy(shared_path("llama3-tokenizer/tokenizer.model"), src)
+    direct = load_tokenizer(src)
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(dim=8, n_layers=1, n_heads=2, vocab_size=direct.vocab_size, hidden_dim=16,
+                                  max_seq_len=16))
+    save_model(model, tmp_path / "m", format="native", tokenizer_path=src)
+    assert (tmp_path / "m/tokenizer.model").read_bytes() == src.read_bytes()
+    _, tok = load_model_and_tokenizer(tmp_path / "m")
+    assert isinstance(tok, TiktokenTokenizer)
+    assert tok.encode("Hello world") == direct.encode("Hello world") == [9906, 1917]

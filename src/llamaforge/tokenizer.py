@@ -510,4 +510,4 @@ def load_tokenizer(path) -> Tokenizer:
         return HFTokenizer(path)
     if suffix == ".bin":
         return Llama2cTokenizer(path)
-    raise UserError(f"{path}: unknown tokenizer type; expected a .model, .json or .bin file")
+    raise UserError(f"{path}: unknown tokenizer type; expected a .model, .tiktoken, .json or .bin file")

@@ -24,11 +24,15 @@ FORMATS = ("native", "hf", "meta", "llama2c", "gguf")
 # A model folder carries its tokenizer under the name `load_tokenizer(folder)` looks for, whatever the file was
 # called before (a trainer's `llama8k.model` becomes `tokenizer.model`): the same names Meta's and HF's folders use.
 TOKENIZER_NAMES = {Path(name).suffix: name for name in TOKENIZER_FILES}  # .model -> tokenizer.model ...
+# A `.tiktoken` BPE file is what Meta ships for Llama 3 as `tokenizer.model`; `load_tokenizer` tells it from a
+# SentencePiece `.model` by content, so it travels under that name (the only name the folder lookup finds it by).
+TOKENIZER_NAMES[".tiktoken"] = "tokenizer.model"
 TOKENIZER_CONFIG = "tokenizer_config.json"  # travels with the tokenizer file when it sits beside it
 
 
 def copy_tokenizer(tokenizer_path, folder) -> Path:
     """Copy a tokenizer file into a model folder under its standard name (`TOKENIZER_NAMES`); returns the copy.
+    A `.tiktoken` file becomes `tokenizer.model` (Meta's Llama 3 name; the loader reads it by content).
 
     A `tokenizer_config.json` beside the file (special tokens, chat template) is copied along.
     Raises UserError for a file that is missing or of a type no loader reads."""
@@ -39,7 +43,7 @@ def copy_tokenizer(tokenizer_path, folder) -> Path:
         raise UserError(f"{src}: tokenizer: no such file")
     name = TOKENIZER_NAMES.get(src.suffix)
     if name is None:
-        raise UserError(f"{src}: tokenizer: expected a .model, .json or .bin file")
+        raise UserError(f"{src}: tokenizer: expected a .model, .tiktoken, .json or .bin file")
     dst = Path(folder) / name
     shutil.copy(src, dst)
     config = src.parent / TOKENIZER_CONFIG  # HF's companion file: special tokens, the chat template
