@@ -6,6 +6,8 @@ PIP := $(VENV)/bin/pip
 # The CPU build of torch: pip takes it from the local wheel cache when present (a plain `torch` would pull CUDA).
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# What KenLM's Python module builds against (Debian package names); a fresh machine may need `apt-get update` first.
+KENLM_BUILD_DEPS := libboost-program-options-dev libboost-system-dev libboost-thread-dev libboost-test-dev zlib1g-dev libbz2-dev liblzma-dev cmake
 
 .PHONY: setup test test-fast demo bench clean
 
@@ -18,8 +20,8 @@ $(VENV)/.installed: pyproject.toml
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install -q -e '.[llamacpp]' || echo "warning: llama-cpp-python did not build; the llama.cpp parity tests will skip"
 	# KenLM's query module for the CCNet LM parity tests: built from source against Boost; if it fails they skip.
 	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && { dpkg -s libboost-thread-dev >/dev/null 2>&1 || \
-		apt-get install -y -q libboost-program-options-dev libboost-system-dev libboost-thread-dev libboost-test-dev \
-		zlib1g-dev libbz2-dev liblzma-dev cmake >/dev/null 2>&1; }; }; \
+		{ apt-get install -y -q $(KENLM_BUILD_DEPS) >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q $(KENLM_BUILD_DEPS) >/dev/null 2>&1; }; }; }; }; \
 		$(PIP) install -q -e '.[kenlm]' || echo "warning: kenlm did not build; the KenLM parity tests will skip"
 	# bubblewrap isolates the generated code of HumanEval/MBPP (eval/sandbox.py); without it those tasks refuse
 	# in one line unless --unsafe-exec is given.
