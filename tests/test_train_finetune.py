@@ -335,3 +335,28 @@ def test_gzipped_data_reads_like_plain(tmp_path, layout):
     plain_records, gz_records = read_records(tmp_path / "d.jsonl"), read_records(tmp_path / "d.jsonl.gz")
     assert [r for _, r in gz_records] == [r for _, r in plain_records] == records
     assert gz_records[1][0].endswith(".gz:2" if layout == "jsonl" else ".gz[1]")
+
+
+def test_llama2_finetune_is_served_as_llama2_by_auto(tmp_path):
+    """A model finetuned with the built-in `llama2` format (code, not Jinja) records the name in its
+    tokenizer_config.json, and `--chat-template auto` serves it as llama2 again (was `plain`): the same ids as
+    naming the format."""
+    from llamaforge.commands.finetune import _write_template
+    from llamaforge.formats import copy_tokenizer
+    from llamaforge.tokenizer import load_tokenizer
+
+    final = tmp_path / "final"
+    final.mkdir()
+    copy_tokenizer(shared_path("llama2-tokenizer/tokenizer.model"), final)
+    tok = load_tokenizer(final)
+    _write_template(final, load_chat_format("llama2", tok), tok)
+    served = load_chat_format("auto", load_tokenizer(final))
+    assert served.name == "llama2"
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"}]
+    assert served.render(msgs).ids == load_chat_format("llama2", tok).render(msgs).ids
+    assert served.render(msgs).ids != load_chat_format("plain", tok).render(msgs).ids
+    config = final / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "llamaforge_chat_format": "llama9"}))
+    with pytest.raises(UserError, match="llamaforge_chat_format: expected one of plain, llama2, llama3, chatml"):
+        load_chat_format("auto", load_tokenizer(final))

@@ -102,8 +102,8 @@ def run(args) -> int:
 def _write_template(folder, fmt, tokenizer) -> None:
     """Record the chat format beside the finetuned model, so `serve`/`chat` (`--chat-template auto`) and the HF /
     GGUF exports use it: `tokenizer_config.json` with HF's `chat_template` (a Jinja format's source) and the BOS /
-    EOS spellings, written atomically. llama3 needs no file (auto recognizes its tokenizer); llama2 is built in
-    code, not Jinja, so it is named in the config's `llamaforge_chat_format` and printed."""
+    EOS spellings, written atomically. The format's name goes in `llamaforge_chat_format`: llama2 is built in
+    code, not Jinja, and `auto` finds it by that name (the HF / GGUF exports carry no template for it)."""
     from llamaforge.io import atomic_file
 
     names = {v: k for k, v in getattr(tokenizer, "specials", {}).items()}
@@ -111,8 +111,9 @@ def _write_template(folder, fmt, tokenizer) -> None:
               "llamaforge_chat_format": fmt.name}
     if getattr(fmt, "source", None):
         config["chat_template"] = fmt.source
-    elif fmt.name != "llama3":
-        print(f"note: chat format {fmt.name!r} is not a Jinja template; serve the model with --chat-template {fmt.name}")
+    elif fmt.name != "llama3":  # auto serves it again by name; the exports' chat_template cannot hold it
+        print(f"note: chat format {fmt.name!r} is not a Jinja template: recorded by name for serve/chat "
+              "(--chat-template auto), not carried into HF/GGUF exports")
     path = folder / "tokenizer_config.json"
     if path.is_file():  # keep what the export wrote (tokenizer class, added tokens), add the template
         config = {**json.loads(path.read_text()), **config}

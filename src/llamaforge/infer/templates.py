@@ -27,7 +27,8 @@ Formats (`load_chat_format(name, tokenizer)`):
 | `plain`   | a transcript for base models: BOS, the system text, `User: ...` / `Assistant: ...` lines, ending in |
 |           | `Assistant:`; the answer ends at EOS or at the stop string `"\\nUser:"`.                             |
 | `chatml`  | `<|im_start|>role\\ncontent<|im_end|>\\n`; needs a tokenizer with those two special tokens.          |
-| `auto`    | the Jinja template of a `tokenizer_config.json` beside the tokenizer, else `llama3` when the        |
+| `auto`    | the Jinja template of a `tokenizer_config.json` beside the tokenizer, else the built-in format it  |
+|           | names in `llamaforge_chat_format` (what `finetune` writes for `llama2`), else `llama3` when the    |
 |           | tokenizer has Llama 3's header tokens, else `plain`.                                               |
 
 **Jinja without injection.** The template is rendered with each message's content replaced by an opaque
@@ -421,8 +422,15 @@ def load_chat_format(name: str, tokenizer) -> ChatFormat:
     folder = Path(getattr(tokenizer, "path", ".")).parent
     if name == "auto":
         config = folder / "tokenizer_config.json"
-        if config.is_file() and "chat_template" in _read_config(config):
+        settings = _read_config(config) if config.is_file() else {}
+        if "chat_template" in settings:
             return load_chat_format(str(config), tokenizer)
+        if "llamaforge_chat_format" in settings:  # a built-in format recorded by name (finetune's llama2)
+            recorded = settings["llamaforge_chat_format"]
+            if recorded not in BUILTIN or recorded == "auto":
+                raise UserError(f"{config}: llamaforge_chat_format: expected one of "
+                                f"{', '.join(b for b in BUILTIN if b != 'auto')}, got {recorded!r}")
+            return load_chat_format(recorded, tokenizer)
         if tokenizer.special_token_id("<|start_header_id|>") is not None:
             return Llama3Chat(tokenizer)
         name = "plain"
