@@ -219,3 +219,24 @@ def test_override_errors_name_the_flag(flow_file, capsys, override):
     rc = main(["run", str(flow_file), "--dry-run", override])
     line = one_error_line(capsys, rc)
     assert line.startswith(f"error: {override.split('=')[0]}: "), line
+
+
+def test_commoncrawl_gets_the_flows_wikipedia_for_its_model_steps(tmp_path):
+    """The CCNet LM and the reference classifier are trained on Wikipedia: a flow with a Wikipedia source hands its
+    dump to the CommonCrawl source (so every paper step runs by default); an explicit `models` or `wikipedia` wins."""
+    from llamaforge.run.config import load_flow
+    from llamaforge.run.flow import Flow
+
+    wiki, cc = tmp_path / "enwiki-pages-articles.xml.bz2", tmp_path / "cc.jsonl.gz"
+    wiki.write_bytes(b""), cc.write_bytes(b"")
+    path = tmp_path / "flow.toml"
+    path.write_text(f'[run]\nout = "{tmp_path / "run"}"\n'
+                    f'[sources.cc]\nkind = "commoncrawl"\ninputs = ["{cc}"]\n'
+                    f'[sources.wiki]\nkind = "wikipedia"\ninputs = ["{wiki}"]\n'
+                    '[train]\nrecipe = "debug"\n[eval]\ntasks = []\n[export]\nformats = []\n')
+    flow = Flow(load_flow(str(path)), progress=False)
+    assert flow.source_options("cc")["wikipedia"] == [str(wiki.resolve())]
+    assert flow.stage_configs()["prepare.cc"]["options"]["wikipedia"] == [str(wiki.resolve())]
+    assert "wikipedia" not in flow.source_options("wiki")
+    flow = Flow(load_flow(str(path), ["--sources.cc.options.models=/m"]), progress=False)
+    assert "wikipedia" not in flow.source_options("cc")

@@ -82,6 +82,8 @@ def test_seven_source_flow_end_to_end(tmp_path):
                    "--train.set.training.micro_batch_size=8", "--train.set.training.batch_tokens=2048",
                    "--eval.tasks=['piqa']", "--eval.limit=4", "--eval.val_batches=1", cwd=Path(__file__).parents[1])
     assert "paper epochs" in r.stdout  # the plan table came before training
+    cc = json.loads((out / "prepare" / "commoncrawl" / "stats.json").read_text())
+    assert cc["off"] == {} and {"lm_perplexity", "reference_classifier"} <= set(cc["ran"])  # every paper step ran
     for name in SEVEN:
         assert list((out / "prepare" / name).glob("*.jsonl.gz")), name
         assert (out / "tokens" / name / "header.json").is_file(), name

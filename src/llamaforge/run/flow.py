@@ -92,6 +92,19 @@ class Flow:
             return self.out / "tokenizer" / TOKENIZER_NAMES.get(Path(self.cfg.tokenizer.path).suffix, "tokenizer")
         return self.out / "tokenizer" / "tokenizer.model"
 
+    def source_options(self, name: str) -> dict:
+        """A source's `prepare` options as the flow runs it. CommonCrawl's last two paper steps (the CCNet LM
+        buckets and the Wikipedia-reference classifier) are trained on Wikipedia, as CCNet does per language: when
+        the flow has a Wikipedia source and the CommonCrawl source names neither `wikipedia` nor `models`, that
+        source's dump is passed on, so every paper step runs by default (see data/sources/commoncrawl.py)."""
+        spec = self.cfg.sources[name]
+        options = dict(spec.options)
+        if spec.kind == "commoncrawl" and "wikipedia" not in options and "models" not in options:
+            wiki = [s for s in self.cfg.sources.values() if s.kind == "wikipedia"]
+            if wiki:
+                options["wikipedia"] = [p for s in wiki for p in _wikipedia_files(s)]
+        return options
+
     # -- stage configs: what each marker's hash covers (upstream hashes included, so a change flows downstream)
 
     def stage_configs(self) -> dict[str, dict]:
@@ -99,7 +112,7 @@ class Flow:
         confs: dict[str, dict] = {}
         for n in self.names:
             s = c.sources[n]
-            confs[f"prepare.{n}"] = {"kind": s.kind, "inputs": _abs(s.inputs), "options": s.options}
+            confs[f"prepare.{n}"] = {"kind": s.kind, "inputs": _abs(s.inputs), "options": self.source_options(n)}
         prepared = {n: _hash(confs[f"prepare.{n}"]) for n in self.names}
         if c.tokenizer.path:
             from llamaforge.data.shards import file_sha256
@@ -231,7 +244,7 @@ class Flow:
         from llamaforge.data.sources import prepare
 
         return prepare(spec.kind, spec.inputs, str(out), workers=self.cfg.run.workers, progress=self.progress,
-                       **spec.options)
+                       **self.source_options(name))
 
     def stage_tokenizer(self, confs: dict) -> None:
         if self.check_unchanged("tokenizer", confs["tokenizer"]):
@@ -417,6 +430,15 @@ def describe(flow: Flow, until: str = "report", start: str | None = None) -> str
     except UserError as e:
         lines.append(f"\ntraining: not planned: {e}")
     return "\n".join(lines)
+
+
+def _wikipedia_files(spec) -> list[str]:
+    """A Wikipedia source's dump files as its own input rules find them (a folder of split parts included); the
+    paths as given when they cannot be listed (the prepare stage then says what is wrong)."""
+    try:
+        return [str(Path(f).resolve()) for f in _input_files(spec)]
+    except UserError:
+        return _abs(spec.inputs)
 
 
 def _input_files(spec) -> list[str]:
