@@ -38,3 +38,36 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def assert_one_error_line(rc: int, err: str, *words: str, startswith: str = "error: ") -> str:
+    """The contract for a user's mistake: exit status 2, exactly one stderr line, beginning `startswith` (always
+    `error: ...`), no traceback, and each of `words` in that line. Returns the line."""
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert lines[0].startswith(startswith), (startswith, lines[0])
+    assert "Traceback" not in err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+def one_error_line(capsys, rc: int, *words: str, startswith: str = "error: ") -> str:
+    """`assert_one_error_line` on what the command just wrote to stderr (pytest's capsys)."""
+    return assert_one_error_line(rc, capsys.readouterr().err, *words, startswith=startswith)
+
+
+def llama_cpp_greedy(path, prompt: list[int], n: int, **llama_options) -> list[int]:
+    """llama.cpp's (llama-cpp-python) first `n` greedy tokens after `prompt` from the GGUF file `path`: temperature
+    0 / top-k 1, no top-p, min-p or repeat penalty, 128 positions, one thread. Skips without llama_cpp."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(str(path), n_ctx=128, n_threads=1, verbose=False, **llama_options)
+    tokens = []
+    try:
+        for tok in llm.generate(prompt, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
+            tokens.append(tok)
+            if len(tokens) == n:
+                break
+    finally:
+        llm.close()
+    return tokens

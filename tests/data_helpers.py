@@ -56,3 +56,21 @@ def source_paths(root) -> dict[str, Path]:
     if not found:
         raise UserError(f"{root}: no token shard folders (with header.json) found")
     return found
+
+
+def write_dump_slice(dump: str, pages: int, dst: Path, extra_pages=()) -> Path:
+    """A bz2 MediaWiki dump at `dst`: the header and first `pages` pages of the staged dump `dump` (a path under
+    ../shared/data), then `extra_pages` (raw `<page>` XML), closed by `</mediawiki>`."""
+    import bz2
+
+    out, n = [], 0
+    with bz2.open(shared_path(dump), "rt", encoding="utf-8") as f:
+        for line in f:
+            out.append(line)
+            if line.strip() == "</page>":
+                n += 1
+                if n == pages:
+                    break
+    out += [*extra_pages, "</mediawiki>\n"]
+    dst.write_bytes(bz2.compress("".join(out).encode("utf-8")))
+    return dst

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import shared_path
+from conftest import assert_one_error_line, shared_path
 from llamaforge.cli import main
 from llamaforge.formats import load_model, save_model
 from llamaforge.model import ModelArgs, Transformer
@@ -23,15 +23,6 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
     rc = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return rc, out, err
-
-
-def assert_one_line_error(rc: int, err: str, *words: str) -> None:
-    assert rc == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for w in words:
-        assert w in lines[0], (w, lines[0])
 
 
 @pytest.fixture
@@ -83,7 +74,7 @@ def test_truncated_safetensors(tmp_path, capsys, hf_folder):
     f = hf_folder / "model.safetensors"
     f.write_bytes(f.read_bytes()[:-500])
     rc, _, err = run_cli(capsys, "convert", hf_folder, tmp_path / "out", "--to", "native", "--no-tokenizer")
-    assert_one_line_error(rc, err, "model.safetensors")
+    assert_one_error_line(rc, err, "model.safetensors")
     assert not (tmp_path / "out").exists() and os.listdir(tmp_path) == ["hf"]
 
 
@@ -92,7 +83,7 @@ def test_wrong_shapes(tmp_path, capsys, hf_folder):
     cfg["intermediate_size"] += 16
     (hf_folder / "config.json").write_text(json.dumps(cfg))
     rc, _, err = run_cli(capsys, "convert", hf_folder, tmp_path / "out", "--to", "meta", "--no-tokenizer")
-    assert_one_line_error(rc, err, "shape")
+    assert_one_error_line(rc, err, "shape")
     assert not (tmp_path / "out").exists()
 
 
@@ -100,10 +91,10 @@ def test_unknown_format(tmp_path, capsys):
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "weights.txt").write_text("hello")
     rc, _, err = run_cli(capsys, "convert", tmp_path / "junk", tmp_path / "out", "--to", "hf")
-    assert_one_line_error(rc, err, "unknown checkpoint format")
+    assert_one_error_line(rc, err, "unknown checkpoint format")
     (tmp_path / "x.bin").write_bytes(b"\x01\x02\x03" * 100)
     rc, _, err = run_cli(capsys, "convert", tmp_path / "x.bin", tmp_path / "out", "--to", "hf")
-    assert_one_line_error(rc, err, "x.bin")
+    assert_one_error_line(rc, err, "x.bin")
     assert not (tmp_path / "out").exists()
 
 
@@ -111,7 +102,7 @@ def test_missing_params_json(tmp_path, capsys):
     save_model(Transformer(ARGS), tmp_path / "meta", format="meta")
     (tmp_path / "meta" / "params.json").unlink()
     rc, _, err = run_cli(capsys, "convert", tmp_path / "meta", tmp_path / "out", "--to", "hf", "--no-tokenizer")
-    assert_one_line_error(rc, err, "params.json", "missing")
+    assert_one_error_line(rc, err, "params.json", "missing")
     assert not (tmp_path / "out").exists()
 
 
@@ -125,7 +116,7 @@ def test_pickle_with_code(tmp_path, capsys, monkeypatch):
     save_model(Transformer(ARGS), tmp_path / "meta", format="meta")
     torch.save({"tok_embeddings.weight": torch.zeros(3), "evil": Exploit()}, tmp_path / "meta/consolidated.00.pth")
     rc, _, err = run_cli(capsys, "convert", tmp_path / "meta", tmp_path / "out", "--to", "hf", "--no-tokenizer")
-    assert_one_line_error(rc, err, "consolidated.00.pth", "refusing")
+    assert_one_error_line(rc, err, "consolidated.00.pth", "refusing")
     assert not (tmp_path / "PWNED").exists() and not (tmp_path / "out").exists()
 
 
@@ -143,4 +134,4 @@ def test_sampling_flag_out_of_range_is_named(capsys, tmp_path, command, flag, va
     """The flag that is out of range is named, before any model is loaded (the model path does not exist)."""
     argv = [command, tmp_path / "no-model", flag, value] + (["--prompt", "x"] if command == "generate" else [])
     rc, _, err = run_cli(capsys, *argv)
-    assert_one_line_error(rc, err, f"{flag}: expected")
+    assert_one_error_line(rc, err, f"{flag}: expected")

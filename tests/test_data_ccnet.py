@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import shared_path
-from data_helpers import CC_SAMPLES, output_docs, read_jsonl_gz, run_source
+from data_helpers import CC_SAMPLES, output_docs, read_jsonl_gz, run_source, write_dump_slice
 
 from llamaforge.data.filters.langid import LanguageFilter
 from llamaforge.data.filters.lm import KneserNeyLM, LMBundle, build_bundle, normalize
@@ -229,17 +229,7 @@ def test_positive_set_from_a_dump_and_a_crawl_sharing_urls(tmp_path: Path):
 @pytest.fixture(scope="module")
 def dump_slice(tmp_path_factory) -> Path:
     """The shared dump's first 60 pages (about 20 articles)."""
-    out, pages = [], 0
-    with bz2.open(shared_path(WIKI_DUMP), "rt", encoding="utf-8") as f:
-        for line in f:
-            out.append(line)
-            if line.strip() == "</page>":
-                pages += 1
-                if pages == 60:
-                    break
-    path = tmp_path_factory.mktemp("wiki") / "enwiki-slice.xml.bz2"
-    path.write_bytes(bz2.compress(("".join(out) + "</mediawiki>\n").encode()))
-    return path
+    return write_dump_slice(WIKI_DUMP, 60, tmp_path_factory.mktemp("wiki") / "enwiki-slice.xml.bz2")
 
 
 @pytest.mark.slow

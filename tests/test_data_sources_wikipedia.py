@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import shared_path
-from data_helpers import run_source
+from data_helpers import run_source, write_dump_slice
 
 DUMP = "wikipedia-xml/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 BROKEN_PAGE = "  <page>\n    <title>Broken</title>\n    <ns>0</ns>\n    <revision><text>oops</revison>\n  </page>\n"
@@ -19,18 +19,7 @@ PROJECT_PAGE = ("  <page>\n    <title>Wikipedia:About</title>\n    <ns>4</ns>\n 
 @pytest.fixture
 def dump_slice(tmp_path: Path) -> Path:
     """The dump's header and first 25 pages (3 articles, 22 redirects), plus a broken and a non-article page."""
-    out, pages = [], 0
-    with bz2.open(shared_path(DUMP), "rt", encoding="utf-8") as f:
-        for line in f:
-            out.append(line)
-            if line.strip() == "</page>":
-                pages += 1
-                if pages == 25:
-                    break
-    out += [BROKEN_PAGE, PROJECT_PAGE, "</mediawiki>\n"]
-    path = tmp_path / "enwiki-slice.xml.bz2"
-    path.write_bytes(bz2.compress("".join(out).encode("utf-8")))
-    return path
+    return write_dump_slice(DUMP, 25, tmp_path / "enwiki-slice.xml.bz2", [BROKEN_PAGE, PROJECT_PAGE])
 
 
 def test_wikipedia_articles_cleaned(dump_slice: Path, tmp_path: Path):

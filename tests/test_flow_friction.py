@@ -8,23 +8,13 @@ import shutil
 import pytest
 import torch
 
-from conftest import shared_path
+from conftest import one_error_line, shared_path
 from llamaforge import load_tokenizer
 from llamaforge.cli import main
 from llamaforge.formats import load_model, save_model
 from llamaforge.model import ModelArgs, Transformer
 
 TEXT = "The quick brown fox jumps over the lazy dog. It was 1984; def f(x): return x + 1"
-
-
-def one_error_line(capsys, rc, *words):
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-    return lines[0]
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import shared_path
+from conftest import llama_cpp_greedy, shared_path
 
 from llamaforge.formats import detect_format, load_model, save_model
 from llamaforge.infer import Engine, SamplingParams
@@ -73,20 +73,13 @@ def test_reads_shared_tiny_llama2_gguf():
 def test_llama_cpp_greedy_tokens_match(tmp_path, dtype):
     """The same GGUF decoded greedily by llama.cpp (llama-cpp-python, built from source) and by llamaforge
     (which reads the file back, so both run the same rounded weights)."""
-    llama_cpp = pytest.importorskip("llama_cpp")
+    pytest.importorskip("llama_cpp")
     path = save_model(load_model(shared_path("stories260K/stories260K.bin")), tmp_path / "s.gguf", format="gguf",
                       dtype=dtype)
     prompt = [1, 403, 407, 261, 378]  # BOS and four tokens of tok512
     ours = Engine(load_model(path), max_seq_len=128).generate([prompt], SamplingParams(max_new_tokens=40,
                                                                                        stop_token_ids=()))[0]
-    llm = llama_cpp.Llama(str(path), n_ctx=128, n_threads=1, verbose=False)
-    theirs = []
-    for tok in llm.generate(prompt, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
-        theirs.append(tok)
-        if len(theirs) == 40:
-            break
-    llm.close()
-    assert theirs == ours.tokens
+    assert llama_cpp_greedy(path, prompt, 40) == ours.tokens
 
 
 def test_convert_command_writes_q8_0_gguf(tmp_path, capsys):

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import shared_path
+from conftest import llama_cpp_greedy, shared_path
 from llamaforge.errors import UserError
 from llamaforge.formats import load_model, save_model
 from llamaforge.model import ModelArgs, Transformer
@@ -268,7 +268,6 @@ def test_gguf_llama3_metadata_and_round_trip(exported):
 def test_llama_cpp_greedy_tokens_equal_ours(tmp_path):
     """GGUF of the tiny Llama 3 config (scaled RoPE, tied, GQA), f32: llama.cpp's greedy tokens, past the
     original context, equal llamaforge's."""
-    llama_cpp = pytest.importorskip("llama_cpp")
     from llamaforge.infer import Engine, SamplingParams
 
     path = save_model(random_model(), tmp_path / "m.gguf", format="gguf", dtype="f32")
@@ -276,14 +275,7 @@ def test_llama_cpp_greedy_tokens_equal_ours(tmp_path):
     assert model.args == TINY
     prompt = list(range(3, 60, 2))  # 29 tokens; 60 more go past position 64
     ours = Engine(model, max_seq_len=128).generate([prompt], SamplingParams(max_new_tokens=60, stop_token_ids=()))[0]
-    llm = llama_cpp.Llama(str(path), n_ctx=128, n_threads=1, verbose=False, type_k=0, type_v=0)  # f32 KV cache
-    theirs = []
-    for tok in llm.generate(prompt, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
-        theirs.append(tok)
-        if len(theirs) == 60:
-            break
-    llm.close()
-    assert theirs == ours.tokens
+    assert llama_cpp_greedy(path, prompt, 60, type_k=0, type_v=0) == ours.tokens  # f32 KV cache
 
 
 # ------------------------------------------------------------------------------------------ chat

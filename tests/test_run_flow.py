@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import one_error_line
 
 from llamaforge.cli import main
 from llamaforge.data.mixture import TABLE1, format_plan, plan_mixture
@@ -43,16 +44,6 @@ tasks = []
 [export]
 formats = ["hf"]
 """
-
-
-def one_error_line(capsys, rc, *words) -> str:
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-    return lines[0]
 
 
 @pytest.fixture

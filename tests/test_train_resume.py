@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_error_line
 from safetensors.torch import load_file
 
 GOLDEN = Path(__file__).parent / "golden" / "debug_losses.json"
@@ -105,10 +106,7 @@ def one_line_error(capsys, out: Path, *extra: str) -> str:
     from llamaforge.cli import main
 
     capsys.readouterr()
-    assert main(["train", "--recipe", "debug", "--out", str(out), *extra]) == 2
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    return lines[0]
+    return one_error_line(capsys, main(["train", "--recipe", "debug", "--out", str(out), *extra]))
 
 
 def test_unknown_config_key_is_one_line(tmp_path, capsys):

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from conftest import shared_path
+from conftest import one_error_line, shared_path
 from llamaforge import cli
 from llamaforge.formats import save_model
 from llamaforge.model import ModelArgs, Transformer
@@ -232,6 +232,17 @@ def test_resume_mistakes_say_what_is_wrong(tmp_path, capsys):
     assert len(err) == 1 and "Size mismatch" in err[0] and "FrameSummary" not in err[0], err
 
 
+def assert_prepare_refuses_kind(tmp_path, capsys, source: str, given: str, kind: str) -> None:
+    """`prepare SOURCE FILE` on a staged file of another kind: one error line naming the file, the source and
+    what the file is, exit 2, nothing written."""
+    path = shared_path(given)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    rc = cli.main(["prepare", source, str(path), "--out", str(out), "--no-progress"])
+    one_error_line(capsys, rc, startswith=f"error: {path}: {source}: this is {kind}; expected")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("source, given, kind", [
     ("books", "commoncrawl/dolma-tests/warc_sample-0000.warc.gz", "a WARC file"),
     ("books", "stackexchange/beer.stackexchange.com-Posts.xml", "an XML file"),
@@ -242,13 +253,7 @@ def test_resume_mistakes_say_what_is_wrong(tmp_path, capsys):
 def test_prepare_refuses_a_file_of_another_kind(tmp_path, capsys, source, given, kind):
     """`prepare books warc_sample-0000.warc.gz` kept the decompressed WARC (HTTP headers and HTML) as one "book",
     exit 0; `prepare arxiv Posts.xml` dropped it as `no_section`, exit 0. Now one line naming file and kind, exit 2."""
-    path = shared_path(given)
-    out = tmp_path / "out"
-    capsys.readouterr()
-    rc = cli.main(["prepare", source, str(path), "--out", str(out), "--no-progress"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {path}: {source}: this is {kind}; expected"), err
-    assert not out.exists()
+    assert_prepare_refuses_kind(tmp_path, capsys, source, given, kind)
 
 
 def test_prepare_books_and_arxiv_still_take_their_own_kind(tmp_path):
@@ -312,13 +317,7 @@ def test_prepare_jsonl_sources_refuse_a_file_of_another_kind(tmp_path, capsys, s
     """`prepare c4 alice.txt` read every line as bad JSON and exited 0 with 0 documents and an empty shard (same for
     commoncrawl / github given Posts.xml). Now one line naming the file and what was expected, exit 2, nothing
     written."""
-    path = shared_path(given)
-    out = tmp_path / "out"
-    capsys.readouterr()
-    rc = cli.main(["prepare", source, str(path), "--out", str(out), "--no-progress"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {path}: {source}: this is {kind}; expected"), err
-    assert not out.exists()
+    assert_prepare_refuses_kind(tmp_path, capsys, source, given, kind)
 
 
 def test_prepare_jsonl_sources_still_take_their_own_kind():
