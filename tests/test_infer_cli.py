@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from conftest import REPO, shared_path
+from conftest import REPO, assert_one_error_line, shared_path
 
 
 def free_port() -> int:
@@ -56,7 +56,7 @@ def test_serve_subprocess_answers_and_shuts_down():
 
 def test_serve_bad_arguments_exit_2(tmp_path):
     r = cli("serve", str(tmp_path / "missing.bin"), "--tokenizer", str(tmp_path / "t.bin"))
-    assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+    assert_one_error_line(r.returncode, r.stderr)
     r = cli("serve", str(tmp_path), "--chat-template", "nonsense")
     assert r.returncode == 2 and "chat template" in r.stderr
 
