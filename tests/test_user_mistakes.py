@@ -75,6 +75,23 @@ def test_device_this_machine_lacks_is_one_line(model_dir, capsys, command, devic
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and names in err[0], err
 
 
+@pytest.mark.parametrize("command", ["generate", "chat", "serve", "eval"])
+def test_model_commands_share_one_device_policy(command, monkeypatch):
+    """--device / --dtype / --tokenizer were declared in each command with its own default (eval: cuda when
+    present, serve/generate/chat: always cpu). Now one declaration (commands/args.py): default `auto`, which is
+    cuda exactly when torch sees a GPU, else cpu; an explicit device passes through unchanged."""
+    from llamaforge.commands.args import resolve_device
+
+    extra = ["--prompt", "x"] if command == "generate" else []
+    args = cli.build_parser(only=command).parse_args([command, "m", *extra])
+    assert (args.device, args.dtype, args.tokenizer) == ("auto", "float32", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device(args.device) == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(args.device) == "cpu"
+    assert resolve_device("cuda:1") == "cuda:1"
+
+
 @pytest.mark.parametrize("workers", ["0", "-3"])
 def test_prepare_workers_below_one_is_refused(tmp_path, capsys, workers):
     """`prepare books ... --workers 0` (or -3) ran as if 1 was given; now one line, exit 2, nothing written."""

@@ -1,4 +1,6 @@
-"""Shared CLI argument parsing: the project's one place where text from the command line becomes a number.
+"""Shared CLI arguments: the project's one place where text from the command line becomes a number, and the one
+declaration of the arguments every model-loading command shares (MODEL, --tokenizer, --device, --dtype, and the
+engine's --quantize / --max-seq-len / --compile / --chat-template) with the one engine loader.
 
 Rooms below `commands/` take numbers (floats, ints, bytes) and never parse text; a mistake here is a UserError
 that names the flag.
@@ -67,3 +69,94 @@ def check_sampling(args, min_new_tokens: int = 0) -> None:
     check_range(args.temperature, float, 0, float("inf"), "--temperature", "[)")
     check_range(args.top_k, int, 0, 2**31 - 1, "--top-k")
     check_range(args.top_p, float, 0, 1, "--top-p", "(]")
+
+
+# --device's default for every command that loads a model: CUDA when this torch sees a GPU, else the CPU
+DEVICE_AUTO = "auto"
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def add_model_argument(parser, optional: bool = False) -> None:
+    """The positional MODEL (any checkpoint format `formats.load_model` detects); `optional` for commands with
+    modes that need none (`eval --list-tasks`)."""
+    parser.add_argument("model", nargs="?" if optional else None,
+                        help="a checkpoint in any format (native / HF folder, Meta folder, .bin, .gguf)")
+
+
+def add_tokenizer_argument(parser) -> None:
+    """--tokenizer FILE: the tokenizer to load with MODEL (default: the one in the model folder, or in a .gguf)."""
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer file (default: the one in the model folder, or inside a .gguf)")
+
+
+def add_device_arguments(parser) -> None:
+    """--device (default auto: cuda when available, else cpu; `resolve_device`) and --dtype (the weights' and
+    activations' dtype). A device this machine lacks is one UserError line when the model loads
+    (`formats.check_device`)."""
+    parser.add_argument("--device", default=DEVICE_AUTO,
+                        help="torch device: auto | cpu | cuda | cuda:N (default auto: cuda when available, else cpu)")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="weights' dtype (default float32)")
+
+
+def resolve_device(device: str) -> str:
+    """--device's value as a torch device string: "auto" is "cuda" when `torch.cuda.is_available()`, else "cpu";
+    anything else is returned as given (checked when the model loads, `formats.check_device`)."""
+    if device != DEVICE_AUTO:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_model_arguments(parser) -> None:
+    """Arguments shared by `generate`, `serve` and `chat`: which model, on what device, how the engine runs."""
+    add_model_argument(parser)
+    add_tokenizer_argument(parser)
+    add_device_arguments(parser)
+    parser.add_argument("--quantize", default=None, choices=["int8", "int4"], help="weight-only quantization")
+    parser.add_argument("--max-seq-len", type=int, default=None, help="KV cache length (default: the model's)")
+    parser.add_argument("--compile", action="store_true", default=None,
+                        help="compile the decode step (default: on for CUDA; on a CPU ~3x faster per token after "
+                             "15-45 s of compiling)")
+
+
+def add_chat_template_argument(parser) -> None:
+    """--chat-template for `chat` and `serve` (names and files as `infer.templates.load_chat_format` reads them)."""
+    parser.add_argument("--chat-template", default="auto",
+                        help="auto | plain | llama2 | llama3 | chatml, a tokenizer_config.json, a Jinja file or a "
+                             "Jinja string (default auto: the tokenizer folder's tokenizer_config.json template, "
+                             "llama3 for a Llama 3 tokenizer, else plain)")
+
+
+def load_model_args(args):
+    """(model, tokenizer) from MODEL, --tokenizer, --device, --dtype (`formats.load_model_and_tokenizer`);
+    `args.device` is resolved in place (auto -> cuda or cpu) so what a command records is the real device.
+    User mistakes (bad path, a device this machine lacks) raise UserError."""
+    import torch
+
+    from llamaforge.formats import load_model_and_tokenizer
+
+    args.device = resolve_device(args.device)
+    return load_model_and_tokenizer(args.model, args.tokenizer, device=args.device, dtype=getattr(torch, args.dtype))
+
+
+def load_engine(args, max_batch: int):
+    """Model + tokenizer (`load_model_args`) + `infer.Engine` from `add_model_arguments`' arguments (user mistakes
+    raise UserError). A model with more embedding rows than the tokenizer has tokens is said in one line on
+    stderr (those ids are never sampled)."""
+    import sys
+
+    from llamaforge.infer import Engine
+    from llamaforge.infer.quantize import quantize
+
+    if args.max_seq_len is not None and args.max_seq_len < 2:
+        raise UserError("--max-seq-len: expected at least 2")
+    model, tokenizer = load_model_args(args)
+    if args.quantize:
+        quantize(model, args.quantize)
+    engine = Engine(model, tokenizer, max_batch=max_batch, max_seq_len=args.max_seq_len, compile=args.compile)
+    if engine.extra_rows:
+        print(f"note: {args.model}: the model has {engine.extra_rows} embedding rows more than the tokenizer has "
+              f"tokens ({model.args.vocab_size} vs {engine.n_tokens}); those ids are never sampled",
+              file=sys.stderr, flush=True)
+    return engine

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from llamaforge.commands.args import check_sampling
-from llamaforge.commands.serve import add_chat_template_argument, add_model_arguments, load_engine
+from llamaforge.commands.args import add_chat_template_argument, add_model_arguments, load_engine
 
 
 def add_arguments(parser) -> None:

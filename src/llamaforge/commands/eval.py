@@ -7,10 +7,13 @@ preset's shape) and, with --out, writes FILE (JSON) and FILE.md.
 
 from __future__ import annotations
 
+from llamaforge.commands.args import (add_device_arguments, add_model_argument, add_tokenizer_argument,
+                                      load_model_args)
+
 
 def add_arguments(parser) -> None:
-    parser.add_argument("model", nargs="?", help="a checkpoint in any format (native / HF folder, Meta folder, .bin, .gguf)")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer file (default: the one in the model folder)")
+    add_model_argument(parser, optional=True)
+    add_tokenizer_argument(parser)
     parser.add_argument("--tasks", default="", help="comma-separated task names (see --list-tasks)")
     parser.add_argument("--data-dir", default=None, help="folder with the benchmark files (layout of SOURCES.md)")
     parser.add_argument("--task-file", action="append", default=[], help="a JSONL task file (repeatable)")
@@ -22,8 +25,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="rows per forward pass")
     parser.add_argument("--samples", type=int, default=1, help="samples per problem (GSM8K maj@k, code pass@k)")
     parser.add_argument("--temperature", type=float, default=None, help="sampling temperature when --samples > 1")
-    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_device_arguments(parser)
     parser.add_argument("--out", default=None, help="write results JSON here (and a .md table beside it)")
     parser.add_argument("--unsafe-exec", action="store_true",
                         help="run generated code (HumanEval, MBPP) even where the OS sandbox (bwrap namespaces) is "
@@ -34,16 +36,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--list-tasks", action="store_true", help="list the task names and exit")
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def run(args) -> int:
     import time
-
-    import torch
 
     from llamaforge.errors import UserError
     from llamaforge.eval import check_counts, evaluate_task, evaluate_task_file, preset_of
@@ -69,10 +63,7 @@ def run(args) -> int:
         if value is not None and value < 1:
             raise UserError(f"{flag}: expected an integer >= 1, got {value}")
 
-    from llamaforge import load_model_and_tokenizer
-
-    model, tokenizer = load_model_and_tokenizer(args.model, args.tokenizer, device=args.device,
-                                                dtype=getattr(torch, args.dtype))
+    model, tokenizer = load_model_args(args)
     scorer = Scorer(model, tokenizer, batch_size=args.batch_size)
     preset = preset_of(model)
     options = {"samples": args.samples, "unsafe_exec": args.unsafe_exec}

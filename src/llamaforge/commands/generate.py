@@ -10,7 +10,7 @@ import sys
 import time
 
 from llamaforge.commands.args import check_sampling
-from llamaforge.commands.serve import add_model_arguments, load_engine
+from llamaforge.commands.args import add_model_arguments, load_engine
 
 
 def add_arguments(parser) -> None:
