@@ -191,3 +191,43 @@ def test_sampling_params_out_of_range_are_refused(field, params):
     with pytest.raises(RequestError) as e:
         engine.submit(Request([1, 2, 3], SamplingParams(max_new_tokens=2, **params)))
     assert e.value.field == field
+
+
+def test_cpu_compile_config_is_all_known_to_this_torch_and_autotunes_only_the_cpp_gemm():
+    """Every CPU compile setting exists in the installed inductor (unknown ones are dropped silently by the engine,
+    so a rename in torch would quietly change the compiled step), and GEMM autotuning has only the C++ template to
+    choose: a candidate timed under CPU contention must not be able to win, nor be cached for later processes
+    (BENCHMARKS.md "Inference", issue #13's note)."""
+    import torch._inductor.config as inductor_config
+    from llamaforge.infer.engine import CPU_COMPILE_CONFIG
+
+    known = inductor_config.get_config_copy()
+    assert [k for k in CPU_COMPILE_CONFIG if k not in known] == []
+    assert CPU_COMPILE_CONFIG["max_autotune_gemm_backends"] == "CPP"
+
+
+def test_compile_without_a_cpp_gemm_choice_retries_with_every_gemm_backend():
+    """If inductor finds no C++ template for some product (NoValidChoicesError under the CPP-only restriction), the
+    engine compiles again with every GEMM backend allowed and stays compiled, without a warning."""
+    import warnings
+
+    import torch._inductor.config as inductor_config
+
+    model = tiny_model(torch.float32)
+    refs = [recompute_greedy(model, p, 6) for p in PROMPTS[:1]]
+    engine = Engine(model, max_batch=1, max_seq_len=32, compile=True)
+    seen = []
+
+    def picky_compile(tokens, pos):
+        seen.append(inductor_config.max_autotune_gemm_backends)
+        if len(seen) == 1:
+            raise RuntimeError("NoValidChoicesError: No choices exist for backend.")
+        return engine._forward_decode(tokens, pos)
+
+    engine._decode_fn = picky_compile
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = engine.generate(PROMPTS[:1], SamplingParams(max_new_tokens=6, stop_token_ids=()))
+    assert [r.tokens for r in out] == refs
+    assert seen[:2] == ["CPP", inductor_config.get_config_copy()["max_autotune_gemm_backends"]] and seen[1] != "CPP"
+    assert engine.compiled and engine._warm

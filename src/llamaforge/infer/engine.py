@@ -120,11 +120,17 @@ def _cache_view(cache: KVCache, start: int, n: int, length: int | None = None) -
 #     not change afterwards: one engine per model, for inference);
 #   cpp.enable_concat_linear: products sharing an input (wq/wk/wv, w1/w3) run as one wider product;
 #   cpp_wrapper: the graph's kernel calls are made from C++, not Python (no interpreter between kernels);
+#   max_autotune_gemm_backends="CPP": the C++ template is the only GEMM candidate. Autotuning picks by timing
+#     each candidate once; on a busy 2-core VM the 2-thread template timed ~1000x slow under OpenMP barrier waits,
+#     lost to the MKL call (3-5 tok/s instead of ~100), and inductor's on-disk cache handed that choice to every
+#     later process. Where the template cannot take a product, inductor's mkldnn lowerings still fall back to the
+#     MKL/ATen kernel (their `len(choices) == 0` branch), so nothing fails to compile (torch 2.11-2.13);
 #   autotune_num_choices_displayed=0, max_autotune_report_choices_stats=False: autotuning prints nothing.
 # They are read while the graph is compiled, i.e. during the first call, so `Engine._run_compiled` patches them
 # around that call (passed as torch.compile's `options`, freezing did not take effect and inductor fell back to
 # plain aten::mm on row-major weights).
 CPU_COMPILE_CONFIG = {"max_autotune": True, "freezing": True, "cpp.enable_concat_linear": True, "cpp_wrapper": True,
+                      "max_autotune_gemm_backends": "CPP",
                       "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
 
 
@@ -217,9 +223,16 @@ class Engine:
 
             known = inductor_config.get_config_copy()  # settings this torch version lacks are left out
             wanted = CPU_COMPILE_CONFIG if self.device.type == "cpu" else {}
-            with inductor_config.patch({k: v for k, v in wanted.items() if k in known}), warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="TypedStorage is deprecated")  # inductor's own use
-                logits = self._decode_fn(tokens, pos)  # the first call compiles
+            wanted = {k: v for k, v in wanted.items() if k in known}
+            try:
+                logits = self._compile_first_call(inductor_config, wanted, tokens, pos)
+            except Exception:
+                if "max_autotune_gemm_backends" not in wanted:
+                    raise
+                # a product the C++ template cannot take (a future torch, an op we do not have today): compile
+                # again with every GEMM backend before giving up on compiling
+                wanted = {k: v for k, v in wanted.items() if k != "max_autotune_gemm_backends"}
+                logits = self._compile_first_call(inductor_config, wanted, tokens, pos)
         except Exception as e:  # e.g. no C++ compiler for inductor on this machine: decode eagerly instead
             if self.device.type != "cpu":
                 raise
@@ -229,6 +242,12 @@ class Engine:
             return self._forward_decode(tokens, pos)
         self._warm = True
         return logits
+
+    def _compile_first_call(self, inductor_config, settings: dict, tokens: torch.Tensor, pos: torch.Tensor):
+        """The first call of the compiled step (it compiles) with inductor's `settings` patched in around it."""
+        with inductor_config.patch(settings), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated")  # inductor's own use
+            return self._decode_fn(tokens, pos)
 
     def warmup(self) -> None:
         """Compile the decode step now rather than on the first request (a dummy step on the idle slots: each
