@@ -58,13 +58,13 @@ def test_clean_page_rules():
     assert cited == f"Water boils at one hundred degrees. {good}"
 
 
-def test_c4_badwords_list_is_used_by_default_with_phrases():
-    """The bundled list is C4's (the LDNOOBW commit TFDS pinned, 377 entries) and matches as TFDS does: whole
-    entries, phrases included, between non-word characters."""
-    from llamaforge.data.sources.c4 import BADWORDS, badwords_regex, build
+def test_c4_badwords_list_from_a_path_matches_phrases_and_is_never_silently_off():
+    """C4's list (the LDNOOBW commit TFDS pinned, 377 entries) is read from the path given and matches as TFDS does:
+    whole entries, phrases included, between non-word characters. Without a list the step is off, and says why."""
+    from llamaforge.data.sources.c4 import NO_BADWORDS, badwords_regex, build
 
-    assert BADWORDS.read_bytes() == shared_path("c4-badwords/en.txt").read_bytes()
-    entries = [w for w in BADWORDS.read_text(encoding="utf-8").splitlines() if w]
+    path = shared_path("c4-badwords/en.txt")
+    entries = [w for w in path.read_text(encoding="utf-8").splitlines() if w]
     assert len(entries) == 377
     phrase = next(w for w in entries if " " in w)
     rx = badwords_regex(entries)
@@ -73,5 +73,6 @@ def test_c4_badwords_list_is_used_by_default_with_phrases():
     assert rx.search(f"{good} And then {phrase} appeared.".lower())  # a multi-word entry (never matched before)
     assert rx.search("classic assessment") is None  # inside a word is not a match
     cc = [str(shared_path(CC_SAMPLES[0]))]
-    assert build(cc).stages[0].badwords == frozenset(entries)
+    assert build(cc, badwords=str(path)).stages[0].badwords == frozenset(entries)
     assert build(cc, badwords="none").off == {"bad_words": "--badwords none"}
+    assert build(cc).off == {"bad_words": NO_BADWORDS} and not build(cc).stages[0].badwords

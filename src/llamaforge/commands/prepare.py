@@ -60,7 +60,7 @@ def _add_groups(p: argparse.ArgumentParser, groups: tuple[str, ...]) -> None:
                        help="crawl pages scored, once, to fix the head/middle cut-offs (10000)")
     if "c4" in groups:
         p.add_argument_group("c4").add_argument(
-            "--badwords", help="c4 (default: the list C4 used, bundled), a file of entries one a line, or none")
+            "--badwords", help="the bad-words file, one entry a line (C4 used LDNOOBW en, e.g. ../shared/data/c4-badwords/en.txt), or none; without it the step is off and the table says so")
     if "wikipedia" in groups:
         p.add_argument_group("wikipedia").add_argument(
             "--languages", type=_names, help="dumps to use by language, e.g. en,de (default: the paper's 20)")

@@ -5,7 +5,7 @@ files (read as in `commoncrawl`). Per line: strip; drop the line if a word is lo
 citation markers `[1]`, `[edit]`, `[citation needed]`; keep only lines ending in `.`, `?`, `!` or `"` (not `...`)
 with at least 5 words, without "javascript" and without a cookie / privacy / terms-of-use phrase. Per page: drop it
 if a kept line contains "lorem ipsum" or a curly brace `{`, if fewer than 3 sentences remain, if it is over 190,000
-characters, or if it contains an entry of C4's bad-words list (bundled, CC BY 4.0; `badwords`). Then English only (langid score >= 0.99, as
+characters, or if it contains an entry of C4's bad-words list (LDNOOBW `en` at commit 25e679f, the list C4 used; given as `badwords`, not bundled). Then English only (langid score >= 0.99, as
 TFDS's langdetect threshold) and exact line dedup: each normalized line (stripped, lowercased, MD5) is kept in the
 first page that has it, after which pages are re-checked for 3 sentences.
 
@@ -43,7 +43,6 @@ def count_sentences(text: str) -> int:
     return len(SENTENCE_END.findall(text))
 
 
-BADWORDS = Path(__file__).resolve().parents[1] / "assets" / "c4_badwords_en.txt"  # C4's list, see assets/NOTICE.md
 
 
 def badwords_regex(words) -> re.Pattern | None:
@@ -124,17 +123,24 @@ class C4Reader:
             yield {"text": obj["text"], "meta": meta}
 
 
-def build(inputs: list[str], badwords: str | None = "c4", lang_threshold: float = 0.99,
+NO_BADWORDS = ("no list given: pass --badwords FILE, the LDNOOBW en list C4 used (e.g. "
+               "../shared/data/c4-badwords/en.txt), or --badwords none")
+
+
+def build(inputs: list[str], badwords: str | None = None, lang_threshold: float = 0.99,
           langid: str = "py3langid", languages: list[str] | None = None) -> Source:
-    """C4's rules; `badwords`: "c4" (default: the list C4 used, bundled), a file (one entry a line) or "none"."""
+    """C4's rules; `badwords`: a file (one entry a line; C4 used LDNOOBW's `en`) or "none". The list is not
+    bundled: without one the bad-words step is off and the stage table says why."""
     words: frozenset[str] = frozenset()
     off = {}
-    if badwords in (None, "none"):
+    if badwords is None:
+        off["bad_words"] = NO_BADWORDS
+    elif badwords == "none":
         off["bad_words"] = "--badwords none"
     else:
-        path = BADWORDS if badwords == "c4" else Path(badwords)
+        path = Path(badwords)
         if not path.is_file():
-            raise UserError(f"--badwords: {path}: expected a file of words, one a line (or c4, or none)")
+            raise UserError(f"--badwords: {path}: expected a file of words, one a line (or none)")
         words = frozenset(w.strip().lower() for w in load_texts([str(path)]) if w.strip())
     shards = expand_inputs(inputs, (".jsonl", ".jsonl.gz", ".json.gz", ".warc.gz", ".wet.gz", ".warc"))
     refuse_unless_records(shards, "c4", 'JSONL(.gz) with a "text" field, or Common Crawl WARC / WET (.warc.gz)',
