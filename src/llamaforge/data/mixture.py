@@ -239,6 +239,13 @@ class MixtureLoader:
             batches.append((seq[:, :-1].contiguous(), seq[:, 1:].contiguous()))
         return batches
 
+    def has_val(self, source: str) -> bool:
+        """Whether `source` has held-out documents, i.e. `val_batches(n, source=source)` can be asked for
+        (a source split off none: a one-document shard, val_fraction 0, or no shard in `val_sources`)."""
+        if source not in self.names:
+            raise UserError(f"mixture: source: expected one of {self.names}, got {source!r}")
+        return len(self._val_docs[source][1]) > 0
+
     def val_bytes_per_token(self, source: str | None = None) -> float:
         """Expected UTF-8 bytes per token of `val_batches(n, source)`: bits/byte = loss / ln 2 / this."""
         w = self._val_weights(source)

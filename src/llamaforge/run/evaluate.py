@@ -5,7 +5,6 @@ llama.cpp where llama-cpp-python is installed)."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -31,19 +30,24 @@ def _val_loader(flow):
                          batch_size=tcfg.training.micro_batch_size, seed=tcfg.training.seed)
 
 
-@torch.no_grad()
 def validation_per_source(model, loader, n_batches: int) -> dict[str, dict]:
-    """Mean next-token loss (nats) and bits per byte on each source's held-out documents."""
-    import torch.nn.functional as F
+    """{source: {"val_loss": nats/token, "val_bpb": bits/byte}} on each source's held-out documents that has any,
+    measured by the trainer's own `evaluate` (token-weighted, the same function as the training curve's
+    validation); {} when `n_batches` is 0."""
+    import contextlib
+
+    from llamaforge.train.metrics import bits_per_byte
+    from llamaforge.train.trainer import evaluate
 
     out = {}
+    if n_batches == 0:
+        return out
+    device = next(model.parameters()).device
     for name in loader.names:
-        if len(loader._val_docs[name][1]) == 0 or n_batches == 0:
+        if not loader.has_val(name):
             continue
-        losses = [F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item()
-                  for x, y in loader.val_batches(n_batches, source=name)]
-        loss = sum(losses) / len(losses)
-        out[name] = {"val_loss": loss, "val_bpb": loss / math.log(2) / loader.val_bytes_per_token(name)}
+        loss = evaluate(model, loader, n_batches, device, contextlib.nullcontext, source=name)
+        out[name] = {"val_loss": loss, "val_bpb": bits_per_byte(loss, loader.val_bytes_per_token(name))}
     return out
 
 

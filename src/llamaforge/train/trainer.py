@@ -225,21 +225,25 @@ def logits_at(model, targets: torch.Tensor):
 
 
 @torch.no_grad()
-def evaluate(model, loader: Loader, n_batches: int, device, autocast) -> float:
+def evaluate(model, loader: Loader, n_batches: int, device, autocast, source: str | None = None) -> float:
     """Mean cross-entropy (nats/token) over every target token of `n_batches` held-out batches.
 
     The held-out batches are the same on every process and in every layout (`Loader.val_batches` is not sharded),
     and each token weighs the same (a sum over tokens divided by their count, not a mean of batch means), so
-    1 process, FSDP and TP measure the same number (issue #18: 4.671 vs 4.6817 under 2-way FSDP before)."""
+    1 process, FSDP and TP measure the same number (issue #18: 4.671 vs 4.6817 under 2-way FSDP before).
+    With `source` (a MixtureLoader source name), only that source's held-out documents (the flow's per-source
+    validation loss); UserError when it has none. The model's train/eval mode is restored afterwards."""
+    was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
-    for x, y in loader.val_batches(n_batches):
+    batches = loader.val_batches(n_batches) if source is None else loader.val_batches(n_batches, source=source)
+    for x, y in batches:
         y = y.to(device)
         with autocast(), logits_at(model, y) as kept:  # finetuning: logits only where a target is
             total += cross_entropy_sum(model(x.to(device)).float(), kept).double()
         count += int((y != -100).sum())
-    model.train()
+    model.train(was_training)
     return all_reduce_mean(total / max(count, 1))  # identical on every rank: the mean only removes float noise
 
 
