@@ -52,24 +52,44 @@ def copy_tokenizer(tokenizer_path, folder) -> Path:
     return dst
 
 
-def chat_template_of(tokenizer_path) -> str | None:
-    """The Jinja `chat_template` of the tokenizer_config.json beside a tokenizer file (a finetuned model's
-    template, `llamaforge finetune`; an HF Instruct model's), or None when there is no such file or template.
+def read_tokenizer_config(path) -> dict:
+    """The JSON object of a tokenizer_config.json (HF's companion of a tokenizer: special tokens, chat template).
+    Raises UserError naming the file when it is missing, not JSON, or not an object."""
+    from llamaforge.formats.weights import read_json
+
+    return read_json(Path(path))
+
+
+def chat_template_in(config: dict, path) -> str | None:
+    """The Jinja `chat_template` of a tokenizer_config.json's object `config` (read from `path`, named in errors);
+    None when the config has no `chat_template` key.
 
     HF's list form (`[{"name": "default", "template": ...}, ...]`, transformers' named templates) gives the one
-    named "default". The exports (hf_tokenizer, gguf) carry the template through this one reader; a config that is
-    not readable JSON counts as no template here (serving it reports the error: `infer.templates`)."""
-    import json
-
-    config = Path(tokenizer_path).parent / TOKENIZER_CONFIG
-    try:
-        template = json.loads(config.read_text(encoding="utf-8")).get("chat_template") if config.is_file() else None
-    except (OSError, ValueError, AttributeError):
+    named "default", as `apply_chat_template` does without a name. Raises UserError when the field is neither a
+    string nor such a list with a "default" string: the one rule for serving (`infer.templates`) and exports."""
+    template = config.get("chat_template")
+    if template is None:
         return None
     if isinstance(template, list):
         template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"),
                         None)
-    return template if isinstance(template, str) else None
+    if not isinstance(template, str):
+        raise UserError(f"{path}: chat_template: expected a Jinja template string or a list of named templates "
+                        "with one named 'default'")
+    return template
+
+
+def chat_template_of(tokenizer_path) -> str | None:
+    """The Jinja `chat_template` of the tokenizer_config.json beside a tokenizer file (a finetuned model's
+    template, `llamaforge finetune`; an HF Instruct model's), or None when there is no such file or template.
+
+    The exports (hf_tokenizer, gguf) carry the template through this one reader; the rule is `chat_template_in`'s.
+    Raises UserError when the config is not a JSON object or its chat_template is malformed (an export does not
+    drop a broken template silently)."""
+    config = Path(tokenizer_path).parent / TOKENIZER_CONFIG
+    if not config.is_file():
+        return None
+    return chat_template_in(read_tokenizer_config(config), config)
 
 
 def _module(fmt: str):

@@ -387,24 +387,14 @@ class JinjaChat(ChatFormat):
         return out
 
 
-def _read_config(path: Path) -> dict:
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not readable JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return config
-
-
 def _config_template(path: Path) -> tuple[str, dict]:
-    config = _read_config(path)
-    template = config.get("chat_template")
-    if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
-        by_name = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = by_name.get("default")
-    if not isinstance(template, str):
-        raise UserError(f"{path}: chat_template: expected a Jinja template string")
+    """(chat_template, the whole config) of a tokenizer_config.json, read by the formats' one reader."""
+    from llamaforge.formats import chat_template_in, read_tokenizer_config
+
+    config = read_tokenizer_config(path)
+    template = chat_template_in(config, path)
+    if template is None:
+        raise UserError(f"{path}: chat_template: expected a Jinja template string; the file has none")
     return template, config
 
 
@@ -421,10 +411,13 @@ def load_chat_format(name: str, tokenizer) -> ChatFormat:
     template, or a tokenizer that lacks the format's special tokens."""
     folder = Path(getattr(tokenizer, "path", ".")).parent
     if name == "auto":
-        config = folder / "tokenizer_config.json"
-        settings = _read_config(config) if config.is_file() else {}
-        if "chat_template" in settings:
-            return load_chat_format(str(config), tokenizer)
+        from llamaforge.formats import TOKENIZER_CONFIG, chat_template_in, read_tokenizer_config
+
+        config = folder / TOKENIZER_CONFIG
+        settings = read_tokenizer_config(config) if config.is_file() else {}
+        template = chat_template_in(settings, config)
+        if template is not None:
+            return JinjaChat(tokenizer, template, name=str(config), config=settings)
         if "llamaforge_chat_format" in settings:  # a built-in format recorded by name (finetune's llama2)
             recorded = settings["llamaforge_chat_format"]
             if recorded not in BUILTIN or recorded == "auto":
@@ -451,8 +444,10 @@ def load_chat_format(name: str, tokenizer) -> ChatFormat:
         source, config = _config_template(path)
         return JinjaChat(tokenizer, source, name=str(path), config=config)
     if path.is_file():
-        config_path = path.parent / "tokenizer_config.json"
-        config = _read_config(config_path) if config_path.is_file() else {}
+        from llamaforge.formats import TOKENIZER_CONFIG, read_tokenizer_config
+
+        config_path = path.parent / TOKENIZER_CONFIG
+        config = read_tokenizer_config(config_path) if config_path.is_file() else {}
         return JinjaChat(tokenizer, path.read_text(encoding="utf-8"), name=str(path), config=config)
     check_name(name)
     return JinjaChat(tokenizer, name, name="template string")
