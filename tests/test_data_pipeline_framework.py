@@ -208,3 +208,24 @@ def test_dropped_documents_and_removed_lines_are_sampled(tmp_path: Path):
     assert all(out_lines.count(r["text"]) <= 1 for r in removed)
     prepare("c4", inputs, str(tmp_path / "none"), progress=False, keep_dropped=0)
     assert not (tmp_path / "none" / "dropped").exists()
+
+
+def test_dropped_samples_are_merged_through_the_one_jsonl_reader(tmp_path: Path):
+    """`_merge_dropped` reads the tasks' dropped.jsonl with `io.read_jsonl`: records come back as written, a blank
+    line is no record, and a damaged file is one UserError naming FILE:LINE (a JSONDecodeError traceback before)."""
+    from types import SimpleNamespace
+
+    from llamaforge.errors import UserError
+
+    plan = SimpleNamespace(segments=[[]], out=tmp_path / "out",
+                           task_file=lambda seg, i, suffix: tmp_path / f"seg{seg}-{i:05d}.{suffix}")
+    recs = [{"stage": "langid", "reason": "not_en", "text": f"é {i}"} for i in range(3)]
+    plan.task_file(0, 0, "dropped.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs[:2]) + "\n", encoding="utf-8")
+    plan.task_file(0, 1, "dropped.jsonl").write_text(json.dumps(recs[2], ensure_ascii=False) + "\n", encoding="utf-8")
+    assert pipeline._merge_dropped(plan, [0, 1], 5) == {"langid": {"not_en": 3}}
+    merged = (plan.out / pipeline.DROPPED / "langid" / "not_en.jsonl").read_text(encoding="utf-8")
+    assert merged == "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs)
+    plan.task_file(0, 1, "dropped.jsonl").write_text('{"stage": "langid", "rea', encoding="utf-8")
+    with pytest.raises(UserError, match=r"00001\.dropped\.jsonl:1: not valid JSON"):
+        pipeline._merge_dropped(plan, [0, 1], 5)

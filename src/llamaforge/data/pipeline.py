@@ -522,18 +522,19 @@ def run(source: Source, out: str | os.PathLike, workers: int = 1, executor: str 
 
 
 def _merge_dropped(plan: Plan, shards: list[int], limit: int) -> dict[str, dict[str, int]]:
-    """Every task's samples -> `OUT/dropped/STAGE/REASON.jsonl`, at most `limit` records each, in shard order."""
+    """Every task's samples -> `OUT/dropped/STAGE/REASON.jsonl`, at most `limit` records each, in shard order;
+    {stage: {reason: records kept}}. The task files are read by the one JSONL reader (`io.read_jsonl`): a damaged
+    one raises UserError("PATH:LINE: ...")."""
     groups: dict[tuple[str, str], list[str]] = {}
     for seg in range(len(plan.segments)):
         for i in shards:
             path = plan.task_file(seg, i, "dropped.jsonl")
             if not path.exists():
                 continue
-            for line in path.read_text(encoding="utf-8").splitlines():
-                rec = json.loads(line)
+            for _, rec in read_jsonl(path):
                 bucket = groups.setdefault((rec["stage"], rec["reason"]), [])
                 if len(bucket) < limit:
-                    bucket.append(line + "\n")
+                    bucket.append(json.dumps(rec, ensure_ascii=False) + "\n")  # as the task wrote it
     root = plan.out / DROPPED
     shutil.rmtree(root, ignore_errors=True)  # a rerun with another limit leaves no stale file
     counts: dict[str, dict[str, int]] = {}
