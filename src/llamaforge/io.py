@@ -2,7 +2,7 @@
 
 Writing: a file or a folder is written under a temporary name, then renamed, so readers never see half of it.
 Reading: `read_jsonl` is the project's one strict JSONL reader (plain, gzip by magic bytes, bz2, xz), with
-`FILE:LINE` errors.
+`FILE:LINE` errors; `read_text` the one strict reader of a whole text file (binary data refused).
 
 This module imports no torch and nothing from the project except `llamaforge.errors` (a leaf with no imports of
 its own), so `llamaforge prepare` and the data workers stay free of torch.
@@ -202,6 +202,32 @@ def numbered_lines(path) -> Iterator[tuple[int, bytes]]:
             yield from enumerate(f, 1)
     except STREAM_ERRORS as e:  # unreadable file, truncated or corrupt compressed stream
         raise UserError(f"{path}: cannot read ({e})") from None
+
+
+def read_text(path) -> str:
+    """The whole UTF-8 text of a plain or compressed file (`open_binary`), for inputs that are text by nature
+    (`tokenizer train --input x.txt`, `eval --text`, a Jinja chat template file).
+
+    Raises `UserError("PATH: expected UTF-8 text, found binary data at byte N")` at the first NUL byte (UTF-8 text
+    has none) or the first byte that is not valid UTF-8, N counted from 0 in the (decompressed) bytes: a
+    tokenizer, a PNG or a gzip of anything but text is refused rather than read as replacement characters.
+    `UserError("PATH: cannot read (...)")` for an unreadable file or a broken compressed stream.
+    """
+    try:
+        with open_binary(path) as f:
+            data = f.read()
+    except STREAM_ERRORS as e:
+        raise UserError(f"{path}: cannot read ({e})") from None
+    nul = data.find(b"\0")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = e.start if nul < 0 else min(nul, e.start)
+    else:
+        if nul < 0:
+            return text
+        bad = nul
+    raise UserError(f"{path}: expected UTF-8 text, found binary data at byte {bad}")
 
 
 def parse_jsonl_line(path, lineno: int, line: bytes | str) -> dict | None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from llamaforge.data import readers
 from llamaforge.errors import UserError
-from llamaforge.io import atomic_file, numbered_lines
+from llamaforge.io import atomic_file, read_text
 
 META_TRAINER_SPEC = dict(
     model_type="bpe",
@@ -65,11 +65,12 @@ def input_files(inputs: Iterable) -> list[Path]:
 
 
 def documents(path: Path) -> Iterator[str]:
-    """Texts of a JSONL file (`{"text": ...}` per line; gzip or plain), or the whole of a text file."""
+    """Texts of a JSONL file (`{"text": ...}` per line; gzip or plain), or the whole of a text file. Raises
+    UserError for a bad JSONL line (FILE:LINE) or a text file holding binary data (`io.read_text`)."""
     if readers.is_jsonl(path):
         yield from readers.jsonl_texts(path)
     else:
-        yield b"".join(line for _, line in numbered_lines(path)).decode("utf-8", errors="replace")
+        yield read_text(path)  # a binary file given as text is refused, not learned as replacement characters
 
 
 def sentences(text: str, max_bytes: int) -> Iterator[str]:

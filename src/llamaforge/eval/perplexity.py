@@ -124,11 +124,14 @@ def perplexity(model, tokenizer, texts: Sequence[str], context: int | None = Non
 
 
 def read_texts(paths: Sequence[Path]) -> list[str]:
-    """The UTF-8 text of each file (undecodable bytes replaced); raises UserError naming a path that is not a file."""
+    """The UTF-8 text of each file (plain or compressed, `io.read_text`); all are read before any is scored.
+    Raises UserError naming a path that is not a file, or one holding binary data rather than UTF-8 text."""
+    from llamaforge.io import read_text
+
     texts = []
     for p in paths:
         p = Path(p)
         if not p.is_file():
             raise UserError(f"{p}: no such text file")
-        texts.append(p.read_text(encoding="utf-8", errors="replace"))
+        texts.append(read_text(p))
     return texts

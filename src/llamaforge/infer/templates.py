@@ -448,6 +448,8 @@ def load_chat_format(name: str, tokenizer) -> ChatFormat:
 
         config_path = path.parent / TOKENIZER_CONFIG
         config = read_tokenizer_config(config_path) if config_path.is_file() else {}
-        return JinjaChat(tokenizer, path.read_text(encoding="utf-8"), name=str(path), config=config)
+        from llamaforge.io import read_text
+
+        return JinjaChat(tokenizer, read_text(path), name=str(path), config=config)
     check_name(name)
     return JinjaChat(tokenizer, name, name="template string")
