@@ -66,3 +66,25 @@ def test_evaluate_keeps_the_models_mode(model_and_loader):
     model.eval()
     evaluate(model, loader, 1, "cpu", contextlib.nullcontext)
     assert not model.training
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_hf_parity_draws_transformers_bar_only_with_progress(tmp_path, capfd, progress):
+    """`run --no-progress` reaches the export stage's parity check: transformers' "Loading weights" bar is not
+    drawn (it was), and transformers' process-wide switch is left as it was."""
+    pytest.importorskip("transformers")
+    from transformers.utils import logging as hf_logging
+
+    from conftest import shared_path
+    from llamaforge.formats import save_model
+    from llamaforge.run.evaluate import hf_parity
+
+    model = Transformer(ModelArgs(dim=32, n_layers=1, n_heads=2, vocab_size=32000, multiple_of=8, max_seq_len=16))
+    save_model(model, tmp_path / "hf", format="hf", tokenizer_path=shared_path("llama2-tokenizer/tokenizer.model"))
+    capfd.readouterr()
+    before = hf_logging.is_progress_bar_enabled()
+    result = hf_parity(model.eval(), tmp_path / "hf", [1, 450, 4996, 17354, 1701, 29916], progress=progress)
+    err = capfd.readouterr().err
+    assert result["status"] == "passed" and result["tokenizer_ids_equal"] is True
+    assert ("Loading weights" in err) == (progress and before), err
+    assert hf_logging.is_progress_bar_enabled() == before

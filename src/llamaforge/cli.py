@@ -10,8 +10,11 @@ import argparse
 import importlib
 import importlib.util
 import sys
+import warnings
 
-from llamaforge.errors import UserError
+from llamaforge.errors import UserError, UserNotice
+
+_python_showwarning = warnings.showwarning
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "presets": ("llamaforge.commands.presets", "list model presets with parameter counts computed from the code"),
@@ -51,6 +54,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """The project's own warnings (`UserNotice`) as one `warning: ...` line; any other as Python shows it."""
+    if issubclass(category, UserNotice):
+        print(f"warning: {message}", file=sys.stderr if file is None else file)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and not argv[0].startswith("-") else None
@@ -64,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra  # `train` takes --section.key=value overrides
     try:
-        rc = module.run(args)
+        with warnings.catch_warnings():  # restores showwarning afterwards (cli.main is also called from tests)
+            warnings.showwarning = _show_warning
+            rc = module.run(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -5,6 +5,12 @@ class UserError(Exception):
     """A mistake in the user's input (a file, a field, a flag): the message names it and what was expected."""
 
 
+class UserNotice(UserWarning):
+    """Something the user should know that does not stop the work (a lossy export, a fallback taken). Library code
+    emits it with `warnings.warn(msg, UserNotice)` (callers can filter it as any warning); the CLI prints it as one
+    line `warning: MSG`, with no source path or line number."""
+
+
 def where(path, field: str | None = None) -> str:
     """'PATH' or 'PATH: FIELD', the prefix every UserError message starts with."""
     return f"{path}: {field}" if field else f"{path}"

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llamaforge.errors import UserError
+from llamaforge.errors import UserError, UserNotice
 from llamaforge.io import atomic_file
 from llamaforge.formats.weights import args_from_dict, build_model
 from llamaforge.model import ModelArgs
@@ -184,7 +184,8 @@ def save(model, path: Path, tokenizer_path=None, dtype: torch.dtype | None = Non
     if args.rope_scaling_factor is not None:
         raise UserError("llama2c: RoPE scaling (Llama 3.1 llama3 type) cannot be stored; run.c has plain RoPE only")
     if args.norm_eps != NORM_EPS:
-        warnings.warn(f"llama2c: norm_eps {args.norm_eps} is not stored; run.c uses {NORM_EPS}", stacklevel=2)
+        warnings.warn(f"llama2c: norm_eps {args.norm_eps} is not stored; run.c uses {NORM_EPS}", UserNotice,
+                      stacklevel=2)
     shared = torch.equal(state["output.weight"], state["tok_embeddings.weight"])
     header = struct.pack("<Ii", MAGIC, 1)
     header += struct.pack("<7i", args.dim, args.ffn_hidden_dim, args.n_layers, args.n_heads, args.n_kv_heads,

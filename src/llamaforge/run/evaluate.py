@@ -121,7 +121,7 @@ def export_flow(flow) -> None:
     ids = _held_out_ids(flow, tok)
     parity = {}
     if "hf" in paths:
-        parity["hf"] = hf_parity(model, Path(paths["hf"]), ids)
+        parity["hf"] = hf_parity(model, Path(paths["hf"]), ids, progress=flow.progress)
     if "gguf" in paths:
         parity["gguf"] = gguf_parity(model, tok, Path(paths["gguf"]), ids[:8])
     for fmt, p in parity.items():
@@ -134,14 +134,23 @@ def export_flow(flow) -> None:
 
 
 @torch.no_grad()
-def hf_parity(model, folder: Path, ids: list[int]) -> dict:
+def hf_parity(model, folder: Path, ids: list[int], progress: bool = True) -> dict:
     """transformers' LlamaForCausalLM on the exported folder against the native model, float32, same tokens:
-    max |logit difference| <= PARITY_ATOL; also AutoTokenizer's ids against ours on the decoded text."""
+    max |logit difference| <= PARITY_ATOL; also AutoTokenizer's ids against ours on the decoded text.
+    `progress=False` (`run --no-progress`) hides transformers' "Loading weights" bar."""
     try:
         from transformers import AutoTokenizer, LlamaForCausalLM
+        from transformers.utils import logging as hf_logging
     except ImportError:
         return {"status": "skipped", "detail": "transformers is not installed"}
-    hf = LlamaForCausalLM.from_pretrained(str(folder), torch_dtype=torch.float32).eval()
+    bars = hf_logging.is_progress_bar_enabled()
+    if not progress:
+        hf_logging.disable_progress_bar()
+    try:
+        hf = LlamaForCausalLM.from_pretrained(str(folder), torch_dtype=torch.float32).eval()
+    finally:
+        if bars and not progress:  # transformers' switch is process-wide: put it back as it was
+            hf_logging.enable_progress_bar()
     x = torch.tensor([ids])
     diff = (hf(x).logits - model(x)).abs().max().item()
     out = {"status": "passed" if diff <= PARITY_ATOL else "failed", "max_abs_logit_diff": diff,
