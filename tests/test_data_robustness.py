@@ -51,10 +51,12 @@ def test_exponential_latex_macros_are_dropped_with_a_reason(tmp_path):
 
 
 def _gzip_bomb(path: Path, mib: int) -> None:
-    """A gzip file of `mib` MiB of zeros, written in chunks (about mib KB on disk)."""
+    """A gzipped "paper": a LaTeX section line, then `mib` MiB of spaces, written in chunks (about mib KB on disk).
+    (It starts as LaTeX so that `prepare arxiv` takes it as a paper: a file of zeros is refused as binary.)"""
     comp = zlib.compressobj(9, zlib.DEFLATED, 31)
-    chunk = bytes(1 << 20)
+    chunk = b" " * (1 << 20)
     with open(path, "wb") as f:
+        f.write(comp.compress(b"\\section{Boom}\n"))
         for _ in range(mib):
             f.write(comp.compress(chunk))
         f.write(comp.flush())
@@ -63,7 +65,7 @@ def _gzip_bomb(path: Path, mib: int) -> None:
 def test_gzip_bomb_given_to_prepare_arxiv_is_dropped_in_bounded_memory(tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
-    _gzip_bomb(inputs / "2101.00003.gz", 1024)  # 1 GiB of zeros in ~1 MB
+    _gzip_bomb(inputs / "2101.00003.gz", 1024)  # 1 GiB of spaces in ~1 MB
     assert (inputs / "2101.00003.gz").stat().st_size < 2 << 20
     _paper(inputs, "2101.00002", PAPER)
     code = ("import json, sys\nfrom llamaforge.data.sources import prepare\n"

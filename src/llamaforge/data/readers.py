@@ -74,59 +74,124 @@ def match_inputs(inputs: Iterable, patterns: tuple[str, ...], exclude: tuple[str
     return list(dict.fromkeys(out))
 
 
+WARC_NAMES = ("warc", "wet", "wat")  # name parts of Common Crawl's WARC, WET and WAT files: all WARC containers
+SNIFF_BYTES = 1 << 16  # what is decompressed and looked at to tell a file's kind
+
+# kinds `sniff_kind` tells apart (plain text that is none of these: None)
+WARC, WAT, XML, HTML, BINARY = "a WARC file", "a WAT file (WARC metadata records, no page text)", "an XML file", \
+    "an HTML file", "a binary file"
+ZIP, TAR, JSON_LINES, JSON = "a ZIP archive", "a tar archive", "JSON lines", "a JSON file, not one object a line"
+LATEX, EMPTY = "a LaTeX file", "an empty file"
+# a LaTeX document's structure at the start of a line (a book or a web page has none of these)
+LATEX_COMMAND = re.compile(rb"^[ \t]*\\(?:documentclass|usepackage|begin\{|section|subsection|chapter|input\{"
+                           rb"|include\{|newcommand|renewcommand|def\\|title\{|author\{|maketitle|label\{|item\b)",
+                           re.MULTILINE)
+JSON_ARRAY = re.compile(rb"\[\s*[\[{\"\d-]")  # `[{...`, `["...`, `[1, ...`; not a book's "[Illustration]"
+WARC_TYPE = re.compile(rb"^WARC-Type:[ \t]*(\w+)", re.MULTILINE)
+
+
 def sniff_kind(path) -> str | None:
-    """What the first 4 KiB of `path` (decompressed) show it to be, when that is one of the raw-dump kinds a source
-    may be handed by mistake: "a WARC file" (`WARC/` version line, ISO 28500), "an XML file" (`<?xml`, a MediaWiki
-    or Stack Exchange root), "a binary file" (a NUL byte, which UTF-8 text never has); else None. Unreadable: None
-    (the reader counts it)."""
+    """What the first 64 KiB of `path` (decompressed) show it to be, for telling a file of another kind from one a
+    source reads: `WARC` (`WARC/` version line, ISO 28500), `WAT` (a WARC whose records are only `warcinfo`,
+    `request` and `metadata`: Common Crawl's link metadata, no page text), `XML` (`<?xml`, a MediaWiki or
+    Stack Exchange root), `HTML` (`<!DOCTYPE html` / `<html`), `ZIP` (`PK\\3\\4`), `TAR` (`ustar` at byte 257,
+    POSIX.1-1988), `BINARY` (a NUL byte, which UTF-8 text never has), `JSON_LINES` (starts with `{`), `JSON`
+    (pretty-printed: a first line `{` alone, or a `[` array), `LATEX` (a
+    line starting with a LaTeX structure command such as `\\documentclass`, `\\section`, `\\begin{`), `EMPTY`;
+    plain text that is none of these: None. A file that cannot be opened or whose compressed stream is cut short
+    within the window: None (the reader counts it); one whose first byte does not decompress (not the
+    compression its name says) raises UserError."""
     try:
-        with open_binary(path) as f:
-            head = f.read(4096)
-    except (OSError, *STREAM_ERRORS):
-        return None
+        f = open_binary(path)
+    except OSError:
+        return None  # cannot be opened: the reader counts it as unreadable
+    with f:
+        try:
+            head = f.read(1)
+        except EOFError:
+            return None
+        except STREAM_ERRORS as e:  # not one byte decompresses: this is not the compression its name says
+            raise UserError(f"{path}: cannot be decompressed ({e}); expected the compression its name says") from None
+        try:
+            head += f.read(SNIFF_BYTES - 1)
+        except STREAM_ERRORS:
+            return None  # cut short or corrupt further on: the reader keeps what comes before and counts it
     start = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if not start:
+        return EMPTY
     if start.startswith(b"WARC/"):
-        return "a WARC file"
+        types = {t.lower() for t in WARC_TYPE.findall(head)}
+        return WAT if b"metadata" in types and types <= {b"warcinfo", b"request", b"metadata"} else WARC
+    if head[257:262] == b"ustar":
+        return TAR
+    if start.startswith(b"PK\x03\x04"):
+        return ZIP
+    lower = start[:64].lower()
+    if lower.startswith((b"<!doctype html", b"<html")):
+        return HTML
     if start.startswith((b"<?xml", b"<mediawiki", b"<posts")):
-        return "an XML file"
+        return XML
     if b"\x00" in head:
-        return "a binary file"
+        return BINARY
+    if start.startswith(b"{"):  # a first line that is a lone `{`: pretty-printed JSON; else one object a line
+        return JSON if start.partition(b"\n")[0].strip() == b"{" else JSON_LINES
+    if JSON_ARRAY.match(start):
+        return JSON
+    if LATEX_COMMAND.search(head):
+        return LATEX
     return None
 
 
-def refuse_other_kinds(shards: Iterable, source: str, expected: str, refuse: tuple[str, ...]) -> None:
-    """Raise UserError for the first file among `shards` whose `sniff_kind` is in `refuse`: a file given by name is
-    taken whatever its name, so a WARC handed to `prepare books` was kept as one "book". Folders are skipped."""
+def is_warc(path) -> bool:
+    """Whether a crawl reader takes `path` as WARC records (WARC, WET or WAT) rather than JSON lines: by its name
+    (`.warc`, `.wet`, `.wat` in it, Common Crawl's names) or, failing that, by its `WARC/` version line."""
+    parts = Path(path).name.lower().split(".")[1:]
+    return any(n in parts for n in WARC_NAMES) or sniff_kind(path) in (WARC, WAT)
+
+
+def refuse_other_kinds(shards: Iterable, source: str, expected: str, refuse: tuple[str, ...] = (),
+                       accept: tuple[str | None, ...] | None = None) -> None:
+    """Raise UserError for the first file among `shards` whose `sniff_kind` is in `refuse` (or, with `accept`, not
+    in `accept`; None there is plain text): a file given by name is taken whatever its name, so a WARC handed to
+    `prepare books` was kept as one "book". Empty files and folders are left to the reader."""
     for shard in shards:
         if Path(shard).is_file():
             kind = sniff_kind(shard)
-            if kind in refuse:
-                raise UserError(f"{shard}: {source}: this is {kind}; expected {expected}")
+            if kind == EMPTY:
+                continue
+            if kind in refuse or (accept is not None and kind not in accept):
+                raise UserError(f"{shard}: {source}: this is {kind or 'a text file'}; expected {expected}")
 
 
 def refuse_unless_records(shards: Iterable, source: str, expected: str, warc: bool = False) -> None:
     """Raise UserError for the first file among `shards` that its reader would take as JSON lines (or, with `warc`,
-    as WARC when `.warc` is in its name, the rule `CCReader` routes by) but that is of another kind: a `.txt` book
-    or a Posts.xml given to `prepare c4` was read line by line as bad JSON and the run "succeeded" with 0 documents.
-    JSON lines start with `{` (a JSON object per line); a WARC with its `WARC/` version line (ISO 28500). Folders
-    and empty or unreadable files are left to the reader, which counts them."""
+    as WARC: `is_warc`, the rule `CCReader` routes by) but that is of another kind: a `.txt` book or a Posts.xml
+    given to `prepare c4` was read line by line as bad JSON and the run "succeeded" with 0 documents, and a WAT
+    (metadata only) gave 0 documents too. Folders and empty or unreadable files are left to the reader, which
+    counts them."""
     for shard in shards:
         if not Path(shard).is_file():
             continue
-        try:
-            with open_binary(shard) as f:
-                start = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
-        except (OSError, *STREAM_ERRORS):
-            continue
-        if not start:
-            continue
         kind = sniff_kind(shard)
-        if warc and ".warc" in Path(shard).name:
-            if kind != "a WARC file":
-                raise UserError(f"{shard}: {source}: named .warc but this is {kind or 'a text file'}; "
-                                f"expected {expected}")
-        elif not start.startswith(b"{"):
+        if kind == EMPTY:
+            continue
+        if warc and is_warc(shard):
+            if kind != WARC:
+                what = kind if kind == WAT else f"{kind or 'a text file'} named as a WARC"
+                raise UserError(f"{shard}: {source}: this is {what}; expected {expected}")
+        elif kind not in (JSON_LINES, EMPTY):
             raise UserError(f"{shard}: {source}: this is {kind or 'a text file, not JSON lines'}; expected {expected}")
+
+
+def refuse_folders_without(inputs: Iterable, suffixes: tuple[str, ...], source: str, expected: str) -> None:
+    """Raise UserError for a folder among `inputs` that holds no file (searched recursively) whose name ends in one
+    of `suffixes`: such a folder gave `SOURCE: no input shards found`, naming neither the folder nor the names
+    looked for."""
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir() and not any(f.is_file() and f.name.endswith(suffixes) for f in p.rglob("*")):
+            raise UserError(f"{item}: {source}: no {' / '.join('*' + s for s in suffixes)} files in this folder or "
+                            f"below; expected {expected}")
 
 
 def input_files(inputs: Iterable, suffixes: tuple[str, ...]) -> list[Path]:

@@ -28,7 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from llamaforge.data.pipeline import Doc, Result, Source, Stage
-from llamaforge.data.readers import expand_inputs, refuse_other_kinds
+from llamaforge.data.readers import LATEX, TAR, expand_inputs, refuse_other_kinds
+from llamaforge.errors import UserError
 
 SECTION = re.compile(r"\\(?:part|chapter|section|subsection|subsubsection|paragraph|subparagraph)\*?\s*[\[{]")
 END_OF_BODY = re.compile(r"\\appendix\b|\\begin\{(?:references|REFERENCES|thebibliography)\}|\\bibliography\{")
@@ -240,6 +241,14 @@ class LatexClean(Stage):
 
 
 def build(inputs: list[str], strict_utf8: bool = False) -> Source:
+    """ArXiv papers from `inputs` (see the module's Inputs). Raises UserError for a folder without any `.tex` file
+    below it and for a file that is neither LaTeX (a line starting with a structure command such as
+    `\\documentclass` or `\\section`, `readers.sniff_kind`; maybe gzipped) nor a tar archive (maybe gzipped):
+    a book, a JSONL file or a ZIP archive was read as a paper with no section and dropped, 0 documents, exit 0."""
+    expected = "LaTeX sources (.tex, paper folders, .tar.gz / .gz paper sources or arXiv's bulk .tar)"
     shards = expand_inputs(inputs, (), dirs_are_shards=True)
-    refuse_other_kinds(shards, "arxiv", "LaTeX sources (.tex, paper folders or tarballs)", ("a WARC file", "an XML file"))
+    for shard in shards:
+        if Path(shard).is_dir() and not any(f.is_file() for f in Path(shard).rglob("*.tex")):
+            raise UserError(f"{shard}: arxiv: no .tex files in this folder or below; expected {expected}")
+    refuse_other_kinds(shards, "arxiv", expected, accept=(LATEX, TAR))
     return Source("arxiv", shards, ArxivReader(strict_utf8), [LatexClean()])

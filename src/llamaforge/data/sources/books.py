@@ -16,7 +16,9 @@ from pathlib import Path
 
 from llamaforge.data.filters.dedup import MinHashDedup
 from llamaforge.data.pipeline import Doc, MapStage, Result, Source
-from llamaforge.data.readers import expand_inputs, is_jsonl, iter_jsonl, read_text_file, refuse_other_kinds
+from llamaforge.data.readers import (
+    BINARY, HTML, JSON, LATEX, TAR, WARC, WAT, XML, ZIP, expand_inputs, is_jsonl, iter_jsonl, read_text_file,
+    refuse_folders_without, refuse_other_kinds, refuse_unless_records)
 
 START = re.compile(r"^\*\*\*\s*START OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK.*$", re.MULTILINE | re.IGNORECASE)
 END = re.compile(r"^\*\*\*\s*END OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK.*$", re.MULTILINE | re.IGNORECASE)
@@ -113,8 +115,16 @@ def _clean(doc: Doc) -> Result:
 
 
 def build(inputs: list[str], near_dup_threshold: float = 0.9) -> Source:
-    shards = expand_inputs(inputs, (".txt", ".txt.gz", ".txt.bz2", ".jsonl", ".jsonl.gz"))
-    refuse_other_kinds(shards, "books", 'plain-text books (.txt) or JSONL with a "text" field',
-                       ("a WARC file", "an XML file", "a binary file"))
+    """Books from `inputs`: plain-text files (one book each) and JSONL(.gz) files (one book a line, by their name,
+    `readers.is_jsonl`), or folders of them. Raises UserError for a folder without such files, a text-named file
+    of another kind (WARC, XML, HTML, LaTeX, JSON, an archive or binary: each would be kept as one "book") and a
+    JSONL-named file that is not JSON lines (each line would be dropped as bad JSON, 0 books, exit 0)."""
+    suffixes = (".txt", ".txt.gz", ".txt.bz2", ".jsonl", ".jsonl.gz")
+    expected = 'plain-text books (.txt) or JSONL with a "text" field'
+    refuse_folders_without(inputs, suffixes, "books", expected)
+    shards = expand_inputs(inputs, suffixes)
+    refuse_unless_records([s for s in shards if is_jsonl(s)], "books", expected)
+    refuse_other_kinds([s for s in shards if not is_jsonl(s)], "books", expected,
+                       (WARC, WAT, XML, HTML, LATEX, JSON, ZIP, TAR, BINARY))
     return Source("books", shards, BookReader(),
                   [MapStage("gutenberg_strip", _clean), MinHashDedup(threshold=near_dup_threshold)])

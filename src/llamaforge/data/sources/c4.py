@@ -24,7 +24,7 @@ from llamaforge.data.filters.dedup import LineDedup
 from llamaforge.data.filters.langid import LanguageFilter
 from llamaforge.data.filters.quality import load_texts
 from llamaforge.data.pipeline import Doc, MapStage, Result, Source, Stage
-from llamaforge.data.readers import expand_inputs, iter_jsonl, refuse_unless_records
+from llamaforge.data.readers import expand_inputs, is_warc, iter_jsonl, refuse_folders_without, refuse_unless_records
 from llamaforge.data.sources.commoncrawl import CCReader
 from llamaforge.errors import UserError
 
@@ -110,7 +110,7 @@ class C4Reader:
     """JSONL documents, or WET / WARC records through the Common Crawl reader."""
 
     def __call__(self, shard: str, drops: Counter) -> Iterator[Doc]:
-        if ".warc" in shard:
+        if is_warc(shard):
             for doc in CCReader()(shard, drops):
                 doc["meta"]["source"] = "c4"
                 yield doc
@@ -142,9 +142,11 @@ def build(inputs: list[str], badwords: str | None = None, lang_threshold: float 
         if not path.is_file():
             raise UserError(f"--badwords: {path}: expected a file of words, one a line (or none)")
         words = frozenset(w.strip().lower() for w in load_texts([str(path)]) if w.strip())
-    shards = expand_inputs(inputs, (".jsonl", ".jsonl.gz", ".json.gz", ".warc.gz", ".wet.gz", ".warc"))
-    refuse_unless_records(shards, "c4", 'JSONL(.gz) with a "text" field, or Common Crawl WARC / WET (.warc.gz)',
-                          warc=True)
+    suffixes = (".jsonl", ".jsonl.gz", ".json.gz", ".warc.gz", ".wet.gz", ".warc")
+    expected = 'JSONL(.gz) with a "text" field, or Common Crawl WARC / WET (.warc.gz)'
+    refuse_folders_without(inputs, suffixes, "c4", expected)
+    shards = expand_inputs(inputs, suffixes)
+    refuse_unless_records(shards, "c4", expected, warc=True)
     return Source("c4", shards, C4Reader(), off=off, stages=[
         C4Rules(words),
         LanguageFilter(languages or ["en"], lang_threshold, langid),

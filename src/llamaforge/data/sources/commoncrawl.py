@@ -37,7 +37,7 @@ from llamaforge.data.filters.quality import (
     normalize_url,
 )
 from llamaforge.data.pipeline import Doc, Result, Source, Stage
-from llamaforge.data.readers import expand_inputs, iter_jsonl, refuse_unless_records
+from llamaforge.data.readers import expand_inputs, is_warc, iter_jsonl, refuse_folders_without, refuse_unless_records
 from llamaforge.errors import UserError
 from llamaforge.io import STREAM_ERRORS, open_binary
 
@@ -153,7 +153,7 @@ class CCReader:
     """WET / WARC records or JSONL documents -> `{"text", "meta": {url, date, digest, ...}}`."""
 
     def __call__(self, shard: str, drops: Counter) -> Iterator[Doc]:
-        if ".warc" in shard:
+        if is_warc(shard):
             yield from self._warc(shard, drops)
         else:
             for obj in iter_jsonl(shard, drops, text_keys=("text", "raw_content")):  # CCNet: raw_content
@@ -315,9 +315,11 @@ def build(inputs: list[str], languages: list[str] | None = None, lang_threshold:
     The last two need models trained on Wikipedia: `models` is a folder built before (`OUT/models` of an earlier
     run), else they are built into `work_dir/models` from `wikipedia` (dumps or `prepare wikipedia` output; see
     `build_models`). With neither, those two steps are off and the stage table says why."""
-    shards = expand_inputs(inputs, (".warc.gz", ".wet.gz", ".warc", ".jsonl", ".jsonl.gz", ".json.gz"))
-    refuse_unless_records(shards, "commoncrawl", 'Common Crawl WARC / WET (.warc.gz) or JSONL(.gz) with a "text" '
-                          'or "raw_content" field (CCNet / dolma)', warc=True)
+    suffixes = (".warc.gz", ".wet.gz", ".warc", ".jsonl", ".jsonl.gz", ".json.gz")
+    expected = 'Common Crawl WARC / WET (.warc.gz) or JSONL(.gz) with a "text" or "raw_content" field (CCNet / dolma)'
+    refuse_folders_without(inputs, suffixes, "commoncrawl", expected)
+    shards = expand_inputs(inputs, suffixes)
+    refuse_unless_records(shards, "commoncrawl", expected, warc=True)
     lid = LanguageFilter(languages or ["en"], lang_threshold, langid)
     stages: list = [MinLength(min_length), LineDedup(mode="ccnet", group_size=dedup_group), lid]
     source = Source("commoncrawl", shards, CCReader(), stages)

@@ -24,7 +24,9 @@ from pathlib import Path
 import lxml.html
 
 from llamaforge.data.pipeline import Doc, Source
-from llamaforge.data.readers import expand_inputs, iter_lines
+from llamaforge.data.readers import XML, iter_lines, match_inputs, sniff_kind
+from llamaforge.errors import UserError
+from llamaforge.io import open_binary
 
 BATCH = 10_000  # rows inserted at once
 
@@ -113,8 +115,30 @@ class StackExchangeReader:
                             "question_score": score, "answer_scores": [s for s, _ in ranked]}}
 
 
+POSTS_PATTERNS = ("*-Posts.xml", "Posts.xml")  # `<site>-Posts.xml`, or `<site>/Posts.xml` as the dump's .7z unpacks
+EXPECTED = ("a Stack Exchange dump's Posts.xml (a <posts> root of <row> elements; the site's .7z from archive.org "
+            "unpacked), named <site>-Posts.xml or <site>/Posts.xml")
+
+
+def check_is_posts(path: str) -> None:
+    """Raise UserError unless the first 64 KiB of `path` (decompressed) hold the `<posts` root of a Posts.xml: a
+    file given by name is taken whatever its name, and one of another kind (a book, Comments.xml, JSONL) was read
+    as a dump without rows, 0 documents, exit 0."""
+    kind = sniff_kind(path)
+    if kind == XML:
+        with open_binary(path) as f:
+            if b"<posts" in f.read(1 << 16):
+                return
+        kind = "an XML file without a <posts> root"
+    raise UserError(f"{path}: stackexchange: this is {kind or 'a text file'}; expected {EXPECTED}")
+
+
 def build(inputs: list[str], max_sites: int | None = None) -> Source:
-    shards = [s for s in expand_inputs(inputs, ("Posts.xml",)) if s.endswith("Posts.xml")]
+    """One shard per Posts.xml among `inputs` (files as given, folders searched for `POSTS_PATTERNS`). Raises
+    UserError for a folder without one and for a file that is not a Posts.xml (`check_is_posts`)."""
+    shards = match_inputs(inputs, POSTS_PATTERNS, what="Stack Exchange Posts.xml")
+    for shard in shards:
+        check_is_posts(shard)
     if max_sites:  # the N largest sites by number of posts, in input order
         largest = set(sorted(shards, key=count_posts, reverse=True)[:max_sites])
         shards = [s for s in shards if s in largest]
