@@ -162,12 +162,14 @@ def test_a_file_that_is_not_the_compression_its_name_says_is_one_line(tmp_path, 
 
 @pytest.mark.parametrize("char", ["\u2028", "\u2029", "\x85"])
 def test_a_dropped_document_with_a_unicode_line_break_is_sampled(tmp_path, capsys, char):
-    """A dropped page holding U+2028 (common in web text) was written raw into its sample file, which
-    `str.splitlines` cut in two: `prepare` ended in a JSONDecodeError traceback after the whole run."""
+    """A dropped page holding U+2028 (common in web text) was written raw into its task's sample file, which the
+    merge cut in two with `str.splitlines`: `prepare` ended in a JSONDecodeError traceback after the whole run
+    (fixed on main by reading it with `io.read_jsonl`; this is the end-to-end check)."""
+    from llamaforge.io import read_jsonl
+
     path = tmp_path / "in.jsonl"
     path.write_text(json.dumps({"text": f"too short{char}for commoncrawl"}) + "\n")
     out = tmp_path / "out"
     assert cli.main(["prepare", "commoncrawl", str(path), "--out", str(out), "--no-progress"]) == 0
     (sample,) = (out / "dropped" / "min_length").iterdir()
-    assert [json.loads(line)["text"] for line in sample.read_text(encoding="utf-8").splitlines()] == \
-        [f"too short{char}for commoncrawl"]
+    assert [rec["text"] for _, rec in read_jsonl(sample)] == [f"too short{char}for commoncrawl"]

@@ -250,17 +250,6 @@ def write_jsonl_gz(path: Path, docs: Iterable[Doc]) -> int:
     return n
 
 
-# characters `str.splitlines` breaks a line at that `json.dumps(ensure_ascii=False)` leaves raw (it escapes the rest)
-UNICODE_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
-
-
-def _json_line(obj) -> str:
-    """One JSON line, readable UTF-8, with U+0085 / U+2028 / U+2029 escaped: a dropped web page holding one broke
-    the sample file into halves for any reader that splits on Unicode line breaks (`prepare` crashed with a
-    JSONDecodeError after the whole run)."""
-    return json.dumps(obj, ensure_ascii=False).translate(UNICODE_LINE_BREAKS) + "\n"
-
-
 def read_jsonl_gz(path: Path) -> Iterator[Doc]:
     """Read a shard this pipeline wrote (`llamaforge.io.read_jsonl`: a damaged shard is a `FILE:LINE` error)."""
     for _, doc in read_jsonl(path):
@@ -368,7 +357,7 @@ def run_task(plan: Plan, seg: int, shard: int) -> dict:
         stats["read"].docs_in += sum(stats["read"].drops.values())
     if sampler is not None:
         with atomic_file(plan.task_file(seg, shard, "dropped.jsonl"), "w") as f:
-            f.writelines(_json_line(r) for r in sampler.records)
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in sampler.records)
     result = {name: s.as_dict() for name, s in stats.items()}
     _write_json(stats_path, result)
     done.touch()  # last: a shard with a marker has all of its files
