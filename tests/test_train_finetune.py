@@ -322,6 +322,58 @@ def test_finetuned_model_carries_its_template_to_serve_hf_and_gguf(tmp_path):
     assert load_model(tmp_path / "hf") is not None
 
 
+DIALOGS = [
+    [{"role": "system", "content": "  You answer in one line. "}, {"role": "user", "content": " What is  the capital?\n"},
+     {"role": "assistant", "content": " Paris. "}, {"role": "user", "content": "  And of Italy?  "}],
+    [{"role": "user", "content": "Name a color."}, {"role": "assistant", "content": "Blue,\n\nor green."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "  "}],  # llama2: strip eats "\n\n"
+    [{"role": "user", "content": "é 中文 🙂 x"}, {"role": "assistant", "content": "ok"},
+     {"role": "user", "content": "again"}],
+]
+
+
+@pytest.mark.parametrize("fmt, vocab", [("plain", "llama2"), ("llama2", "llama2"), ("llama3", "llama3")])
+def test_every_finetune_template_exports_as_jinja_with_the_same_ids(tmp_path, fmt, vocab):
+    """Deliverable 5: a model finetuned with any built-in format carries it as a Jinja chat_template into the HF
+    export (transformers' `apply_chat_template` on the export renders our token-level format's ids, dialogs with a
+    system prompt, stray whitespace, a blank user turn, non-ASCII; with and without the generation prompt) and into
+    GGUF's `tokenizer.chat_template`; serving the HF export with `auto` gives the built-in format back.
+    (llama2 was written by name only, and its exports had no template.)"""
+    import transformers
+    from gguf import GGUFReader
+
+    from llamaforge.commands.finetune import _write_template
+    from llamaforge.formats import save_model
+    from llamaforge.tokenizer import load_tokenizer
+
+    spm = shared_path(f"{vocab}-tokenizer/tokenizer.model")
+    tok = load_tokenizer(spm)
+    final = tmp_path / "final"
+    save_model(Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=tok.vocab_size, multiple_of=16)),
+               final, tokenizer_path=spm)
+    ours = load_chat_format(fmt, tok)
+    _write_template(final, ours, load_tokenizer(final))
+    assert main(["convert", str(final), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    assert main(["convert", str(final), str(tmp_path / "m.gguf"), "--to", "gguf"]) == 0
+
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert hf.chat_template == ours.source
+    for dialog in DIALOGS:
+        for gen in (True, False):
+            if gen and dialog[-1]["role"] == "assistant":
+                continue
+            theirs = hf.apply_chat_template(dialog, tokenize=True, add_generation_prompt=gen)
+            theirs = list(theirs["input_ids"] if hasattr(theirs, "keys") else theirs)
+            assert ours.render(dialog, gen).ids == theirs, (dialog, gen)
+    if fmt == "llama2":  # Meta asserts a user message last for generation; the Jinja raises as well
+        with pytest.raises(Exception, match="generates after a user message"):
+            hf.apply_chat_template(DIALOGS[1], tokenize=False, add_generation_prompt=True)
+    field = GGUFReader(tmp_path / "m.gguf").fields["tokenizer.chat_template"]
+    assert bytes(field.parts[field.data[0]]).decode() == ours.source
+    served = load_chat_format("auto", load_tokenizer(tmp_path / "hf"))
+    assert served.name == fmt and served.render(DIALOGS[0]).ids == ours.render(DIALOGS[0]).ids
+
+
 @pytest.mark.parametrize("layout", ["jsonl", "json list"])
 def test_gzipped_data_reads_like_plain(tmp_path, layout):
     """Instruction data gzipped (as datasets are often shipped) reads through the one JSONL reader: same records,
@@ -357,6 +409,11 @@ def test_llama2_finetune_is_served_as_llama2_by_auto(tmp_path):
     assert served.render(msgs).ids == load_chat_format("llama2", tok).render(msgs).ids
     assert served.render(msgs).ids != load_chat_format("plain", tok).render(msgs).ids
     config = final / "tokenizer_config.json"
-    config.write_text(json.dumps({**json.loads(config.read_text()), "llamaforge_chat_format": "llama9"}))
+    assert json.loads(config.read_text())["chat_template"] == served.source  # llama2 as Jinja (the exports' copy)
+    # folders finetuned before llama2 had a Jinja form record only the name; auto reads it, and refuses a bad one
+    legacy = {k: v for k, v in json.loads(config.read_text()).items() if k != "chat_template"}
+    config.write_text(json.dumps({**legacy, "llamaforge_chat_format": "llama2"}))
+    assert load_chat_format("auto", load_tokenizer(final)).name == "llama2"
+    config.write_text(json.dumps({**legacy, "llamaforge_chat_format": "llama9"}))
     with pytest.raises(UserError, match="llamaforge_chat_format: expected one of plain, llama2, llama3, chatml"):
         load_chat_format("auto", load_tokenizer(final))

@@ -101,22 +101,18 @@ def run(args) -> int:
 
 def _write_template(folder, fmt, tokenizer) -> None:
     """Record the chat format beside the finetuned model, so `serve`/`chat` (`--chat-template auto`) and the HF /
-    GGUF exports use it: `tokenizer_config.json` with HF's `chat_template` (a Jinja format's source) and the BOS /
-    EOS spellings, written atomically. The format's name goes in `llamaforge_chat_format`: llama2 is built in
-    code, not Jinja, and `auto` finds it by that name (the HF / GGUF exports carry no template for it)."""
+    GGUF exports use it: `tokenizer_config.json` with HF's `chat_template` (the format's Jinja `source`; every
+    built-in format has one, llama2 and llama3 included) and the BOS / EOS spellings, written atomically. `auto`
+    serves a built-in's exact source with the built-in itself (`infer.templates.load_chat_format`)."""
     from llamaforge.io import atomic_file
 
     names = {v: k for k, v in getattr(tokenizer, "specials", {}).items()}
     config = {"bos_token": names.get(tokenizer.bos_id, "<s>"), "eos_token": names.get(tokenizer.eos_id, "</s>"),
-              "llamaforge_chat_format": fmt.name}
-    if getattr(fmt, "source", None):
-        config["chat_template"] = fmt.source
-    elif fmt.name != "llama3":  # auto serves it again by name; the exports' chat_template cannot hold it
-        print(f"note: chat format {fmt.name!r} is not a Jinja template: recorded by name for serve/chat "
-              "(--chat-template auto), not carried into HF/GGUF exports")
+              "chat_template": fmt.source}
     path = folder / "tokenizer_config.json"
     if path.is_file():  # keep what the export wrote (tokenizer class, added tokens), add the template
         config = {**json.loads(path.read_text()), **config}
+    config.pop("llamaforge_chat_format", None)  # the name older versions recorded instead of llama2's Jinja
     with atomic_file(path, "w") as f:
         f.write(json.dumps(config, indent=2) + "\n")
 

@@ -28,8 +28,13 @@ Formats (`load_chat_format(name, tokenizer)`):
 |           | `Assistant:`; the answer ends at EOS or at the stop string `"\\nUser:"`.                             |
 | `chatml`  | `<|im_start|>role\\ncontent<|im_end|>\\n`; needs a tokenizer with those two special tokens.          |
 | `auto`    | the Jinja template of a `tokenizer_config.json` beside the tokenizer, else the built-in format it  |
-|           | names in `llamaforge_chat_format` (what `finetune` writes for `llama2`), else `llama3` when the    |
-|           | tokenizer has Llama 3's header tokens, else `plain`.                                               |
+|           | names in `llamaforge_chat_format` (what older `finetune` runs wrote for `llama2`), else `llama3`   |
+|           | when the tokenizer has Llama 3's header tokens, else `plain`.                                      |
+
+Every built-in format has a Jinja twin in `ChatFormat.source` (`PLAIN_TEMPLATE`, `CHATML_TEMPLATE`,
+`LLAMA2_TEMPLATE`, Llama 3's `formats.hf_tokenizer.LLAMA3_TEMPLATE`): what a finetuned model's tokenizer_config.json
+and its HF / GGUF exports carry, rendering the same ids through transformers' `apply_chat_template`. A template
+that is exactly one of these sources loads as the built-in format.
 
 **Jinja without injection.** The template is rendered with each message's content replaced by an opaque
 placeholder; `trim`, `strip()`, `lstrip()` and `rstrip()` on a placeholder are applied to the real content. The
@@ -51,6 +56,7 @@ from pathlib import Path
 from typing import Sequence
 
 from llamaforge.errors import UserError
+from llamaforge.formats.hf_tokenizer import LLAMA3_TEMPLATE
 
 ROLES = ("system", "user", "assistant")
 BUILTIN = ("auto", "plain", "llama2", "llama3", "chatml")
@@ -157,9 +163,12 @@ def _special(tokenizer, name: str, fmt: str) -> int:
 
 class ChatFormat:
     """Base of the formats. `stop_ids`: ids that end the assistant's turn in generation; `stop_strings`: text
-    that ends it for formats without an end-of-turn token. `name` says which format this is."""
+    that ends it for formats without an end-of-turn token. `name` says which format this is; `source` is the
+    format as a Jinja `chat_template` (what HF's tokenizer_config.json and GGUF's `tokenizer.chat_template` carry):
+    every built-in format has one that renders the same ids through transformers' `apply_chat_template`."""
 
     name: str = ""
+    source: str | None = None
     stop_ids: frozenset[int] = frozenset()
     stop_strings: list[str] = []
 
@@ -179,10 +188,42 @@ class ChatFormat:
         raise NotImplementedError
 
 
+# Meta's Llama-2-chat construction as a Jinja `chat_template`, for the HF and GGUF exports of a model finetuned or
+# served with `llama2` (`Llama2Chat` is the token-level original). Same text as `chat_completion`: the system
+# message inside the first [INST] between <<SYS>> markers, unstripped; the merged first user turn `.strip()`ped as a
+# whole (when the user's text is blank that also eats the "\n\n" after <</SYS>>); every other content stripped;
+# user/assistant alternation and "generate after a user message" raise, as Meta asserts. Rendered as text and
+# tokenized in one call (transformers' `apply_chat_template`), it gives Llama2Chat's ids because the SentencePiece
+# `tokenizer.json` prepends "▁" to the text after every special token, as Meta's per-exchange `encode` does
+# (tests/test_train_finetune.py compares them through transformers on the HF export).
+LLAMA2_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set system = '<<SYS>>\\n' + messages[0]['content'] + '\\n<</SYS>>\\n\\n' %}"
+    "{% set loop_messages = messages[1:] %}"
+    "{% if not loop_messages %}{{ raise_exception('a system message must be followed by a user message') }}"
+    "{% endif %}"
+    "{% else %}{% set system = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('user and assistant alternate, after an optional first system message') }}{% endif %}"
+    "{% if message['role'] == 'user' %}"
+    "{% if loop.first and system and (message['content'] | trim) == '' %}{% set text = system | trim %}"
+    "{% elif loop.first and system %}{% set text = system + message['content'].rstrip() %}"
+    "{% else %}{% set text = message['content'] | trim %}{% endif %}"
+    "{{ bos_token + '[INST] ' + text + ' [/INST]' }}"
+    "{% else %}{{ ' ' + (message['content'] | trim) + ' ' + eos_token }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt and loop_messages[-1]['role'] == 'assistant' %}"
+    "{{ raise_exception('the llama2 format generates after a user message') }}{% endif %}"
+)
+
+
 class Llama2Chat(ChatFormat):
-    """Meta's Llama-2-chat construction (see the module docstring); BOS/EOS are the tokenizer's."""
+    """Meta's Llama-2-chat construction (see the module docstring); BOS/EOS are the tokenizer's. `source` is the
+    same format as a Jinja template (`LLAMA2_TEMPLATE`), what the exports carry."""
 
     name = "llama2"
+    source = LLAMA2_TEMPLATE
     B_INST, E_INST = "[INST]", "[/INST]"
     B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
 
@@ -222,9 +263,11 @@ class Llama2Chat(ChatFormat):
 
 
 class Llama3Chat(ChatFormat):
-    """Meta's Llama 3 ChatFormat (see the module docstring)."""
+    """Meta's Llama 3 ChatFormat (see the module docstring); `source`: the same as a Jinja template
+    (`formats.hf_tokenizer.LLAMA3_TEMPLATE`), what the exports carry."""
 
     name = "llama3"
+    source = LLAMA3_TEMPLATE
 
     def __init__(self, tokenizer):
         super().__init__(tokenizer)
@@ -417,8 +460,8 @@ def load_chat_format(name: str, tokenizer) -> ChatFormat:
         settings = read_tokenizer_config(config) if config.is_file() else {}
         template = chat_template_in(settings, config)
         if template is not None:
-            return JinjaChat(tokenizer, template, name=str(config), config=settings)
-        if "llamaforge_chat_format" in settings:  # a built-in format recorded by name (finetune's llama2)
+            return _jinja_or_builtin(tokenizer, template, str(config), settings)
+        if "llamaforge_chat_format" in settings:  # a built-in recorded by name (finetune before it wrote Jinja)
             recorded = settings["llamaforge_chat_format"]
             if recorded not in BUILTIN or recorded == "auto":
                 raise UserError(f"{config}: llamaforge_chat_format: expected one of "
@@ -442,7 +485,7 @@ def load_chat_format(name: str, tokenizer) -> ChatFormat:
     path = Path(name)
     if path.suffix == ".json" and path.is_file():
         source, config = _config_template(path)
-        return JinjaChat(tokenizer, source, name=str(path), config=config)
+        return _jinja_or_builtin(tokenizer, source, str(path), config)
     if path.is_file():
         from llamaforge.formats import TOKENIZER_CONFIG, read_tokenizer_config
 
@@ -450,6 +493,17 @@ def load_chat_format(name: str, tokenizer) -> ChatFormat:
         config = read_tokenizer_config(config_path) if config_path.is_file() else {}
         from llamaforge.io import read_text
 
-        return JinjaChat(tokenizer, read_text(path), name=str(path), config=config)
+        return _jinja_or_builtin(tokenizer, read_text(path), str(path), config)
     check_name(name)
-    return JinjaChat(tokenizer, name, name="template string")
+    return _jinja_or_builtin(tokenizer, name, "template string", {})
+
+
+def _jinja_or_builtin(tokenizer, source: str, name: str, config: dict) -> ChatFormat:
+    """A Jinja template as a `JinjaChat`; one that is exactly a built-in format's `source` (our own export:
+    finetune's final/, an HF or GGUF export) as that built-in: the token-level original (llama2's blank first user
+    turn after a system prompt, which a placeholder cannot see) with its stop strings (plain's "\\nUser:")."""
+    known = {PLAIN_TEMPLATE: "plain", CHATML_TEMPLATE: "chatml", LLAMA2_TEMPLATE: "llama2",
+             LLAMA3_TEMPLATE: "llama3"}
+    if source in known:
+        return load_chat_format(known[source], tokenizer)
+    return JinjaChat(tokenizer, source, name=name, config=config)
