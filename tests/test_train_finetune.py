@@ -167,6 +167,8 @@ def test_cli_bad_inputs_are_one_line_and_write_nothing(tmp_path, capsys):
         (["--data", str(tmp_path / "ok.json"), "--method", "lora", "--lora.targets=wq,wx"],
          "lora.targets: no projection 'wx'"),
         (["--data", str(tmp_path / "missing.json")], "missing.json: no such file"),
+        (["--data", str(tmp_path / "ok.json"), "--eval.tasks=mmlu"], "eval.data_dir: expected the folder"),
+        (["--data", str(tmp_path / "ok.json"), "--eval.tasks=mmlx", "--eval.data_dir=x"], "unknown task 'mmlx'"),
     ]
     for extra, message in cases:
         rc = main(["finetune", str(model), "--tokenizer", str(tok), "--out", str(out), *extra])
@@ -250,6 +252,40 @@ def test_lora_finetune_lowers_held_out_loss_and_resumes_exactly(tmp_path):
         torch.testing.assert_close(merged(x), adapted(x), rtol=1e-5, atol=1e-5)
     config = json.loads((straight / "final" / "tokenizer_config.json").read_text())
     assert config["chat_template"] == plain().source  # serve/chat --chat-template auto pick it up
+
+
+def test_report_shows_benchmarks_before_and_after(tmp_path, capsys):
+    """Deliverable 4: `--eval.tasks=mmlu` (the [eval] section, as for `train`) puts the base and the finetuned
+    model's MMLU side by side in finetune_report.md (the paper's Table 10), each equal to `llamaforge.eval.evaluate`
+    on that model (the base file, the exported final/), plus chat samples rendered with the template."""
+    from llamaforge.eval import evaluate
+    from llamaforge.formats import load_model
+
+    model, tok = stories()
+    data = shared_path("alpaca/alpaca_5000.json")
+    root = shared_path("mmlu").parent
+    out = tmp_path / "out"
+    rc = main(["finetune", str(model), "--tokenizer", str(tok), "--data", str(data), "--out", str(out),
+               "--method", "full", "--optim.lr=5e-3", "--finetune.max_examples=40", "--finetune.val_examples=8",
+               "--data.seq_len=128", "--training.steps=3", "--training.batch_tokens=512",
+               "--training.micro_batch_size=4", "--training.dtype=fp32", "--training.device=cpu",
+               "--metrics.progress=false", "--metrics.val_batches=1", "--checkpoint.every=0", "--samples", "1",
+               "--eval.tasks=mmlu", "--eval.limit=6", f"--eval.data_dir={json.dumps(str(root))[1:-1]}"])
+    assert rc == 0, capsys.readouterr().err[-2000:]
+    report = (out / "finetune_report.md").read_text()
+    rows = {r[1].strip(): [c.strip() for c in r[2:6]]
+            for r in (line.split("|")[1:-1] for line in report.splitlines() if line.startswith("| mmlu |"))}
+    assert sorted(rows) == ["acc", "acc_norm"], report
+    from llamaforge.tokenizer import load_tokenizer
+
+    want = {name: evaluate(load_model(path), load_tokenizer(tok), ["mmlu"], root, limit=6)[0].metrics
+            for name, path in (("base", model), ("finetuned", out / "final"))}
+    for metric, (shots, items, base, tuned) in rows.items():
+        assert (shots, items) == ("5", "6")
+        assert (base, tuned) == (f"{100 * want['base'][metric]:.1f}", f"{100 * want['finetuned'][metric]:.1f}")
+        assert records(out, f"eval/mmlu/{metric}") == [pytest.approx(want["finetuned"][metric])]  # trainer's record
+    samples = report.split("## Chat samples")[1]
+    assert "User: " in samples and "Assistant:" in samples  # the held-out prompt rendered with `plain`
 
 
 def _held_out_loss(out: Path) -> float:

@@ -1,6 +1,9 @@
 """`llamaforge finetune MODEL --data FILE --out DIR [--method full|lora] [--template NAME] [--tokenizer PATH]
-[--recipe NAME] [--resume auto|PATH] [--show-example] [--eval TASK --eval-data DIR --eval-limit N] [--samples N]
-[--section.key=value ...]`.
+[--recipe NAME] [--resume auto|PATH] [--show-example] [--samples N] [--section.key=value ...]`.
+
+Benchmarks before and after (the paper's Table 10): the `[eval]` section as for `train`, e.g.
+`--eval.tasks=mmlu --eval.limit=200 --eval.data_dir=../shared/data` (off by default: no tasks); the base model is
+scored before training, the finetuned one at the end (and every `eval.every` steps into metrics.jsonl).
 
 Instruction finetuning (the paper's LLaMA-I) through the pretraining loop: recipe `finetune-full` or
 `finetune-lora` unless --recipe names another; every config key can be overridden as for `train`. Also runs under
@@ -31,11 +34,9 @@ def add_arguments(parser) -> None:
                         help="allow --resume from a checkpoint this run did not write (DCP metadata is pickled)")
     parser.add_argument("--show-example", action="store_true",
                         help="print the first example's tokens with the masked spans marked, and exit")
-    parser.add_argument("--eval", default=None, help="an eval task (e.g. mmlu) scored before and after")
-    parser.add_argument("--eval-data", default=None, help="folder with the benchmark files (--eval)")
-    parser.add_argument("--eval-limit", type=int, default=200, help="items of --eval to score (0: all)")
     parser.add_argument("--samples", type=int, default=3, help="held-out prompts answered in the report")
-    parser.epilog = "Any config key can be overridden: --optim.lr=1e-4 --lora.rank=16 --lora.targets=all"
+    parser.epilog = ("Any config key can be overridden: --optim.lr=1e-4 --lora.rank=16 --lora.targets=all; "
+                     "benchmarks before/after: --eval.tasks=mmlu --eval.limit=200 --eval.data_dir=../shared/data")
 
 
 def _quoted(value) -> str:
@@ -76,17 +77,19 @@ def run(args) -> int:
             print(line)
     out = Path(args.out) if args.out else Path("runs") / f"finetune-{cfg.finetune.method}"
 
-    before = _score(args, cfg.finetune.base, tokenizer) if master and args.eval and not args.resume else None
-    base_loss = _held_out_loss(cfg, examples) if master and not args.resume else None
+    from llamaforge.commands.train import eval_callback
     from llamaforge.train import train
 
-    summary = train(cfg, out, resume=args.resume, trust_checkpoint=args.trust_checkpoint, examples=examples)
+    evaluator = eval_callback(cfg) if master else None  # [eval]: the items load now, a mistake stops us here
+    base_loss, before = _base_scores(cfg, examples, evaluator) if master else (None, None)
+    summary = train(cfg, out, resume=args.resume, trust_checkpoint=args.trust_checkpoint, on_eval=evaluator,
+                    examples=examples)
     if not master:
         return 0
     _write_template(out / "final", template, tokenizer)
-    after = _score(args, out / "final", tokenizer) if args.eval else None
+    after = _final_scores(summary, evaluator)
     samples = _chat_samples(out / "final", tokenizer, template, cfg, examples, args.samples)
-    report = _report(cfg, summary, before, after, samples, args, base_loss)
+    report = _report(cfg, summary, before, after, getattr(evaluator, "counts", {}), samples, base_loss)
     from llamaforge.io import atomic_file
 
     with atomic_file(out / "finetune_report.md", "w") as f:
@@ -117,9 +120,9 @@ def _write_template(folder, fmt, tokenizer) -> None:
         f.write(json.dumps(config, indent=2) + "\n")
 
 
-def _held_out_loss(cfg, examples) -> float:
-    """The base model's loss on the run's held-out responses (the same examples and function the trainer's
-    validation uses), for the report's before/after."""
+def _base_scores(cfg, examples, evaluator) -> tuple[float, dict | None]:
+    """The base model's held-out response loss (the same examples and function the trainer's validation uses) and,
+    with `evaluator` (the `[eval]` callback), its benchmark scores {"TASK/METRIC": value}: the report's "before"."""
     import contextlib
 
     import torch
@@ -130,24 +133,27 @@ def _held_out_loss(cfg, examples) -> float:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_base(cfg).to(device)
     loader = build_loader(cfg, model.args.vocab_size, 0, 1, examples)
-    return evaluate(model, loader, cfg.metrics.val_batches, device, contextlib.nullcontext)
+    loss = evaluate(model, loader, cfg.metrics.val_batches, device, contextlib.nullcontext)
+    if evaluator is None:
+        return loss, None
+    model.eval()
+    return loss, evaluator(model, 0)
 
 
-def _score(args, model_path, tokenizer):
-    """The --eval task's result on a model (rank 0, CPU or the first GPU)."""
+def _final_scores(summary, evaluator) -> dict | None:
+    """The finetuned model's benchmark scores: the trainer's end-of-run `eval/` record (single process), else (a
+    torchrun run, or a resumed run that had nothing left to train) the exported final/ scored here."""
+    if evaluator is None:
+        return None
+    scores = {k.removeprefix("eval/"): v for k, v in summary.metrics.items() if k.startswith("eval/")}
+    if scores and summary.metrics.get("step") == summary.step:
+        return scores
     import torch
 
-    from llamaforge.errors import UserError
-    from llamaforge.eval import evaluate_task
-    from llamaforge.eval.scoring import Scorer
     from llamaforge.formats import load_model
 
-    if args.eval_data is None:
-        raise UserError("--eval-data: required with --eval (the folder with the benchmark files)")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(model_path, device=device)
-    result, _ = evaluate_task(Scorer(model, tokenizer), args.eval, args.eval_data, limit=args.eval_limit or None)
-    return result
+    model = load_model(summary.final, device="cuda" if torch.cuda.is_available() else "cpu")
+    return evaluator(model.eval(), summary.step)
 
 
 def _chat_samples(model_path, tokenizer, template, cfg, examples, n: int) -> list[tuple[str, str]]:
@@ -174,23 +180,28 @@ def _chat_samples(model_path, tokenizer, template, cfg, examples, n: int) -> lis
     return out
 
 
-def _report(cfg, summary, before, after, samples, args, base_loss=None) -> str:
-    held_out = f"{summary.val_loss:.4f}" if base_loss is None else f"{base_loss:.4f} (base) -> {summary.val_loss:.4f}"
+def _report(cfg, summary, before, after, counts, samples, base_loss) -> str:
+    """The run's markdown report: held-out response loss base -> finetuned, the `[eval]` benchmarks of both side
+    by side (as the paper's Table 10; values in %), and the chat samples."""
+    held_out = f"{base_loss:.4f} (base) -> {summary.val_loss:.4f}"
     train_loss = summary.loss if summary.loss is not None else float("nan")
     lines = [f"# Finetune report ({cfg.finetune.method})", "",
              f"- base: `{cfg.finetune.base}`; data: `{cfg.finetune.data}`; template: `{cfg.finetune.template}`",
              (f"- steps: {summary.step}; final train loss {train_loss:.4f}; "
               f"held-out response loss ({cfg.finetune.val_examples} examples) {held_out}"), ""]
-    if before is not None or after is not None:
-        lines += [f"## {args.eval} before and after (as the paper's Table 10)", "",
-                  "| model | metric | n | value |", "|---|---|---|---|"]
-        for name, r in (("base", before), ("finetuned", after)):
-            if r is not None:
-                for metric, value in r.metrics.items():
-                    lines.append(f"| {name} | {metric} | {r.n} | {100 * value:.1f} |")
+    if before is not None and after is not None:
+        lines += ["## Benchmarks before and after finetuning (as the paper's Table 10)", "",
+                  "| task | metric | shots | items | base | finetuned | change |", "|---|---|---|---|---|---|---|"]
+        from llamaforge.eval.tasks import get_task
+
+        for key in before:
+            task, metric = key.split("/", 1)
+            b, a = 100 * before[key], 100 * after.get(key, float("nan"))
+            lines.append(f"| {task} | {metric} | {get_task(task).shots} | {counts.get(task, '-')} | {b:.1f} | "
+                         f"{a:.1f} | {a - b:+.1f} |")
         lines.append("")
     if samples:
-        lines += ["## Chat samples (held-out prompts, greedy, with the template)", ""]
+        lines += ["## Chat samples (held-out prompts rendered with the template, greedy answers)", ""]
         for prompt, answer in samples:
             lines += ["```", prompt.strip(), "---", answer.strip(), "```", ""]
     return "\n".join(lines)

@@ -113,7 +113,8 @@ def training_evaluator(tasks: Sequence[str], data_dir, tokenizer, limit: int = 1
 
     Loads each task's first `limit` items once, now (an unknown task or missing data is a UserError before
     training starts). The callback `(model, step) -> {"TASK/METRIC": value}` scores them on the model as it is,
-    with the overall metrics only (no per-split ones). `tokenizer` is a tokenizer object or a path."""
+    with the overall metrics only (no per-split ones). `tokenizer` is a tokenizer object or a path. The callback's
+    `counts` attribute is {task: number of items scored} (for reports)."""
     from llamaforge.eval.scoring import Scorer
     from llamaforge.eval.tasks import get_task, score_items
 
@@ -135,4 +136,5 @@ def training_evaluator(tasks: Sequence[str], data_dir, tokenizer, limit: int = 1
             scores.update({f"{name}/{m}": v for m, v in result.metrics.items() if "[" not in m})
         return scores
 
+    on_eval.counts = {name: len(items) for name, _, items in loaded}
     return on_eval
