@@ -73,6 +73,11 @@ def flow_file(tmp_path) -> Path:
     (lambda s: s.replace('"model.dim" = 32', '"model.dim" = 30'), ["model", "n_heads"]),
     (lambda s: s.replace('"training.steps" = 2', '"steps" = 2'), ["train.set", "section.key"]),
     (lambda s: s.replace("[tokenizer]", "[tokenizer]\nsize = 3"), ["tokenizer.size", "unknown key"]),
+    # a tokenizer no loader reads (was refused only after the prepare stage had run), or none at all
+    (lambda s: s.replace("[tokenizer]", '[tokenizer]\npath = "llama.vocab"'), ["tokenizer.path: llama.vocab",
+                                                                              ".model, .tiktoken, .json or .bin"]),
+    (lambda s: s.replace("[tokenizer]", '[tokenizer]\npath = "/no/such/tokenizer.model"'), ["tokenizer.path",
+                                                                                           "no such file"]),
 ])
 def test_flow_config_mistakes_are_one_line(tmp_path, flow_file, capsys, edit, words):
     flow_file.write_text(edit(flow_file.read_text()))

@@ -235,6 +235,13 @@ def validate(cfg: FlowConfig, dry_run: bool = False) -> None:
                                 f"{', '.join(accepted) or 'none'}")
     if sum(cfg.weights().values()) <= 0:
         raise UserError(f"{path}: sources: weights: expected a positive sum")
+    if cfg.tokenizer.path:
+        from llamaforge.formats import TOKENIZER_NAMES
+
+        given = Path(cfg.tokenizer.path)
+        if given.suffix not in TOKENIZER_NAMES:  # no loader reads it, and a model folder could not carry it
+            raise UserError(f"{path}: tokenizer.path: {given}: expected a .model, .tiktoken, .json or .bin "
+                            "tokenizer file")  # (a missing file: Flow.stage_configs, before any stage runs)
     if not cfg.tokenizer.path and cfg.tokenizer.vocab_size < 260:  # 256 byte pieces + unk, bos, eos and one more
         raise UserError(f"{path}: tokenizer.vocab_size: expected at least 260 (Meta's spec has 256 byte pieces), "
                         f"got {cfg.tokenizer.vocab_size}")

@@ -86,10 +86,13 @@ class Flow:
 
     @property
     def tokenizer_file(self) -> Path:
+        """Where the tokenizer stage puts the flow's tokenizer: `OUT/tokenizer/` under the standard name of the
+        given file's type (`formats.TOKENIZER_NAMES`; the config refused any other suffix), or the trained
+        SentencePiece `tokenizer.model`."""
         if self.cfg.tokenizer.path:
             from llamaforge.formats import TOKENIZER_NAMES
 
-            return self.out / "tokenizer" / TOKENIZER_NAMES.get(Path(self.cfg.tokenizer.path).suffix, "tokenizer")
+            return self.out / "tokenizer" / TOKENIZER_NAMES[Path(self.cfg.tokenizer.path).suffix]
         return self.out / "tokenizer" / "tokenizer.model"
 
     def source_options(self, name: str) -> dict:
