@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import one_error_line
 from llamaforge import cli
 from llamaforge.formats import save_model
 from llamaforge.model import ModelArgs, Transformer
@@ -24,12 +25,10 @@ def assert_refused(capsys, argv: list[str], *, names: str, nothing_at: Path | No
     """cli.main(argv) exits 2 with one `error:` line that contains `names`; no exception escapes."""
     capsys.readouterr()
     rc = cli.main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), (argv, err)
-    assert names in err[0], (names, err[0])
+    line = one_error_line(capsys, rc, names)
     if nothing_at is not None:
         assert not nothing_at.exists() and not list(nothing_at.parent.glob(f".{nothing_at.name}*"))
-    return err[0]
+    return line
 
 
 @pytest.fixture(scope="module")

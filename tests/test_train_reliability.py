@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from conftest import assert_one_error_line, one_error_line
 from llamaforge.train.metrics import read_metrics
 
 
@@ -89,7 +90,7 @@ def _resume(capsys, out, ckpt, *extra):
     capsys.readouterr()
     rc = cli.main(["train", "--recipe", "debug", "--out", str(out), "--resume", str(ckpt),
                    "--training.steps=2", *extra])
-    return rc, capsys.readouterr().err.strip().splitlines()
+    return rc, capsys.readouterr().err
 
 
 def test_resume_from_a_folder_this_run_did_not_write_is_refused(finished_run, tmp_path, capsys):
@@ -107,7 +108,8 @@ def test_resume_from_a_folder_this_run_did_not_write_is_refused(finished_run, tm
     (foreign / ".metadata").write_bytes(pickle.dumps(Evil()))
     out = tmp_path / "run"
     rc, err = _resume(capsys, out, foreign)
-    assert rc == 2 and len(err) == 1 and "--trust-checkpoint" in err[0] and not sentinel.exists()
+    assert_one_error_line(rc, err, "--trust-checkpoint")
+    assert not sentinel.exists()
     assert not out.exists()
     # this run's own checkpoints resume without the flag; a foreign one with it
     rc, err = _resume(capsys, finished_run, finished_run / "checkpoints" / "step_00000002")
@@ -139,7 +141,7 @@ def test_damaged_or_foreign_checkpoint_is_one_line(finished_run, tmp_path, capsy
     else:
         extra = ["--model.dim=32"]
     rc, err = _resume(capsys, out, ckpt, *extra)
-    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and str(ckpt.name) in err[0], err
+    assert_one_error_line(rc, err, str(ckpt.name))
 
 
 def test_token_shard_with_ids_beyond_the_vocabulary(tmp_path, capsys):
@@ -158,11 +160,9 @@ def test_token_shard_with_ids_beyond_the_vocabulary(tmp_path, capsys):
     np.asarray([0, 50, 97], dtype="<i8").tofile(shard / "offsets.bin")
     out = tmp_path / "run"
     args = ["--data.kind=shards", f"--data.sources={{a = '{shard}'}}", "--data.weights={a = 1.0}"]
-    assert cli.main(["train", "--recipe", "debug", "--out", str(out), *args]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "tokens.bin" in err[0] and "300" in err[0] and not out.exists()
+    one_error_line(capsys, cli.main(["train", "--recipe", "debug", "--out", str(out), *args]), "tokens.bin", "300")
+    assert not out.exists()
     for key, value in (("vocab_size", "x"), ("vocab_size", 0), ("n_docs", -1), ("eos_id", 256)):
         (shard / "header.json").write_text(json.dumps({**header, key: value}))
-        assert cli.main(["train", "--recipe", "debug", "--out", str(out), *args]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and key in err[0] and not out.exists(), err
+        one_error_line(capsys, cli.main(["train", "--recipe", "debug", "--out", str(out), *args]), key)
+        assert not out.exists()

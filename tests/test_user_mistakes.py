@@ -39,8 +39,7 @@ def test_eval_counts_below_range_are_refused(model_dir, tmp_path, capsys, flag, 
     capsys.readouterr()
     rc = cli.main(["eval", str(model_dir / "m"), "--task-file", str(model_dir / "t.jsonl"), "--out", str(out),
                    flag, value])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {flag}: expected an integer >= "), err
+    one_error_line(capsys, rc, startswith=f"error: {flag}: expected an integer >= ")
     assert not out.exists()
 
 
@@ -71,8 +70,7 @@ def test_device_this_machine_lacks_is_one_line(model_dir, capsys, command, devic
     extra = ["--prompt", "x"] if command == "generate" else ["--task-file", str(model_dir / "t.jsonl")]
     capsys.readouterr()
     rc = cli.main([command, str(model_dir / "m"), "--device", device, *extra])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and names in err[0], err
+    one_error_line(capsys, rc, names)
 
 
 @pytest.mark.parametrize("command", ["generate", "chat", "serve", "eval"])
@@ -123,8 +121,7 @@ def test_prepare_wikipedia_refuses_a_file_that_is_not_a_dump(tmp_path, capsys):
     out = tmp_path / "out"
     capsys.readouterr()
     rc = cli.main(["prepare", "wikipedia", str(posts), "--out", str(out), "--no-progress"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {posts}: expected a MediaWiki XML dump"), err
+    one_error_line(capsys, rc, startswith=f"error: {posts}: expected a MediaWiki XML dump")
     assert not out.exists()
 
 
@@ -153,8 +150,7 @@ def test_convert_to_an_unwritable_place_is_one_line(model_dir, capsys, dst):
     """`convert M /proc/x` was a FileNotFoundError traceback from mkdtemp (any writer using io.atomic_dir/file)."""
     capsys.readouterr()
     rc = cli.main(["convert", str(model_dir / "m"), dst, "--to", "hf"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {dst}: cannot write here ("), err
+    one_error_line(capsys, rc, startswith=f"error: {dst}: cannot write here (")
 
 
 def test_flow_dry_run_refuses_a_bad_train_recipe_as_the_run_does(tmp_path, capsys):
@@ -213,8 +209,7 @@ def test_serve_on_a_port_in_use_or_a_bad_host_is_one_line(model_dir, capsys, hos
         port = taken.getsockname()[1]
         capsys.readouterr()
         rc = cli.main(["serve", str(model_dir / "m"), "--host", host, "--port", str(port)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: --host/--port: cannot listen on {host}:{port} ("), err
+    one_error_line(capsys, rc, startswith=f"error: --host/--port: cannot listen on {host}:{port} (")
 
 
 @pytest.mark.parametrize("flag, value", [("--vocab-size", "0"), ("--vocab-size", "-5"), ("--max-sentences", "0")])
@@ -244,9 +239,8 @@ def test_resume_mistakes_say_what_is_wrong(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {tmp_path / 'nonexist'}: --resume: no such checkpoint folder; expected "
                    "OUT/checkpoints/step_N or 'auto'"], err
-    assert cli.main([*base, "--resume", "auto", "--training.steps=4", "--model.dim=128"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "Size mismatch" in err[0] and "FrameSummary" not in err[0], err
+    rc = cli.main([*base, "--resume", "auto", "--training.steps=4", "--model.dim=128"])
+    assert "FrameSummary" not in one_error_line(capsys, rc, "Size mismatch")
 
 
 def assert_prepare_refuses_kind(tmp_path, capsys, source: str, given: str, kind: str) -> None:
@@ -366,10 +360,9 @@ def test_seven_sources_dry_run_flags_a_source_without_inputs(tmp_path, capsys, m
     assert len(flagged) == 1 and flagged[0].split()[0] == "github", printed
     assert "--sources.github.inputs=" in flagged[0] and "the run refuses" in flagged[0]
     assert any(line.split()[:1] == ["wikipedia"] and "shard(s)" in line for line in printed), printed
-    assert cli.main(["run", "seven-sources", "--until", "prepare", *out]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "sources.github.inputs: ../shared/data/github: no such file or folder" in err[0] \
-        and "pass --sources.github.inputs=" in err[0], err
+    rc = cli.main(["run", "seven-sources", "--until", "prepare", *out])
+    one_error_line(capsys, rc, "sources.github.inputs: ../shared/data/github: no such file or folder",
+                   "pass --sources.github.inputs=")
     assert not (tmp_path / "run").exists()
 
 
