@@ -1,5 +1,6 @@
-"""The public surface documents itself: every public function, class and method in the rooms users call
-(`llamaforge/__init__.py`, model.py, formats/, tokenizer.py, train/, infer/, eval/) has a docstring.
+"""The public surface documents itself: every public function, class and method of the package (every room:
+`__init__`, cli, errors, io, model, presets, tokenizer, generate, formats/, data/, train/, plan/, infer/, eval/,
+run/, commands/) has a docstring.
 
 Public: a module-level function or class, or a method of such a class, whose name does not start with "_"
 (dunder methods are documented by their class). Nested helpers inside functions are not counted.
@@ -11,15 +12,17 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "llamaforge"
-ROOMS = ["__init__.py", "model.py", "tokenizer.py", "formats", "train", "infer", "eval"]
 
 
 def files() -> list[Path]:
-    out = []
-    for room in ROOMS:
-        path = PACKAGE / room
-        out += sorted(path.rglob("*.py")) if path.is_dir() else [path]
-    return out
+    """Every Python file of the package: no room is exempt."""
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def test_every_room_is_checked():
+    """The rooms that were outside the check until this session are in it (a test that fails on a narrower list)."""
+    rooms = {p.relative_to(PACKAGE).parts[0] for p in files()}
+    assert {"data", "commands", "plan", "run", "presets.py", "cli.py", "io.py"} <= rooms
 
 
 def undocumented(path: Path, root: Path = PACKAGE.parent) -> list[str]:

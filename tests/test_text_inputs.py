@@ -78,3 +78,9 @@ def test_chat_template_file_refuses_binary_data(tmp_path, binaries):
     tok = load_tokenizer(shared_path("llama2-tokenizer/tokenizer.model"))
     with pytest.raises(UserError, match="picture.txt: expected UTF-8 text, found binary data at byte 0$"):
         load_chat_format(str(tmp_path / "picture.txt"), tok)
+
+
+def test_eval_reads_texts_before_loading_the_model(tmp_path, binaries, capsys):
+    """A binary --text costs nothing: it is refused before MODEL is even looked at."""
+    rc = cli.main(["eval", str(tmp_path / "no-such-model"), "--text", str(tmp_path / "picture.txt")])
+    one_error_line(capsys, rc, "picture.txt: expected UTF-8 text, found binary data at byte 0")

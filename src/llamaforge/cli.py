@@ -45,6 +45,9 @@ def _available() -> dict[str, str]:
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The `llamaforge` argument parser: one subparser per command of `COMMANDS` that this install has. With `only`,
+    only that command's module is imported to declare its arguments (the others are listed by name and help), so
+    `llamaforge presets` does not import the data pipeline or torch."""
     parser = argparse.ArgumentParser(prog="llamaforge", description="LLaMA end to end.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in _available().items():
@@ -63,6 +66,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `llamaforge ARGV` (default: sys.argv[1:]) and return its exit status: the command's own (0 on success), 2 for
+    a usage mistake (argparse) or a `UserError` (printed as one `error: ...` line, no traceback), 130 on Ctrl-C. The
+    project's `UserNotice` warnings print as one `warning: ...` line while the command runs."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and not argv[0].startswith("-") else None
     parser = build_parser(only=command)

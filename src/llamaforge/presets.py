@@ -47,6 +47,9 @@ PRESETS: dict[str, ModelArgs] = {
 
 
 def get_preset(name: str, **overrides) -> ModelArgs:
+    """The named preset's ModelArgs with `overrides` applied (dataclasses.replace, so ModelArgs' own checks run again).
+    Raises KeyError for an unknown name (the message lists the known ones; callers at the boundary turn it into a
+    UserError)."""
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
     return dataclasses.replace(PRESETS[name], **overrides)

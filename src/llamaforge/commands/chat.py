@@ -12,6 +12,8 @@ from llamaforge.commands.args import add_chat_template_argument, add_model_argum
 
 
 def add_arguments(parser) -> None:
+    """MODEL and the shared model/engine arguments (`commands.args`), --chat-template, then the chat's own: --system,
+    --max-new-tokens (256), --temperature (0.7; 0 is greedy), --top-k (0: off), --top-p (0.9), --seed."""
     add_model_arguments(parser)
     add_chat_template_argument(parser)
     parser.add_argument("--system", default=None, help="a system message to start the conversation with")
@@ -23,6 +25,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    """The chat loop: one user message per stdin line until `/exit` or end of input (`/reset` forgets the turns), the
+    whole conversation rendered by the chat template each turn, the oldest turns dropped when the prompt no longer
+    fits the context, the reply streamed to stdout. Returns 0. Raises UserError for bad sampling flags, an unknown
+    template (before the model is loaded), or one message longer than the whole context."""
     from llamaforge.errors import UserError
     from llamaforge.infer import Request, SamplingParams
     from llamaforge.infer.templates import check_name, load_chat_format

@@ -17,6 +17,8 @@ DTYPES = ("float32", "bfloat16", "float16", "q8_0")  # q8_0: llama.cpp's 8-bit b
 
 
 def add_arguments(parser) -> None:
+    """SRC, DST, --to FORMAT, and --shards (meta only), --dtype (float32 default; q8_0 gguf only), --max-shard-size (hf
+    only), --tokenizer, --no-tokenizer, --saturate."""
     from llamaforge.formats import FORMATS
 
     parser.add_argument("src", help="a checkpoint in any known format")
@@ -64,6 +66,10 @@ def _tokenizer_file(src: Path, fmt: str, given, scratch: Path):
 
 
 def run(args) -> int:
+    """Convert SRC (format detected) to DST in `--to`'s format with its tokenizer, loading in float32 and narrowing on
+    write. Returns 0. Raises UserError, before anything is written, for DST == SRC, an option the target format does
+    not take, no tokenizer found without --no-tokenizer, or a tokenizer with more ids than the model has embedding
+    rows."""
     import tempfile
 
     import torch

@@ -20,6 +20,8 @@ FLOW_SECTIONS = ("run", "sources", "tokenizer", "train", "eval", "export")
 
 
 def add_arguments(parser) -> None:
+    """--out (runs/demo), --corpus-mb, --vocab-size, --workers, --no-progress; other --section.key=value arguments
+    arrive in `args.extra` (see `flow_overrides`)."""
     parser.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     parser.add_argument("--corpus-mb", type=float, default=None, help="megabytes of text per source (default 3)")
     parser.add_argument("--vocab-size", type=int, default=None, help="tokenizer vocabulary (default 4096)")
@@ -44,6 +46,8 @@ def flow_overrides(args) -> list[str]:
 
 
 def run(args) -> int:
+    """The shipped `demo` flow with this command's overrides, then three samples from OUT/train/final and the report's
+    path. Returns 0; a mistake in an override or the flow is a UserError before any stage runs."""
     from llamaforge.run import Flow, load_flow
 
     flow = Flow(load_flow("demo", flow_overrides(args)), progress=not args.no_progress)
@@ -54,6 +58,8 @@ def run(args) -> int:
 
 
 def print_samples(model_dir: Path) -> None:
+    """Print a 48-token continuation of three fixed prompts (code and prose) from the model in `model_dir`, sampled at
+    temperature 0.7, top-p 0.9, seed 0 (the same text on every run of the same model)."""
     from llamaforge import generate, load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(model_dir)

@@ -12,6 +12,9 @@ from llamaforge.commands.args import (add_device_arguments, add_model_argument, 
 
 
 def add_arguments(parser) -> None:
+    """MODEL (optional with --list-tasks), --tokenizer, the device arguments, and what to score: --tasks with
+    --data-dir, --task-file, --text (perplexity with --context/--stride); --shots, --limit, --batch-size (16),
+    --samples (1), --temperature, --out, --unsafe-exec, --judge, --list-tasks."""
     add_model_argument(parser, optional=True)
     add_tokenizer_argument(parser)
     parser.add_argument("--tasks", default="", help="comma-separated task names (see --list-tasks)")
@@ -37,6 +40,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    """Score MODEL on the named tasks, task files and texts and print the markdown table (with --out, also write FILE
+    and FILE.md). Returns 0. Raises UserError before the model is loaded for nothing to score, --tasks without
+    --data-dir, a count out of range, or a --text file that is missing or not UTF-8 text; later for a task's missing
+    or malformed data."""
     import time
 
     from llamaforge.errors import UserError
@@ -63,6 +70,7 @@ def run(args) -> int:
         if value is not None and value < 1:
             raise UserError(f"{flag}: expected an integer >= 1, got {value}")
 
+    texts = read_texts(args.text)  # read (and a binary file refused) before the model is loaded
     model, tokenizer = load_model_args(args)
     scorer = Scorer(model, tokenizer, batch_size=args.batch_size)
     preset = preset_of(model)
@@ -79,7 +87,7 @@ def run(args) -> int:
     for path in args.task_file:
         results.append(evaluate_task_file(scorer, path, args.limit)[0])
     if args.text:
-        ppl = perplexity(model, tokenizer, read_texts(args.text), args.context, args.stride, args.batch_size)
+        ppl = perplexity(model, tokenizer, texts, args.context, args.stride, args.batch_size)
         metrics = ppl.metrics()
         results.append(TaskResult("perplexity", 0, len(args.text), {k: float(v) for k, v in metrics.items()}))
 

@@ -20,6 +20,8 @@ ACCEPTS_EXTRA_ARGS = True  # --section.key=value overrides arrive in args.extra
 
 
 def add_arguments(parser) -> None:
+    """MODEL, --data, --out, --method full|lora, --template, --tokenizer, --recipe, --resume, --trust-checkpoint,
+    --show-example, --samples (3); config overrides (--section.key=value) arrive in `args.extra`."""
     parser.add_argument("model", help="the pretrained model (native / HF folder, Meta folder, llama2.c .bin, .gguf)")
     parser.add_argument("--data", required=True, help="Alpaca JSON/JSONL, chat JSONL ({'messages': [...]}) or "
                                                       "prompt/completion JSONL")
@@ -44,6 +46,10 @@ def _quoted(value) -> str:
 
 
 def run(args) -> int:
+    """Render the instruction data through the chat template, finetune with the trainer (recipe finetune-full or
+    finetune-lora unless --recipe), write the chat template beside `final/`, the before/after report and chat samples
+    (rank 0 only). Returns 0. Raises UserError for a missing --data file, a single-file MODEL without --tokenizer, a
+    bad override, template or data record."""
     import os
     from pathlib import Path
 

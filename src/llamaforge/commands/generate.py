@@ -14,6 +14,8 @@ from llamaforge.commands.args import add_model_arguments, load_engine
 
 
 def add_arguments(parser) -> None:
+    """MODEL and the shared model/engine arguments (`commands.args`), then --prompt, --max-new-tokens (128),
+    --temperature (0: greedy), --top-k (0: all), --top-p (1.0), --seed, --stop (repeatable)."""
     add_model_arguments(parser)
     parser.add_argument("--prompt", required=True, help="text to continue ('' starts from BOS)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
@@ -25,6 +27,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    """Print the prompt and its completion as the engine produces it (stdout), then the prefill and decode timings on
+    stderr (tokens/s, as llama.cpp reports them). Returns 0. Raises UserError for bad sampling flags or an empty
+    --stop (before loading the model), or a prompt that fills the whole context."""
     from llamaforge.errors import UserError
     from llamaforge.infer import Request, SamplingParams
 

@@ -21,6 +21,9 @@ from llamaforge.commands.args import parse_count
 from llamaforge.errors import UserError
 
 def add_arguments(p) -> None:
+    """One of --model / --dims / --budget / --paper / --measured, then the run's shape (--gpu, --gpus, --mfu, --tokens,
+    --seq-len, --fsdp, --tp, --ac, --micro-batch, dtypes), the scaling-law --constants and --inference-tokens, the
+    energy constants (--gpu-watts 400, --pue 1.1, --carbon-intensity 0.385: the paper's Section 6) and --json."""
     what = p.add_mutually_exclusive_group()
     what.add_argument("--model", help="a preset name (see `llamaforge presets`)")
     what.add_argument("--dims", help="model fields, e.g. dim=1024,n_layers=16,n_heads=16,vocab_size=32000")
@@ -93,6 +96,11 @@ def _gib(x: float) -> str:
 
 
 def run_model(args) -> int:
+    """Cost, memory and scaling view of training one model (--model or --dims): FLOPs per token and in total,
+    device-hours and wall-clock at the given MFU, the memory per device for the layout and the largest micro-batch
+    that fits, the law's predicted loss and compute-optimal alternative, energy and emissions. Prints text or, with
+    --json, one JSON object; returns 0. Raises UserError for a --tp that does not divide --gpus, an FSDP x TP larger
+    than --gpus, or a model/micro-batch that does not fit."""
     from llamaforge.plan.flops import get_gpu, paper_mfu, training_cost
     from llamaforge.plan.memory import Layout, estimate, largest_micro_batch
     from llamaforge.presets import count_params
@@ -189,6 +197,9 @@ def _scaling_view(constants: str, n_params: float, tokens: float) -> dict:
 
 
 def run_budget(args) -> int:
+    """For a compute budget C (FLOPs, --budget) and a lifetime of served tokens (--inference-tokens): the
+    compute-optimal (N, D) and the inference-aware one under the chosen law (`plan.scaling.compare`). Returns 0;
+    UserError for an unparsable count or unknown constants."""
     from llamaforge.plan.scaling import compare
 
     budget = parse_count(args.budget, "--budget")
@@ -221,6 +232,8 @@ def _carbon(args, gpu_hours: float):
 
 
 def run_measured(args) -> int:
+    """Energy and emissions of a finished run from its measured GPU-hours (metrics.jsonl or its folder), with the
+    paper's formula. Returns 0; a file without usable records is a UserError starting with `--measured:`."""
     from llamaforge.plan.carbon import measured_gpu_hours
 
     try:
@@ -237,6 +250,8 @@ def run_measured(args) -> int:
 
 
 def run_paper(args) -> int:
+    """The paper's Table 15 recomputed: GPU-hours of each LLaMA size from its tokens at one MFU (default: the one the
+    65B's 380 tokens/s/GPU implies) against the paper's, then MWh and tCO2eq from those GPU-hours. Returns 0."""
     from llamaforge.plan.carbon import paper_carbon_table
     from llamaforge.plan.flops import paper_mfu, paper_table
 
@@ -255,6 +270,8 @@ def run_paper(args) -> int:
 
 
 def run(args) -> int:
+    """Dispatch to the mode the flags name: --budget, --paper, --measured, else a model (--model or --dims). Returns 0;
+    UserError when no mode is given."""
     if args.budget is not None:
         return run_budget(args)
     if args.paper:

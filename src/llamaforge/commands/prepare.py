@@ -73,6 +73,9 @@ def _add_groups(p: argparse.ArgumentParser, groups: tuple[str, ...]) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One subcommand per source (`llamaforge prepare SOURCE INPUT... --out DIR`), each with its input layout as the
+    description, the pipeline's options (--workers, --executor local|ray, --overwrite, --keep-work, --keep-dropped
+    20, --max-doc-bytes, --no-progress) and only its own source options."""
     sub = parser.add_subparsers(dest="source", metavar="SOURCE", required=True)
     for source, groups in SOURCE_GROUPS.items():
         layout = input_layout(source)
@@ -98,6 +101,9 @@ OPTIONS = ("languages", "lang_threshold", "langid", "min_length", "dedup_group",
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the source's pipeline (`data.sources.prepare`) over the inputs into --out and print the stage table. Returns
+    0. Raises UserError for an option of another source or not of prepare at all, and for what the source refuses
+    (missing inputs, files of another kind)."""
     from llamaforge.data.pipeline import format_stats_table
     from llamaforge.data.sources import prepare
 

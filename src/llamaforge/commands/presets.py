@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def add_arguments(parser) -> None:
+    """--name: show only this preset."""
     parser.add_argument("--name", default=None, help="show only this preset")
 
 
@@ -16,6 +17,8 @@ def human(n: int) -> str:
 
 
 def run(args) -> int:
+    """Print one row per preset (or --name's): parameters and non-embedding parameters counted from the model code, dim,
+    layers, heads, KV heads, FFN width, vocabulary and context. Returns 0; UserError for an unknown --name."""
     from llamaforge.errors import UserError
     from llamaforge.presets import PRESETS, count_params
 

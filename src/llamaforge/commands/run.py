@@ -10,6 +10,8 @@ ACCEPTS_EXTRA_ARGS = True  # --section.key=value overrides of the flow config
 
 
 def add_arguments(parser) -> None:
+    """FLOW, --until STAGE (report), --from STAGE, --dry-run, --no-progress; flow overrides (--section.key=value) arrive
+    in `args.extra`."""
     from llamaforge.run.flow import STAGES
 
     parser.add_argument("flow", metavar="FLOW", help="a flow .toml file, or a shipped flow name (demo, seven-sources)")
@@ -24,6 +26,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    """Load FLOW with the overrides and run its stages from --from (or the first unfinished) to --until; with --dry-run
+    print the plan instead (inputs found, stages to run, estimated tokens and steps). Returns 0; a config mistake is
+    a UserError before any stage runs."""
     from llamaforge.run import Flow, describe, load_flow
 
     cfg = load_flow(args.flow, args.extra, dry_run=args.dry_run)

@@ -35,6 +35,9 @@ def _check_listen(host: str, port: int) -> None:
 
 
 def run(args) -> int:
+    """Check the flags, the template name and that HOST:PORT can be listened on, then load the engine and the chat
+    format and serve until interrupted. Returns 0. Raises UserError, before the model is loaded where it can, for
+    --max-batch < 1, a port outside 0..65535, an address that cannot be listened on, or an unusable chat template."""
     from llamaforge.errors import UserError
     from llamaforge.infer.templates import check_name, load_chat_format
     from llamaforge.infer.server import serve

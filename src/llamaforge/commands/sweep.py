@@ -14,6 +14,9 @@ ACCEPTS_EXTRA_ARGS = True  # --section.key=value overrides for the recipe arrive
 
 
 def add_arguments(p) -> None:
+    """--out, --recipe (debug), --mode isoflop|lr-batch, the model family --shapes (DIMxLAYERS), IsoFLOP's --budgets,
+    --min-steps, --target-budget, --inference-tokens, --bootstrap (100), lr-batch's --lrs, --batches, --tokens,
+    --keep-preset-shape; recipe overrides arrive in `args.extra`."""
     p.add_argument("--out", required=True, help="sweep folder: grid.json, runs/, fit.json, plots")
     p.add_argument("--recipe", default="debug", help="the pretraining recipe every run starts from")
     p.add_argument("--mode", default="isoflop", choices=["isoflop", "lr-batch"])
@@ -31,6 +34,9 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    """Run the sweep (`plan.sweep.isoflop_sweep` or `lr_batch_sweep`; finished runs are skipped on a rerun) and print
+    the fit: the law's constants with bootstrap intervals and the recommended (N, D), or the best lr per batch size
+    and its exponent. Returns 0; UserError for an unparsable list or count."""
     from llamaforge.commands.args import parse_count, parse_counts, parse_shapes
     from llamaforge.plan import sweep
 

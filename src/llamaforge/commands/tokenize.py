@@ -6,6 +6,7 @@ import json
 
 
 def add_arguments(parser):
+    """--tokenizer, --input (JSONL files or folders), --out DIR, --source NAME, --workers (1)."""
     parser.add_argument("--tokenizer", required=True, help="a tokenizer file or a model folder holding one")
     parser.add_argument("--input", nargs="+", required=True, metavar="FILE_OR_DIR",
                         help='JSONL files ({"text": ...} per line, plain or .gz); a folder means its *.jsonl(.gz)')
@@ -16,6 +17,9 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
+    """Tokenize the inputs into OUT/SOURCE (`data.shards.tokenize`) and print the shard's documents, tokens, dtype,
+    bytes per token and skipped empty documents. Returns 0; UserError for missing inputs, a bad JSONL line
+    (FILE:LINE) or an unusable tokenizer."""
     from llamaforge.data.shards import HEADER, tokenize
 
     folder = tokenize(args.input, args.tokenizer, args.out, source=args.source, workers=args.workers, progress=True)

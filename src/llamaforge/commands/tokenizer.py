@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def add_arguments(parser):
+    """The `train` action: --input, --vocab-size, --out PREFIX, --max-sentences (2,000,000), --seed (0), --verbose."""
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = sub.add_parser("train", help="train a SentencePiece BPE model with Meta's LLaMA trainer spec")
     p.add_argument("--input", nargs="+", required=True, metavar="DIR_OR_FILE",
@@ -17,6 +18,10 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
+    """Train a SentencePiece BPE tokenizer with Meta's trainer spec on the inputs
+    (`data.tokenizer_training.train_tokenizer`), writing PREFIX.model and PREFIX.vocab, and print its size. Returns
+    0; UserError for counts below 1, missing inputs, binary files given as text, or a vocabulary the sample cannot
+    fill."""
     from llamaforge import load_tokenizer
     from llamaforge.data.tokenizer_training import train_tokenizer
 

@@ -8,6 +8,8 @@ ACCEPTS_EXTRA_ARGS = True  # --section.key=value overrides arrive in args.extra
 
 
 def add_arguments(parser) -> None:
+    """--recipe (a name or a .toml), --out (runs/<recipe>), --resume auto|PATH, --trust-checkpoint; config overrides
+    (--section.key=value) arrive in `args.extra`."""
     parser.add_argument("--recipe", required=True, help="a recipe name (debug, demo, llama-7b ...) or a .toml file")
     parser.add_argument("--out", default=None, help="output folder (default runs/<recipe>)")
     parser.add_argument("--resume", default=None, help="'auto': the newest complete checkpoint in OUT; or a path")
@@ -17,6 +19,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    """Load the recipe with the overrides and train (`train.train`, also under torchrun), with the `[eval]` section as
+    the evaluation callback; rank 0 prints the final metrics and the model folder. Returns 0; a config or data
+    mistake is a UserError before training starts."""
     from pathlib import Path
 
     from llamaforge.train import load_config, train

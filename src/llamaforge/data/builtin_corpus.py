@@ -32,6 +32,8 @@ SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__
 
 
 def stdlib_root() -> Path:
+    """The folder of this Python's standard library (sysconfig's `stdlib` path): the built-in corpus's code and docs
+    come from it."""
     return Path(sysconfig.get_paths()["stdlib"])
 
 

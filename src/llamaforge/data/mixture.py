@@ -107,9 +107,12 @@ class SourceStream:
             out[i] = self.shard.eos_id
 
     def state_dict(self) -> dict:
+        """The stream's position: {epoch, index (of the document in this epoch's order), offset (inside its framed
+        tokens), taken (tokens taken so far)}."""
         return {"epoch": self.epoch, "index": self.index, "offset": self.offset, "taken": self.taken}
 
     def load_state_dict(self, state: dict):
+        """Resume at a position from `state_dict`."""
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
         self.offset, self.taken = int(state["offset"]), int(state["taken"])
 
@@ -261,6 +264,8 @@ class MixtureLoader:
     # -- position and statistics
 
     def state_dict(self) -> dict:
+        """The loader's position, JSON-serializable: the seed and split it was made with, the global sequence index, and
+        every source stream's position (`SourceStream.state_dict`)."""
         return {
             "version": 1,
             "seed": self.seed,
@@ -270,6 +275,8 @@ class MixtureLoader:
         }
 
     def load_state_dict(self, state: dict):
+        """Resume at a position from `state_dict`. Raises UserError when it belongs to other sources, another seed or
+        another split (resuming there would silently read other data)."""
         if state.get("version") != 1 or set(state.get("streams", {})) != set(self.names):
             raise UserError(f"mixture: state: expected a loader position for sources {self.names}")
         if state["seed"] != self.seed or state["split"] != self.split:

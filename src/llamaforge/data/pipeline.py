@@ -54,6 +54,8 @@ class Stage:
     name = "stage"
 
     def setup(self) -> None:
+        """Load what the stage needs (models, tables) in the worker process, once, before its first document; nothing by
+        default."""
         pass
 
     def __call__(self, doc: Doc) -> Result:
@@ -66,6 +68,7 @@ class GroupStage:
     name = "group"
 
     def setup(self) -> None:
+        """Load what the stage needs in the worker process, before `observe`; nothing by default."""
         pass
 
     def observe(self, index: int, doc: Doc) -> None:
@@ -81,6 +84,8 @@ class GroupStage:
         raise NotImplementedError
 
     def apply(self, index: int, doc: Doc, decision: dict[str, np.ndarray]) -> Result:
+        """Document `index` of a shard given that shard's decision from `resolve`: the document (maybe changed) or the
+        reason it is dropped."""
         raise NotImplementedError
 
 
@@ -122,11 +127,13 @@ class StageStats:
     drops: Counter = field(default_factory=Counter)
 
     def add(self, other: dict) -> None:
+        """Add another task's counts (a dict as from `as_dict`) to these."""
         for k in ("docs_in", "docs_out", "bytes_in", "bytes_out"):
             setattr(self, k, getattr(self, k) + other[k])
         self.drops.update(other["drops"])
 
     def as_dict(self) -> dict:
+        """{docs_in, docs_out, bytes_in, bytes_out, drops} with drops sorted by reason, for stats.json."""
         return {"docs_in": self.docs_in, "docs_out": self.docs_out, "bytes_in": self.bytes_in,
                 "bytes_out": self.bytes_out, "drops": dict(sorted(self.drops.items()))}
 
@@ -187,6 +194,8 @@ class DropSampler:
         self._counts: Counter = Counter()
 
     def add_doc(self, stage: str, reason: str, doc: Doc) -> None:
+        """Keep a record of `doc`, dropped by `stage` for `reason`, unless `limit` records of that pair are kept
+        already; text cut to SAMPLE_CHARS (marked `truncated`)."""
         if self._counts[stage, reason] >= self.limit:
             return
         self._counts[stage, reason] += 1
@@ -198,6 +207,8 @@ class DropSampler:
         self.records.append(rec)
 
     def add_lines(self, stage: str, lines: list[str], doc: Doc) -> None:
+        """Keep records of lines a line-level `stage` removed from `doc` (reason "removed_lines", with the document's
+        url/title/file), up to `limit` per stage."""
         for line in lines:
             if self._counts[stage, "removed_lines"] >= self.limit:
                 return
@@ -288,21 +299,30 @@ class Plan:
 
     @property
     def work(self) -> Path:
+        """OUT/_work: intermediate shards, summaries, decisions, markers and per-task stats."""
         return self.out / WORK
 
     def output_path(self, seg: int, shard: int) -> Path:
+        """Where segment `seg` writes shard `shard`: the final OUT/SOURCE-NNNNN.jsonl.gz for the last segment, else a
+        gzipped JSONL under the work folder."""
         if seg == len(self.segments) - 1:  # the last segment writes the real output
             return self.out / f"{self.source.name}-{shard:05d}.jsonl.gz"
         return self.work / f"seg{seg}" / f"{shard:05d}.jsonl.gz"
 
     def task_file(self, seg: int, shard: int, suffix: str) -> Path:
+        """A per-task file of segment `seg` and shard `shard` under the work folder (`suffix`: stats.json,
+        dropped.jsonl, a marker ...)."""
         return self.work / f"seg{seg}" / f"{shard:05d}.{suffix}"
 
     def decision_path(self, group: int, shard: int) -> Path:
+        """Where group stage `group`'s decision for shard `shard` is stored (.npz)."""
         return self.work / f"group{group}" / f"{shard:05d}.npz"
 
 
 def make_plan(source: Source, out: Path, keep_dropped: int = 0, max_doc_bytes: int = MAX_DOC_BYTES) -> Plan:
+    """Split the source's stages into segments at each group stage: segment k runs the per-document stages after group
+    stage k - 1 is applied. Raises ValueError when two stages share a name (stats and dropped samples are keyed by
+    it)."""
     segments: list[list[Stage]] = [[]]
     groups: list[GroupStage] = []
     for stage in source.stages:

@@ -47,6 +47,7 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read 1 MiB at a time (shard headers record their tokenizer by it)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -107,6 +108,7 @@ class TokenShard:
 
     @property
     def bytes_per_token(self) -> float:
+        """UTF-8 bytes of the documents' text per token: bits/byte = loss / ln 2 / this."""
         return self.n_bytes / self.n_tokens
 
     def doc(self, i: int) -> np.ndarray:
@@ -185,6 +187,8 @@ def read_chunks(files: Sequence[Path], chunk_lines: int = CHUNK_LINES) -> Iterat
 
 
 def parse_texts(path: str, first: int, lines: list[bytes]) -> list[str]:
+    """The texts of raw JSONL `lines` of `path` starting at line number `first`, blank lines skipped; raises
+    UserError("PATH:LINE: ...") for a line that is not a JSON object with a "text" string."""
     texts = (text_of_line(path, lineno, line) for lineno, line in enumerate(lines, first))
     return [t for t in texts if t is not None]
 
@@ -282,6 +286,8 @@ class ShardWriter:
         return self
 
     def add(self, ids, lengths, n_bytes: int, n_empty: int = 0):
+        """Append documents: `ids` of several documents back to back, their `lengths` (tokens each), the UTF-8 bytes of
+        their text and how many empty documents were skipped. Raises UserError for an id outside [0, vocab_size)."""
         ids, lengths = np.asarray(ids), np.asarray(lengths, dtype=np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= self.header["vocab_size"]):
             raise UserError(f"{self.dest}: ids: expected 0 <= id < vocab_size={self.header['vocab_size']}")

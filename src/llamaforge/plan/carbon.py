@@ -27,11 +27,14 @@ PAPER_CARBON = {  # Table 15: preset -> (GPU-hours, MWh, tCO2eq)
 
 @dataclass(frozen=True)
 class Carbon:
+    """A run's footprint: `gpu_hours`, `mwh` (energy drawn, the data-centre overhead PUE included) and `tco2eq` (tonnes
+    of CO2 equivalent), by the paper's Section 6 formula (`carbon`)."""
     gpu_hours: float
     mwh: float  # energy drawn, data-centre overhead (PUE) included
     tco2eq: float  # tonnes of CO2 equivalent
 
     def as_dict(self) -> dict:
+        """{"gpu_hours", "mwh", "tco2eq"}, for JSON."""
         return {"gpu_hours": self.gpu_hours, "mwh": self.mwh, "tco2eq": self.tco2eq}
 
 

@@ -126,6 +126,9 @@ PAPER_GPU_HOURS = {  # preset -> (GPU-hours, training tokens)
 
 @dataclass(frozen=True)
 class TrainingCost:
+    """What training costs (`training_cost`): `flops_per_token` (forward + backward, `flops_per_token`'s formula),
+    `total_flops` for all tokens, `tokens_per_s_per_device` at the given MFU, `device_hours` in total and
+    `wall_clock_days` over all devices."""
     flops_per_token: float
     total_flops: float
     tokens_per_s_per_device: float

@@ -54,6 +54,9 @@ ADAM_MOMENTS = 2  # exp_avg and exp_avg_sq, each the size of the parameters
 
 @dataclass(frozen=True)
 class Layout:
+    """How one training step is laid out over devices: FSDP and tensor-parallel degrees, activation checkpointing (none
+    | selective | full), sequence length and micro-batch (sequences per device), and the master (parameters,
+    gradients, AdamW moments) and compute dtypes (fp32 or bf16)."""
     fsdp: int = 1  # parameter/gradient/optimizer sharding degree
     tp: int = 1  # tensor (and sequence) parallel degree
     ac: str = "none"  # activation checkpointing: none | selective | full
@@ -68,6 +71,9 @@ class Layout:
         return self.fsdp == 1 and self.master_dtype == "fp32" and self.compute_dtype == "bf16"
 
     def check(self, args: ModelArgs) -> None:
+        """Raise UserError (naming the CLI flag) for a degree below 1, an unknown AC mode or dtype, a non-positive
+        sequence length or a negative micro-batch, or a TP degree that does not divide n_kv_heads and the FFN width
+        (Megatron-style column/row sharding needs both)."""
         if self.fsdp < 1 or self.tp < 1:
             raise UserError(f"--fsdp/--tp: expected degrees >= 1, got fsdp={self.fsdp} tp={self.tp}")
         if self.ac not in AC_MODES:
@@ -85,6 +91,10 @@ class Layout:
 
 @dataclass
 class MemoryEstimate:
+    """Bytes per device of one training step (`estimate`), by part: parameters, gradients and AdamW's two moments
+    (sharded over FSDP x TP), compute copies (the bf16 weights FSDP gathers two units at a time, or autocast keeps
+    without FSDP), activations saved by all layers and the final norm, the loss's buffers, and one layer's
+    recomputation under checkpointing; `parts` is one layer's activation bytes per token by tensor group."""
     params: float
     grads: float
     optimizer: float
@@ -96,10 +106,15 @@ class MemoryEstimate:
 
     @property
     def states(self) -> float:
+        """Bytes of parameters, gradients, optimizer moments and compute copies: what the step holds whatever the
+        micro-batch."""
         return self.params + self.grads + self.optimizer + self.compute_copies
 
     @property
     def total(self) -> float:
+        """Peak bytes per device: the states, all saved activations, and the larger of the loss buffers (live at the
+        start of the backward pass) and one recomputed layer (later in it). tests/test_plan_memory.py holds it to 10%
+        of measured peaks."""
         return self.states + self.activations + max(self.loss, self.recompute)
 
 

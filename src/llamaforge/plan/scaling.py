@@ -34,6 +34,9 @@ from llamaforge.errors import UserError
 
 @dataclass(frozen=True)
 class ScalingLaw:
+    """The parametric law L(N, D) = E + A / N^alpha + B / D^beta of Hoffmann et al. 2022 (approach 3); N parameters, D
+    training tokens, L in nats/token. `BESIROGLU` (Besiroglu et al. 2024's refit, the default) and `HOFFMANN` hold
+    published constants."""
     E: float
     A: float
     B: float
@@ -41,6 +44,7 @@ class ScalingLaw:
     beta: float
 
     def loss(self, n_params, n_tokens):
+        """L(N, D) in nats/token; numpy arrays broadcast."""
         return self.E + self.A / np.power(n_params, self.alpha) + self.B / np.power(n_tokens, self.beta)
 
     def tokens_for_loss(self, n_params: float, target_loss: float) -> float:
@@ -49,6 +53,7 @@ class ScalingLaw:
         return (self.B / gap) ** (1 / self.beta) if gap > 0 else math.inf
 
     def as_dict(self) -> dict:
+        """The five constants {E, A, B, alpha, beta}, for JSON (fit.json, `plan --json`)."""
         return asdict(self)
 
 
@@ -62,6 +67,8 @@ INFERENCE_FLOPS_PER_PARAM = 2  # a forward pass: one multiply-add per weight per
 
 @dataclass(frozen=True)
 class Allocation:
+    """A choice of model size and data for a budget: `n_params` N, `n_tokens` D, the law's predicted `loss`,
+    `train_flops` (6·N·D) and `inference_flops` (2·N per served token)."""
     n_params: float
     n_tokens: float
     loss: float
@@ -70,10 +77,12 @@ class Allocation:
 
     @property
     def total_flops(self) -> float:
+        """Training plus inference FLOPs: what the inference-aware choice minimizes."""
         return self.train_flops + self.inference_flops
 
     @property
     def tokens_per_param(self) -> float:
+        """D / N (Chinchilla's compute-optimal choice is about 20; LLaMA trains far beyond it)."""
         return self.n_tokens / self.n_params
 
 
@@ -143,6 +152,9 @@ def compare(law: ScalingLaw, flops: float, inference_tokens: float) -> dict[str,
 
 @dataclass
 class Fit:
+    """A fitted law (`fit`) with its uncertainty: the bootstrap standard deviation (`stderr`) and 2.5%/97.5% percentiles
+    (`interval`) of each constant, the Huber objective at the optimum, the number of runs, and every bootstrap
+    resample's constants."""
     law: ScalingLaw
     stderr: dict  # bootstrap standard deviation of each constant
     interval: dict  # 2.5% and 97.5% bootstrap percentiles of each constant
@@ -151,6 +163,8 @@ class Fit:
     samples: list  # bootstrap fits, one dict per resample
 
     def as_dict(self) -> dict:
+        """The fit for fit.json: constants, stderr, interval_95, objective, n_runs and the bootstrap samples (`plan
+        --constants fit.json` reads the constants back)."""
         return {
             "constants": self.law.as_dict(),
             "stderr": self.stderr,

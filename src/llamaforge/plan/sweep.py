@@ -39,15 +39,19 @@ from llamaforge.io import atomic_file
 
 @dataclass(frozen=True)
 class Shape:
+    """One model of a sweep's family: `dim` and `n_layers`, with heads of `head_dim` (16) each and no grouped-query
+    attention."""
     dim: int
     n_layers: int
     head_dim: int = 16
 
     @property
     def name(self) -> str:
+        """The run's name part, e.g. `d64l2` for dim 64, 2 layers."""
         return f"d{self.dim}l{self.n_layers}"
 
     def overrides(self) -> dict:
+        """The ModelArgs fields this shape sets: dim, n_layers, n_heads = n_kv_heads = dim // head_dim (>= 1)."""
         heads = max(1, self.dim // self.head_dim)
         return {"dim": self.dim, "n_layers": self.n_layers, "n_heads": heads, "n_kv_heads": heads}
 
@@ -114,6 +118,9 @@ def isoflop_grid(base, shapes: list[Shape], budgets: list[float], min_steps: int
 
 
 def lr_batch_grid(base, shape: Shape | None, lrs: list[float], batches: list[int], tokens: float) -> list[dict]:
+    """One run per (batch, lr): `tokens` rounded to whole steps of `batch` tokens, the same data for every lr at a batch
+    size. Raises UserError when a batch is not a multiple of seq_len x micro_batch_size (the trainer accumulates
+    whole micro-batches) or gives fewer than 2 steps."""
     runs = []
     for batch in batches:
         per_micro = base.data.seq_len * base.training.micro_batch_size
@@ -190,6 +197,10 @@ def _parabola_min(x: np.ndarray, y: np.ndarray):
 
 
 def analyze_isoflop(results: list[dict], target_budget: float, inference_tokens: float, n_bootstrap: int) -> dict:
+    """Fit the law to the runs' final validation losses (`plan.scaling.fit`, bootstrapped `n_bootstrap` times), find
+    each budget's IsoFLOP minimum (vertex of a parabola in log N, Hoffmann et al.'s approach 2), and recommend (N, D)
+    at `target_budget` with and without `inference_tokens`. Diverged runs (non-finite loss) are listed and left out;
+    raises UserError when fewer than 5 runs remain. A degenerate fit gives `recommended` None with the reason."""
     from llamaforge.plan.scaling import compare, fit
 
     diverged = [r["name"] for r in results if not math.isfinite(r["val_loss"])]
@@ -251,6 +262,8 @@ def _pyplot():
 
 
 def plot_isoflop(results: list[dict], analysis: dict, out: Path) -> None:
+    """Write isoflop.png (each budget's runs and the fitted law at their (N, D)) and frontier.png (the compute-optimal N
+    against the budget, with the per-budget minima) into `out`, atomically."""
     from llamaforge.plan.scaling import ScalingLaw, compute_optimal
 
     plt = _pyplot()
@@ -281,6 +294,10 @@ def plot_isoflop(results: list[dict], analysis: dict, out: Path) -> None:
 
 
 def analyze_lr_batch(results: list[dict]) -> dict:
+    """Per batch size, the best learning rate (the vertex of a parabola in log lr through the best run and its
+    neighbours when it lies inside them, else the best run's lr; a diverged run counts as worst), then the slope of
+    log best-lr against log batch and a one-line verdict: under 0.25 no scaling, under 0.75 about the square root,
+    else about linear."""
     per_batch = {}
     for batch in sorted({r["batch_tokens"] for r in results}):
         rows = sorted((r for r in results if r["batch_tokens"] == batch), key=lambda r: r["lr"])
@@ -309,6 +326,8 @@ def analyze_lr_batch(results: list[dict]) -> dict:
 
 
 def plot_lr_batch(analysis: dict, out: Path) -> None:
+    """Write lr_batch.png into `out` (atomically): validation loss against lr for each batch size, the best lr marked,
+    the fitted exponent in the title."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for batch, v in analysis["per_batch"].items():
@@ -326,6 +345,9 @@ def plot_lr_batch(analysis: dict, out: Path) -> None:
 def isoflop_sweep(out, recipe: str, overrides: list[str], shapes: list[Shape], budgets: list[float],
                   target_budget: float | None = None, inference_tokens: float = 0.0, n_bootstrap: int = 100,
                   min_steps: int = 4, log=print) -> dict:
+    """The IsoFLOP sweep end to end: the grid of (budget, shape) runs from `recipe` with `overrides` (grid.json; a rerun
+    with another design is refused), every run not yet finished trained under out/runs/, the fit written to fit.json
+    with its plots. Returns `analyze_isoflop`'s dict."""
     out = Path(out)
     base = _base_config(recipe, overrides)
     runs = isoflop_grid(base, shapes, budgets, min_steps)
@@ -341,6 +363,8 @@ def isoflop_sweep(out, recipe: str, overrides: list[str], shapes: list[Shape], b
 
 def lr_batch_sweep(out, recipe: str, overrides: list[str], shape: Shape | None, lrs: list[float],
                    batches: list[int], tokens: float, log=print) -> dict:
+    """The learning-rate x batch-size sweep end to end: the grid (grid.json), the runs under out/runs/ (finished ones
+    skipped), lr_batch.json and lr_batch.png. Returns `analyze_lr_batch`'s dict."""
     out = Path(out)
     base = _base_config(recipe, overrides)
     runs = lr_batch_grid(base, shape, lrs, batches, tokens)

@@ -51,6 +51,9 @@ BUILTIN_PARTS = ("code", "docs")
 
 @dataclass
 class SourceSpec:
+    """One `[sources.NAME]` table: `kind` (a paper source, "builtin" or "jsonl"), its `inputs` (files or folders), its
+    mixture `weight` (None: Table 1's share for a paper source, 1 otherwise) and the source's own `prepare`
+    `options`."""
     name: str
     kind: str
     inputs: list = field(default_factory=list)
@@ -60,12 +63,15 @@ class SourceSpec:
 
 @dataclass
 class RunSpec:
+    """`[run]`: the run folder `out` every stage writes under, and `workers` (processes for prepare and tokenize)."""
     out: str = "runs/flow"
     workers: int = 1
 
 
 @dataclass
 class TokenizerSpec:
+    """`[tokenizer]`: an existing tokenizer file `path` (no training), or the SentencePiece training settings:
+    `vocab_size`, `sample_mb` (megabytes of text in the sample, split by the mixture weights) and `seed`."""
     path: str = ""  # an existing tokenizer file: no training
     vocab_size: int = 32000
     sample_mb: float = 20.0  # megabytes of text in the training sample, split by the mixture weights
@@ -74,12 +80,16 @@ class TokenizerSpec:
 
 @dataclass
 class TrainSpec:
+    """`[train]`: a training `recipe` (name or .toml) and `set`, its keys changed as {"section.key": value}, applied
+    after the recipe."""
     recipe: str = "demo"
     set: dict = field(default_factory=dict)  # "section.key" -> value, applied after the recipe
 
 
 @dataclass
 class EvalSpec:
+    """`[eval]`: benchmark `tasks` with their `data_dir`, `limit` items per task (0: all), `val_batches` held-out
+    batches per source for the per-source validation loss, and the scoring `batch_size`."""
     tasks: list = field(default_factory=list)
     data_dir: str = "../shared/data"
     limit: int = 0
@@ -89,11 +99,15 @@ class EvalSpec:
 
 @dataclass
 class ExportSpec:
+    """`[export]`: the `formats` the trained model is written in (each checked against the native model where a peer can
+    read it)."""
     formats: list = field(default_factory=lambda: ["hf", "gguf"])
 
 
 @dataclass
 class FlowConfig:
+    """The whole flow file as dataclasses: its `path` (named in every error) and one field per section; `sources` maps
+    each name to its SourceSpec. Built and validated by `load_flow`."""
     path: str
     run: RunSpec = field(default_factory=RunSpec)
     sources: dict = field(default_factory=dict)  # name -> SourceSpec
@@ -104,6 +118,7 @@ class FlowConfig:
 
     @property
     def out(self) -> Path:
+        """The run folder (`run.out`) as a Path."""
         return Path(self.run.out)
 
     def weights(self) -> dict[str, float]:
@@ -114,6 +129,7 @@ class FlowConfig:
                 for n, s in self.sources.items()}
 
     def to_dict(self) -> dict:
+        """The config as plain dicts and lists (dataclasses.asdict), as written to OUT/flow.json."""
         return dataclasses.asdict(self)
 
 

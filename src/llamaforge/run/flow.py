@@ -73,6 +73,7 @@ class Flow:
     # -- folders
 
     def prepared_dir(self, name: str) -> Path:
+        """OUT/prepare/NAME: where the prepare stage writes source `name`'s cleaned JSONL shards and stats.json."""
         return self.out / "prepare" / name
 
     def prepared_files(self, name: str) -> list[Path]:
@@ -111,6 +112,10 @@ class Flow:
     # -- stage configs: what each marker's hash covers (upstream hashes included, so a change flows downstream)
 
     def stage_configs(self) -> dict[str, dict]:
+        """Per stage key (prepare.NAME, tokenizer, tokenize.NAME, train, eval, export), what its completion marker's
+        hash covers: its own settings plus the hashes of the stages it reads, so a change upstream marks everything
+        downstream as changed. A given tokenizer is covered by its sha256. Raises UserError when `tokenizer.path` is
+        not a file."""
         c = self.cfg
         confs: dict[str, dict] = {}
         for n in self.names:
@@ -139,6 +144,7 @@ class Flow:
         return confs
 
     def marker(self, key: str) -> Path:
+        """The completion marker of stage `key`: OUT/.done/KEY.json."""
         return self.out / ".done" / f"{key}.json"
 
     def status(self, key: str, conf: dict) -> str:
@@ -161,6 +167,8 @@ class Flow:
         return st == "done"
 
     def mark(self, key: str, conf: dict, **info) -> None:
+        """Record stage `key` as finished with `conf` (its hash, the config itself for the diff a later change shows,
+        the time and `info`), written atomically."""
         _write_json(self.marker(key), {"hash": _hash(conf), "config": conf, "finished": time.time(), **info})
 
     def forget_from(self, stage: str) -> None:
@@ -177,6 +185,10 @@ class Flow:
     # -- the run
 
     def run(self, until: str = "report", start: str | None = None) -> dict:
+        """Run the stages in order up to `until`, skipping those finished with the same config; with `start`, first
+        remove the markers and outputs of that stage and every later one. Every check that can fail (stage order,
+        recipe keys, a finished stage whose config changed) runs before any stage does. Returns {"out": run folder};
+        raises UserError for those mistakes."""
         if start is not None:
             if STAGES.index(start) > STAGES.index(until):
                 raise UserError(f"--from {start}: comes after --until {until}")
@@ -201,6 +213,8 @@ class Flow:
     # -- stages
 
     def stage_prepare(self, confs: dict) -> None:
+        """Prepare each source not yet done: a paper source through its pipeline, the built-in corpus written as one
+        JSONL, prepared JSONL counted as it is; prints each source's stage table."""
         from llamaforge.data.pipeline import format_stats_table
 
         for n in self.names:
@@ -250,6 +264,9 @@ class Flow:
                        **self.source_options(name))
 
     def stage_tokenizer(self, confs: dict) -> None:
+        """Copy `tokenizer.path` into OUT/tokenizer under its standard name, or train a SentencePiece tokenizer with
+        Meta's spec on a sample that follows the mixture weights (`weighted_sample`), recording the sample's make-up
+        in sample.json."""
         if self.check_unchanged("tokenizer", confs["tokenizer"]):
             print(f"{self.tokenizer_file}: done before")
             return
@@ -276,6 +293,8 @@ class Flow:
         self.mark("tokenizer", confs["tokenizer"])
 
     def stage_tokenize(self, confs: dict) -> None:
+        """Tokenize each source's prepared documents into OUT/tokens/NAME with the flow's tokenizer (skipping finished
+        ones), and print each shard's documents, tokens and bytes per token."""
         from llamaforge.data.shards import HEADER, tokenize
 
         for n in self.names:
@@ -310,6 +329,9 @@ class Flow:
         return tcfg
 
     def stage_train(self, confs: dict) -> None:
+        """Train with `train_config()` into OUT/train (resuming from the newest checkpoint of a killed run), the
+        `[eval]` section of the recipe as the evaluation callback; writes train/summary.json. `run --no-progress`
+        also turns off the training bar."""
         from llamaforge.train import train
 
         if self.check_unchanged("train", confs["train"]):
@@ -325,6 +347,7 @@ class Flow:
         self.mark("train", confs["train"])
 
     def stage_eval(self, confs: dict) -> None:
+        """Validation loss per source and the listed tasks on OUT/train/final (`run.evaluate.evaluate_flow`)."""
         if self.check_unchanged("eval", confs["eval"]):
             print(f"{self.out / 'eval'}: done before")
             return
@@ -334,6 +357,8 @@ class Flow:
         self.mark("eval", confs["eval"])
 
     def stage_export(self, confs: dict) -> None:
+        """Write each export format with the tokenizer and check it against the native model
+        (`run.evaluate.export_flow`); a failed parity check is a UserError."""
         if self.check_unchanged("export", confs["export"]):
             print(f"{self.out / 'export'}: done before")
             return
@@ -343,6 +368,7 @@ class Flow:
         self.mark("export", confs["export"])
 
     def stage_report(self, confs: dict) -> None:
+        """Write OUT/report (report.md, report.json and the plots) from what the stages left, and print its path."""
         from llamaforge.run.report import write_report
 
         path = write_report(self)

@@ -22,6 +22,8 @@ _DIGIT = re.compile(r"\d")
 
 
 def normalize_for_dedup(line: str) -> str:
+    """CCNet's line normalization before hashing: strip, lowercase, every digit to 0, and Unicode punctuation and
+    control characters (C0 and C1) deleted; an empty line stays empty."""
     line = line.strip()
     if not line:
         return line
@@ -65,17 +67,22 @@ class LineDedup(GroupStage):
         self._docs, self._hashes = [], []
 
     def observe(self, index: int, doc: Doc) -> None:
+        """Hash each line of the document (after `normalize`) and remember which document it came from."""
         h = line_hashes(doc["text"].split("\n"), self.normalize, self.algo)
         self._docs.append(np.full(len(h), index, dtype=np.int64))
         self._hashes.append(h)
 
     def summary(self) -> dict[str, np.ndarray]:
+        """{"doc": document index per line, "hash": 64-bit line hash}, in document order; resets for the next shard."""
         docs = np.concatenate(self._docs) if self._docs else np.zeros(0, np.int64)
         hashes = np.concatenate(self._hashes) if self._hashes else np.zeros(0, np.uint64)
         self._reset()
         return {"doc": docs, "hash": hashes}
 
     def resolve(self, summaries):
+        """Per group of `group_size` consecutive shards (default: all), the lines to drop: in mode "ccnet" every line
+        whose hash occurs twice or more in the group, in mode "first" every occurrence after the first. Returns one
+        {"drop" mask, "start" per document} per shard."""
         n = len(summaries)
         size = self.group_size or n
         drops: list[np.ndarray] = []
@@ -99,6 +106,8 @@ class LineDedup(GroupStage):
         return {"drop": drop, "start": start}
 
     def apply(self, index: int, doc: Doc, decision) -> Result:
+        """The document without its dropped lines (original line count and length kept in `meta`, the removed lines
+        handed to the dropped-samples audit), or "empty_after_line_dedup" when no non-blank line is left."""
         lo, hi = decision["start"][index], decision["start"][index + 1]
         drop = decision["drop"][lo:hi]
         lines = doc["text"].split("\n")
@@ -123,14 +132,17 @@ class ExactDedup(GroupStage):
         self._digests: list[bytes] = []
 
     def observe(self, index: int, doc: Doc) -> None:
+        """Remember the MD5 of the document's UTF-8 text."""
         self._digests.append(hashlib.md5(doc["text"].encode("utf-8", "surrogatepass")).digest())
 
     def summary(self):
+        """{"md5": uint64[n, 2]}, one digest per document; resets for the next shard."""
         out = np.frombuffer(b"".join(self._digests), dtype="<u8").reshape(-1, 2).copy()
         self._digests = []
         return {"md5": out}
 
     def resolve(self, summaries):
+        """Across all shards in order, keep the first document of each digest. Returns one {"keep" mask} per shard."""
         digests = np.concatenate([s["md5"] for s in summaries])
         keep = np.zeros(len(digests), dtype=bool)
         if len(digests):
@@ -139,6 +151,7 @@ class ExactDedup(GroupStage):
         return [{"keep": k} for k in _split_by_shard(keep, [len(s["md5"]) for s in summaries])]
 
     def apply(self, index: int, doc: Doc, decision) -> Result:
+        """The document, or "duplicate" when an earlier document has the same text."""
         return doc if decision["keep"][index] else "duplicate"
 
 
@@ -209,11 +222,14 @@ class MinHashDedup(GroupStage):
         return sig
 
     def observe(self, index: int, doc: Doc) -> None:
+        """Hash the document's word n-grams (`shingle_hashes`) and compute its MinHash signature."""
         hashes = shingle_hashes(doc["text"], self.ngram)
         self._sets.append(hashes)
         self._sigs.append(self.signature(hashes))
 
     def summary(self):
+        """{"sig": uint64[n, num_perm], "shingles": all shingle hashes, "offsets": each document's slice}; resets for
+        the next shard."""
         sigs = np.stack(self._sigs) if self._sigs else np.zeros((0, self.num_perm), np.uint64)
         sizes = np.array([len(h) for h in self._sets], dtype=np.int64)
         sets = np.concatenate(self._sets) if self._sets else np.zeros(0, np.uint64)
@@ -221,6 +237,8 @@ class MinHashDedup(GroupStage):
         return {"sig": sigs, "shingles": sets, "offsets": np.concatenate([[0], np.cumsum(sizes)])}
 
     def resolve(self, summaries):
+        """In shard and document order, drop a document when an earlier kept one shares an LSH band with it and their
+        exact shingle Jaccard is >= `threshold`; otherwise add it to the bands. Returns one {"keep" mask} per shard."""
         rows = self.num_perm // self.bands
         buckets: list[dict[bytes, list[tuple[int, int]]]] = [{} for _ in range(self.bands)]
         decisions = []
@@ -247,4 +265,5 @@ class MinHashDedup(GroupStage):
         return summaries[s]["shingles"][off[i]:off[i + 1]]
 
     def apply(self, index: int, doc: Doc, decision) -> Result:
+        """The document, or "near_duplicate" when `resolve` dropped it."""
         return doc if decision["keep"][index] else "near_duplicate"

@@ -48,6 +48,8 @@ class LanguageFilter(Stage):
         return {**self.__dict__, "_model": None}
 
     def setup(self) -> None:
+        """Load the backend's model once per worker process (shared by every filter of that backend there); models are
+        never pickled to workers."""
         if self._model is None:
             if self.backend not in _LOADED:
                 _LOADED[self.backend] = self._load()

@@ -146,6 +146,7 @@ class KneserNeyLM:
 
     @property
     def sizes(self) -> list[int]:
+        """The number of n-grams stored for each order, 1 to `order`."""
         return [len(t.keys) for t in self._tables]
 
     # ---- training
@@ -270,6 +271,7 @@ class KneserNeyLM:
         return prefix([*history, word]) - prefix(history)
 
     def encode(self, tokens: Sequence[str]) -> list[int]:
+        """The model's ids of `tokens`; a token outside the vocabulary is `<unk>` (id 0)."""
         return [self.index.get(w, 0) for w in tokens]
 
     def score_sentences(self, sentences: Sequence[Sequence[str]]) -> tuple[float, int]:
@@ -356,6 +358,7 @@ class KneserNeyLM:
 
     @classmethod
     def load(cls, path: str | Path) -> KneserNeyLM:
+        """A model written by `save` (numpy .npz, no pickle). Raises UserError naming the file when it is not one."""
         try:
             with np.load(path, allow_pickle=False) as z:
                 order = int(z["order"])
@@ -458,6 +461,8 @@ class LMBundle:
         return 10.0 ** (-self.lm.score_ids(ids, starts) / n)
 
     def bucket(self, perplexity: float) -> str:
+        """CCNet's bucket of a document perplexity: "head" below the stored head cut-off, "middle" below the middle one,
+        else "tail"."""
         head, middle = self.cutoffs
         return "head" if perplexity < head else "middle" if perplexity < middle else "tail"
 
@@ -528,6 +533,7 @@ class PerplexityFilter(Stage):
         return {**self.__dict__, "_bundle": None}
 
     def setup(self) -> None:
+        """Load the LM bundle (SentencePiece model, 5-gram LM, cut-offs) in the worker; it is never pickled."""
         if self._bundle is None:
             self._bundle = LMBundle(self.folder)
 

@@ -68,6 +68,9 @@ class ReferenceClassifier:
     @classmethod
     def train(cls, positives: list[str], negatives: list[str], n_features: int = 2**18, c: float = 4.0,
               seed: int = 0) -> ReferenceClassifier:
+        """Fit the logistic regression (C = `c`, L2, lbfgs) on positive pages (the kind Wikipedia cites) against
+        negative ones (random crawl pages), each hashed into `n_features` uni- and bigram features. Raises UserError
+        when either list is empty."""
         from sklearn.linear_model import LogisticRegression
 
         if not positives or not negatives:
@@ -78,16 +81,20 @@ class ReferenceClassifier:
         return cls(fit.coef_[0], fit.intercept_[0], n_features)
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
+        """P(reference-like) of each text: float array of len(texts), in [0, 1]."""
         x = self._vectorizer(self.n_features).transform([t.replace("\n", " ") for t in texts])
         return 1.0 / (1.0 + np.exp(-(x @ self.weights + self.bias)))
 
     def save(self, path: str | Path) -> None:
+        """Write the weights, bias and feature count to `path` (numpy .npz, atomically); the hashing vectorizer is
+        stateless and needs no saving."""
         with atomic_file(Path(path), "wb") as f:
             np.savez_compressed(f, weights=self.weights, bias=np.float64(self.bias),
                                 n_features=np.int64(self.n_features))
 
     @classmethod
     def load(cls, path: str | Path) -> ReferenceClassifier:
+        """A classifier written by `save`. Raises UserError naming the file when it is not one."""
         try:
             with np.load(path, allow_pickle=False) as z:
                 return cls(z["weights"], float(z["bias"]), int(z["n_features"]))
@@ -108,6 +115,7 @@ class ReferenceClassifierFilter(Stage):
         return {**self.__dict__, "_clf": None if isinstance(self.model, str) else self._clf}
 
     def setup(self) -> None:
+        """Load the classifier from its file in the worker (a classifier object given directly is used as is)."""
         if self._clf is None:
             self._clf = ReferenceClassifier.load(self.model)
 

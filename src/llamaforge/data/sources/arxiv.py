@@ -42,6 +42,8 @@ MAX_PAPER_BYTES = 64 * 1024 * 1024  # a paper's .tex files after decompression; 
 
 
 def remove_comments(tex: str) -> str:
+    """LaTeX without comments: whole comment lines removed, and a trailing `%...` cut unless the % is escaped (an odd
+    number of backslashes before it)."""
     return COMMENT.sub(r"\1", COMMENT_LINE.sub("", tex))
 
 
@@ -122,6 +124,9 @@ def clean_file(tex: str) -> str:
 
 
 def clean_paper(files: list[str]) -> str:
+    """One paper's text from its .tex files (RedPajama's arXiv cleaning): each file's body (`clean_file`: comments out,
+    the preamble and everything from the bibliography or appendix on removed), then the argument-less macros defined
+    in any of the files expanded (`expand_macros`, bounded: TooLarge past MACRO_GROWTH x the paper)."""
     macros: dict[str, str] = {}
     for tex in files:
         macros.update(collect_macros(remove_comments(tex)))
@@ -180,6 +185,9 @@ def _decode(data: bytes, strict_utf8: bool) -> str:
 
 
 class ArxivReader:
+    """Read one shard (a .tex file, a paper folder, a gzipped source or a tar of papers) as one document per paper, its
+    .tex files joined; papers with no .tex, undecodable text (with `strict_utf8`) or beyond MAX_PAPER_BYTES are
+    counted as drops."""
     def __init__(self, strict_utf8: bool = False):
         self.strict_utf8 = strict_utf8
 

@@ -91,6 +91,8 @@ def _credit(paragraph: str) -> bool:
 
 
 class BookReader:
+    """Read one shard: a plain-text file is one book (its Gutenberg `Title:` kept in meta), a JSONL(.gz) file one book a
+    line; unreadable files and malformed lines are counted as drops."""
     def __call__(self, shard: str, drops: Counter) -> Iterator[Doc]:
         if is_jsonl(shard):
             for obj in iter_jsonl(shard, drops):

@@ -40,6 +40,8 @@ SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(?=\s|$)")
 
 
 def count_sentences(text: str) -> int:
+    """The number of sentence ends in `text` (a run of . ! ? with any closing quotes or brackets, before whitespace or
+    the end); C4 drops pages with fewer than MIN_SENTENCES (3)."""
     return len(SENTENCE_END.findall(text))
 
 
@@ -88,6 +90,8 @@ def clean_page(text: str, badwords: re.Pattern | None = None) -> tuple[str | Non
 
 
 class C4Rules(Stage):
+    """The C4 line and page rules of `clean_page` as a stage: the page with only its kept lines, or the reason it is
+    dropped."""
     name = "c4_rules"
 
     def __init__(self, badwords: frozenset[str] = frozenset()):

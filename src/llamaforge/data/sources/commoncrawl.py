@@ -209,6 +209,7 @@ def _keep_meta(meta: dict) -> dict:
 
 
 class MinLength(Stage):
+    """Drop documents shorter than `min_length` characters ("too_short"; default MIN_LENGTH, 300)."""
     name = "min_length"
 
     def __init__(self, min_length: int = MIN_LENGTH):

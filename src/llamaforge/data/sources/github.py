@@ -123,6 +123,7 @@ def detect_license(repo: Path) -> str | None:
 
 
 def license_allowed(license_id: str | None) -> bool:
+    """Whether a license id is one RedPajama keeps: MIT, BSD or Apache (any variant, by prefix, case-insensitive)."""
     return bool(license_id) and license_id.lower().startswith(LICENSES)
 
 
@@ -207,6 +208,9 @@ def github_shards(inputs: list[str]) -> list[str]:
 
 
 def build(inputs: list[str]) -> Source:
+    """GitHub code from `inputs` (repository folders, folders of them, or RedPajama's BigQuery JSONL): one document per
+    file, the file filters, then exact dedup. Raises UserError for inputs that hold neither repositories nor such
+    records."""
     shards = github_shards(inputs)
     refuse_unless_records(shards, "github", 'a repository folder (LICENSE at its root), a folder of them, or JSONL(.gz) '
                           'with "content", "path", "repo_name", "license" (RedPajama\'s BigQuery export)')

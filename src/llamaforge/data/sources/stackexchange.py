@@ -32,6 +32,7 @@ BATCH = 10_000  # rows inserted at once
 
 
 def site_name(path: str) -> str:
+    """The site a Posts.xml belongs to: `SITE` of `SITE-Posts.xml`, else the name of its folder (`SITE/Posts.xml`)."""
     p = Path(path)
     if p.name.endswith("-Posts.xml"):
         return p.name[: -len("-Posts.xml")]
@@ -61,10 +62,13 @@ def iter_rows(path: str, drops: Counter) -> Iterator[dict[str, str]]:
 
 
 def count_posts(path: str) -> int:
+    """The number of `<row` lines in a Posts.xml (a site's size, to keep the largest sites)."""
     return sum(1 for line in iter_lines(path, Counter()) if line.lstrip().startswith("<row"))
 
 
 class StackExchangeReader:
+    """Read one site's Posts.xml into a temporary SQLite table and yield one document per question: its title and body,
+    then its answers by score, high to low (ties in dump order); malformed rows are counted as drops."""
     def __call__(self, shard: str, drops: Counter) -> Iterator[Doc]:
         site = site_name(shard)
         with tempfile.TemporaryDirectory(prefix="llamaforge-se-") as tmp:

@@ -145,6 +145,8 @@ class WikipediaReader:
 
 
 class WikiClean(Stage):
+    """Keep pages of the wanted `languages` (all with None) and turn their wikitext into plain text (`clean_wikitext`);
+    drops "language" and "empty"."""
     name = "wiki_clean"
 
     def __init__(self, languages: tuple[str, ...] | None):
