@@ -304,3 +304,32 @@ def test_harness_plugin_keeps_lm_evals_own_models():
             "assert get_model('llamaforge').__name__ == 'LlamaforgeLM'\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_prefix_tree_scoring_equals_lm_eval_on_shared_prefixes(stories, tmp_path):
+    """The scorer's prefix tree (contexts shared across items, continuations sharing their first tokens, identical
+    inputs, a sequence that is a prefix of another, contexts cut to the window) gives, for every request and every
+    batch size, lm-evaluation-harness's HF backend's value on the same ids (<= 1e-4) and the same greedy flag."""
+    from lm_eval.models.huggingface import HFLM
+
+    model, tok = stories
+    g = torch.Generator().manual_seed(0)
+    ids = lambda n: torch.randint(3, tok.vocab_size, (n,), generator=g).tolist()  # noqa: E731
+    shots, q1, q2, long_ctx = [tok.bos_id] + ids(40), ids(7), ids(5), [tok.bos_id] + ids(70)
+    cont = ids(6)
+    requests = [(shots + q1, [c]) for c in ids(3)]  # one-token answers after a shared 5-shot-like prompt
+    requests += [(shots + q2, [c]) for c in ids(3)]  # another item, same prompt: shares 41 tokens across items
+    requests += [(shots + q2, [requests[3][1][0]])]  # an identical request
+    requests += [(shots[:20], cont[:3] + ids(2)), (shots[:20], cont[:3] + ids(4)), (shots[:20], cont)]  # common starts
+    requests += [(shots[:20], cont[:2]), (shots[:20] + cont[:2], cont[2:])]  # one sequence a prefix of the other
+    requests += [(long_ctx, ids(9)), (long_ctx, ids(3)), ([tok.bos_id], ids(4)), (shots, [])]  # cut to 48; empty
+    with torch.no_grad():  # the greedy token where three requests above start: a head shared by other targets
+        requests.insert(0, (shots[:20], [int(model(torch.tensor([shots[:20]]))[0, -1].argmax())]))
+    hf = hf_export(model, tmp_path / "hf")
+    hflm = HFLM(pretrained=hf, tokenizer=hf_tokenizer(tok), batch_size=1, max_length=48)
+    want = [hflm._loglikelihood_tokens([(("", ""), c, x)])[0] if x else (0.0, True) for c, x in requests]
+    for batch_size in (1, 3, 64):
+        got = Scorer(model, tok, batch_size=batch_size, max_seq_len=48).loglikelihood_tokens(requests)
+        for (ll, greedy), (ref_ll, ref_greedy) in zip(got, want):
+            assert ll == pytest.approx(ref_ll, abs=1e-4) and greedy == ref_greedy
+    assert any(g for _, g in want[:-1]) and not all(g for _, g in want)  # both greedy outcomes are checked

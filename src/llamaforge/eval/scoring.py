@@ -4,20 +4,22 @@ inference engine), for evaluation.
 Scoring a continuation `cont` after a context `ctx` (token ids) follows the usual convention (lm-evaluation-harness,
 GPT-3): feed `(ctx + cont)[:-1]` and sum log p(cont[i] | everything before it) over the continuation's positions.
 
-Efficiency: a multiple-choice item asks for the same context with several continuations. Here the context is run
-once per item: its first `len(ctx) - 1` tokens (the "prefix") go through the model into the KV cache, the cache row
-is copied to one row per choice, and only `[ctx[-1]] + cont[:-1]` is run per choice. Items are sorted by length
-and batched (each row keeps its own positions, so prefixes of different lengths share a forward pass).
-Continuations that feed identical tokens (e.g. MMLU's single letters " A", " B", ...) are run once. The prefix
-pass stops before the vocabulary projection (`Transformer.forward(head=False)`: its logits would be thrown away),
-and log p(target) is read as logit - logsumexp, without a [rows, T, vocab] log-softmax tensor.
+Efficiency: the work is what the scored tokens need and no more. lm-evaluation-harness's HF backend runs every
+(context + continuation) through the whole model and computes the output layer (the vocabulary-size matmul) and a
+log-softmax at every position. Here every request's sequence `(ctx + cont)[:-1]` goes into a prefix tree: sorted
+sequences share the KV cache of their common prefix (an item's context is run once for all its choices; MMLU's
+5-shot prompt once for all items of a subject), so each distinct prefix token goes through the model body once,
+and the output layer is applied only at the positions whose next token is scored (once per distinct position,
+shared by choices with a common start), with log p(target) = logit - logsumexp (no [rows, T, vocab] log-softmax).
+Segments run in batches of `batch_size` rows, several items per forward pass, each row at its own positions.
+Identical inputs (MMLU's one-letter answers " A", " B", ...) are one sequence.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,12 +28,39 @@ from llamaforge.infer.engine import Engine, Request, SamplingParams
 Tokens = Sequence[int]
 
 
-@dataclass
-class _Row:
-    """One distinct continuation input of one item: the tokens fed after the prefix."""
+_HEAD_CHUNK = 256  # output-layer rows per matmul: [256, vocab] fp32 logits at a time (32 MB at vocab 32000)
+_WINDOW = 8  # segments taken at a time, in batch sizes
+_FILL = 0.75  # a row shorter than this share of its batch's longest starts a new batch
+_MIN_SHARED = 16  # a branch shares a prefix computed elsewhere only if that saves more than this many tokens
 
-    item: int  # index of the item (shared prefix) this row belongs to
-    feed: tuple[int, ...]  # [ctx[-1]] + cont[:-1]
+
+@dataclass
+class _Segment:
+    """The part of one scored sequence that no earlier sequence (in sorted order) already computes.
+
+    Its tokens sit at positions [start, start + len(tokens)); the positions before `start` are read from the KV
+    cache of `parent`, whose sequence shares them (-1 and start 0: nothing shared)."""
+
+    seq: tuple[int, ...]  # the whole sequence (ctx + cont)[:-1] this segment ends
+    start: int
+    parent: int
+    heads: dict[int, int] = field(default_factory=dict)  # position -> index into the call's list of heads
+    need: int = 0  # positions of this segment's cache that children read (0: none; its cache is dropped)
+
+
+def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    """Length of the longest common prefix of two token tuples (binary search on C-level slice equality)."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def encode_pair(tokenizer, context: str, continuation: str, bos: bool = True, encode=None):
@@ -100,47 +129,91 @@ class Scorer:
     def loglikelihood_tokens(self, requests: Sequence[tuple[Tokens, Tokens]]) -> list[tuple[float, bool]]:
         """Like `loglikelihood` on token ids: each request is (context ids, continuation ids). An empty continuation
         scores (0.0, True) without running the model; an empty context is conditioned on BOS."""
-        prefixes: dict[tuple[int, ...], int] = {}  # prefix tokens -> item index
-        rows: list[_Row] = []
-        row_of: dict[tuple[int, tuple[int, ...]], int] = {}
-        requests_of_row: list[list[int]] = []
-        targets: dict[int, list[int]] = {}
-        for q, (ctx, cont) in enumerate(requests):
-            if not cont:
-                continue
-            ctx, cont = self._truncate(list(ctx) or [self.tokenizer.bos_id], list(cont))
-            item = prefixes.setdefault(tuple(ctx[:-1]), len(prefixes))
-            key = (item, tuple([ctx[-1]] + cont[:-1]))
-            if key not in row_of:  # identical inputs give identical logits: run them once
-                row_of[key] = len(rows)
-                rows.append(_Row(*key))
-                requests_of_row.append([])
-            requests_of_row[row_of[key]].append(q)
-            targets[q] = cont
-
-        # A group: one prefix and at most batch_size of its rows (an item with more choices is split).
-        item_rows: dict[int, list[int]] = {}
-        for r, row in enumerate(rows):
-            item_rows.setdefault(row.item, []).append(r)
-        prefix_of = list(prefixes)
-        groups = [
-            (prefix_of[item], rs[s : s + self.batch_size])
-            for item, rs in item_rows.items()
-            for s in range(0, len(rs), self.batch_size)
-        ]
         results: list[tuple[float, bool]] = [(0.0, True)] * len(requests)  # empty continuations: log 1
-        for batch in self._batches(groups, rows):
-            batch_rows = [r for g in batch for r in groups[g][1]]
-            logits = self._forward_rows([groups[g] for g in batch], rows)
-            # log p(target) = logit(target) - logsumexp(logits): no [rows, T, vocab] log-softmax tensor is made.
-            lse, greedy = logits.logsumexp(-1), logits.argmax(-1)
-            for k, r in enumerate(batch_rows):
-                for q in requests_of_row[r]:
-                    n = len(targets[q])
-                    target = torch.tensor(targets[q], device=logits.device)
-                    total = (logits[k, :n].gather(-1, target[:, None])[:, 0] - lse[k, :n]).sum().item()
-                    results[q] = (total, bool((greedy[k, :n] == target).all()))
+        live = []  # (request, sequence fed, position predicting cont[0], cont)
+        for q, (ctx, cont) in enumerate(requests):
+            if cont:
+                ctx, cont = self._truncate(list(ctx) or [self.tokenizer.bos_id], list(cont))
+                live.append((q, tuple(ctx + cont[:-1]), len(ctx) - 1, cont))
+        if not live:
+            return results
+        live.sort(key=lambda r: r[1])  # sorted: sequences sharing a prefix are neighbours (a depth-first tree walk)
+        segs = self._segments([seq for _, seq, _, _ in live])
+
+        # Heads: the distinct (segment, position) whose logits some target needs; targets: (head, token, request).
+        head_targets: list[list[int]] = []
+        t_token, t_request = [], []
+        for k, (q, _, first, cont) in enumerate(live):
+            for i, token in enumerate(cont):
+                p, s = first + i, k
+                while segs[s].start > p:  # the position is computed by an ancestor (a shared prefix)
+                    s = segs[s].parent
+                head = segs[s].heads.setdefault(p, len(head_targets))
+                if head == len(head_targets):
+                    head_targets.append([])
+                head_targets[head].append(len(t_token))
+                t_token.append(token)
+                t_request.append(q)
+        dev = self.device
+        self._totals = torch.zeros(len(requests), dtype=torch.float64, device=dev)
+        self._misses = torch.zeros(len(requests), dtype=torch.long, device=dev)
+        self._targets = (head_targets, torch.tensor(t_token, device=dev), torch.tensor(t_request, device=dev))
+
+        # Windows of consecutive segments (in tree order), each run level by level: a segment's parent is run
+        # before it, and the cache a child reads is kept only while some child is still to run.
+        todo = [i for i, s in enumerate(segs) if s.start < len(s.seq)]
+        last = list(range(len(segs)))  # the last segment of each one's subtree
+        depth = [0] * len(segs)
+        for i in range(len(segs)):
+            depth[i] = depth[segs[i].parent] + 1 if segs[i].parent >= 0 else 0
+        for i in reversed(range(len(segs))):
+            if segs[i].parent >= 0:
+                last[segs[i].parent] = max(last[segs[i].parent], last[i])
+        stash: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        window = _WINDOW * self.batch_size
+        try:
+            for at in range(0, len(todo), window):
+                chunk = todo[at : at + window]
+                for d in sorted({depth[i] for i in chunk}):
+                    level = sorted((i for i in chunk if depth[i] == d), key=lambda i: -(len(segs[i].seq) - segs[i].start))
+                    for batch in self._batches(level, segs):
+                        self._run(batch, segs, stash)
+                for s in [s for s in stash if last[s] <= chunk[-1]]:
+                    del stash[s]
+            totals, misses = self._totals.tolist(), self._misses.tolist()
+        finally:
+            del self._totals, self._misses, self._targets
+        for q, _, _, _ in live:
+            results[q] = (totals[q], misses[q] == 0)
         return results
+
+    @staticmethod
+    def _segments(seqs: Sequence[tuple[int, ...]]) -> list[_Segment]:
+        """The prefix tree of sorted sequences as segments, one per sequence (segment k ends sequence k).
+
+        Sequence k's segment holds the tokens after its longest common prefix with sequence k-1; its parent is the
+        latest earlier segment that starts before that prefix ends (the previous-smaller-start on a stack), whose
+        cache row then holds the shared positions. A branch that would share only a few tokens more than its
+        parent's parent attaches there instead and recomputes them (`_MIN_SHARED`): one pass less to wait for.
+        Identical sequences get an empty segment (nothing to run)."""
+        segs: list[_Segment] = []
+        stack: list[tuple[int, int]] = []  # (segment, its common-prefix length), increasing
+        prev: tuple[int, ...] | None = None
+        for seq in seqs:
+            shared = _common_prefix(prev, seq) if prev is not None else 0
+            prev = seq
+            while stack and stack[-1][1] >= shared:
+                stack.pop()
+            parent = stack[-1][0] if stack else -1
+            start = shared if parent >= 0 else 0
+            if shared < len(seq):  # (an identical sequence keeps its parent: it runs nothing and reads no cache)
+                while parent >= 0 and shared - segs[parent].start <= _MIN_SHARED:
+                    start, parent = segs[parent].start, segs[parent].parent
+                stack.append((len(segs), shared))
+                if parent >= 0:
+                    segs[parent].need = max(segs[parent].need, start)
+            segs.append(_Segment(seq, start, parent))
+        return segs
 
     def _truncate(self, ctx: list[int], cont: list[int]) -> tuple[list[int], list[int]]:
         """Keep the last max_seq_len + 1 tokens of ctx + cont (the model sees all but the last one)."""
@@ -152,65 +225,79 @@ class Scorer:
         keep = self.max_seq_len + 1 - len(cont)  # at least one context token is kept
         return ctx[-keep:], cont
 
-    def _batches(self, groups, rows):
-        """Lists of group indices with at most batch_size rows in all, longest first (similar lengths together)."""
-        feed_len = [max(len(rows[r].feed) for r in rs) for _, rs in groups]
-        order = sorted(range(len(groups)), key=lambda g: (-len(groups[g][0]), -feed_len[g]))
-        batch, n_rows, longest_feed = [], 0, 0
-        for g in order:
-            # Padded positions must stay inside the model's window: the batch's first (longest) prefix plus its
-            # longest feed.
-            too_long = batch and len(groups[batch[0]][0]) + max(longest_feed, feed_len[g]) > self.max_seq_len
-            if batch and (too_long or n_rows + len(groups[g][1]) > self.batch_size):
+    def _batches(self, level: list[int], segs: list[_Segment]):
+        """Lists of at most batch_size segments (given longest first, so a batch's padding is small) whose padded
+        positions (each row's start + the batch's longest segment) stay inside the model's window."""
+        batch, longest, latest = [], 0, 0
+        for i in level:
+            n, start = len(segs[i].seq) - segs[i].start, segs[i].start
+            if batch and (len(batch) == self.batch_size or max(latest, start) + longest > self.max_seq_len
+                          or n < _FILL * longest):  # mostly padding: a batch of its own lengths costs less
                 yield batch
-                batch, n_rows, longest_feed = [], 0, 0
-            batch.append(g)
-            n_rows += len(groups[g][1])
-            longest_feed = max(longest_feed, feed_len[g])
+                batch, longest, latest = [], 0, 0
+            batch.append(i)
+            longest, latest = max(longest, n), max(latest, start)
         if batch:
             yield batch
 
-    def _forward_rows(self, groups, rows) -> torch.Tensor:
-        """Logits (fp32) at every fed position of every row of `groups`: [rows, feed_len, vocab].
+    def _run(self, batch: list[int], segs: list[_Segment], stash: dict) -> None:
+        """One forward pass over `batch` (segment indices): each row's cache starts as a copy of its parent's
+        cached prefix, its tokens go through the model body, the output layer runs at the row's heads only, and
+        the targets' log p and greedy checks are added to the call's totals. Rows that children read are stashed.
 
-        Each row carries its own positions (`input_pos`), so prefixes of different lengths share the batch: right
-        padding is harmless because a query only attends to keys at positions up to its own, and the continuation
-        overwrites the prefix's padding in the cache before anything can see it.
-        """
+        Right padding is harmless: a query attends only to keys at positions up to its own, and a padded position
+        lies after every real one of its row (a child reads only positions before its own start)."""
         model, dev = self.model, self.device
-        prefix_lens = [len(prefix) for prefix, _ in groups]
-        row_group = [k for k, (_, rs) in enumerate(groups) for _ in rs]  # batch row -> its group
-        feeds = [rows[r].feed for _, rs in groups for r in rs]
-        max_prefix, feed_len = max(prefix_lens), max(len(f) for f in feeds)
-        model.setup_cache(max_batch=max(len(feeds), len(groups)), max_seq_len=max_prefix + feed_len)
+        feeds = [segs[i].seq[segs[i].start :] for i in batch]
+        starts = [segs[i].start for i in batch]
+        width = max(len(f) for f in feeds)
+        model.setup_cache(max_batch=len(batch), max_seq_len=max(starts) + width)
         try:
-            if max_prefix:
-                prefix = torch.zeros(len(groups), max_prefix, dtype=torch.long)
-                for k, (tokens, _) in enumerate(groups):
-                    prefix[k, : len(tokens)] = torch.tensor(tokens)
-                pos = torch.arange(max_prefix, device=dev).expand(len(groups), -1)
-                model(prefix.to(dev), input_pos=pos, head=False)  # fills the cache; no logits are needed there
-                source = torch.tensor(row_group, device=dev)
-                for layer in model.layers:  # copy each group's cached prefix to all of its rows
+            by_parent: dict[int, list[int]] = {}
+            for r, i in enumerate(batch):
+                if segs[i].parent >= 0:
+                    by_parent.setdefault(segs[i].parent, []).append(r)
+            for parent, rows in by_parent.items():  # the shared prefix, copied into each row
+                index, upto = torch.tensor(rows, device=dev), max(starts[r] for r in rows)
+                for layer, (k, v) in zip(model.layers, stash[parent]):
                     cache = layer.attention.cache
-                    cache.k[: len(feeds)] = cache.k[source]
-                    cache.v[: len(feeds)] = cache.v[source]
-            feed = torch.zeros(len(feeds), feed_len, dtype=torch.long)
-            for k, tokens in enumerate(feeds):
-                feed[k, : len(tokens)] = torch.tensor(tokens)
-            start = torch.tensor([prefix_lens[g] for g in row_group], device=dev)
-            h = model(feed.to(dev), input_pos=start[:, None] + torch.arange(feed_len, device=dev), head=False)
+                    cache.k[index, :, :upto] = k[:, :upto]
+                    cache.v[index, :, :upto] = v[:, :upto]
+            tokens = torch.tensor([list(f) + [0] * (width - len(f)) for f in feeds], device=dev)
+            pos = torch.tensor(starts, device=dev)[:, None] + torch.arange(width, device=dev)
+            h = model(tokens, input_pos=pos, head=False)  # [rows, width, dim]: no logits here
+            for r, i in enumerate(batch):
+                if segs[i].need:  # children will read positions [0, need) of this row
+                    stash[i] = [(layer.attention.cache.k[r, :, : segs[i].need].clone(),
+                                 layer.attention.cache.v[r, :, : segs[i].need].clone()) for layer in model.layers]
         finally:
             model.clear_cache()
-        # The vocabulary projection only where a row has a real token (padding's logits would be thrown away):
-        # the model's own final norm and output head on the packed positions, then back to [rows, feed_len, vocab].
-        real = torch.arange(feed_len)[None, :] < torch.tensor([len(f) for f in feeds])[:, None]
-        if bool(real.all()):
-            return model.output(model.norm(h)).float()
-        real = real.to(dev)
-        logits = torch.zeros(len(feeds), feed_len, model.args.vocab_size, device=dev)
-        logits[real] = model.output(model.norm(h[real])).float()
-        return logits
+        rows, offsets, heads = [], [], []
+        for r, i in enumerate(batch):
+            for p, head in segs[i].heads.items():
+                rows.append(r)
+                offsets.append(p - starts[r])
+                heads.append(head)
+        if heads:
+            x = model.norm(h[torch.tensor(rows, device=dev), torch.tensor(offsets, device=dev)])  # [heads, dim]
+            for at in range(0, len(heads), _HEAD_CHUNK):
+                self._score_heads(model.output(x[at : at + _HEAD_CHUNK]).float(), heads[at : at + _HEAD_CHUNK])
+
+    def _score_heads(self, logits: torch.Tensor, heads: list[int]) -> None:
+        """Add log p(target) = logit - logsumexp(logits) and greedy misses of every target of `heads` (logits
+        [len(heads), vocab], fp32) to the requests' totals."""
+        head_targets, t_token, t_request = self._targets
+        local, targets = [], []
+        for k, head in enumerate(heads):
+            ts = head_targets[head]
+            targets += ts
+            local += [k] * len(ts)
+        local = torch.tensor(local, device=logits.device)
+        targets = torch.tensor(targets, device=logits.device)
+        token, request = t_token[targets], t_request[targets]
+        lse, greedy = logits.logsumexp(-1), logits.argmax(-1)
+        self._totals.index_add_(0, request, (logits[local, token] - lse[local]).double())
+        self._misses.index_add_(0, request, (greedy[local] != token).long())
 
     # ----------------------------------------------------------------------------------------------------------
     # generation
