@@ -61,3 +61,23 @@ def test_prepare_cli_names_the_sources_that_take_a_flag(tmp_path, capsys, flag, 
     rc = main(["prepare", "books", str(tmp_path / "a.txt"), "--out", str(tmp_path / "out"), *flag])
     err = capsys.readouterr().err
     assert rc == 2 and err == message + "\n" and not (tmp_path / "out").exists()
+
+
+def test_every_warning_for_the_user_is_a_user_notice():
+    """`warnings.warn` in the package names `errors.UserNotice`, which the CLI prints as one `warning: ...` line; a
+    bare call is a Python UserWarning printed with a source path and line (llama2c's eps, the engine's eager
+    fallback were)."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "src" / "llamaforge"
+    bare = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "warn" \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "warnings":
+                category = node.args[1] if len(node.args) > 1 else next(
+                    (k.value for k in node.keywords if k.arg == "category"), None)
+                if not (isinstance(category, ast.Name) and category.id == "UserNotice"):
+                    bare.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert not bare, f"warnings.warn without UserNotice: {bare}"

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from llamaforge.errors import UserNotice
 from llamaforge.infer.detok import Detokenizer
 from llamaforge.infer.layout import decode_layout
 from llamaforge.infer.sampling import sample_next
@@ -236,7 +237,8 @@ class Engine:
         except Exception as e:  # e.g. no C++ compiler for inductor on this machine: decode eagerly instead
             if self.device.type != "cpu":
                 raise
-            warnings.warn(f"compiling the decode step failed ({type(e).__name__}: {str(e)[:200]}); decoding eagerly")
+            warnings.warn(f"compiling the decode step failed ({type(e).__name__}: {str(e)[:200]}); decoding eagerly",
+                          UserNotice)
             self.compiled, self.cpu_layout = False, True
             decode_layout(self.model)
             return self._forward_decode(tokens, pos)
