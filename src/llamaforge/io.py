@@ -101,6 +101,20 @@ def _writable_beside(path: Path, make_temporary):
                         "destination") from None
 
 
+def make_dir(path) -> Path:
+    """`mkdir -p path` for a writer whose output is a folder it fills in place (training runs, `prepare`, flows:
+    resumable, so not `atomic_dir`). An OSError (a parent that is a file, no permission, a read-only file system)
+    is the user's destination, not a bug: UserError naming the path and the system's reason, as `atomic_dir`
+    words it (it was a NotADirectoryError traceback)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{path}: cannot write here ({e.strerror or type(e).__name__}); expected a writable "
+                        "destination") from None
+    return path
+
+
 @contextlib.contextmanager
 def atomic_dir(path: Path):
     """Yield a temporary folder beside `path`; on success it replaces `path`, on error it is removed.

@@ -39,7 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from llamaforge.errors import UserError
-from llamaforge.io import atomic_file, read_jsonl
+from llamaforge.io import atomic_file, make_dir, read_jsonl
 
 Doc = dict[str, Any]
 Result = Doc | str  # a kept (maybe changed) document, or the reason it was dropped
@@ -498,7 +498,7 @@ def run(source: Source, out: str | os.PathLike, workers: int = 1, executor: str 
     if not isinstance(max_doc_bytes, int) or max_doc_bytes < 1:
         raise UserError(f"--max-doc-bytes: expected a positive number of bytes, got {max_doc_bytes!r}")
     plan = make_plan(source, Path(out), keep_dropped, max_doc_bytes)
-    plan.out.mkdir(parents=True, exist_ok=True)
+    make_dir(plan.out)
     _check_same_inputs(plan)
     _remove_stale_temporaries(plan)
 

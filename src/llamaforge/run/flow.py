@@ -32,10 +32,13 @@ import time
 from pathlib import Path
 
 from llamaforge.errors import UserError
-from llamaforge.io import atomic_file
+from llamaforge.io import atomic_file, make_dir
 from llamaforge.run.config import FlowConfig, missing_input
 
 STAGES = ("prepare", "tokenizer", "tokenize", "train", "eval", "export", "report")
+# each stage's folder under the run folder
+STAGE_FOLDERS = {"prepare": "prepare", "tokenizer": "tokenizer", "tokenize": "tokens", "train": "train", "eval": "eval",
+                 "export": "export", "report": "report"}
 ASSUMED_BYTES_PER_TOKEN = 4.0  # for estimates before a tokenizer exists (LLaMA's tokenizer: ~4 bytes of English)
 
 
@@ -174,13 +177,11 @@ class Flow:
     def forget_from(self, stage: str) -> None:
         """--from STAGE: remove the markers and outputs of STAGE and every stage after it."""
         later = STAGES[STAGES.index(stage):]
-        folders = {"prepare": "prepare", "tokenizer": "tokenizer", "tokenize": "tokens", "train": "train",
-                   "eval": "eval", "export": "export", "report": "report"}
         for s in later:
             for m in (self.out / ".done").glob(f"{s}*.json"):
                 if m.stem == s or m.stem.startswith(f"{s}."):
                     m.unlink()
-            shutil.rmtree(self.out / folders[s], ignore_errors=True)
+            shutil.rmtree(self.out / STAGE_FOLDERS[s], ignore_errors=True)
 
     # -- the run
 
@@ -199,16 +200,58 @@ class Flow:
         for key, conf in confs.items():  # refuse before doing any work, not after an hour of prepare
             if STAGES.index(key.split(".")[0]) <= STAGES.index(until):
                 self.check_unchanged(key, conf)
-        self.out.mkdir(parents=True, exist_ok=True)
-        _write_json(self.out / "flow.json", self.cfg.to_dict())
-        t0 = time.perf_counter()
-        for stage in STAGES[: STAGES.index(until) + 1]:
-            print(f"\n== {stage}", flush=True)
-            t = time.perf_counter()
-            getattr(self, f"stage_{stage}")(confs)
-            print(f"({stage}: {time.perf_counter() - t:.0f}s)", flush=True)
+        self.check_before_work(confs, until)
+        from llamaforge.data.sources import first_missing
+
+        created = first_missing(self.out)
+        try:
+            make_dir(self.out)
+            _write_json(self.out / "flow.json", self.cfg.to_dict())
+            t0 = time.perf_counter()
+            for stage in STAGES[: STAGES.index(until) + 1]:
+                print(f"\n== {stage}", flush=True)
+                t = time.perf_counter()
+                folder = self.out / STAGE_FOLDERS[stage]
+                new_folder = not folder.exists()
+                try:
+                    getattr(self, f"stage_{stage}")(confs)
+                except UserError:
+                    if new_folder:  # the failed stage's own folder, when it made it (an empty tokenizer/ was left)
+                        shutil.rmtree(folder, ignore_errors=True)
+                    raise
+                print(f"({stage}: {time.perf_counter() - t:.0f}s)", flush=True)
+        except UserError:
+            # a run folder this run created and in which no stage finished is removed again; finished stages
+            # stay (a rerun after the fix resumes from them, as after a kill)
+            if created is not None and not any((self.out / ".done").glob("*.json")):
+                shutil.rmtree(created, ignore_errors=True)
+            raise
         print(f"\nflow done in {(time.perf_counter() - t0) / 60:.1f} minutes; run folder {self.out}")
         return {"out": str(self.out)}
+
+    def check_before_work(self, confs: dict, until: str) -> None:
+        """What can be checked before any stage, so that a mistake is not found after hours of work: every source
+        not prepared yet gets its `prepare` checks (files of another kind, bad options:
+        `data.sources.check_inputs`), `tokenizer.path` must load, `eval.data_dir` must be a folder. Raises
+        UserError."""
+        from llamaforge.data.sources import check_inputs
+
+        c = self.cfg
+        for n in self.names:
+            spec = c.sources[n]
+            if spec.kind not in ("builtin", "jsonl") and not self.check_unchanged(f"prepare.{n}", confs[f"prepare.{n}"]):
+                check_inputs(spec.kind, spec.inputs, **self.source_options(n))
+        if c.tokenizer.path and STAGES.index(until) >= STAGES.index("tokenizer"):
+            from llamaforge.tokenizer import load_tokenizer
+
+            try:
+                load_tokenizer(c.tokenizer.path)
+            except UserError as e:
+                raise UserError(f"{c.path}: tokenizer.path: {e}") from None
+        if c.eval.tasks and STAGES.index(until) >= STAGES.index("eval") and not Path(c.eval.data_dir).is_dir():
+            raise UserError(f"{c.path}: eval.data_dir: {c.eval.data_dir}: no such folder (paths are relative to the "
+                            f"current directory {Path.cwd()}); expected the folder holding the tasks' data, e.g. "
+                            "../shared/data")
 
     # -- stages
 
@@ -375,6 +418,20 @@ class Flow:
         print(f"report: {path}")
 
 
+def _refused_inputs(flow: Flow, name: str) -> str | None:
+    """Why `prepare` would refuse source `name`'s inputs or options (`data.sources.check_inputs`), or None."""
+    from llamaforge.data.sources import check_inputs
+
+    spec = flow.cfg.sources[name]
+    if spec.kind in ("builtin", "jsonl"):
+        return None
+    try:
+        check_inputs(spec.kind, spec.inputs, **flow.source_options(name))
+    except UserError as e:
+        return str(e)
+    return None
+
+
 def describe(flow: Flow, until: str = "report", start: str | None = None) -> str:
     """`--dry-run`: the inputs found per source, each stage's state, the estimated tokens and steps, the mixture
     plan. Reads only (input listings, markers, shard headers); writes nothing."""
@@ -395,6 +452,9 @@ def describe(flow: Flow, until: str = "report", start: str | None = None) -> str
             raw = None if spec.options.get("max_mb") is None else int(float(spec.options["max_mb"]) * 1e6)
         elif missing_input(n, spec):
             lines.append(f"  {n:<14} {spec.kind:<13} NO INPUTS: {missing_input(n, spec)} (the run refuses)")
+            continue
+        elif (wrong := _refused_inputs(flow, n)) is not None:
+            lines.append(f"  {n:<14} {spec.kind:<13} WRONG INPUTS: {wrong} (the run refuses)")
             continue
         else:
             files = _input_files(spec)

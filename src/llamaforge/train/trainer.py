@@ -27,7 +27,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from llamaforge.errors import UserError
-from llamaforge.io import atomic_file
+from llamaforge.io import atomic_file, make_dir
 from llamaforge.model import Transformer
 from llamaforge.plan.flops import flops_per_token
 from llamaforge.train import checkpoint
@@ -438,7 +438,7 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None, trust_checkpoint
 
     writer = None
     if master:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(out_dir)  # a destination under a file: one error line, not a traceback
         with atomic_file(out_dir / "config.json", "w") as f:
             f.write(json.dumps(cfg.to_dict(), indent=2) + "\n")
         writer = MetricsWriter(out_dir, cfg.metrics.tensorboard, resume_step=start)

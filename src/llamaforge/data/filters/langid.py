@@ -9,6 +9,8 @@ faster, 101 languages, no probability: its score is a rank distance, so only the
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from llamaforge.data.pipeline import Doc, Result, Stage
 from llamaforge.errors import UserError
 
@@ -33,7 +35,8 @@ def lid176_path() -> str:
 
 class LanguageFilter(Stage):
     """Record `meta.language` / `meta.language_score`; drop documents whose best language is not in `languages`
-    or whose score is below `threshold` (CCNet: 0.5; TFDS's C4: 0.99). `languages=None` keeps every language."""
+    or whose score is below `threshold` (CCNet: 0.5; TFDS's C4: 0.99). `languages=None` keeps every language.
+    Raises UserError for an unknown backend, a `fasttext:PATH` that is no file, or a threshold outside [0, 1]."""
 
     name = "langid"
 
@@ -43,6 +46,12 @@ class LanguageFilter(Stage):
         self._model = None
         if not (backend in ("fasttext", "py3langid", "resiliparse") or backend.startswith("fasttext:")):
             raise UserError(f"--langid: expected fasttext, fasttext:PATH, py3langid or resiliparse, got {backend!r}")
+        if backend.startswith("fasttext:") and not Path(backend.split(":", 1)[1]).is_file():
+            # checked here, before any output: the workers load it, and fastText's own error was a ValueError
+            raise UserError(f"--langid: {backend.split(':', 1)[1]}: no such file; expected a fastText language-id "
+                            "model (lid.176.bin or .ftz)")
+        if not 0 <= threshold <= 1:  # a score is a probability: above 1 every document was dropped, exit 0
+            raise UserError(f"--lang-threshold: expected a score in [0, 1], got {threshold}")
 
     def __getstate__(self):  # models are loaded in the worker, never pickled (py3langid's is ~70 MB)
         return {**self.__dict__, "_model": None}

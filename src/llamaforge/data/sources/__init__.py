@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 
 from llamaforge.data.pipeline import Source
 from llamaforge.errors import UserError
@@ -52,19 +53,47 @@ def build_source(name: str, inputs: list[str], **options) -> Source:
     return module.build(list(inputs), **options)
 
 
+def check_inputs(name: str, inputs: list[str], **options) -> None:
+    """Every check `build_source` makes on `inputs` and `options` (missing files, files of another kind, bad
+    option values), without its work: a source module's `check(inputs, **options)` when it has one (commoncrawl:
+    its build trains models), else its `build`. Raises UserError; `run` calls it for every source before any
+    stage, so a wrong file in the last source is not found after the first one was prepared."""
+    check_options(name, options)
+    module = importlib.import_module(f"llamaforge.data.sources.{name}")
+    getattr(module, "check", module.build)(list(inputs), **options)
+
+
+def first_missing(path) -> Path | None:
+    """The topmost folder of `path` (itself included) that does not exist yet: what a writer that creates `path`
+    creates, and so what it removes again when it fails (None when `path` exists)."""
+    p, top = Path(path).absolute(), None
+    while not p.exists():
+        p, top = p.parent, p
+    return top
+
+
 def prepare(source: str, inputs: list[str], out: str, workers: int = 1, executor: str = "local",
             ray_address: str | None = None, progress: bool = True, overwrite: bool = False,
             keep_work: bool = False, keep_dropped: int = 20, max_doc_bytes: int | None = None, **options) -> dict:
     """Clean `inputs` of one source into gzip JSONL shards under `out`; returns the stats written to
     `out/stats.json`. A rerun into the same `out` resumes (finished shards are skipped) unless `overwrite`.
-    Up to `keep_dropped` dropped documents per stage and reason go to `out/dropped/STAGE/REASON.jsonl` (0: none)."""
+    Up to `keep_dropped` dropped documents per stage and reason go to `out/dropped/STAGE/REASON.jsonl` (0: none).
+    On a UserError the folders this call created are removed again (a killed run keeps its work, to resume)."""
+    import shutil
+
     from llamaforge.data import pipeline
 
-    if overwrite:
-        pipeline.clean(out)
-    if "work_dir" in source_options(source):  # where a source builds its models once (commoncrawl: OUT/models)
-        options = {"work_dir": str(out), **options}
-    src = build_source(source, inputs, **options)
-    return pipeline.run(src, out, workers=workers, executor=executor, ray_address=ray_address,
-                        progress=progress, keep_work=keep_work, keep_dropped=keep_dropped,
-                        **({"max_doc_bytes": max_doc_bytes} if max_doc_bytes is not None else {}))
+    created = first_missing(out)
+    try:
+        if overwrite:
+            pipeline.clean(out)
+        if "work_dir" in source_options(source):  # where a source builds its models once (commoncrawl: OUT/models)
+            options = {"work_dir": str(out), **options}
+        src = build_source(source, inputs, **options)
+        return pipeline.run(src, out, workers=workers, executor=executor, ray_address=ray_address,
+                            progress=progress, keep_work=keep_work, keep_dropped=keep_dropped,
+                            **({"max_doc_bytes": max_doc_bytes} if max_doc_bytes is not None else {}))
+    except UserError:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise

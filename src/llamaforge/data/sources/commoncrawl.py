@@ -305,6 +305,38 @@ def build_models(folder: Path, wikipedia: list[str], shards: list[str], min_leng
     return info
 
 
+SUFFIXES = (".warc.gz", ".wet.gz", ".warc", ".jsonl", ".jsonl.gz", ".json.gz")
+EXPECTED = 'Common Crawl WARC / WET (.warc.gz) or JSONL(.gz) with a "text" or "raw_content" field (CCNet / dolma)'
+
+
+def _checked(inputs, languages, lang_threshold, langid, wikipedia, models) -> tuple[list[str], LanguageFilter]:
+    """The crawl's shards and the language filter, after the checks `build` and `check` share: inputs of the
+    right kind (`readers.refuse_unless_records`), a valid language-id setting, `--wikipedia` files that exist."""
+    refuse_folders_without(inputs, SUFFIXES, "commoncrawl", EXPECTED)
+    shards = expand_inputs(inputs, SUFFIXES)
+    refuse_unless_records(shards, "commoncrawl", EXPECTED, warc=True)
+    lid = LanguageFilter(languages or ["en"], lang_threshold, langid)
+    from llamaforge.data.readers import is_jsonl
+    from llamaforge.data.sources.wikipedia import check_is_dump
+
+    for path in wikipedia or []:
+        if not Path(path).is_file():
+            raise UserError(f"--wikipedia: {path}: no such file; expected MediaWiki XML dumps or `prepare "
+                            "wikipedia` output (JSONL)")
+        if not is_jsonl(path):
+            check_is_dump(path)
+    if models and not (Path(models) / "info.json").exists() and not wikipedia:
+        raise UserError(f"--models: {models}: expected a folder with info.json, lm/ and reference_classifier.npz "
+                        "(built by a run with --wikipedia)")
+    return shards, lid
+
+
+def check(inputs: list[str], languages: list[str] | None = None, lang_threshold: float = 0.5,
+          langid: str = "fasttext", wikipedia: list[str] | None = None, models: str | None = None, **_) -> None:
+    """`build`'s checks on the inputs and options, without training the models (`sources.check_inputs`)."""
+    _checked(inputs, languages, lang_threshold, langid, wikipedia, models)
+
+
 def build(inputs: list[str], languages: list[str] | None = None, lang_threshold: float = 0.5,
           langid: str = "fasttext", min_length: int = MIN_LENGTH, dedup_group: int | None = 50,
           wikipedia: list[str] | None = None, models: str | None = None, keep_buckets=("head", "middle"),
@@ -316,12 +348,7 @@ def build(inputs: list[str], languages: list[str] | None = None, lang_threshold:
     The last two need models trained on Wikipedia: `models` is a folder built before (`OUT/models` of an earlier
     run), else they are built into `work_dir/models` from `wikipedia` (dumps or `prepare wikipedia` output; see
     `build_models`). With neither, those two steps are off and the stage table says why."""
-    suffixes = (".warc.gz", ".wet.gz", ".warc", ".jsonl", ".jsonl.gz", ".json.gz")
-    expected = 'Common Crawl WARC / WET (.warc.gz) or JSONL(.gz) with a "text" or "raw_content" field (CCNet / dolma)'
-    refuse_folders_without(inputs, suffixes, "commoncrawl", expected)
-    shards = expand_inputs(inputs, suffixes)
-    refuse_unless_records(shards, "commoncrawl", expected, warc=True)
-    lid = LanguageFilter(languages or ["en"], lang_threshold, langid)
+    shards, lid = _checked(inputs, languages, lang_threshold, langid, wikipedia, models)
     stages: list = [MinLength(min_length), LineDedup(mode="ccnet", group_size=dedup_group), lid]
     source = Source("commoncrawl", shards, CCReader(), stages)
     folder = Path(models) if models else (Path(work_dir) / "models" if work_dir and wikipedia else None)
