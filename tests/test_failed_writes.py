@@ -116,7 +116,7 @@ def test_run_refuses_a_source_of_the_wrong_kind_before_any_stage(tmp_path, capsy
 
 
 @pytest.mark.parametrize("body, words", [
-    ('[tokenizer]\npath = "BOOK"\n', ["tokenizer.path", "unknown tokenizer type"]),
+    ('[tokenizer]\npath = "BOOK"\n', ["tokenizer.path", "expected a .model, .tiktoken, .json or .bin"]),
     ('[eval]\ntasks = ["piqa"]\ndata_dir = "/nonexist"\n', ["eval.data_dir", "no such folder"]),
 ])
 def test_run_checks_tokenizer_and_eval_data_before_any_stage(tmp_path, capsys, body, words):
