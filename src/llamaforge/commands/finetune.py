@@ -83,10 +83,10 @@ def run(args) -> int:
             print(line)
     out = Path(args.out) if args.out else Path("runs") / f"finetune-{cfg.finetune.method}"
 
-    from llamaforge.commands.train import eval_callback
+    from llamaforge.eval import evaluator_from_section
     from llamaforge.train import train
 
-    evaluator = eval_callback(cfg) if master else None  # [eval]: the items load now, a mistake stops us here
+    evaluator = evaluator_from_section(cfg.eval, cfg.data.tokenizer) if master else None  # [eval]: the items load now, a mistake stops us here
     base_loss, before = _base_scores(cfg, examples, evaluator) if master else (None, None)
     summary = train(cfg, out, resume=args.resume, trust_checkpoint=args.trust_checkpoint, on_eval=evaluator,
                     examples=examples)

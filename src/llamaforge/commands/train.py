@@ -24,30 +24,15 @@ def run(args) -> int:
     mistake is a UserError before training starts."""
     from pathlib import Path
 
+    from llamaforge.eval import evaluator_from_section
     from llamaforge.train import load_config, train
 
     cfg = load_config(args.recipe, args.extra)
     out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).stem
-    summary = train(cfg, out, resume=args.resume, trust_checkpoint=args.trust_checkpoint, on_eval=eval_callback(cfg))
+    on_eval = evaluator_from_section(cfg.eval, cfg.data.tokenizer)  # train/ does not import eval/: injected here
+    summary = train(cfg, out, resume=args.resume, trust_checkpoint=args.trust_checkpoint, on_eval=on_eval)
     if summary.metrics:  # rank 0
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.metrics.items()}
         print(f"done: {shown}; final model in {summary.final}")
     return 0
 
-
-def eval_callback(cfg):
-    """The `[eval]` section as the trainer's `on_eval` callback (None without tasks): benchmark scores during
-    training, injected here because train/ does not import eval/ (ARCHITECTURE.md)."""
-    from llamaforge.errors import UserError
-
-    tasks = [t.strip() for t in cfg.eval.tasks.split(",") if t.strip()]
-    if not tasks:
-        return None
-    if not cfg.eval.data_dir:
-        raise UserError("config: eval.data_dir: expected the folder with the benchmark files (with eval.tasks)")
-    tokenizer = cfg.eval.tokenizer or cfg.data.tokenizer
-    if not tokenizer:
-        raise UserError("config: eval.tokenizer: expected a tokenizer path (or data.tokenizer) with eval.tasks")
-    from llamaforge.eval import training_evaluator
-
-    return training_evaluator(tasks, cfg.eval.data_dir, tokenizer, cfg.eval.limit, cfg.eval.batch_size)

@@ -108,6 +108,25 @@ def evaluate(model, tokenizer, tasks: Sequence[str], data_dir, shots: int | None
     return [evaluate_task(scorer, t, data_dir, shots, limit, options, preset)[0] for t in tasks]
 
 
+def evaluator_from_section(section, data_tokenizer: str = ""):
+    """The `[eval]` section of a training config (`train.config.EvalConfig`: tasks, data_dir, tokenizer, limit,
+    batch_size) as the trainer's `on_eval` callback (`training_evaluator`), or None when it lists no tasks.
+
+    train/ does not import eval/ (ARCHITECTURE.md), so `llamaforge train`, `llamaforge finetune` and the flow's
+    train stage build the callback here and hand it to `train(..., on_eval=...)`. The tokenizer is the section's,
+    else `data_tokenizer` (the config's data.tokenizer). Raises UserError when tasks are listed without a data_dir
+    or without any tokenizer, and as `training_evaluator` does for an unknown task or missing data."""
+    tasks = [t.strip() for t in section.tasks.split(",") if t.strip()]
+    if not tasks:
+        return None
+    if not section.data_dir:
+        raise UserError("config: eval.data_dir: expected the folder with the benchmark files (with eval.tasks)")
+    tokenizer = section.tokenizer or data_tokenizer
+    if not tokenizer:
+        raise UserError("config: eval.tokenizer: expected a tokenizer path (or data.tokenizer) with eval.tasks")
+    return training_evaluator(tasks, section.data_dir, tokenizer, section.limit, section.batch_size)
+
+
 def training_evaluator(tasks: Sequence[str], data_dir, tokenizer, limit: int = 100, batch_size: int = 16):
     """The callback `train(..., on_eval=...)` takes for evaluation during training (the paper's Figure 2).
 

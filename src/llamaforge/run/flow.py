@@ -380,12 +380,13 @@ class Flow:
         if self.check_unchanged("train", confs["train"]):
             print(f"{self.out / 'train' / 'final'}: done before")
             return
-        from llamaforge.commands.train import eval_callback  # [eval] of the train config: Figure-2 scores
+        from llamaforge.eval import evaluator_from_section  # [eval] of the train config: Figure-2 scores
 
         cfg = self.train_config()
         if not self.progress:  # `run --no-progress` covers the training bar too (not part of the stage's hash)
             cfg.metrics.progress = False
-        summary = train(cfg, self.out / "train", resume="auto", on_eval=eval_callback(cfg))
+        on_eval = evaluator_from_section(cfg.eval, cfg.data.tokenizer)
+        summary = train(cfg, self.out / "train", resume="auto", on_eval=on_eval)
         _write_json(self.out / "train" / "summary.json", dataclasses.asdict(summary))
         self.mark("train", confs["train"])
 

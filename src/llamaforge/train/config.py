@@ -124,7 +124,8 @@ class EvalConfig:
     end, the comma-separated `tasks` (names of `llamaforge eval --list-tasks`) are scored on their first `limit`
     items, read from `data_dir` (the layout of SOURCES.md), with `tokenizer` (default: data.tokenizer). The scores
     go into metrics.jsonl (`eval/TASK/METRIC`) and TensorBoard, and eval.png plots them against training tokens.
-    The evaluation is given to the trainer as a callback by `llamaforge train` (train/ does not import eval/).
+    The evaluation is given to the trainer as a callback built by `eval.evaluator_from_section` (train/ does not
+    import eval/).
     """
     tasks: str = ""
     every: int = 0
