@@ -53,7 +53,7 @@ def test_presets_have_the_released_parameter_counts():
 def test_rope_frequencies_equal_transformers_llama3():
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    from llamaforge.model import rope_frequencies
+    from llamaforge.model import apply_scaling, rope_frequencies
 
     config = transformers.LlamaConfig(hidden_size=4096, num_attention_heads=32, max_position_embeddings=131072,
                                       rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
@@ -62,7 +62,10 @@ def test_rope_frequencies_equal_transformers_llama3():
     theirs, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
     from llamaforge.presets import PRESETS
 
-    ours = rope_frequencies(128, 500000.0, scaling=PRESETS["llama3.1-8b"])
+    a = PRESETS["llama3.1-8b"]  # the scaling numbers of Meta's apply_scaling: factor 8, low 1, high 4, 8192
+    assert (a.rope_scaling_factor, a.rope_low_freq_factor, a.rope_high_freq_factor,
+            a.rope_original_max_seq_len) == (8.0, 1.0, 4.0, 8192)
+    ours = apply_scaling(rope_frequencies(128, 500000.0), 8.0, 1.0, 4.0, 8192)
     torch.testing.assert_close(ours, theirs.float(), rtol=1e-6, atol=0)
     assert not torch.allclose(ours, rope_frequencies(128, 500000.0))  # the scaling changes something
 

@@ -2,7 +2,7 @@
 
 Each paper feature is one small piece: RMSNorm pre-normalization, rotary position embeddings (RoPE),
 SwiGLU feed-forward, causal attention with grouped-query support (Llama 2); Llama 3.x adds RoPE frequency scaling
-(`rope_tables`) and, for 3.2 1B/3B, tied input/output embeddings. Parameter names follow Meta's
+(`apply_scaling`) and, for 3.2 1B/3B, tied input/output embeddings. Parameter names follow Meta's
 reference implementation (``tok_embeddings``, ``layers.N.attention.wq`` ...), so Meta checkpoints load as is.
 
 This file holds no I/O, no parallelism and no compilation: those are applied from outside
@@ -94,19 +94,22 @@ class RMSNorm(nn.Module):
         return xf.type_as(x) * self.weight
 
 
-def rope_frequencies(head_dim: int, theta: float, scaling: Optional[ModelArgs] = None, device=None) -> torch.Tensor:
-    """The rotation speed of each pair i < head_dim/2: theta^(-2i/head_dim) radians per position (fp32).
+def rope_frequencies(head_dim: int, theta: float, device=None) -> torch.Tensor:
+    """The rotation speed of each pair i < head_dim/2: theta^(-2i/head_dim) radians per position, [head_dim/2] fp32
+    (Su et al. 2021, RoFormer; Meta's `precompute_freqs_cis`)."""
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
 
-    With `scaling` (ModelArgs whose rope_scaling_factor is set), Llama 3.1's frequency scaling (Meta's
-    `apply_scaling` in llama3/model.py; HF rope_type "llama3"): pairs whose wavelength 2*pi/freq is shorter than
-    original_max_seq_len / high_freq_factor keep their speed, those longer than original_max_seq_len /
+
+def apply_scaling(freqs: torch.Tensor, factor: float, low_freq_factor: float, high_freq_factor: float,
+                  original_max_seq_len: int) -> torch.Tensor:
+    """Llama 3.1's RoPE frequency scaling of `freqs` ([head_dim/2] from `rope_frequencies`; same shape out).
+
+    Meta's `apply_scaling` in llama3/model.py (HF rope_type "llama3"): pairs whose wavelength 2*pi/freq is shorter
+    than original_max_seq_len / high_freq_factor keep their speed, those longer than original_max_seq_len /
     low_freq_factor turn `factor` times slower, and the band between blends the two linearly in
-    original_max_seq_len / wavelength."""
-    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
-    if scaling is None or scaling.rope_scaling_factor is None:
-        return freqs
-    factor, low, high = scaling.rope_scaling_factor, scaling.rope_low_freq_factor, scaling.rope_high_freq_factor
-    old_len = scaling.rope_original_max_seq_len
+    original_max_seq_len / wavelength. Meta hard-codes low 1, high 4, original 8192 and takes the factor (8 for
+    3.1, 32 for 3.2)."""
+    low, high, old_len = low_freq_factor, high_freq_factor, original_max_seq_len
     wavelen = 2 * math.pi / freqs
     smooth = (old_len / wavelen - low) / (high - low)  # 0 at the low-frequency edge, 1 at the high one
     blended = (1 - smooth) * freqs / factor + smooth * freqs
@@ -114,13 +117,10 @@ def rope_frequencies(head_dim: int, theta: float, scaling: Optional[ModelArgs] =
     return torch.where(wavelen < old_len / high, freqs, slow)
 
 
-def rope_tables(
-    head_dim: int, max_pos: int, theta: float, device=None, scaling: Optional[ModelArgs] = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of angle pos * freq_i for pos < max_pos, i < head_dim/2 (fp32); freq_i from
-    `rope_frequencies` (theta^(-2i/head_dim), scaled as Llama 3.1 when `scaling` says so)."""
-    inv_freq = rope_frequencies(head_dim, theta, scaling, device)
-    angles = torch.outer(torch.arange(max_pos, dtype=torch.float32, device=device), inv_freq)
+def rope_tables(freqs: torch.Tensor, max_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of angle pos * freq_i for pos < max_pos: two [max_pos, head_dim/2] fp32 tensors, on the device
+    of `freqs` ([head_dim/2], from `rope_frequencies`, scaled by `apply_scaling` for Llama 3.1+)."""
+    angles = torch.outer(torch.arange(max_pos, dtype=torch.float32, device=freqs.device), freqs)
     return angles.cos(), angles.sin()
 
 
@@ -260,9 +260,12 @@ class Transformer(nn.Module):
     def init_rope(self, device=None) -> None:
         """(Re)compute the RoPE tables, e.g. after building the model on the meta device."""
         device = torch.device(device) if device is not None else self.tok_embeddings.weight.device
-        self.rope_cos, self.rope_sin = rope_tables(
-            self.args.head_dim, self.args.max_seq_len, self.args.rope_theta, device=device, scaling=self.args
-        )
+        a = self.args
+        freqs = rope_frequencies(a.head_dim, a.rope_theta, device)
+        if a.rope_scaling_factor is not None:  # Llama 3.1+
+            freqs = apply_scaling(freqs, a.rope_scaling_factor, a.rope_low_freq_factor, a.rope_high_freq_factor,
+                                  a.rope_original_max_seq_len)
+        self.rope_cos, self.rope_sin = rope_tables(freqs, a.max_seq_len)
 
     def tie_weights(self) -> None:
         """Share the output projection with the token embedding again when the args say so (after

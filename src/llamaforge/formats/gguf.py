@@ -245,10 +245,12 @@ SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_conte
 
 def rope_freq_factors(args: ModelArgs) -> np.ndarray:
     """llama.cpp's `rope_freqs` for llama3 scaling: per pair, the unscaled frequency over the scaled one (f32)."""
-    from llamaforge.model import rope_frequencies
+    from llamaforge.model import apply_scaling, rope_frequencies
 
     plain = rope_frequencies(args.head_dim, args.rope_theta)
-    return (plain / rope_frequencies(args.head_dim, args.rope_theta, scaling=args)).numpy().astype(np.float32)
+    scaled = apply_scaling(plain, args.rope_scaling_factor, args.rope_low_freq_factor, args.rope_high_freq_factor,
+                           args.rope_original_max_seq_len)
+    return (plain / scaled).numpy().astype(np.float32)
 
 
 def _rope_scaling_from(reader, tensor, args: ModelArgs, path: Path) -> ModelArgs:
