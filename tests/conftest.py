@@ -55,19 +55,3 @@ def assert_one_error_line(rc: int, err: str, *words: str, startswith: str = "err
 def one_error_line(capsys, rc: int, *words: str, startswith: str = "error: ") -> str:
     """`assert_one_error_line` on what the command just wrote to stderr (pytest's capsys)."""
     return assert_one_error_line(rc, capsys.readouterr().err, *words, startswith=startswith)
-
-
-def llama_cpp_greedy(path, prompt: list[int], n: int, **llama_options) -> list[int]:
-    """llama.cpp's (llama-cpp-python) first `n` greedy tokens after `prompt` from the GGUF file `path`: temperature
-    0 / top-k 1, no top-p, min-p or repeat penalty, 128 positions, one thread. Skips without llama_cpp."""
-    llama_cpp = pytest.importorskip("llama_cpp")
-    llm = llama_cpp.Llama(str(path), n_ctx=128, n_threads=1, verbose=False, **llama_options)
-    tokens = []
-    try:
-        for tok in llm.generate(prompt, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
-            tokens.append(tok)
-            if len(tokens) == n:
-                break
-    finally:
-        llm.close()
-    return tokens

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import llama_cpp_greedy, shared_path
+from conftest import shared_path
 
 from llamaforge.formats import detect_format, load_model, save_model
 from llamaforge.infer import Engine, SamplingParams
 from llamaforge.model import ModelArgs, Transformer
+from llamaforge.run.evaluate import llama_cpp_greedy
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run on one thread

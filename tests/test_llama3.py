@@ -12,10 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import llama_cpp_greedy, shared_path
+from conftest import shared_path
 from llamaforge.errors import UserError
 from llamaforge.formats import load_model, save_model
 from llamaforge.model import ModelArgs, Transformer
+from llamaforge.run.evaluate import llama_cpp_greedy
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -271,6 +272,7 @@ def test_gguf_llama3_metadata_and_round_trip(exported):
 def test_llama_cpp_greedy_tokens_equal_ours(tmp_path):
     """GGUF of the tiny Llama 3 config (scaled RoPE, tied, GQA), f32: llama.cpp's greedy tokens, past the
     original context, equal llamaforge's."""
+    pytest.importorskip("llama_cpp")
     from llamaforge.infer import Engine, SamplingParams
 
     path = save_model(random_model(), tmp_path / "m.gguf", format="gguf", dtype="f32")

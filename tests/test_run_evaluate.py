@@ -88,3 +88,26 @@ def test_hf_parity_draws_transformers_bar_only_with_progress(tmp_path, capfd, pr
     assert result["status"] == "passed" and result["tokenizer_ids_equal"] is True
     assert ("Loading weights" in err) == (progress and before), err
     assert hf_logging.is_progress_bar_enabled() == before
+
+
+def test_gguf_parity_compares_llama_cpp_greedy_text_with_the_engine(tmp_path):
+    """The export stage's GGUF check through the one llama.cpp driver (`llama_cpp_greedy`): the file's own model
+    passes, another model fails; the driver ends before a stop id."""
+    pytest.importorskip("llama_cpp")
+    from conftest import shared_path
+    from llamaforge import load_tokenizer
+    from llamaforge.formats import load_model, save_model
+    from llamaforge.run.evaluate import GREEDY_TOKENS, gguf_parity, llama_cpp_greedy
+
+    tok = load_tokenizer(shared_path("stories260K/tok512.bin"))
+    path = save_model(load_model(shared_path("stories260K/stories260K.bin")), tmp_path / "s.gguf", format="gguf",
+                      dtype="f32")
+    model = load_model(path)
+    prompt = [1, 403, 407, 261, 378]  # BOS and four tokens of tok512
+    result = gguf_parity(model, tok, path, prompt)
+    assert result["status"] == "passed" and result["native"] == result["llama_cpp"] != "", result
+    with torch.no_grad():
+        model.output.weight.mul_(-1.0)  # the most likely token becomes the least likely: other greedy text
+    assert gguf_parity(model, tok, path, prompt)["status"] == "failed"
+    free = llama_cpp_greedy(path, prompt, GREEDY_TOKENS)
+    assert llama_cpp_greedy(path, prompt, GREEDY_TOKENS, stop_ids=(free[2],)) == free[:free.index(free[2])]

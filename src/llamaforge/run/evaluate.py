@@ -167,23 +167,40 @@ def hf_parity(model, folder: Path, ids: list[int], progress: bool = True) -> dic
     return out
 
 
-def gguf_parity(model, tok, path: Path, prompt_ids: list[int]) -> dict:
-    """llama.cpp's greedy continuation of a held-out prompt against the native engine's, as token ids."""
+def llama_cpp_greedy(path, prompt: list[int], n: int, stop_ids=(), n_ctx: int = 128, **llama_options) -> list[int]:
+    """llama.cpp's (llama-cpp-python) greedy continuation of `prompt` (token ids) from the GGUF file `path`: at most
+    `n` tokens, ending before the first one in `stop_ids` (the stop token is not returned). Temperature 0 / top-k 1,
+    no top-p, min-p or repeat penalty; `n_ctx` positions, one thread; `llama_options` go to `llama_cpp.Llama`
+    (e.g. type_k=0, type_v=0 for an f32 KV cache). The project's one driver of llama.cpp for parity checks (the
+    flow's export stage and the tests). Raises ImportError without llama-cpp-python."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=1, verbose=False, **llama_options)
+    tokens: list[int] = []
     try:
-        import llama_cpp
+        if n > 0:
+            for t in llm.generate(prompt, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
+                if t in stop_ids:
+                    break
+                tokens.append(t)
+                if len(tokens) == n:
+                    break
+    finally:
+        llm.close()
+    return tokens
+
+
+def gguf_parity(model, tok, path: Path, prompt_ids: list[int]) -> dict:
+    """llama.cpp's greedy continuation of a held-out prompt (`llama_cpp_greedy`, up to GREEDY_TOKENS, stopping at
+    EOS) against the native engine's on `model`, as token ids. Returns {"status": "passed" | "failed" | "skipped",
+    "native" and "llama_cpp" texts, "detail"}; skipped without llama-cpp-python."""
+    try:
+        import llama_cpp  # noqa: F401 - only whether it is there
     except ImportError:
         return {"status": "skipped", "detail": "llama-cpp-python is not installed (pip install '.[llamacpp]')"}
     from llamaforge.infer.engine import Engine, SamplingParams
 
-    llm = llama_cpp.Llama(str(path), n_ctx=128, n_threads=1, verbose=False)
-    try:
-        theirs = []
-        for t in llm.generate(prompt_ids, top_k=1, temp=0.0, repeat_penalty=1.0):
-            if t == tok.eos_id or len(theirs) == GREEDY_TOKENS:
-                break
-            theirs.append(t)
-    finally:
-        llm.close()
+    theirs = llama_cpp_greedy(path, prompt_ids, GREEDY_TOKENS, stop_ids=(tok.eos_id,))
     engine = Engine(model, tok, max_seq_len=128)
     (res,) = engine.generate([prompt_ids], SamplingParams(max_new_tokens=GREEDY_TOKENS))
     ours = [t for t in res.tokens if t != tok.eos_id][:GREEDY_TOKENS]
