@@ -139,3 +139,14 @@ def test_run_keeps_finished_stages_but_not_the_failed_stage_folder(tmp_path, cap
     run = tmp_path / "run"
     assert (run / "prepare" / "books" / "stats.json").is_file() and (run / ".done" / "prepare.books.json").is_file()
     assert not (run / "tokenizer").exists()
+
+
+def test_a_shipped_flow_run_from_elsewhere_names_the_directory(tmp_path, monkeypatch, capsys):
+    """`run seven-sources` from another folder blamed the first source and suggested
+    `--sources.commoncrawl.inputs=...`, though every input was missing because of the current directory."""
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    line = _one_error(capsys, cli.main(["run", "seven-sources", "--until", "prepare", "--no-progress"]))
+    assert f"none of the inputs exist from the current directory {tmp_path}" in line, line
+    assert "repository root" in line and "--sources.commoncrawl.inputs" not in line, line
+    assert list(tmp_path.iterdir()) == []

@@ -219,6 +219,13 @@ def validate(cfg: FlowConfig, dry_run: bool = False) -> None:
         raise UserError(f"{path}: sources: expected at least one [sources.NAME] table")
     if cfg.run.workers < 1:
         raise UserError(f"{path}: run.workers: expected a positive integer, got {cfg.run.workers}")
+    with_inputs = [s for s in cfg.sources.values() if s.kind != "builtin" and s.inputs]
+    relative = [i for s in with_inputs for i in s.inputs if not Path(i).is_absolute()]
+    if not dry_run and len(with_inputs) > 1 and relative and all(missing_input(s.name, s) for s in with_inputs):
+        # every source missing: the directory, not one source's paths (the shipped flows point at ../shared/data)
+        raise UserError(f"{path}: sources: none of the inputs exist from the current directory {Path.cwd()} (e.g. "
+                        f"{relative[0]}); expected to run where the flow's relative paths point (the shipped flows: "
+                        "the repository root, beside ../shared/data)")
     for name, s in cfg.sources.items():
         where = f"{path}: sources.{name}"
         if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
