@@ -181,6 +181,26 @@ def test_cited_urls_and_normalisation():
     wikitext = ("Text.<ref>{{cite web |url=https://www.Example.com/report/ |title=R}}</ref> more "
                 "[http://news.example.org/a?id=3#top Story] and <ref name=x>http://blog.example.net/p.html.</ref>")
     assert cited_urls(wikitext) == {"example.com/report", "news.example.org/a?id=3", "blog.example.net/p.html"}
+
+
+def test_cited_urls_skip_template_parameters_outside_refs():
+    """Only <ref> bodies (their cite templates included) and external links count: the URL of an infobox
+    (a template parameter, not a citation), of an {{Official website}} template, of a comment and of a
+    self-closing <ref name=x /> are not cited URLs (the old rule took every http(s) URL of the wikitext)."""
+    wikitext = (
+        "{{Infobox company\n| name = Acme\n| website = {{URL|http://www.acme-infobox.example/}}\n"
+        "| logo_url = https://img.example/logo.png\n| nested = {{small|{{URL|http://deep.example/x}}}}\n}}\n"
+        "'''Acme''' makes anvils.<ref name=\"a\">{{cite news |url=https://paper.example/anvils |title=T "
+        "|archive-url=https://archive.example/anvils}}</ref> It grew.<ref name=\"a\" />"
+        "<!-- http://hidden.example/comment -->\n"
+        "See http://bare.example/page for more.\n"
+        "== External links ==\n* [https://www.acme.example/about/ Official site]\n"
+        "* {{Official website|http://official-template.example}}\n")
+    assert cited_urls(wikitext) == {"paper.example/anvils", "archive.example/anvils", "bare.example/page",
+                                    "acme.example/about"}
+
+
+def test_normalize_url():
     assert normalize_url("HTTPS://WWW.example.com:443/report#x") == "example.com/report"
     assert normalize_url("not a url") == ""
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +23,49 @@ from llamaforge.errors import UserError
 from llamaforge.io import atomic_file
 
 _URL = re.compile(r"https?://[^\s\[\]|{}<>\"']+", re.IGNORECASE)
+_REF = re.compile(r"<ref(?:\s[^>]*)?(?<!/)>(.*?)</ref\s*>", re.IGNORECASE | re.DOTALL)  # not <ref name=x />
+_COMMENT = re.compile(r"<!--.*?(?:-->|$)", re.DOTALL)
+_BRACES = re.compile(r"\{\{|\}\}")
+
+
+def _outside_templates(wikitext: str) -> str:
+    """`wikitext` with every `{{...}}` template call removed (nesting counted; an unclosed `{{` runs to the end)."""
+    out, depth, pos = [], 0, 0
+    for m in _BRACES.finditer(wikitext):
+        if m.group(0) == "{{":
+            if depth == 0:
+                out.append(wikitext[pos:m.start()])
+            depth += 1
+        elif depth:
+            depth -= 1
+            if depth == 0:
+                pos = m.end()
+    if depth == 0:
+        out.append(wikitext[pos:])
+    return " ".join(out)
+
+
+def _urls(text: str) -> Iterator[str]:
+    for m in _URL.finditer(text):
+        url = normalize_url(m.group(0).rstrip(".,;:)'"))
+        if url:
+            yield url
 
 
 def cited_urls(wikitext: str) -> set[str]:
-    """Normalised URLs an article cites: inside `<ref>` tags (incl. `{{cite ... |url=}}`), bracketed external links
-    `[http://... label]` and the bare links of its "External links" section; i.e. every http(s) URL of the
-    wikitext (RedPajama's positive set: URLs regex-extracted from the `<ref>` tags of the English dump)."""
-    return {u for u in (normalize_url(m.group(0).rstrip(".,;:)'")) for m in _URL.finditer(wikitext)) if u}
+    """Normalised URLs an article cites. Definition (the paper's "pages used as references in Wikipedia"):
+    - every http(s) URL inside a `<ref>...</ref>` body, templates included (`{{cite web |url=...}}`): what
+      RedPajama-v1 extracted for its positive set (`data_prep/cc/classifier/extract_urls.py`: URLs regex-matched
+      inside `<ref>...</ref>` of the English dump);
+    - external links outside templates: bracketed `[http://... label]` and bare URLs in the article text, which
+      MediaWiki renders as external links (the "External links" section's `* [http://... Site]` lines).
+    Not taken: URLs in template parameters outside a `<ref>` (an infobox's `website = http://...`,
+    `{{Official website|...}}`, image and coordinate templates), in HTML comments, or in self-closing
+    `<ref name=x />` (which only point at a ref defined elsewhere)."""
+    text = _COMMENT.sub(" ", wikitext)
+    urls = {u for body in _REF.findall(text) for u in _urls(body)}
+    urls.update(_urls(_outside_templates(_REF.sub(" ", text))))
+    return urls
 
 
 def normalize_url(url: str) -> str:
