@@ -6,6 +6,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import html
+import importlib.util
 import json
 import math
 import random
@@ -139,6 +140,23 @@ def test_bundle_scores_agree_with_kenlm_on_pieces(small_bundle: Path):
             logp += model.score(" ".join(pieces), bos=True, eos=True)
             n += len(pieces) + 1
     assert bundle.perplexity(text) == pytest.approx(10 ** (-logp / n), rel=1e-5)
+
+
+UNKNOWN_TO_SP = "The fund paid $ 5 million (£ 3 million) for the site & its 40 ° slope!\nA second line."
+
+
+def test_characters_sentencepiece_lacks_are_scored_as_the_lm_saw_them(small_bundle: Path):
+    """The LM is trained on SentencePiece's string pieces, where a character SentencePiece has no piece for stays
+    itself ("$", "£", "&" here); scoring must look those strings up too (CCNet's `encode_as_pieces`). Scoring by
+    SentencePiece id made each of them the LM's <unk> and moved such pages' perplexity by up to 15%."""
+    bundle = LMBundle(small_bundle, "numpy")
+    pieces = [bundle.sp.encode(normalize(line), out_type=str) for line in UNKNOWN_TO_SP.split("\n")]
+    lacking = {p for line in pieces for p in line if bundle.sp.piece_to_id(p) == bundle.sp.unk_id()}
+    assert lacking & set(bundle.lm.index), "the text must hold a piece SentencePiece lacks but the LM has seen"
+    assert bundle.perplexity(UNKNOWN_TO_SP) == pytest.approx(bundle.lm.perplexity(pieces), rel=1e-12)
+    if importlib.util.find_spec("kenlm"):  # and the KenLM scorer agrees (its probabilities are float32)
+        assert LMBundle(small_bundle, "kenlm").perplexity(UNKNOWN_TO_SP) == pytest.approx(
+            bundle.perplexity(UNKNOWN_TO_SP), rel=1e-5)
 
 
 def _with_meta(shard: str, drops: Counter):

@@ -56,6 +56,9 @@ def _add_groups(p: argparse.ArgumentParser, groups: tuple[str, ...]) -> None:
         g.add_argument("--keep-buckets", type=_names, help="perplexity buckets to keep (head,middle)")
         g.add_argument("--classifier-threshold", type=float, help="keep documents with P(reference) >= this (0.25)")
         g.add_argument("--lm-vocab", type=int, help="SentencePiece vocabulary, an upper bound (CCNet: 65536)")
+        g.add_argument("--lm-scorer", choices=("auto", "kenlm", "numpy"),
+                       help="perplexity scorer: KenLM's query module (the kenlm extra) or llamaforge's numpy one "
+                            "(auto: kenlm when installed)")
         g.add_argument("--cutoff-sample", type=int,
                        help="crawl pages scored, once, to fix the head/middle cut-offs (10000)")
     if "c4" in groups:
@@ -97,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 OPTIONS = ("languages", "lang_threshold", "langid", "min_length", "dedup_group", "wikipedia", "models", "keep_buckets",
-           "classifier_threshold", "lm_vocab", "cutoff_sample", "badwords", "near_dup_threshold", "max_sites")
+           "classifier_threshold", "lm_vocab", "lm_scorer", "cutoff_sample", "badwords", "near_dup_threshold", "max_sites")
 
 
 def run(args: argparse.Namespace) -> int:

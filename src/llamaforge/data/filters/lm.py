@@ -20,10 +20,12 @@ normalised and scored on its own, as CCNet's `DocLM` meant to (it splits on `\\n
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import math
 import re
+import sys
 import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -45,6 +47,13 @@ _NON_PRINTING = re.compile(f"[{''.join(map(chr, [*range(32), *range(127, 160)]))
 _DIGIT = re.compile(r"\d")
 
 
+@functools.cache
+def _combining_marks() -> dict[int, None]:
+    """str.translate table deleting every nonspacing combining mark (Unicode category Mn), built once per process:
+    the same characters CCNet's `strip_accents` drops one by one after NFD."""
+    return {c: None for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Mn"}
+
+
 def normalize(line: str) -> str:
     """CCNet's `text_normalizer.normalize` with its defaults: strip, lowercase, strip accents (NFD, drop combining
     marks), digits -> 0, typographic punctuation -> ASCII, control characters removed."""
@@ -54,7 +63,7 @@ def normalize(line: str) -> str:
     line = line.lower()
     ascii_only = line.isascii()  # accents and typographic punctuation only exist outside ASCII
     if not ascii_only:
-        line = "".join(c for c in unicodedata.normalize("NFD", line) if unicodedata.category(c) != "Mn")
+        line = unicodedata.normalize("NFD", line).translate(_combining_marks())
     line = _DIGIT.sub("0", line)  # before the punctuation table, as CCNet: a full-width "１" is a digit first
     if not ascii_only:
         line = line.translate(_PUNCT_TABLE)
@@ -415,13 +424,33 @@ def _interp_lookup(uniq, logps, gammas, qkeys, ids, end, k) -> np.ndarray:
 PERCENTILES = (30.0, 60.0)  # CCNet's head / middle percentiles (cc_net/perplexity.py PerplexityBucket)
 
 
+SCORERS = ("auto", "kenlm", "numpy")
+
+
+def resolve_scorer(scorer: str = "auto") -> str:
+    """"kenlm" (KenLM's query module, C++; what CCNet scores with) or "numpy" (`KneserNeyLM.score_ids`, always
+    available). "auto" picks kenlm when `import kenlm` works (the `kenlm` extra; it builds from source and needs
+    Boost), else numpy. The two agree to ~1e-6 relative (KenLM keeps probabilities in float32; tested to 1e-5).
+    Raises UserError for another name, or for "kenlm" when the module is missing."""
+    import importlib.util
+
+    if scorer not in SCORERS:
+        raise UserError(f"--lm-scorer: expected one of {', '.join(SCORERS)}, got {scorer!r}")
+    has_kenlm = importlib.util.find_spec("kenlm") is not None
+    if scorer == "kenlm" and not has_kenlm:
+        raise UserError("--lm-scorer kenlm: the kenlm module is not installed (pip install 'llamaforge[kenlm]'; "
+                        "it builds from source and needs Boost), or use --lm-scorer numpy")
+    return scorer if scorer != "auto" else ("kenlm" if has_kenlm else "numpy")
+
+
 class LMBundle:
     """`DIR/sp.model` (SentencePiece), `DIR/lm.arpa.gz` (the 5-gram KN LM in ARPA, for KenLM and other tools),
-    `DIR/lm.npz` (the same model in binary, what is loaded; ARPA is read when it is absent) and `DIR/cutoffs.json`
-    ({"head", "middle", "percentiles", "sample_docs", "sample", ...}). `perplexity(text)` is CCNet's document
-    perplexity on pieces; `bucket(ppl)` compares it with the stored cut-offs only."""
+    `DIR/lm.npz` (the same model in binary, what the numpy scorer loads; ARPA is read when it is absent) and
+    `DIR/cutoffs.json` ({"head", "middle", "percentiles", "sample_docs", "sample", ...}). `perplexity(text)` is
+    CCNet's document perplexity on pieces, scored by `scorer` ("numpy" or "kenlm", see `resolve_scorer`; "auto"
+    resolves here); `bucket(ppl)` compares it with the stored cut-offs only."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, scorer: str = "numpy"):
         import sentencepiece as spm
 
         self.folder = Path(folder)
@@ -429,35 +458,44 @@ class LMBundle:
             if not (self.folder / name).exists():
                 raise UserError(f"{self.folder}: expected an LM folder with sp.model, lm.arpa.gz and cutoffs.json "
                                 f"({name} is missing)")
+        self.scorer = resolve_scorer(scorer)
         self.sp = spm.SentencePieceProcessor(model_file=str(self.folder / "sp.model"))
-        binary = self.folder / "lm.npz"
-        self.lm = KneserNeyLM.load(binary) if binary.exists() else KneserNeyLM.read_arpa(self.folder / "lm.arpa.gz")
         info = json.loads((self.folder / "cutoffs.json").read_text())
         self.cutoffs = (float(info["head"]), float(info["middle"]))
         self.info = info
-        # SentencePiece id -> LM id (pieces the LM never saw -> <unk>); SP's <unk>/<s>/</s> are the LM's
-        pieces = [self.sp.id_to_piece(i) for i in range(self.sp.get_piece_size())]
-        self._sp2lm = np.array([self.lm.index.get(p, 0) for p in pieces], dtype=np.int64)
+        if self.scorer == "kenlm":
+            import kenlm
 
-    def pieces(self, text: str) -> list[list[int]]:
-        """Normalised non-empty lines of a document as SentencePiece ids."""
-        lines = [normalize(line) for line in text.split("\n")]
-        lines = [line for line in lines if line]
-        return self.sp.encode(lines) if lines else []
+            config = kenlm.Config()
+            config.show_progress = False  # no progress bar per worker process on stderr
+            self._kenlm = kenlm.Model(str(self.folder / "lm.arpa.gz"), config)
+            return
+        binary = self.folder / "lm.npz"
+        self.lm = KneserNeyLM.load(binary) if binary.exists() else KneserNeyLM.read_arpa(self.folder / "lm.arpa.gz")
+
+    def _lines(self, text: str) -> list[str]:
+        return [x for x in map(normalize, text.split("\n")) if x]
+
+    def pieces(self, text: str) -> list[list[str]]:
+        """Normalised non-empty lines of a document as SentencePiece pieces (one batch, one thread). Pieces are
+        strings, as CCNet's `encode_as_pieces`: a character SentencePiece has no piece for stays itself (not
+        `<unk>`), which is how the LM saw it in training (`build_bundle` trains on these strings)."""
+        lines = self._lines(text)
+        return self.sp.encode(lines, out_type=str, num_threads=1) if lines else []
 
     def perplexity(self, text: str) -> float:
         """10 ** (-sum over lines of log10 p / sum over lines of (pieces + 1)); inf for a text with no words."""
         lines = self.pieces(text)
         if not lines:
             return float("inf")
-        lengths = np.array([len(x) + 2 for x in lines])
-        starts = np.concatenate([[0], np.cumsum(lengths)])
-        ids = np.empty(int(starts[-1]), dtype=np.int64)
-        for s, line in zip(starts[:-1], lines):
-            ids[s] = 1
-            ids[s + 1:s + 1 + len(line)] = self._sp2lm[line]
-            ids[s + 1 + len(line)] = 2
-        n = int(starts[-1]) - len(lines)
+        n = sum(map(len, lines)) + len(lines)  # pieces + one </s> per line
+        if self.scorer == "kenlm":  # KenLM's score(line, bos=True, eos=True) on space-joined pieces, as CCNet's DocLM
+            score = self._kenlm.score
+            return 10.0 ** (-sum(score(" ".join(p), bos=True, eos=True) for p in lines) / n)
+        index = self.lm.index  # a piece the LM never saw -> <unk> (id 0)
+        ids = np.fromiter((i for line in lines for i in (1, *(index.get(p, 0) for p in line), 2)), dtype=np.int64,
+                          count=n + len(lines))
+        starts = np.concatenate([[0], np.cumsum([len(x) + 2 for x in lines])])
         return 10.0 ** (-self.lm.score_ids(ids, starts) / n)
 
     def bucket(self, perplexity: float) -> str:
@@ -519,14 +557,16 @@ def build_bundle(folder: str | Path, wikipedia_texts: Iterable[str], sample_text
 class PerplexityFilter(Stage):
     """CCNet's `sp` + `lm` + `pp_bucket` (+ RedPajama's bucket choice): writes `meta.perplexity` and
     `meta.bucket` (head / middle / tail by the bundle's fixed cut-offs) and drops the buckets not in `keep`
-    (default head and middle, what RedPajama kept; the paper keeps the Wikipedia-like pages)."""
+    (default head and middle, what RedPajama kept; the paper keeps the Wikipedia-like pages). `scorer`: "auto"
+    (KenLM's query module when installed, else numpy; see `resolve_scorer`), "kenlm" or "numpy"."""
 
     name = "lm_perplexity"
 
-    def __init__(self, folder: str | Path, keep: Sequence[str] = ("head", "middle")):
+    def __init__(self, folder: str | Path, keep: Sequence[str] = ("head", "middle"), scorer: str = "auto"):
         if not keep or set(keep) - {"head", "middle", "tail"}:
             raise UserError(f"--keep-buckets: expected some of head, middle, tail, got {','.join(keep) or '(none)'}")
         self.folder, self.keep = str(folder), sorted(keep)
+        self.scorer = resolve_scorer(scorer)  # resolved here: the run's manifest records which scorer ran
         self._bundle: LMBundle | None = None
 
     def __getstate__(self):
@@ -535,7 +575,7 @@ class PerplexityFilter(Stage):
     def setup(self) -> None:
         """Load the LM bundle (SentencePiece model, 5-gram LM, cut-offs) in the worker; it is never pickled."""
         if self._bundle is None:
-            self._bundle = LMBundle(self.folder)
+            self._bundle = LMBundle(self.folder, self.scorer)
 
     def __call__(self, doc: Doc) -> Result:
         self.setup()

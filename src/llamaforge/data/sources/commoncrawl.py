@@ -29,7 +29,7 @@ from pathlib import Path
 
 from llamaforge.data.filters.dedup import LineDedup
 from llamaforge.data.filters.langid import LanguageFilter
-from llamaforge.data.filters.lm import PerplexityFilter
+from llamaforge.data.filters.lm import PerplexityFilter, resolve_scorer
 from llamaforge.data.filters.quality import (
     ReferenceClassifier,
     ReferenceClassifierFilter,
@@ -332,22 +332,26 @@ def _checked(inputs, languages, lang_threshold, langid, wikipedia, models) -> tu
 
 
 def check(inputs: list[str], languages: list[str] | None = None, lang_threshold: float = 0.5,
-          langid: str = "fasttext", wikipedia: list[str] | None = None, models: str | None = None, **_) -> None:
+          langid: str = "fasttext", wikipedia: list[str] | None = None, models: str | None = None,
+          lm_scorer: str = "auto", **_) -> None:
     """`build`'s checks on the inputs and options, without training the models (`sources.check_inputs`)."""
     _checked(inputs, languages, lang_threshold, langid, wikipedia, models)
+    resolve_scorer(lm_scorer)
 
 
 def build(inputs: list[str], languages: list[str] | None = None, lang_threshold: float = 0.5,
           langid: str = "fasttext", min_length: int = MIN_LENGTH, dedup_group: int | None = 50,
           wikipedia: list[str] | None = None, models: str | None = None, keep_buckets=("head", "middle"),
           classifier_threshold: float = 0.25, lm_order: int = 5, lm_vocab: int = 65536, cutoff_sample: int = 10_000,
-          work_dir: str | None = None) -> Source:
+          lm_scorer: str = "auto", work_dir: str | None = None) -> Source:
     """CCNet's steps (min length, line dedup, fastText lid.176 >= 0.5, SentencePiece + 5-gram KN perplexity
     buckets) and the paper's Wikipedia-reference classifier, every step on.
 
     The last two need models trained on Wikipedia: `models` is a folder built before (`OUT/models` of an earlier
     run), else they are built into `work_dir/models` from `wikipedia` (dumps or `prepare wikipedia` output; see
-    `build_models`). With neither, those two steps are off and the stage table says why."""
+    `build_models`). With neither, those two steps are off and the stage table says why. `lm_scorer`: who computes
+    the perplexities, KenLM's query module or the numpy scorer ("auto": kenlm when installed; see
+    `filters.lm.resolve_scorer`); the stage table's notes say which one ran."""
     shards, lid = _checked(inputs, languages, lang_threshold, langid, wikipedia, models)
     stages: list = [MinLength(min_length), LineDedup(mode="ccnet", group_size=dedup_group), lid]
     source = Source("commoncrawl", shards, CCReader(), stages)
@@ -366,12 +370,15 @@ def build(inputs: list[str], languages: list[str] | None = None, lang_threshold:
     import json
 
     info = json.loads((folder / "info.json").read_text())
-    stages += [PerplexityFilter(folder / "lm", keep_buckets),
+    perplexity = PerplexityFilter(folder / "lm", keep_buckets, lm_scorer)
+    stages += [perplexity,
                ReferenceClassifierFilter(folder / "reference_classifier.npz", classifier_threshold)]
     lm = info["lm"]
     source.notes.append(f"lm_perplexity: {folder / 'lm'}: head < {lm['head']}, middle < {lm['middle']} (the "
                         f"{lm['percentiles'][0]:g}th/{lm['percentiles'][1]:g}th percentiles of {lm['sample_docs']} "
-                        f"pages: {lm['sample']}), keeping {', '.join(keep_buckets)}")
+                        f"pages: {lm['sample']}), keeping {', '.join(keep_buckets)}; scored by "
+                        + ("KenLM's query module (kenlm)" if perplexity.scorer == "kenlm" else
+                           "llamaforge's numpy KN scorer" + (" (kenlm not installed)" if lm_scorer == "auto" else "")))
     source.notes.append(f"reference_classifier: positives = {info['classifier']['positives']}; "
                         f"keep P(reference) >= {classifier_threshold}")
     return source
