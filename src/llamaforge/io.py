@@ -86,14 +86,15 @@ def _remove_created(folders: list[Path]) -> None:
             return
 
 
-def _writable_beside(path: Path, make_temporary):
+def _writable_beside(path: Path, make_temporary, clean_stale: bool = True):
     """Create `path`'s parent folder and call `make_temporary()` (mkdtemp/mkstemp beside `path`); an OSError there
     (a read-only or pseudo file system, no permission, a parent that is a file, disk full) is the user's
     destination, not a bug: UserError naming the path and the system's reason."""
     created = _missing_parents(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(path)
+        if clean_stale:
+            remove_stale_temporaries(path)
         return make_temporary()
     except OSError as e:
         _remove_created(created)
@@ -142,19 +143,25 @@ def atomic_dir(path: Path):
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path, mode: str = "wb"):
+def atomic_file(path: Path, mode: str = "wb", fsync: bool = True, clean_stale: bool = True):
     """Yield an open file beside `path`; on success it is fsynced and renamed onto `path`. Raises UserError when
-    nothing can be created beside `path`."""
+    nothing can be created beside `path`.
+
+    `fsync=False` skips the fsync (the rename is still atomic for readers; only a machine crash can lose the data):
+    for bookkeeping that is checked when read and redone when damaged. `clean_stale=False` skips looking for a
+    killed writer's temporaries beside `path` (a directory listing per write): for a caller that removed them
+    once itself, such as the data pipeline writing thousands of task files into one folder."""
     path = Path(path)
     created = _missing_parents(path)  # removed again if this write fails
     fd, tmp = _writable_beside(path, lambda: tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-",
-                                                              dir=path.parent))
+                                                              dir=path.parent), clean_stale)
     os.chmod(tmp, _umask_mode(0o666))
     try:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

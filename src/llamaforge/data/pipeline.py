@@ -12,8 +12,10 @@ Group stages cut the stage list into segments. Segment k is one task per shard: 
 k = 0, else the previous segment's output), apply the pending group decision, run the per-document stages, observe
 for the next group stage, write. Tasks stream documents, so memory is bounded by one document plus the summaries.
 
-Every file is written under a temporary name and renamed; a task then writes its stats and a `.done` marker, so a
-rerun skips finished tasks and a killed run resumes where it stopped. Per-stage counts (documents and bytes in and
+Every file is written under a temporary name and renamed; a task ends by writing a `.done` marker holding its
+stats, so a rerun skips finished tasks and a killed run resumes where it stopped. Files that hold documents or
+summaries are fsynced at their rename; markers and drop samples are not (a marker a machine crash empties just
+reruns its task), and a group's decision files get one `os.sync` before its marker. Per-stage counts (documents and bytes in and
 out, drops by reason) are merged into `OUT/stats.json` and printed as a table.
 
 Executors: `local` (the calling process when workers == 1, else a process pool) and `ray` (each task is a Ray
@@ -49,9 +51,12 @@ WORK = "_work"  # intermediate shards, summaries, decisions, markers and per-tas
 
 
 class Stage:
-    """A per-document step. Subclasses set `name` and implement `__call__`; `setup` loads models in the worker."""
+    """A per-document step. Subclasses set `name` and implement `__call__`; `setup` loads models in the worker.
+    A stage whose model is cheaper per document on many documents at once (datatrove's `filter_batch`) also sets
+    `batch_size` > 0 and implements `batch(docs) -> [result per doc]`, equal to `[self(d) for d in docs]`."""
 
     name = "stage"
+    batch_size = 0
 
     def setup(self) -> None:
         """Load what the stage needs (models, tables) in the worker process, once, before its first document; nothing by
@@ -149,35 +154,66 @@ def _counted(docs: Iterable[Doc], stats: StageStats, step: Callable[[Doc], Resul
              sampler: DropSampler | None = None, stage: str = "", max_bytes: int | None = None) -> Iterator[Doc]:
     """Run `step` on each document, counting documents and bytes in and out and drops by reason; a `sampler` keeps
     the first dropped documents per reason and the lines a line-level filter removed (`doc["_removed_lines"]`).
+    A step with a `batch(docs) -> results` method (a `Stage` with `batch_size` > 0) gets the documents in lists of
+    `batch_size`, in order (a model called once per list instead of once per document); the results are the same.
 
     One bad record never ends the run: a document above `max_bytes` is dropped as "too_large" before the step,
     and an exception the step raises on one document (a KeyError on a missing field, a MemoryError) drops that
-    document under the reason "error: ExceptionName", as the readers do for bad JSON."""
-    for doc in docs:
-        text = doc["text"]
-        n_in = _nbytes(text)
-        stats.docs_in += 1
-        stats.bytes_in += n_in
-        if max_bytes is not None and n_in > max_bytes:
-            out = "too_large"
-        else:
+    document under the reason "error: ExceptionName", as the readers do for bad JSON (a batch that raises is
+    redone one document at a time, so only the bad document is dropped)."""
+    size = getattr(step, "batch_size", 0) if hasattr(step, "batch") else 0
+    for chunk in _chunks(docs, max(size, 1)):
+        texts = [doc["text"] for doc in chunk]  # before the step, which may change a document in place
+        sizes = [_nbytes(text) for text in texts]
+        todo = [doc for doc, n in zip(chunk, sizes) if max_bytes is None or n <= max_bytes]
+        if size > 0 and todo:
             try:
-                out = step(doc)
-            except Exception as e:  # noqa: BLE001 - one record's failure is counted, the run goes on
-                out = f"error: {type(e).__name__}"
-                doc = {**doc, "meta": {**doc.get("meta", {}), "error": f"{type(e).__name__}: {str(e)[:500]}"}}
-        if isinstance(out, str):
-            stats.drops[out] += 1
-            if sampler is not None:
-                sampler.add_doc(stage, out, doc)
-            continue
-        removed = out.pop("_removed_lines", None)
-        if removed and sampler is not None:
-            sampler.add_lines(stage, removed, out)
-        stats.docs_out += 1
-        # filters pass the text through untouched (the same object): no need to encode it a second time
-        stats.bytes_out += n_in if out["text"] is text else _nbytes(out["text"])
-        yield out
+                results = iter(step.batch(todo))
+            except Exception:  # noqa: BLE001 - find the bad document: one at a time
+                results = iter([_one(step, doc) for doc in todo])
+        else:
+            results = iter([_one(step, doc) for doc in todo])
+        for doc, text, n_in in zip(chunk, texts, sizes):
+            stats.docs_in += 1
+            stats.bytes_in += n_in
+            if max_bytes is not None and n_in > max_bytes:
+                out = "too_large"
+            else:
+                out = next(results)
+                if isinstance(out, tuple):  # ("error: NAME", doc with meta.error)
+                    out, doc = out
+            if isinstance(out, str):
+                stats.drops[out] += 1
+                if sampler is not None:
+                    sampler.add_doc(stage, out, doc)
+                continue
+            removed = out.pop("_removed_lines", None)
+            if removed and sampler is not None:
+                sampler.add_lines(stage, removed, out)
+            stats.docs_out += 1
+            # filters pass the text through untouched (the same object): no need to encode it a second time
+            stats.bytes_out += n_in if out["text"] is text else _nbytes(out["text"])
+            yield out
+
+
+def _one(step: Callable[[Doc], Result], doc: Doc) -> Result | tuple[str, Doc]:
+    """`step(doc)`; an exception -> ("error: NAME", the document with `meta.error`), counted as that drop."""
+    try:
+        return step(doc)
+    except Exception as e:  # noqa: BLE001 - one record's failure is counted, the run goes on
+        return f"error: {type(e).__name__}", {**doc, "meta": {**doc.get("meta", {}),
+                                                              "error": f"{type(e).__name__}: {str(e)[:500]}"}}
+
+
+def _chunks(docs: Iterable[Doc], size: int) -> Iterator[list[Doc]]:
+    chunk: list[Doc] = []
+    for doc in docs:
+        chunk.append(doc)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 DROPPED = "dropped"  # OUT/dropped/STAGE/REASON.jsonl: samples of what each stage threw away
@@ -248,10 +284,13 @@ def format_stats_table(stats: dict) -> str:
 # shard files: gzip JSONL, byte-identical for identical content (no timestamp or file name in the gzip header)
 
 
-def write_jsonl_gz(path: Path, docs: Iterable[Doc]) -> int:
-    """Write documents to `path` atomically; returns how many."""
+def write_jsonl_gz(path: Path, docs: Iterable[Doc], compresslevel: int = 9, clean_stale: bool = True) -> int:
+    """Write documents to `path` atomically (fsynced at the rename); returns how many. `compresslevel`: gzip's
+    (9, the default, for outputs; the pipeline's own intermediate shards use 1). `clean_stale`: see
+    `io.atomic_file`."""
     n = 0
-    with atomic_file(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+    with atomic_file(path, "wb", clean_stale=clean_stale) as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=compresslevel) as gz:
         text = io.TextIOWrapper(gz, encoding="utf-8", newline="\n")
         for doc in docs:
             text.write(json.dumps(doc, ensure_ascii=False) + "\n")
@@ -267,8 +306,8 @@ def read_jsonl_gz(path: Path) -> Iterator[Doc]:
         yield doc
 
 
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with atomic_file(path, "wb") as f:
+def _save_npz(path: Path, arrays: dict[str, np.ndarray], fsync: bool = True) -> None:
+    with atomic_file(path, "wb", fsync=fsync, clean_stale=False) as f:  # run() removed stale temporaries once
         np.savez(f, **arrays)
 
 
@@ -277,9 +316,19 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    with atomic_file(path, "w") as f:
+def _write_json(path: Path, obj: Any, fsync: bool = True, clean_stale: bool = True) -> None:
+    with atomic_file(path, "w", fsync=fsync, clean_stale=clean_stale) as f:
         json.dump(obj, f, indent=1, sort_keys=False)
+
+
+def _read_marker(path: Path) -> dict | None:
+    """The stats a finished task saved in its `.done` marker; None when the task must (re)run: no marker, or one
+    that cannot be read (markers are not fsynced: a machine crash can leave one empty, and then the task, whose
+    output was fsynced before, is simply done again; an empty marker of an older version is redone likewise)."""
+    try:
+        return json.loads(path.read_text())["stats"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -343,11 +392,15 @@ def _stage_names(plan: Plan, seg: int) -> list[str]:
 
 
 def run_task(plan: Plan, seg: int, shard: int) -> dict:
-    """One segment over one shard. Returns {stage name: stats}; skips (and returns saved stats) when done before."""
+    """One segment over one shard. Returns {stage name: stats}; skips (and returns saved stats) when done before.
+
+    Files: the shard's output (fsynced at its rename, like every file that holds documents or a group summary),
+    then the dropped-document samples and last the `.done` marker holding the task's stats (neither fsynced: one
+    fsync per data file, not per bookkeeping file; see `_read_marker` for why a lost marker is harmless)."""
     done = plan.task_file(seg, shard, "done")
-    stats_path = plan.task_file(seg, shard, "stats.json")
-    if done.exists():
-        return json.loads(stats_path.read_text())
+    saved = _read_marker(done)
+    if saved is not None:
+        return saved
 
     stats = {name: StageStats() for name in _stage_names(plan, seg)}
     sampler = DropSampler(plan.keep_dropped) if plan.keep_dropped > 0 else None
@@ -369,18 +422,18 @@ def run_task(plan: Plan, seg: int, shard: int) -> dict:
         next_group.setup()
         next_group.summary()  # start clean: drop anything a failed task in this process left behind
         docs = _observed(docs, next_group)
-    write_jsonl_gz(plan.output_path(seg, shard), docs)
+    final = seg == len(plan.segments) - 1
+    write_jsonl_gz(plan.output_path(seg, shard), docs, compresslevel=9 if final else 1, clean_stale=False)
     if next_group is not None:
         _save_npz(plan.task_file(seg, shard, "summary.npz"), next_group.summary())
 
     if seg == 0:  # records the reader skipped (malformed, wrong license, ...) came in too
         stats["read"].docs_in += sum(stats["read"].drops.values())
     if sampler is not None:
-        with atomic_file(plan.task_file(seg, shard, "dropped.jsonl"), "w") as f:
+        with atomic_file(plan.task_file(seg, shard, "dropped.jsonl"), "w", fsync=False, clean_stale=False) as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in sampler.records)
     result = {name: s.as_dict() for name, s in stats.items()}
-    _write_json(stats_path, result)
-    done.touch()  # last: a shard with a marker has all of its files
+    _write_json(done, {"stats": result}, fsync=False, clean_stale=False)  # last: a marked task has all its files
     return result
 
 
@@ -412,7 +465,8 @@ def resolve_group(plan: Plan, g: int) -> None:
     decisions = plan.groups[g].resolve(summaries)
     assert len(decisions) == n, "resolve must return one decision per shard"
     for i, d in enumerate(decisions):
-        _save_npz(plan.decision_path(g, i), d)
+        _save_npz(plan.decision_path(g, i), d, fsync=False)
+    os.sync()  # one flush for all decision files before the marker, instead of one fsync per file
     done.touch()
 
 
@@ -509,7 +563,7 @@ def run(source: Source, out: str | os.PathLike, workers: int = 1, executor: str 
         (plan.work / f"seg{seg}").mkdir(parents=True, exist_ok=True)
         if seg > 0:
             resolve_group(plan, seg - 1)
-        done = [i for i in shards if plan.task_file(seg, i, "done").exists()]
+        done = [i for i in shards if _read_marker(plan.task_file(seg, i, "done")) is not None]
         skipped += [(seg, i) for i in done]
         if done and progress:
             print(f"{source.name} segment {seg}: resuming, {len(done)} of {len(shards)} shards already done",

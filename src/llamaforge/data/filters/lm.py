@@ -483,9 +483,23 @@ class LMBundle:
         lines = self._lines(text)
         return self.sp.encode(lines, out_type=str, num_threads=1) if lines else []
 
+    def perplexities(self, texts: Sequence[str]) -> list[float]:
+        """`[self.perplexity(t) for t in texts]`, with the lines of all texts encoded by SentencePiece in one call
+        (its batch call starts a thread each time: once per batch, not once per document)."""
+        lines = [self._lines(t) for t in texts]
+        flat = [x for doc in lines for x in doc]
+        pieces = self.sp.encode(flat, out_type=str, num_threads=1) if flat else []
+        out, i = [], 0
+        for doc in lines:
+            out.append(self._perplexity(pieces[i:i + len(doc)]))
+            i += len(doc)
+        return out
+
     def perplexity(self, text: str) -> float:
         """10 ** (-sum over lines of log10 p / sum over lines of (pieces + 1)); inf for a text with no words."""
-        lines = self.pieces(text)
+        return self._perplexity(self.pieces(text))
+
+    def _perplexity(self, lines: list[list[str]]) -> float:
         if not lines:
             return float("inf")
         n = sum(map(len, lines)) + len(lines)  # pieces + one </s> per line
@@ -561,6 +575,7 @@ class PerplexityFilter(Stage):
     (KenLM's query module when installed, else numpy; see `resolve_scorer`), "kenlm" or "numpy"."""
 
     name = "lm_perplexity"
+    batch_size = 64
 
     def __init__(self, folder: str | Path, keep: Sequence[str] = ("head", "middle"), scorer: str = "auto"):
         if not keep or set(keep) - {"head", "middle", "tail"}:
@@ -579,7 +594,13 @@ class PerplexityFilter(Stage):
 
     def __call__(self, doc: Doc) -> Result:
         self.setup()
-        ppl = self._bundle.perplexity(doc["text"])
+        return self._decide(doc, self._bundle.perplexity(doc["text"]))
+
+    def batch(self, docs: list[Doc]) -> list[Result]:
+        self.setup()
+        return [self._decide(d, p) for d, p in zip(docs, self._bundle.perplexities([d["text"] for d in docs]))]
+
+    def _decide(self, doc: Doc, ppl: float) -> Result:
         bucket = self._bundle.bucket(ppl)
         doc["meta"]["perplexity"] = round(ppl, 1) if math.isfinite(ppl) else None
         doc["meta"]["bucket"] = bucket

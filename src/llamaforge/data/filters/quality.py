@@ -142,6 +142,7 @@ class ReferenceClassifierFilter(Stage):
     """Write `meta.wiki_prob`; drop documents below `threshold` (`not_reference_like`)."""
 
     name = "reference_classifier"
+    batch_size = 64
 
     def __init__(self, model: str | Path | ReferenceClassifier, threshold: float = 0.25):
         self.model, self.threshold = (str(model) if isinstance(model, Path) else model), threshold
@@ -156,10 +157,15 @@ class ReferenceClassifierFilter(Stage):
             self._clf = ReferenceClassifier.load(self.model)
 
     def __call__(self, doc: Doc) -> Result:
+        return self.batch([doc])[0]
+
+    def batch(self, docs: list[Doc]) -> list[Result]:
         self.setup()
-        p = float(self._clf.predict_proba([doc["text"]])[0])
-        doc["meta"]["wiki_prob"] = round(p, 4)
-        return doc if p >= self.threshold else "not_reference_like"
+        out: list[Result] = []
+        for doc, p in zip(docs, self._clf.predict_proba([d["text"] for d in docs]).tolist()):
+            doc["meta"]["wiki_prob"] = round(p, 4)
+            out.append(doc if p >= self.threshold else "not_reference_like")
+        return out
 
 
 def load_texts(paths: Iterable[str]) -> list[str]:
