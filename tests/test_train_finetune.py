@@ -131,6 +131,47 @@ def test_masked_loss_equals_hand_reference():
     assert ours == pytest.approx(sum(terms) / len(terms), rel=1e-6)
 
 
+def test_rows_without_padding_give_the_padded_batch_loss_and_gradients():
+    """finetune.padding=skip (the CPU default): each row alone, cut after its last target, gives the padded
+    micro-batch's loss and LoRA / full gradients (causal attention: padding and positions after the last target
+    influence nothing that carries a loss), on rows of different lengths, one without any target."""
+    from llamaforge.train.config import LoRAConfig
+    from llamaforge.train.lora import apply_lora
+    from llamaforge.train.trainer import OutputAtTargets, logits_at, unpadded_rows
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(1, 64, (4, 12), generator=g)
+    y = torch.randint(1, 64, (4, 12), generator=g)
+    y[:, :3] = IGNORE  # prompts
+    y[0, 9:], y[1, 5:], y[2, :] = IGNORE, IGNORE, IGNORE  # padding after the answers; row 2 has no target
+    y[3, 7] = IGNORE  # a masked position inside an answer (a template token): not the end of the row
+    assert [tuple(r.shape) for r, _ in unpadded_rows(x, y)] == [(1, 9), (1, 5), (1, 1), (1, 12)]
+    for method in ("lora", "full"):
+        torch.manual_seed(0)
+        model = Transformer(ModelArgs(dim=32, n_layers=2, n_heads=4, vocab_size=64, multiple_of=16, max_seq_len=16))
+        if method == "lora":
+            apply_lora(model, LoRAConfig(rank=4, alpha=8, dropout=0.0, targets="all"))
+            for p in model.parameters():
+                if p.requires_grad:  # B != 0, so every adapter's gradient is non-trivial
+                    torch.nn.init.normal_(p, std=0.1)
+        model.output = OutputAtTargets(model.output)
+        grads = []
+        for rows in ([(x, y)], unpadded_rows(x, y)):
+            total = 0.0
+            for xr, yr in rows:
+                with logits_at(model, yr) as kept:
+                    loss = cross_entropy_sum(model(xr), kept)
+                (loss / n_targets(y)).backward()
+                total += loss.item()
+            grads.append((total, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+            model.zero_grad(set_to_none=True)
+        (padded, want), (unpadded, got) = grads
+        assert unpadded == pytest.approx(padded, rel=1e-6)
+        assert got.keys() == want.keys() and len(got) > 0
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_overflow_truncates_or_drops_and_counts(tmp_path):
     long = {"instruction": "Tell a story.", "input": "", "output": "Once upon a time " * 20}
     (tmp_path / "d.json").write_text(json.dumps([long, ALPACA[0], ALPACA[2]]))

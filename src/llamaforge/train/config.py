@@ -162,6 +162,11 @@ class FinetuneConfig:
     overflow: str = "truncate"  # an example longer than data.seq_len + 1 tokens: "truncate" its response or "drop" it
     val_examples: int = 64  # held-out examples for the validation (response) loss
     max_examples: int = 0  # use only the first N examples of the file (0: all)
+    # "skip": each row of a micro-batch runs forward/backward alone, cut after its last target (padding and anything
+    # after the last response token cannot change the loss under causal attention: same loss and gradients, no
+    # FLOPs on padding); "keep": the padded micro-batch runs as one batch (wider matmuls: better on a GPU);
+    # "auto": skip on the CPU, keep on a GPU
+    padding: str = "auto"
 
 
 @dataclass
@@ -207,6 +212,7 @@ CHOICES = {
     ("data", "kind"): ("shards", "synthetic", "instructions"),
     ("finetune", "method"): ("full", "lora"),
     ("finetune", "overflow"): ("truncate", "drop"),
+    ("finetune", "padding"): ("auto", "skip", "keep"),
     ("training", "dtype"): ("bf16", "fp32"),
     ("training", "activation_checkpointing"): ("none", "full", "selective"),
     ("training", "device"): ("auto", "cpu", "cuda"),

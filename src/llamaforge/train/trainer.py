@@ -4,7 +4,8 @@ and checkpoint; at the end export the model, plot the loss curve.
 
 The same loop finetunes (`finetune.base` set): the model starts from the pretrained weights, optionally with LoRA
 adapters on a frozen base (`train.lora`, applied before `parallelize`), and the data are masked instruction
-examples (`train.finetune`): targets -100 carry no loss. The loss of a step is the mean over every target token of
+examples (`train.finetune`): targets -100 carry no loss; logits are computed only where a target is
+(`OutputAtTargets`), and on the CPU each row of a micro-batch runs alone without its padding (`unpadded_rows`). The loss of a step is the mean over every target token of
 the step (all micro-batches and processes), so examples with more response tokens weigh more, whatever the layout.
 
 Runs as one process or under `torchrun` (FSDP2 and tensor/sequence parallelism come from `parallel.py`).
@@ -222,6 +223,25 @@ def logits_at(model, targets: torch.Tensor):
         yield flat[out.positions]
     finally:
         out.positions = None
+
+
+def unpadded_rows(x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The rows of a micro-batch (x, y [B, T]) one by one, each cut after its last target (target != -100):
+    [(x [1, T_b], y [1, T_b])]. Under causal attention a position only influences later ones, so positions after
+    a row's last target (its padding) cannot change the loss or any gradient: running the rows alone gives the same
+    loss and gradients as the padded batch (up to float summation order) without the padding's FLOPs. A row with
+    no target keeps one position (every process then runs the same number of forward passes, as FSDP needs)."""
+    positions = torch.arange(1, y.shape[1] + 1, device=y.device)
+    ends = torch.where(y != -100, positions, 0).amax(1).clamp(min=1).tolist()  # one host sync per micro-batch
+    return [(x[b : b + 1, :end], y[b : b + 1, :end]) for b, end in enumerate(ends)]
+
+
+def skips_padding(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether finetuning runs each row of a micro-batch alone (`finetune.padding`; "auto": on the CPU, where a
+    row's matmuls are already wide enough and padding costs its full FLOPs; a GPU keeps the batch)."""
+    if cfg.data.kind != "instructions":  # pretraining rows are full: nothing to skip
+        return False
+    return cfg.finetune.padding == "skip" or (cfg.finetune.padding == "auto" and device.type == "cpu")
 
 
 @torch.no_grad()
@@ -458,6 +478,7 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None, trust_checkpoint
         progress = tqdm(total=t.steps, initial=start, unit="step", dynamic_ncols=True)
 
     model.train()
+    unpad = skips_padding(cfg, device)
     tokens_since_log, last, loss_value, val = 0, {}, None, {}
     started = time.time()
     for step in range(start, t.steps):
@@ -468,10 +489,11 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None, trust_checkpoint
         loss_sum = torch.zeros((), device=device)
         for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast(), logits_at(model, y) as kept:
-                loss = cross_entropy_sum(model(x), kept)
-            (loss * (dp / count)).backward()  # x dp: FSDP averages gradients over the dp processes
-            loss_sum += loss.detach()
+            for xr, yr in unpadded_rows(x, y) if unpad else [(x, y)]:  # finetuning on CPU: no FLOPs on padding
+                with autocast(), logits_at(model, yr) as kept:
+                    loss = cross_entropy_sum(model(xr), kept)
+                (loss * (dp / count)).backward()  # x dp: FSDP averages gradients over the dp processes
+                loss_sum += loss.detach()
         loss_value = (dp_sum(loss_sum) / count).item()
 
         # 2. clip (returns the norm before clipping), then update unless this step is a spike
