@@ -597,6 +597,8 @@ class PerplexityFilter(Stage):
         return self._decide(doc, self._bundle.perplexity(doc["text"]))
 
     def batch(self, docs: list[Doc]) -> list[Result]:
+        """Decide a batch of documents at once (the pipeline's `Stage.batch`): one SentencePiece call and one
+        scoring pass for all their lines; the same results, in order, as deciding each document alone."""
         self.setup()
         return [self._decide(d, p) for d, p in zip(docs, self._bundle.perplexities([d["text"] for d in docs]))]
 

@@ -160,6 +160,8 @@ class ReferenceClassifierFilter(Stage):
         return self.batch([doc])[0]
 
     def batch(self, docs: list[Doc]) -> list[Result]:
+        """Classify a batch of documents with one vectorised `predict_proba` (the pipeline's `Stage.batch`); the
+        same results, in order, as classifying each document alone."""
         self.setup()
         out: list[Result] = []
         for doc, p in zip(docs, self._clf.predict_proba([d["text"] for d in docs]).tolist()):
