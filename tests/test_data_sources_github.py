@@ -98,3 +98,12 @@ def test_folder_of_repositories_each_with_its_own_license(repos: Path, tmp_path:
     shutil.copytree(repos, owners / "someone")  # GitHub's owner/repo layout
     _, nested = run_source("github", [owners], tmp_path / "nested")
     assert [d["meta"]["path"] for d in nested] == [d["meta"]["path"] for d in one_by_one]
+
+
+def test_a_folder_without_a_license_file_is_told_apart_from_a_license_not_kept(repos: Path, tmp_path: Path):
+    """`prepare github SUBFOLDER` (no LICENSE at its root) dropped every file as `license`, the reason a GPL
+    repository's files get: the stage table now says `no_license_file`, the user's hint to give the repository."""
+    stats, docs = run_source("github", [repos / "a_mit" / "pkg"], tmp_path / "sub")
+    assert docs == [] and stats["stages"]["read"]["drops"] == {"no_license_file": 3}
+    stats, _ = run_source("github", [repos / "b_gpl"], tmp_path / "gpl")
+    assert stats["stages"]["read"]["drops"] == {"license": 2}

@@ -148,7 +148,9 @@ class GithubReader:
         license_id = detect_license(repo)
         files = sorted(f for f in repo.rglob("*") if f.is_file() and ".git" not in f.relative_to(repo).parts)
         if not license_allowed(license_id):
-            drops["license"] += len(files)
+            # told apart in the stage table: a folder without a license file at its root (often the wrong folder
+            # given: a subfolder of the repository) vs. a license RedPajama does not keep (GPL, ...)
+            drops["license" if license_id else "no_license_file"] += len(files)
             return
         for f in files:
             text = read_text_file(str(f), drops)
@@ -193,7 +195,8 @@ def github_shards(inputs: list[str]) -> list[str]:
       license decides; a subfolder that is no repository (no license file, no `.git`) is not searched;
     - a folder of JSONL files (a BigQuery-style export, no license file of its own): one shard per file;
     - a JSONL(.gz) file: one shard.
-    A folder that is none of these is one repository without a license (all its files dropped as `license`)."""
+    A folder that is none of these is one repository without a license file (all its files dropped as
+    `no_license_file`; a license file whose license is not kept: `license`)."""
     shards: list[str] = []
     for item in inputs:
         p = Path(item)
