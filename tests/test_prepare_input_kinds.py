@@ -72,14 +72,15 @@ KINDS = {
     "binary": ("model.bin", lambda: bytes(range(256)) * 8),
     "json_array": ("docs.json", lambda: json.dumps([{"text": TEXT}]).encode()),
     "json_pretty": ("doc.json", lambda: json.dumps({"text": TEXT}, indent=2).encode()),
+    "jsonl_as_txt": ("docs.txt", lambda: KINDS["jsonl"][1]()),  # JSON lines under a text name
     "folder": ("repo", None),  # a repository folder: LICENSE + one Python file
 }
 
 # what each source reads; every other kind is refused
 READS = {
-    "c4": {"jsonl", "jsonl_gz", "warc", "wet"},
-    "commoncrawl": {"jsonl", "jsonl_gz", "warc", "wet"},
-    "github": {"jsonl", "jsonl_gz", "folder"},
+    "c4": {"jsonl", "jsonl_gz", "jsonl_as_txt", "warc", "wet"},  # JSON lines by content, whatever the name
+    "commoncrawl": {"jsonl", "jsonl_gz", "jsonl_as_txt", "warc", "wet"},
+    "github": {"jsonl", "jsonl_gz", "jsonl_as_txt", "folder"},
     "stackexchange": {"posts"},
     "wikipedia": {"mediawiki"},
     "books": {"text", "jsonl", "jsonl_gz"},
@@ -173,3 +174,10 @@ def test_a_dropped_document_with_a_unicode_line_break_is_sampled(tmp_path, capsy
     assert cli.main(["prepare", "commoncrawl", str(path), "--out", str(out), "--no-progress"]) == 0
     (sample,) = (out / "dropped" / "min_length").iterdir()
     assert [rec["text"] for _, rec in read_jsonl(sample)] == [f"too short{char}for commoncrawl"]
+
+
+@pytest.mark.parametrize("start", ["[1] A footnote first.", "[Illustration]", "{Sic} a brace", "\\ a backslash"])
+def test_books_that_start_like_another_kind_are_still_books(tmp_path, start):
+    path = tmp_path / "book.txt"
+    path.write_text(f"{start}\n\n{TEXT}\n")
+    assert build_source("books", [str(path)]).shards == [str(path)]

@@ -86,7 +86,7 @@ LATEX, EMPTY = "a LaTeX file", "an empty file"
 LATEX_COMMAND = re.compile(rb"^[ \t]*\\(?:documentclass|usepackage|begin\{|section|subsection|chapter|input\{"
                            rb"|include\{|newcommand|renewcommand|def\\|title\{|author\{|maketitle|label\{|item\b)",
                            re.MULTILINE)
-JSON_ARRAY = re.compile(rb"\[\s*[\[{\"\d-]")  # `[{...`, `["...`, `[1, ...`; not a book's "[Illustration]"
+JSON_ARRAY = re.compile(rb"\[\s*[\[{\"]")  # `[{...`, `["...`, `[[...`; not a book's "[Illustration]" or "[1]"
 WARC_TYPE = re.compile(rb"^WARC-Type:[ \t]*(\w+)", re.MULTILINE)
 
 

@@ -19,6 +19,7 @@ from llamaforge.data.pipeline import Doc, MapStage, Result, Source
 from llamaforge.data.readers import (
     BINARY, HTML, JSON, LATEX, TAR, WARC, WAT, XML, ZIP, expand_inputs, is_jsonl, iter_jsonl, read_text_file,
     refuse_folders_without, refuse_other_kinds, refuse_unless_records)
+from llamaforge.errors import UserError
 
 START = re.compile(r"^\*\*\*\s*START OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK.*$", re.MULTILINE | re.IGNORECASE)
 END = re.compile(r"^\*\*\*\s*END OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK.*$", re.MULTILINE | re.IGNORECASE)
@@ -116,6 +117,26 @@ def _clean(doc: Doc) -> Result:
     return doc
 
 
+def _first_line_is_json_object(path: str) -> bool:
+    """Whether the first line of a (maybe compressed) file is a JSON object, `{"text": ...}` (a book whose first
+    line merely starts with a brace is not)."""
+    import json
+
+    from llamaforge.io import STREAM_ERRORS, open_binary
+
+    try:
+        with open_binary(path) as f:
+            first = f.readline(1 << 20).lstrip(b"\xef\xbb\xbf \t")
+    except (OSError, *STREAM_ERRORS):
+        return False
+    if not first.startswith(b"{"):
+        return False
+    try:
+        return isinstance(json.loads(first), dict)
+    except ValueError:
+        return False
+
+
 def build(inputs: list[str], near_dup_threshold: float = 0.9) -> Source:
     """Books from `inputs`: plain-text files (one book each) and JSONL(.gz) files (one book a line, by their name,
     `readers.is_jsonl`), or folders of them. Raises UserError for a folder without such files, a text-named file
@@ -126,7 +147,11 @@ def build(inputs: list[str], near_dup_threshold: float = 0.9) -> Source:
     refuse_folders_without(inputs, suffixes, "books", expected)
     shards = expand_inputs(inputs, suffixes)
     refuse_unless_records([s for s in shards if is_jsonl(s)], "books", expected)
-    refuse_other_kinds([s for s in shards if not is_jsonl(s)], "books", expected,
-                       (WARC, WAT, XML, HTML, LATEX, JSON, ZIP, TAR, BINARY))
+    texts = [s for s in shards if not is_jsonl(s)]
+    refuse_other_kinds(texts, "books", expected, (WARC, WAT, XML, HTML, LATEX, JSON, ZIP, TAR, BINARY))
+    for shard in texts:  # JSON lines under a text name would be kept as one "book" of JSON
+        if _first_line_is_json_object(shard):
+            raise UserError(f"{shard}: books: this is JSON lines under a text name; expected {expected} (name it "
+                            ".jsonl to read one book a line)")
     return Source("books", shards, BookReader(),
                   [MapStage("gutenberg_strip", _clean), MinHashDedup(threshold=near_dup_threshold)])
