@@ -229,16 +229,6 @@ def analyze_isoflop(results: list[dict], target_budget: float, inference_tokens:
     return out
 
 
-def _save_png(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-
-
 def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path, loglog: bool = False, **title_kw) -> None:
     """Log x axis (and y with `loglog`), labels, grid and legend, then write the PNG atomically."""
     ax.set_xscale("log")
@@ -249,16 +239,9 @@ def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path, loglog: b
     ax.set_title(title, **title_kw)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    _save_png(fig, path)
+    from llamaforge.train.metrics import save_png  # the one atomic PNG writer
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    return plt
+    save_png(fig, path)
 
 
 def plot_isoflop(results: list[dict], analysis: dict, out: Path) -> None:
@@ -266,7 +249,9 @@ def plot_isoflop(results: list[dict], analysis: dict, out: Path) -> None:
     against the budget, with the per-budget minima) into `out`, atomically."""
     from llamaforge.plan.scaling import ScalingLaw, compute_optimal
 
-    plt = _pyplot()
+    from llamaforge.train.metrics import pyplot
+
+    plt = pyplot()
     law = ScalingLaw(**analysis["constants"])
     budgets = sorted({r["budget"] for r in results})
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -328,7 +313,9 @@ def analyze_lr_batch(results: list[dict]) -> dict:
 def plot_lr_batch(analysis: dict, out: Path) -> None:
     """Write lr_batch.png into `out` (atomically): validation loss against lr for each batch size, the best lr marked,
     the fitted exponent in the title."""
-    plt = _pyplot()
+    from llamaforge.train.metrics import pyplot
+
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for batch, v in analysis["per_batch"].items():
         losses = [math.nan if x is None else x for x in v["losses"]]  # None: diverged

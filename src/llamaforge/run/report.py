@@ -100,34 +100,14 @@ def _tokenizer_spec(path: Path) -> dict:
 
 
 def _plots(rep: dict, folder: Path, flow) -> list[str]:
-    import matplotlib
+    from llamaforge.train.metrics import plot_loss, pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     made = []
     metrics = flow.out / "train" / "metrics.jsonl"
     if metrics.is_file():  # training loss, validation loss over the run, and each source's held-out loss at the end
-        from llamaforge.train.metrics import read_metrics
-
-        records = read_metrics(metrics)
-        train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-        val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        if train:
-            ax.plot(*zip(*train), lw=1, label="training loss")
-        if val:
-            ax.plot(*zip(*val), "o-", label="validation loss (mixture)")
-        last = train[-1][0] if train else 0
-        for i, (name, v) in enumerate((rep.get("val_loss") or {}).items()):
-            ax.plot([last], [v["val_loss"]], marker="_x+1234"[i % 8], ms=10, ls="", label=f"validation: {name}")
-        ax.set_xlabel("step")
-        ax.set_ylabel("nats/token")
-        ax.set_title("loss")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(folder / "loss.png", dpi=100)
-        plt.close(fig)
+        held_out = {name: v["val_loss"] for name, v in (rep.get("val_loss") or {}).items()}
+        plot_loss(metrics, folder / "loss.png", held_out=held_out)
         made.append("loss.png")
     eval_png = flow.out / "train" / "eval.png"  # benchmark scores during training (Figure 2), when [eval] ran
     if eval_png.is_file():
@@ -149,9 +129,7 @@ def _plots(rep: dict, folder: Path, flow) -> list[str]:
         b.set_xticks(list(x), names, rotation=30, ha="right")
         b.set_title("epochs per source")
         b.legend()
-        fig.tight_layout()
-        fig.savefig(folder / "mixture.png", dpi=100)
-        plt.close(fig)
+        save_png(fig, folder / "mixture.png")
         made.append("mixture.png")
     staged = [n for n in names if rep["sources"][n].get("stages")]
     if staged:
@@ -165,9 +143,7 @@ def _plots(rep: dict, folder: Path, flow) -> list[str]:
         ax.set_yscale("log")
         ax.set_title("prepare: text in and out per source")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(folder / "data.png", dpi=100)
-        plt.close(fig)
+        save_png(fig, folder / "data.png")
         made.append("data.png")
     return made
 

@@ -113,40 +113,56 @@ def _intact_lines(path: Path) -> list[str]:
     return lines
 
 
-def plot_loss(metrics_path: Path, png_path: Path) -> None:
-    """Training loss per step (and validation loss where measured) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
+def save_png(fig, png_path: Path) -> None:
+    """Lay out the matplotlib figure `fig`, write it to `png_path` atomically (100 dpi; a kill leaves the old file
+    or none, never half a PNG) and close it. The one PNG writer of the training, flow and sweep plots."""
     import matplotlib.pyplot as plt
 
+    fig.tight_layout()
+    try:
+        with atomic_file(Path(png_path), "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display), imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_loss(metrics_path: Path, png_path: Path, held_out: dict[str, float] | None = None) -> None:
+    """Training loss per step (and validation loss where measured) from metrics.jsonl as a PNG, in nats/token.
+    `held_out` ({source: validation loss of the final model}, the flow's report) adds one marker per source at the
+    last step."""
+    plt = pyplot()
     records = read_metrics(metrics_path)
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     if train:
-        ax.plot(*zip(*train), label="train", lw=1)
+        ax.plot(*zip(*train), label="training loss", lw=1)
     if val:
-        ax.plot(*zip(*val), "o-", label="validation")
+        ax.plot(*zip(*val), "o-", label="validation loss" + (" (mixture)" if held_out else ""))
+    last = train[-1][0] if train else 0
+    for i, (name, loss) in enumerate((held_out or {}).items()):
+        ax.plot([last], [loss], marker="_x+1234"[i % 8], ms=10, ls="", label=f"validation: {name}")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    tmp = png_path.with_name(png_path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(png_path)
+    ax.legend(fontsize=8)
+    save_png(fig, png_path)
 
 
 def plot_eval(metrics_path: Path, png_path: Path) -> bool:
     """Benchmark scores during training (`eval/TASK/METRIC` records) against training tokens, one panel per task
     as in the paper's Figure 2 (accuracies in %). Writes nothing and returns False when no run logged any."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     series: dict[str, dict[str, list]] = {}  # task -> metric -> [(tokens, value)]
     for r in read_metrics(metrics_path):
         for key, value in r.items():
@@ -165,11 +181,7 @@ def plot_eval(metrics_path: Path, png_path: Path) -> bool:
         ax.set_ylabel("score (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    tmp = png_path.with_name(png_path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(png_path)
+    save_png(fig, png_path)
     return True
 
 
