@@ -56,3 +56,23 @@ def test_named_toml_by_name_or_path(tmp_path):
         named_toml("b", tmp_path, "recipe", "--recipe")
     with pytest.raises(UserError, match=r"b\.toml: no such flow file$"):
         named_toml(str(tmp_path / "b.toml"), tmp_path, "flow", "FLOW")
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: None, r"x\.json: missing$"),
+    (lambda p: p.mkdir(), r"x\.json: cannot read \(Is a directory\)$"),  # was an IsADirectoryError traceback
+    (lambda p: p.write_bytes(b'{"a": '), r"x\.json: not valid JSON"),
+    (lambda p: p.write_bytes(b'{"a": "\xff"}'), r"x\.json: not valid JSON .*utf-8"),
+    (lambda p: p.write_text("[1, 2]"), r"x\.json: expected a JSON object, got list$"),
+])
+def test_one_json_object_reader_names_the_file(tmp_path, make, message):
+    """`io.read_json` is what formats (config.json, params.json, tokenizer_config.json), token shard headers,
+    checkpoint state and adapter configs read with: each mistake is one UserError naming the file."""
+    from llamaforge.formats import read_tokenizer_config
+    from llamaforge.io import read_json
+
+    path = tmp_path / "x.json"
+    make(path)
+    for read in (read_json, read_tokenizer_config):
+        with pytest.raises(UserError, match=message):
+            read(path)

@@ -251,6 +251,24 @@ def read_text(path) -> str:
     raise UserError(f"{path}: expected UTF-8 text, found binary data at byte {bad}")
 
 
+def read_json(path) -> dict:
+    """The JSON object in the file `path`: the one reader of a JSON file a user may hand in (model configs, token
+    shard headers, checkpoint state, adapter configs, fits). Raises UserError naming the file when it is missing,
+    cannot be read (a folder, no permission), is not JSON (or not UTF-8), or holds something other than an object."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_bytes())  # json.loads decodes the bytes itself (UTF-8, or UTF-16/32 by BOM)
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def parse_jsonl_line(path, lineno: int, line: bytes | str) -> dict | None:
     """One line of a JSONL file as a dict, or None for a blank line.
 

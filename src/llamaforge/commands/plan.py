@@ -19,6 +19,7 @@ from pathlib import Path
 
 from llamaforge.commands.args import parse_count
 from llamaforge.errors import UserError
+from llamaforge.io import read_json
 
 def add_arguments(p) -> None:
     """One of --model / --dims / --budget / --paper / --measured, then the run's shape (--gpu, --gpus, --mfu, --tokens,
@@ -84,8 +85,8 @@ def _law(name: str):
     path = Path(name)
     if not path.is_file():
         raise UserError(f"--constants: expected {', '.join(CONSTANTS)} or a fit.json file, got {name!r}")
+    data = read_json(path)
     try:
-        data = json.loads(path.read_text())
         return str(path), ScalingLaw(**data["constants"])
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path}: constants: expected a fit written by `llamaforge sweep` ({e})") from None

@@ -33,7 +33,7 @@ import numpy as np
 
 from llamaforge.data.readers import input_files, text_of_line
 from llamaforge.errors import UserError, check_range
-from llamaforge.io import atomic_dir, numbered_lines
+from llamaforge.io import atomic_dir, numbered_lines, read_json
 
 FORMAT = "llamaforge.tokens/1"
 HEADER, TOKENS, OFFSETS = "header.json", "tokens.bin", "offsets.bin"
@@ -69,8 +69,8 @@ def recorded_tokenizer(folders) -> str | None:
     seen = set()
     for folder in folders:
         try:
-            h = json.loads((Path(folder) / "header.json").read_text())
-        except (OSError, ValueError):
+            h = read_json(Path(folder) / "header.json")
+        except UserError:  # not a readable header: no tokenizer to name (reading the shards says what is wrong)
             return None
         seen.add((h.get("tokenizer"), h.get("tokenizer_sha256")))
     if len(seen) != 1:
@@ -136,11 +136,8 @@ class TokenShard:
         file = self.path / HEADER
         if not file.is_file():
             raise UserError(f"{file}: missing; expected a token shard folder written by `llamaforge tokenize`")
-        try:
-            header = json.loads(file.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UserError(f"{file}: not valid JSON ({e})") from None
-        if not isinstance(header, dict) or header.get("format") != FORMAT:
+        header = read_json(file)
+        if header.get("format") != FORMAT:
             raise UserError(f"{file}: format: expected {FORMAT!r}")
         for key in ("dtype", "vocab_size", "bos_id", "eos_id", "n_tokens", "n_docs", "n_bytes"):
             if key not in header:

@@ -55,9 +55,9 @@ def copy_tokenizer(tokenizer_path, folder) -> Path:
 def read_tokenizer_config(path) -> dict:
     """The JSON object of a tokenizer_config.json (HF's companion of a tokenizer: special tokens, chat template).
     Raises UserError naming the file when it is missing, not JSON, or not an object."""
-    from llamaforge.formats.weights import read_json
+    from llamaforge.io import read_json
 
-    return read_json(Path(path))
+    return read_json(path)
 
 
 def chat_template_in(config: dict, path) -> str | None:
@@ -108,7 +108,7 @@ def detect_format(path) -> str:
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
     if (path / "config.json").is_file() and not (path / "params.json").is_file():
-        from llamaforge.formats.weights import read_json
+        from llamaforge.io import read_json
 
         read_json(path / "config.json")  # a native or HF folder: an unreadable config is named as such
     for fmt in FORMATS:

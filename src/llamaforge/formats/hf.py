@@ -23,13 +23,12 @@ from safetensors.torch import save_file
 
 from llamaforge.errors import UserError
 from llamaforge.formats.hf_tokenizer import write_hf_tokenizer
-from llamaforge.io import atomic_dir
+from llamaforge.io import atomic_dir, read_json
 from llamaforge.formats.weights import (
     args_from_dict,
     build_model,
     check_field,
     folder_config,
-    read_json,
     read_safetensors,
 )
 from llamaforge.model import ModelArgs

@@ -28,8 +28,8 @@ import torch
 
 from llamaforge.errors import UserError
 from llamaforge.formats import copy_tokenizer
-from llamaforge.io import atomic_dir
-from llamaforge.formats.weights import args_from_dict, build_model, check_field, read_json
+from llamaforge.io import atomic_dir, read_json
+from llamaforge.formats.weights import args_from_dict, build_model, check_field
 from llamaforge.model import ModelArgs
 
 SHARD_RE = re.compile(r"consolidated\.(\d+)\.pth")

@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import save_file
 
 from llamaforge.formats import copy_tokenizer
-from llamaforge.io import atomic_dir
-from llamaforge.formats.weights import args_from_dict, build_model, folder_config, read_json, read_safetensors
+from llamaforge.io import atomic_dir, read_json
+from llamaforge.formats.weights import args_from_dict, build_model, folder_config, read_safetensors
 
 FORMAT_TAG = "llamaforge"
 

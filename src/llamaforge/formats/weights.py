@@ -99,20 +99,6 @@ def folder_config(path: Path) -> dict | None:
     return config if isinstance(config, dict) else None
 
 
-def read_json(path: Path) -> dict:
-    """The JSON object in `path`; raises UserError naming the file when it is missing, not JSON, or not an object."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise UserError(f"{path}: missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return data
-
-
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors file, memory-mapped by safetensors; a truncated or corrupt file is a UserError."""
     try:

@@ -34,6 +34,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from llamaforge.errors import UserError
+from llamaforge.io import read_json
 
 OPTIONS = StateDictOptions(ignore_frozen_params=True)
 # strict=False only lets the frozen parameters be absent: dcp.load above has already refused a checkpoint that
@@ -163,12 +164,9 @@ def load(path: Path, model, optimizer) -> tuple[dict, dict]:
     train_state_file = path / TRAIN_STATE
     if not path.is_dir():
         raise UserError(f"{path}: --resume: no such checkpoint folder")
-    try:
-        train_state = json.loads(train_state_file.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{train_state_file}: cannot read checkpoint state ({e})") from None
+    train_state = read_json(train_state_file)
     needed = {"step", "scheduler", "spike_guard"}
-    if not isinstance(train_state, dict) or needed - set(train_state):
+    if needed - set(train_state):
         raise UserError(f"{train_state_file}: expected a checkpoint state with {', '.join(sorted(needed))}")
     if not (path / ".metadata").is_file():  # checked here: DCP would log a traceback before raising
         raise UserError(f"{path / '.metadata'}: missing; not a complete DCP checkpoint")

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llamaforge.errors import UserError
+from llamaforge.io import read_json
 from llamaforge.model import Transformer
 from llamaforge.train.config import LoRAConfig
 
@@ -274,12 +275,9 @@ def save_adapter(state: dict[str, torch.Tensor], args, cfg: LoRAConfig, path, ba
 def read_adapter_config(path) -> tuple[LoRAConfig, bool]:
     """(LoRAConfig, use_rslora) from a PEFT `adapter_config.json`; PEFT features this code lacks are refused."""
     file = Path(path) / ADAPTER_CONFIG
-    try:
-        c = json.loads(file.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{file}: cannot read adapter config ({e})") from None
-    if not isinstance(c, dict) or c.get("peft_type", "LORA") != "LORA":
-        raise UserError(f"{file}: peft_type: expected 'LORA', got {c.get('peft_type') if isinstance(c, dict) else c!r}")
+    c = read_json(file)
+    if c.get("peft_type", "LORA") != "LORA":
+        raise UserError(f"{file}: peft_type: expected 'LORA', got {c.get('peft_type')!r}")
     for key, neutral in (("use_dora", False), ("bias", "none"), ("modules_to_save", None),
                          ("layers_to_transform", None), ("rank_pattern", {}), ("alpha_pattern", {})):
         if c.get(key, neutral) not in (neutral, None, {}, False, "none"):
