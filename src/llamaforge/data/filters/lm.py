@@ -70,6 +70,51 @@ def normalize(line: str) -> str:
     return _NON_PRINTING.sub("", line)
 
 
+_PUNCT_RE = re.compile("[" + "".join(map(re.escape, UNICODE_PUNCT)) + "]")
+_NON_PRINTING_KEEP_NL = re.compile(f"[{''.join(chr(c) for c in [*range(32), *range(127, 160)] if c != 10)}]")
+
+
+_ASTRAL = re.compile("[\U00010000-\U0010FFFF]")
+
+
+@functools.cache
+def _combining_marks_re() -> re.Pattern:
+    """The Mn table's characters of the Basic Multilingual Plane as one character class (a fast bitmap class;
+    the marks beyond U+FFFF are looked up one by one in `_strip_marks`)."""
+    spans: list[list[int]] = []
+    for c in sorted(c for c in _combining_marks() if c < 0x10000):
+        if spans and spans[-1][1] == c - 1:
+            spans[-1][1] = c
+        else:
+            spans.append([c, c])
+    return re.compile("[" + "".join(re.escape(chr(a)) + (f"-{re.escape(chr(b))}" if b > a else "")
+                                    for a, b in spans) + "]")
+
+
+def _strip_marks(text: str) -> str:
+    """`text` without its nonspacing combining marks (the `_combining_marks` table)."""
+    text = _combining_marks_re().sub("", text)
+    if _ASTRAL.search(text):  # rare (emoji, historic scripts): check each such character
+        marks = _combining_marks()
+        text = _ASTRAL.sub(lambda m: "" if ord(m.group()) in marks else m.group(), text)
+    return text
+
+
+def normalize_lines(lines: Sequence[str]) -> list[str]:
+    """`[normalize(s) for s in lines]` for lines without newlines, done over the joined document in a few calls
+    instead of several per line (every step acts per character, or per character sequence that a newline ends:
+    NFD reorders marks only up to the next starter, and lowercasing's final sigma sees a newline as a string's
+    end; the ASCII short cut of `normalize` is only a short cut, the steps leave ASCII as it is)."""
+    text = "\n".join([s.strip() for s in lines]).lower()
+    ascii_only = text.isascii()
+    if not ascii_only:
+        text = _strip_marks(unicodedata.normalize("NFD", text))
+    text = _DIGIT.sub("0", text)
+    if not ascii_only:
+        text = _PUNCT_RE.sub(lambda m: UNICODE_PUNCT[m.group()], text)
+    return _NON_PRINTING_KEEP_NL.sub("", text).split("\n")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # n-gram keys: one uint64 per n-gram of token ids, per order (tables of different orders are separate)
 
@@ -474,7 +519,7 @@ class LMBundle:
         self.lm = KneserNeyLM.load(binary) if binary.exists() else KneserNeyLM.read_arpa(self.folder / "lm.arpa.gz")
 
     def _lines(self, text: str) -> list[str]:
-        return [x for x in map(normalize, text.split("\n")) if x]
+        return [x for x in normalize_lines(text.split("\n")) if x]
 
     def pieces(self, text: str) -> list[list[str]]:
         """Normalised non-empty lines of a document as SentencePiece pieces (one batch, one thread). Pieces are
