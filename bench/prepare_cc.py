@@ -65,8 +65,10 @@ def run_ours(inputs: list[str], models: str, out: str, workers: int) -> dict:
     stats = prepare("commoncrawl", inputs, out, workers=workers, progress=False, models=models, dedup_group=6)
     wall = time.perf_counter() - t
     st = stats["stages"]
+    scorer = "kenlm" if any("scored by KenLM" in n for n in stats["notes"]) else "numpy"
     return {"wall": wall, "docs": st["read"]["docs_in"], "kept": st["reference_classifier"]["docs_out"],
-            "steps": list(st)}
+            "steps": list(st), "lm_scorer": scorer,
+            "passed": {k: v["docs_out"] for k, v in st.items()}}
 
 
 def run_datatrove(inputs: list[str], out: str, workers: int) -> dict:
@@ -179,6 +181,45 @@ def run_lm(models: str, texts: list[str]) -> dict:
     return res
 
 
+def run_ceiling(models: str, reps: int = 3) -> dict:
+    """Each step the paper requires, alone, on the bench's documents (one core, in this process): ms per document.
+    extract: WARC record -> text (HTTP decoding + resiliparse), per WARC record; langid: lid.176 on the page;
+    lm: normalise + SentencePiece + 5-gram (the scorer `auto` picks), in batches of 64 as the stage runs it;
+    classifier: hashed uni/bigrams + logistic regression, batches of 64. Best of `reps` passes."""
+    from collections import Counter
+
+    from llamaforge.data.filters.langid import LanguageFilter
+    from llamaforge.data.filters.lm import LMBundle, resolve_scorer
+    from llamaforge.data.filters.quality import ReferenceClassifier
+    from llamaforge.data.sources.commoncrawl import CCReader
+
+    texts = sample_texts(DOCS_PER_COPY * 4)
+    warcs = [str(DATA / f) for f in FILES if f.endswith(".warc.gz")]
+    n_warc = sum(1 for w in warcs for _ in CCReader()(w, Counter()))
+    lid = LanguageFilter(["en"], 0.5, "fasttext")
+    lid.setup()
+    bundle = LMBundle(f"{models}/lm", resolve_scorer("auto"))
+    clf = ReferenceClassifier.load(f"{models}/reference_classifier.npz")
+    batches = [texts[i:i + 64] for i in range(0, len(texts), 64)]
+    steps = {"extract (per WARC record)": (n_warc, lambda: [d for w in warcs for d in CCReader()(w, Counter())]),
+             "langid lid.176": (len(texts), lambda: [lid.predict(t) for t in texts]),
+             f"lm_perplexity ({bundle.scorer})": (len(texts), lambda: [bundle.perplexities(b) for b in batches]),
+             "reference_classifier": (len(texts), lambda: [clf.predict_proba(b) for b in batches])}
+    out = {}
+    for name, (n, fn) in steps.items():
+        fn()  # warm: models loaded, caches filled
+        best = min(_timed(fn) for _ in range(reps))
+        out[name] = best * 1e3 / n
+    out["warc_fraction"] = 37 / DOCS_PER_COPY  # WARC records among the bench's documents
+    return out
+
+
+def _timed(fn) -> float:
+    t = time.process_time()  # CPU seconds of this process: what a core spends, whatever the machine's load
+    fn()
+    return time.process_time() - t
+
+
 def sample_texts(n: int) -> list[str]:
     from collections import Counter
 
@@ -197,6 +238,8 @@ def one(kind: str, args) -> dict:
         return run_lid(kind[4:], sample_texts(args.lid_docs))
     if kind == "lm":
         return run_lm(args.models, sample_texts(500))
+    if kind == "ceiling":
+        return run_ceiling(args.models)
     raise ValueError(kind)
 
 
@@ -226,6 +269,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--lid-docs", type=int, default=300)
     p.add_argument("--skip-datatrove", action="store_true")
+    p.add_argument("--skip-lid-lm", action="store_true", help="only the end-to-end runs and the per-step ceiling")
     p.add_argument("--models-cache", help="build the models here once and reuse them on later runs")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -253,23 +297,36 @@ def main() -> None:
         del Counter
         rows = []
         for w in [int(x) for x in args.workers.split(",")]:
-            ours = []
-            for r in range(args.repeats):
+            ours, dt = [], []
+            for r in range(args.repeats):  # interleaved: ours, datatrove, ours, datatrove, ...
                 ours.append(spawn("ours", tmp, inputs, str(models), w, r, args.lid_docs))
                 print(json.dumps({"ours": ours[-1]}), flush=True)
-            rate = [x["docs"] / (x["wall"] * w) for x in ours]
-            row = {"workers": w, "docs": ours[0]["docs"], "kept": ours[0]["kept"], "steps": ours[0]["steps"],
-                   "ours": spread(rate)}
-            if not args.skip_datatrove:
-                dt = []
-                for r in range(args.repeats):
+                if not args.skip_datatrove:
                     dt.append(spawn("datatrove", tmp, inputs, "", w, r, args.lid_docs))
                     print(json.dumps({"datatrove": dt[-1]}), flush=True)
+            rate = [x["docs"] / (x["wall"] * w) for x in ours]
+            row = {"workers": w, "docs": ours[0]["docs"], "kept": ours[0]["kept"], "steps": ours[0]["steps"],
+                   "lm_scorer": ours[0]["lm_scorer"], "ours": spread(rate)}
+            if dt:
                 dt_rate = [x["docs"] / (x["wall"] * w) for x in dt]
                 row.update(datatrove=spread(dt_rate), dt_docs=dt[0]["docs"],
                            ratio=f"{statistics.median(rate) / statistics.median(dt_rate):.2f}x")
             rows.append(row)
             print(json.dumps(row), flush=True)
+        ceil = [spawn("ceiling", tmp, [], str(models), 1, r, args.lid_docs) for r in range(args.repeats)]
+        per_step = {k: statistics.median(c[k] for c in ceil) for k in ceil[0] if k != "warc_fraction"}
+        passed = ours[0]["passed"]  # documents each step sees in the pipeline: the ones the step before kept
+        seen = {"extract (per WARC record)": ceil[0]["warc_fraction"],
+                "langid lid.176": passed["line_dedup"] / passed["read"],
+                **{k: passed["langid"] / passed["read"] for k in per_step if k.startswith("lm_perplexity")},
+                "reference_classifier": passed["lm_perplexity"] / passed["read"]}
+        total = sum(per_step[k] * seen[k] for k in per_step)
+        print(json.dumps({"ceiling_ms_per_doc_alone": {k: round(v, 3) for k, v in per_step.items()},
+                          "share_of_read_docs_each_step_sees": {k: round(v, 3) for k, v in seen.items()},
+                          "ceiling_ms_per_read_doc": round(total, 3),
+                          "ceiling_docs_per_s_core": round(1000 / total)}), flush=True)
+        if args.skip_lid_lm:
+            return
         for backend in ("fasttext", "py3langid", "resiliparse"):
             res = [spawn(f"lid:{backend}", tmp, [], "", 1, r, args.lid_docs) for r in range(args.repeats)]
             print(json.dumps({"lid": backend, "docs_per_s": spread([x["docs"] / x["wall"] for x in res])}),

@@ -159,6 +159,18 @@ def test_characters_sentencepiece_lacks_are_scored_as_the_lm_saw_them(small_bund
             bundle.perplexity(UNKNOWN_TO_SP), rel=1e-5)
 
 
+def test_lm_scorer_choice(monkeypatch):
+    from llamaforge.data.filters import lm
+    from llamaforge.errors import UserError
+
+    with pytest.raises(UserError, match="--lm-scorer: expected one of auto, kenlm, numpy"):
+        lm.resolve_scorer("srilm")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)  # kenlm not installed
+    assert lm.resolve_scorer("auto") == "numpy"
+    with pytest.raises(UserError, match=r"kenlm module is not installed \(pip install 'llamaforge\[kenlm\]'"):
+        lm.resolve_scorer("kenlm")
+
+
 def _with_meta(shard: str, drops: Counter):
     from llamaforge.data.readers import iter_jsonl
 
