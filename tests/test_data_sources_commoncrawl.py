@@ -120,3 +120,25 @@ def test_every_transfer_and_content_coding_is_decoded(tmp_path: Path):
     for name, text in docs.items():
         assert text == docs["plain"], name
         assert text.startswith("Paragraph number 0 says"), name
+
+
+def test_out_of_range_options_are_one_error_line_with_or_without_models(tmp_path: Path):
+    """Every commoncrawl option value is checked before anything runs, also when the LM/classifier steps are off
+    (no --wikipedia / --models): `--dedup-group -1` used to end in an AssertionError traceback with OUT/_work left
+    behind, and a bad `--keep-buckets`, `--classifier-threshold 1.5`, `--min-length -5`, `--lm-vocab 0` or
+    `--cutoff-sample 0` ran to exit 0."""
+    import subprocess
+    import sys
+
+    page = tmp_path / "pages.jsonl"
+    page.write_text(json.dumps({"text": "An English page about rivers and the towns along them. " * 10}) + "\n")
+    cases = [("--dedup-group", "-1"), ("--keep-buckets", "foo"), ("--classifier-threshold", "1.5"),
+             ("--min-length", "-5"), ("--lm-vocab", "0"), ("--cutoff-sample", "0")]
+    for flag, value in cases:
+        out = tmp_path / f"out{flag}"
+        r = subprocess.run([sys.executable, "-m", "llamaforge", "prepare", "commoncrawl", str(page), "--out", str(out),
+                            "--no-progress", flag, value], capture_output=True, text=True)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2, (flag, r.returncode, r.stderr[-500:])
+        assert len(lines) == 1 and lines[0].startswith(f"error: {flag}: expected"), (flag, r.stderr)
+        assert not out.exists(), (flag, sorted(p.name for p in out.rglob("*")))

@@ -309,9 +309,35 @@ SUFFIXES = (".warc.gz", ".wet.gz", ".warc", ".jsonl", ".jsonl.gz", ".json.gz")
 EXPECTED = 'Common Crawl WARC / WET (.warc.gz) or JSONL(.gz) with a "text" or "raw_content" field (CCNet / dolma)'
 
 
-def _checked(inputs, languages, lang_threshold, langid, wikipedia, models) -> tuple[list[str], LanguageFilter]:
-    """The crawl's shards and the language filter, after the checks `build` and `check` share: inputs of the
-    right kind (`readers.refuse_unless_records`), a valid language-id setting, `--wikipedia` files that exist."""
+def _check_values(min_length=MIN_LENGTH, dedup_group=50, keep_buckets=("head", "middle"),
+                  classifier_threshold=0.25, lm_vocab=65536, cutoff_sample=10_000) -> None:
+    """Refuse out-of-range option values before anything runs, whether or not the LM and classifier steps are on
+    (a bad `--keep-buckets` must not pass only because no `--wikipedia` was given). Raises UserError naming the
+    option: `min_length` >= 0 characters, `dedup_group` >= 0 shards (0 or None: all in one group), `keep_buckets`
+    a non-empty subset of head/middle/tail, `classifier_threshold` a probability in [0, 1], `lm_vocab` and
+    `cutoff_sample` >= 1."""
+    def count(flag, value, low):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise UserError(f"{flag}: expected a whole number >= {low}, got {value!r}")
+
+    count("--min-length", min_length, 0)
+    if dedup_group is not None:
+        count("--dedup-group", dedup_group, 0)  # 0, like None: one group of every shard
+    buckets = [keep_buckets] if isinstance(keep_buckets, str) else list(keep_buckets or [])
+    if not buckets or set(buckets) - {"head", "middle", "tail"}:
+        raise UserError(f"--keep-buckets: expected some of head, middle, tail, got {','.join(map(str, buckets)) or '(none)'}")
+    if isinstance(classifier_threshold, bool) or not isinstance(classifier_threshold, (int, float)) \
+            or not 0 <= classifier_threshold <= 1:
+        raise UserError(f"--classifier-threshold: expected a probability in [0, 1], got {classifier_threshold!r}")
+    count("--lm-vocab", lm_vocab, 1)
+    count("--cutoff-sample", cutoff_sample, 1)
+
+
+def _checked(inputs, languages, lang_threshold, langid, wikipedia, models, **values) -> tuple[list[str], LanguageFilter]:
+    """The crawl's shards and the language filter, after the checks `build` and `check` share: option values in
+    range (`_check_values`, given `values`), inputs of the right kind (`readers.refuse_unless_records`), a valid
+    language-id setting, `--wikipedia` files that exist."""
+    _check_values(**values)
     refuse_folders_without(inputs, SUFFIXES, "commoncrawl", EXPECTED)
     shards = expand_inputs(inputs, SUFFIXES)
     refuse_unless_records(shards, "commoncrawl", EXPECTED, warc=True)
@@ -333,9 +359,11 @@ def _checked(inputs, languages, lang_threshold, langid, wikipedia, models) -> tu
 
 def check(inputs: list[str], languages: list[str] | None = None, lang_threshold: float = 0.5,
           langid: str = "fasttext", wikipedia: list[str] | None = None, models: str | None = None,
-          lm_scorer: str = "auto", **_) -> None:
+          lm_scorer: str = "auto", **options) -> None:
     """`build`'s checks on the inputs and options, without training the models (`sources.check_inputs`)."""
-    _checked(inputs, languages, lang_threshold, langid, wikipedia, models)
+    values = {k: options[k] for k in ("min_length", "dedup_group", "keep_buckets", "classifier_threshold",
+                                      "lm_vocab", "cutoff_sample") if k in options}
+    _checked(inputs, languages, lang_threshold, langid, wikipedia, models, **values)
     resolve_scorer(lm_scorer)
 
 
@@ -352,7 +380,9 @@ def build(inputs: list[str], languages: list[str] | None = None, lang_threshold:
     `build_models`). With neither, those two steps are off and the stage table says why. `lm_scorer`: who computes
     the perplexities, KenLM's query module or the numpy scorer ("auto": kenlm when installed; see
     `filters.lm.resolve_scorer`); the stage table's notes say which one ran."""
-    shards, lid = _checked(inputs, languages, lang_threshold, langid, wikipedia, models)
+    shards, lid = _checked(inputs, languages, lang_threshold, langid, wikipedia, models, min_length=min_length,
+                           dedup_group=dedup_group, keep_buckets=keep_buckets,
+                           classifier_threshold=classifier_threshold, lm_vocab=lm_vocab, cutoff_sample=cutoff_sample)
     stages: list = [MinLength(min_length), LineDedup(mode="ccnet", group_size=dedup_group), lid]
     source = Source("commoncrawl", shards, CCReader(), stages)
     folder = Path(models) if models else (Path(work_dir) / "models" if work_dir and wikipedia else None)
