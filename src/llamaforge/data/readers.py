@@ -82,6 +82,7 @@ WARC, WAT, XML, HTML, BINARY = "a WARC file", "a WAT file (WARC metadata records
     "an HTML file", "a binary file"
 ZIP, TAR, JSON_LINES, JSON = "a ZIP archive", "a tar archive", "JSON lines", "a JSON file, not one object a line"
 LATEX, EMPTY = "a LaTeX file", "an empty file"
+UNREADABLE = "an unreadable file"  # cannot be opened or decompressed at all: left to the reader, which counts it
 # a LaTeX document's structure at the start of a line (a book or a web page has none of these)
 LATEX_COMMAND = re.compile(rb"^[ \t]*\\(?:documentclass|usepackage|begin\{|section|subsection|chapter|input\{"
                            rb"|include\{|newcommand|renewcommand|def\\|title\{|author\{|maketitle|label\{|item\b)",
@@ -98,24 +99,30 @@ def sniff_kind(path) -> str | None:
     POSIX.1-1988), `BINARY` (a NUL byte, which UTF-8 text never has), `JSON_LINES` (starts with `{`), `JSON`
     (pretty-printed: a first line `{` alone, or a `[` array), `LATEX` (a
     line starting with a LaTeX structure command such as `\\documentclass`, `\\section`, `\\begin{`), `EMPTY`;
-    plain text that is none of these: None. A file that cannot be opened or whose compressed stream is cut short
-    within the window: None (the reader counts it); one whose first byte does not decompress (not the
-    compression its name says) raises UserError."""
+    plain text that is none of these: None. A file that cannot be opened, or whose compressed stream ends before
+    its first byte: `UNREADABLE` (left to the reader, which counts it); one cut short or corrupt further on is told
+    by the bytes before the damage (a partly downloaded .jsonl.gz is still JSON lines: the reader keeps its
+    complete records and counts the rest); one whose first byte does not decompress (not the compression its name
+    says) raises UserError."""
     try:
         f = open_binary(path)
     except OSError:
-        return None  # cannot be opened: the reader counts it as unreadable
+        return UNREADABLE  # cannot be opened: the reader counts it as unreadable
     with f:
         try:
             head = f.read(1)
         except EOFError:
-            return None
+            return UNREADABLE
         except STREAM_ERRORS as e:  # not one byte decompresses: this is not the compression its name says
             raise UserError(f"{path}: cannot be decompressed ({e}); expected the compression its name says") from None
-        try:
-            head += f.read(SNIFF_BYTES - 1)
-        except STREAM_ERRORS:
-            return None  # cut short or corrupt further on: the reader keeps what comes before and counts it
+        while len(head) < SNIFF_BYTES:  # in pieces: a stream cut short raises without returning what came before
+            try:
+                piece = f.read(min(4096, SNIFF_BYTES - len(head)))
+            except STREAM_ERRORS:
+                break  # cut short or corrupt further on: judged by what came before, as the reader keeps it
+            if not piece:
+                break
+            head += piece
     start = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if not start:
         return EMPTY
@@ -153,11 +160,11 @@ def refuse_other_kinds(shards: Iterable, source: str, expected: str, refuse: tup
                        accept: tuple[str | None, ...] | None = None) -> None:
     """Raise UserError for the first file among `shards` whose `sniff_kind` is in `refuse` (or, with `accept`, not
     in `accept`; None there is plain text): a file given by name is taken whatever its name, so a WARC handed to
-    `prepare books` was kept as one "book". Empty files and folders are left to the reader."""
+    `prepare books` was kept as one "book". Empty or unreadable files and folders are left to the reader."""
     for shard in shards:
         if Path(shard).is_file():
             kind = sniff_kind(shard)
-            if kind == EMPTY:
+            if kind in (EMPTY, UNREADABLE):
                 continue
             if kind in refuse or (accept is not None and kind not in accept):
                 raise UserError(f"{shard}: {source}: this is {kind or 'a text file'}; expected {expected}")
@@ -173,7 +180,7 @@ def refuse_unless_records(shards: Iterable, source: str, expected: str, warc: bo
         if not Path(shard).is_file():
             continue
         kind = sniff_kind(shard)
-        if kind == EMPTY:
+        if kind in (EMPTY, UNREADABLE):
             continue
         if warc and is_warc(shard):
             if kind != WARC:
