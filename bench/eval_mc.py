@@ -1,14 +1,27 @@
 """Multiple-choice scoring speed: llamaforge's Scorer vs lm-evaluation-harness's HF backend, same model, same
-items, same batch size, same process. Prints items/s for both, their ratio, and checks the accuracies agree.
+items, same batch size, same process. Prints items/s for both, their ratio, the work each side did, and checks the
+accuracies agree.
 
     .venv/bin/python bench/eval_mc.py [--items 200] [--batch-size 16] [--model stories260K|random-15m|random-110m]
-        [--task hellaswag|mmlu]
+        [--task hellaswag|mmlu] [--mmlu-sample spread|subject] [--threads 1] [--repeats 3]
 
 stories260K: the real 260K-parameter llama2.c model with its 512-token tokenizer (overhead-bound).
 random-15m: stories15M's shape (dim 288, 6 layers) with random weights and Meta's 32000-token tokenizer
 (compute-bound, like a real model); random-110m: stories110M's shape (dim 768, 12 layers), same tokenizer.
-lm-eval gets the HF export of the same weights; both score HellaSwag validation items (4 endings each,
-zero-shot) or MMLU test items (5-shot, the answer letters; long shared contexts, one-token continuations).
+lm-eval gets the HF export of the same weights; both score HellaSwag validation items (the first N; 4 endings each,
+zero-shot) or MMLU test items (5-shot, the answer letters; long contexts, one-token continuations). MMLU sample
+`spread`: every 50th test item (2-5 items per subject, each subject's 5-shot prompt shared by few items: the hard
+case for sharing); `subject`: the first N items in test order (a full run's structure: a subject's items share
+its prompt).
+
+Fairness: one process, runs interleaved (ours, lm-eval, ours, ...), best of `repeats` for each; the same fp32
+weights (lm-eval's model is `LlamaForCausalLM` loaded in float32 from our HF export), the same tokenizer (ours behind
+transformers' API, so only scoring differs), the same torch thread count for both (`--threads`, set once for the
+process), the same `--batch-size` for both (rows per forward pass: lm-eval's requests, our prefix-tree segments);
+lm-eval's best batch size on this machine was measured and is the default (BENCHMARKS.md). lm-eval runs under
+`torch.no_grad` (its own), ours under `torch.inference_mode`. Work counted over every run of each side (per run): tokens
+through the model body (padding included) and positions through the output layer; "work ratio" is their FLOP
+ratio (2 x parameters per token for the body and the output layer; attention scores left out).
 """
 
 from __future__ import annotations
@@ -58,6 +71,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--model", default="stories260K", choices=["stories260K", "random-15m", "random-110m"])
     parser.add_argument("--task", default="hellaswag", choices=["hellaswag", "mmlu"])
+    parser.add_argument("--mmlu-sample", default="spread", choices=["spread", "subject"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
@@ -77,8 +91,8 @@ def main() -> int:
     from llamaforge.eval.tasks.multiple_choice import load_hellaswag, load_mmlu
 
     model, tok = build(args.model)
-    if args.task == "mmlu":  # every 50th test item: many subjects, each with its own 5-shot context
-        items = load_mmlu(DATA, 5)[:: 50][: args.items]
+    if args.task == "mmlu":  # spread: every 50th test item (many subjects); subject: the first items in order
+        items = load_mmlu(DATA, 5)[:: 50 if args.mmlu_sample == "spread" else 1][: args.items]
     else:
         items = load_hellaswag(DATA)[: args.items]
 
@@ -91,6 +105,27 @@ def main() -> int:
     lm = HFLM(pretrained=hf, tokenizer=hf_tokenizer(tok), batch_size=args.batch_size, max_length=model.args.max_seq_len)
     requests = [Instance("loglikelihood", {}, (c, x), k) for it in items for k, (c, x) in
                 enumerate(zip(it.contexts, it.continuations))]
+
+    # Work counters (summed over the repeats, the hooks cost microseconds per forward pass): lm-eval feeds input_ids [rows, padded length] through body and output
+    # layer; ours feeds segments [rows, width] through the body and the output layer at the heads only.
+    work = {"theirs": [0, 0], "ours": [0, 0, 0]}  # theirs: tokens (= head positions); ours: body, real, heads
+
+    def count_theirs(module, args_, kwargs):
+        ids = kwargs.get("input_ids", args_[0] if args_ else None)
+        work["theirs"][0] += ids.numel()
+
+    hf.register_forward_pre_hook(count_theirs, with_kwargs=True)
+    run_segments = getattr(scorer, "_run", None)
+
+    def count_ours(batch, segs, stash):
+        widths = [len(segs[i].seq) - segs[i].start for i in batch]
+        work["ours"][0] += max(widths) * len(batch)
+        work["ours"][1] += sum(widths)
+        work["ours"][2] += sum(len(segs[i].heads) for i in batch)
+        return run_segments(batch, segs, stash)
+
+    if hasattr(scorer, "_run"):  # (an older Scorer, benched for a before/after comparison, is not counted)
+        scorer._run = count_ours
     (ours_s, theirs_s), (ours, theirs) = time_interleaved(
         [lambda: score_choice_items(scorer, items), lambda: lm.loglikelihood(requests, disable_tqdm=True)],
         args.repeats,
@@ -104,9 +139,18 @@ def main() -> int:
         at += len(it.choices)
 
     n = len(items)
+    body = 2 * sum(p.numel() for p in model.layers.parameters())  # FLOPs per token through the blocks
+    head = 2 * model.output.weight.numel()  # FLOPs per position through the output layer
+    (t_tokens, _), (o_body, o_real, o_heads) = [[x / args.repeats for x in w] for w in work.values()]
     print(f"model {args.model} ({model.num_params() / 1e6:.2f}M params), {n} {args.task} items x 4 choices, "
           f"batch size {args.batch_size}, torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"lm-eval {lm_eval.__version__}, {torch.get_num_threads()} threads")
+          f"lm-eval {lm_eval.__version__}, {torch.get_num_threads()} threads, load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"work per item: lm-eval {t_tokens / n:.1f} tokens through body and output layer; llamaforge "
+          f"{o_body / n:.1f} through the body ({o_real / n:.1f} without padding), {o_heads / n:.1f} through the output "
+          f"layer; work ratio {t_tokens * (body + head) / (o_body * body + o_heads * head):.2f}x "
+          f"({t_tokens * (body + head) / (o_real * body + o_heads * head):.2f}x without our padding)" if o_body else
+          f"work per item: lm-eval {t_tokens / n:.1f} tokens through body and output layer")
     print(f"llamaforge Scorer       : {n / ours_s:8.1f} items/s ({ours_s:.2f} s)")
     print(f"lm-eval HF backend      : {n / theirs_s:8.1f} items/s ({theirs_s:.2f} s)")
     print(f"ratio (ours / lm-eval)  : {theirs_s / ours_s:.2f}x; same argmax on {agree}/{n} items")

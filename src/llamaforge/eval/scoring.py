@@ -30,8 +30,8 @@ Tokens = Sequence[int]
 
 _HEAD_CHUNK = 256  # output-layer rows per matmul: [256, vocab] fp32 logits at a time (32 MB at vocab 32000)
 _WINDOW = 8  # segments taken at a time, in batch sizes
-_FILL = 0.75  # a row shorter than this share of its batch's longest starts a new batch
-_MIN_SHARED = 16  # a branch shares a prefix computed elsewhere only if that saves more than this many tokens
+_FILL = 0.85  # a row shorter than this share of its batch's longest starts a new batch
+_MIN_SHARED = 4  # a branch shares a prefix computed elsewhere only if that saves more than this many tokens
 
 
 @dataclass
