@@ -306,7 +306,7 @@ def test_harness_plugin_keeps_lm_evals_own_models():
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-def test_prefix_tree_scoring_equals_lm_eval_on_shared_prefixes(stories, tmp_path):
+def test_prefix_tree_scoring_equals_lm_eval_on_shared_prefixes(stories, tmp_path, monkeypatch):
     """The scorer's prefix tree (contexts shared across items, continuations sharing their first tokens, identical
     inputs, a sequence that is a prefix of another, contexts cut to the window) gives, for every request and every
     batch size, lm-evaluation-harness's HF backend's value on the same ids (<= 1e-4) and the same greedy flag."""
@@ -328,7 +328,9 @@ def test_prefix_tree_scoring_equals_lm_eval_on_shared_prefixes(stories, tmp_path
     hf = hf_export(model, tmp_path / "hf")
     hflm = HFLM(pretrained=hf, tokenizer=hf_tokenizer(tok), batch_size=1, max_length=48)
     want = [hflm._loglikelihood_tokens([(("", ""), c, x)])[0] if x else (0.0, True) for c, x in requests]
-    for batch_size in (1, 3, 64):
+    for batch_size, stash_bytes in ((1, None), (3, None), (64, None), (3, 1)):  # 1 byte: a window per segment
+        if stash_bytes:
+            monkeypatch.setattr("llamaforge.eval.scoring._STASH_BYTES", stash_bytes)
         got = Scorer(model, tok, batch_size=batch_size, max_seq_len=48).loglikelihood_tokens(requests)
         for (ll, greedy), (ref_ll, ref_greedy) in zip(got, want):
             assert ll == pytest.approx(ref_ll, abs=1e-4) and greedy == ref_greedy

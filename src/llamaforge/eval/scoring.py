@@ -30,6 +30,7 @@ Tokens = Sequence[int]
 
 _HEAD_CHUNK = 256  # output-layer rows per matmul: [256, vocab] fp32 logits at a time (32 MB at vocab 32000)
 _WINDOW = 8  # segments taken at a time, in batch sizes
+_STASH_BYTES = 2**29  # at most ~512 MB of shared-prefix caches kept for a window's later segments
 _FILL = 0.85  # a row shorter than this share of its batch's longest starts a new batch
 _MIN_SHARED = 4  # a branch shares a prefix computed elsewhere only if that saves more than this many tokens
 
@@ -170,10 +171,18 @@ class Scorer:
             if segs[i].parent >= 0:
                 last[segs[i].parent] = max(last[segs[i].parent], last[i])
         stash: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-        window = _WINDOW * self.batch_size
+        args = self.model.args
+        position_bytes = 2 * args.n_layers * args.n_kv_heads * args.head_dim * self.model.tok_embeddings.weight.element_size()
+        windows, at = [], 0
+        while at < len(todo):  # _WINDOW batches of segments, fewer when their stashed caches would pass the budget
+            end, held = at + 1, segs[todo[at]].need
+            while end < len(todo) and end - at < _WINDOW * self.batch_size and held * position_bytes < _STASH_BYTES:
+                held += segs[todo[end]].need
+                end += 1
+            windows.append(todo[at:end])
+            at = end
         try:
-            for at in range(0, len(todo), window):
-                chunk = todo[at : at + window]
+            for chunk in windows:
                 for d in sorted({depth[i] for i in chunk}):
                     level = sorted((i for i in chunk if depth[i] == d), key=lambda i: -(len(segs[i].seq) - segs[i].start))
                     for batch in self._batches(level, segs):
