@@ -31,7 +31,7 @@ Tokens = Sequence[int]
 _HEAD_CHUNK = 256  # output-layer rows per matmul: [256, vocab] fp32 logits at a time (32 MB at vocab 32000)
 _WINDOW = 8  # segments taken at a time, in batch sizes
 _STASH_BYTES = 2**29  # at most ~512 MB of shared-prefix caches kept for a window's later segments
-_FILL = 0.85  # a row shorter than this share of its batch's longest starts a new batch
+_FILL = 0.7  # a row shorter than this share of its batch's longest starts a new batch (padding vs. pass size)
 _MIN_SHARED = 4  # a branch shares a prefix computed elsewhere only if that saves more than this many tokens
 
 
@@ -140,6 +140,9 @@ class Scorer:
             return results
         live.sort(key=lambda r: r[1])  # sorted: sequences sharing a prefix are neighbours (a depth-first tree walk)
         segs = self._segments([seq for _, seq, _, _ in live])
+        # A forward pass holds as many tokens as batch_size of the longest requests (the memory a batch of whole
+        # requests would take), in as many rows as fit: a choice's segment is a fraction of its request.
+        self._tokens_per_batch = self.batch_size * max(len(seq) for _, seq, _, _ in live)
 
         # Heads: the distinct (segment, position) whose logits some target needs; targets: (head, token, request).
         head_targets: list[list[int]] = []
@@ -240,8 +243,8 @@ class Scorer:
         batch, longest, latest = [], 0, 0
         for i in level:
             n, start = len(segs[i].seq) - segs[i].start, segs[i].start
-            if batch and (len(batch) == self.batch_size or max(latest, start) + longest > self.max_seq_len
-                          or n < _FILL * longest):  # mostly padding: a batch of its own lengths costs less
+            if batch and ((len(batch) + 1) * longest > self._tokens_per_batch or max(latest, start) + longest >
+                          self.max_seq_len or n < _FILL * longest):  # mostly padding: a batch of its own costs less
                 yield batch
                 batch, longest, latest = [], 0, 0
             batch.append(i)
