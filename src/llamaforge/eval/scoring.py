@@ -8,10 +8,12 @@ Efficiency: the work is what the scored tokens need and no more. lm-evaluation-h
 (context + continuation) through the whole model and computes the output layer (the vocabulary-size matmul) and a
 log-softmax at every position. Here every request's sequence `(ctx + cont)[:-1]` goes into a prefix tree: sorted
 sequences share the KV cache of their common prefix (an item's context is run once for all its choices; MMLU's
-5-shot prompt once for all items of a subject), so each distinct prefix token goes through the model body once,
-and the output layer is applied only at the positions whose next token is scored (once per distinct position,
-shared by choices with a common start), with log p(target) = logit - logsumexp (no [rows, T, vocab] log-softmax).
-Segments run in batches of `batch_size` rows, several items per forward pass, each row at its own positions.
+5-shot prompt once for all items of a subject), so each distinct prefix token goes through the model body once (a
+branch sharing at most `_MIN_SHARED` tokens recomputes them), and the output layer is applied only at the
+positions whose next token is scored (once per distinct position, shared by choices with a common start), with
+log p(target) = logit - logsumexp (no [rows, T, vocab] log-softmax).
+Segments run in windows of consecutive tree order, level by level, in batches of similar lengths (several items
+per forward pass, each row at its own positions, its cache starting as a copy of its parent's shared prefix).
 Identical inputs (MMLU's one-letter answers " A", " B", ...) are one sequence.
 """
 
@@ -105,8 +107,10 @@ def encode_pair(tokenizer, context: str, continuation: str, bos: bool = True, en
 class Scorer:
     """Batched log-likelihoods and generation for one model and tokenizer (no gradients, eval mode).
 
-    batch_size counts continuation rows per forward pass (a 4-choice item is 4 rows); max_seq_len caps the
-    window (default: the model's), contexts are cut from the left to fit it."""
+    batch_size bounds a log-likelihood forward pass to the tokens of batch_size of the call's longest requests
+    (the memory lm-evaluation-harness's batch of that size takes); the rows are prefix-tree segments, so short ones
+    (a choice after its shared context) fill more rows. For generation it is the number of sequences decoded at
+    once. max_seq_len caps the window (default: the model's), contexts are cut from the left to fit it."""
 
     def __init__(self, model, tokenizer, batch_size: int = 16, max_seq_len: int | None = None):
         self.model = model.eval()
