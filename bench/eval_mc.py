@@ -107,8 +107,9 @@ def main() -> int:
     requests = [Instance("loglikelihood", {}, (c, x), k) for it in items for k, (c, x) in
                 enumerate(zip(it.contexts, it.continuations))]
 
-    # Work counters (summed over the repeats, the hooks cost microseconds per forward pass): lm-eval feeds input_ids [rows, padded length] through body and output
-    # layer; ours feeds segments [rows, width] through the body and the output layer at the heads only.
+    # Work counters (summed over the repeats; the hooks cost microseconds per forward pass): lm-eval feeds
+    # input_ids [rows, padded length] through body and output layer; ours feeds segments [rows, width] through the
+    # body and the output layer at the heads only.
     work = {"theirs": [0, 0], "ours": [0, 0, 0]}  # theirs: tokens (= head positions); ours: body, real, heads
 
     def count_theirs(module, args_, kwargs):

@@ -314,7 +314,7 @@ def test_prefix_tree_scoring_equals_lm_eval_on_shared_prefixes(stories, tmp_path
 
     model, tok = stories
     g = torch.Generator().manual_seed(0)
-    ids = lambda n: torch.randint(3, tok.vocab_size, (n,), generator=g).tolist()  # noqa: E731
+    ids = lambda n: torch.randint(3, tok.vocab_size, (n,), generator=g).tolist()
     shots, q1, q2, long_ctx = [tok.bos_id] + ids(40), ids(7), ids(5), [tok.bos_id] + ids(70)
     cont = ids(6)
     requests = [(shots + q1, [c]) for c in ids(3)]  # one-token answers after a shared 5-shot-like prompt

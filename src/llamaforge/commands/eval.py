@@ -25,7 +25,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--stride", type=int, default=None, help="perplexity stride (default: = context, disjoint)")
     parser.add_argument("--shots", type=int, default=None, help="few-shot examples (default: the paper's per task)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N items of each task")
-    parser.add_argument("--batch-size", type=int, default=16, help="rows per forward pass")
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="forward-pass size: the tokens of this many of the longest requests (scoring), "
+                             "sequences (generation)")
     parser.add_argument("--samples", type=int, default=1, help="samples per problem (GSM8K maj@k, code pass@k)")
     parser.add_argument("--temperature", type=float, default=None, help="sampling temperature when --samples > 1")
     add_device_arguments(parser)

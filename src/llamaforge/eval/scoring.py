@@ -179,7 +179,8 @@ class Scorer:
                 last[segs[i].parent] = max(last[segs[i].parent], last[i])
         stash: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         args = self.model.args
-        position_bytes = 2 * args.n_layers * args.n_kv_heads * args.head_dim * self.model.tok_embeddings.weight.element_size()
+        element = self.model.tok_embeddings.weight.element_size()
+        position_bytes = 2 * args.n_layers * args.n_kv_heads * args.head_dim * element  # keys and values
         windows, at = [], 0
         while at < len(todo):  # _WINDOW batches of segments, fewer when their stashed caches would pass the budget
             end, held = at + 1, segs[todo[at]].need
@@ -191,7 +192,8 @@ class Scorer:
         try:
             for chunk in windows:
                 for d in sorted({depth[i] for i in chunk}):
-                    level = sorted((i for i in chunk if depth[i] == d), key=lambda i: -(len(segs[i].seq) - segs[i].start))
+                    level = sorted((i for i in chunk if depth[i] == d),
+                                   key=lambda i: -(len(segs[i].seq) - segs[i].start))
                     for batch in self._batches(level, segs):
                         self._run(batch, segs, stash)
                 for s in [s for s in stash if last[s] <= chunk[-1]]:
