@@ -229,3 +229,35 @@ def test_dropped_samples_are_merged_through_the_one_jsonl_reader(tmp_path: Path)
     plan.task_file(0, 1, "dropped.jsonl").write_text('{"stage": "langid", "rea', encoding="utf-8")
     with pytest.raises(UserError, match=r"00001\.dropped\.jsonl:1: not valid JSON"):
         pipeline._merge_dropped(plan, [0, 1], 5)
+
+
+def test_every_file_a_task_marker_vouches_for_is_fsynced_first(tmp_path: Path, monkeypatch):
+    """A `.done` marker is read as "this task's files are all there": each file of the task that holds records
+    (its output shard, its group summary, its dropped-document samples) must be durable (fsynced) before the
+    marker is written, or a machine crash can leave a marker beside an empty or cut samples file (never redone;
+    a cut one ends the next run at `_merge_dropped`). Only the marker itself may be lost (its task then reruns)."""
+    from llamaforge import io as lf_io
+
+    synced, order = set(), []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        tmp = Path(os.readlink(f"/proc/self/fd/{fd}"))  # FOLDER/.NAME.tmp-PID-XXXX
+        synced.add(tmp.parent / tmp.name[1:].split(".tmp-")[0])
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        order.append((Path(dst), set(synced)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(lf_io.os, "fsync", fsync)
+    monkeypatch.setattr(lf_io.os, "replace", replace)
+    inputs = cc_input_shards(tmp_path / "in")
+    prepare("c4", inputs, str(tmp_path / "out"), progress=False, keep_dropped=2, badwords="none")
+    markers = [(dst, seen) for dst, seen in order if dst.name.endswith(".done")]
+    assert markers
+    for marker, synced_before in markers:
+        task = marker.name[: -len(".done")]  # NNNNN
+        for f in marker.parent.glob(f"{task}.*"):
+            if f != marker and f.stat().st_size > 0:
+                assert f in synced_before, f"{f} was not fsynced before {marker.name}"

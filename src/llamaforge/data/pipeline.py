@@ -13,9 +13,9 @@ k = 0, else the previous segment's output), apply the pending group decision, ru
 for the next group stage, write. Tasks stream documents, so memory is bounded by one document plus the summaries.
 
 Every file is written under a temporary name and renamed; a task ends by writing a `.done` marker holding its
-stats, so a rerun skips finished tasks and a killed run resumes where it stopped. Files that hold documents or
-summaries are fsynced at their rename; markers and drop samples are not (a marker a machine crash empties just
-reruns its task), and a group's decision files get one `os.sync` before its marker. Per-stage counts (documents and bytes in and
+stats, so a rerun skips finished tasks and a killed run resumes where it stopped. Files that hold documents,
+dropped-document samples or summaries are fsynced at their rename, before the marker; markers are not (a marker a
+machine crash empties just reruns its task), and a group's decision files get one `os.sync` before its marker. Per-stage counts (documents and bytes in and
 out, drops by reason) are merged into `OUT/stats.json` and printed as a table.
 
 Executors: `local` (the calling process when workers == 1, else a process pool) and `ray` (each task is a Ray
@@ -395,8 +395,8 @@ def run_task(plan: Plan, seg: int, shard: int) -> dict:
     """One segment over one shard. Returns {stage name: stats}; skips (and returns saved stats) when done before.
 
     Files: the shard's output (fsynced at its rename, like every file that holds documents or a group summary),
-    then the dropped-document samples and last the `.done` marker holding the task's stats (neither fsynced: one
-    fsync per data file, not per bookkeeping file; see `_read_marker` for why a lost marker is harmless)."""
+    then the dropped-document samples (fsynced when there are any: the marker vouches for them) and last the
+    `.done` marker holding the task's stats (not fsynced; see `_read_marker` for why a lost marker is harmless)."""
     done = plan.task_file(seg, shard, "done")
     saved = _read_marker(done)
     if saved is not None:
@@ -430,7 +430,9 @@ def run_task(plan: Plan, seg: int, shard: int) -> dict:
     if seg == 0:  # records the reader skipped (malformed, wrong license, ...) came in too
         stats["read"].docs_in += sum(stats["read"].drops.values())
     if sampler is not None:
-        with atomic_file(plan.task_file(seg, shard, "dropped.jsonl"), "w", fsync=False, clean_stale=False) as f:
+        # fsynced when it holds samples: the marker below vouches for it, and a crash must not leave it cut
+        with atomic_file(plan.task_file(seg, shard, "dropped.jsonl"), "w", fsync=bool(sampler.records),
+                         clean_stale=False) as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in sampler.records)
     result = {name: s.as_dict() for name, s in stats.items()}
     _write_json(done, {"stats": result}, fsync=False, clean_stale=False)  # last: a marked task has all its files
