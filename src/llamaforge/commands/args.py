@@ -61,6 +61,17 @@ def parse_shapes(text: str, flag: str = "--shapes") -> list:
     return shapes
 
 
+def add_sampling_arguments(parser, max_new_tokens: int, temperature: float, top_p: float) -> None:
+    """The sampling flags of `generate` and `chat`, with each command's defaults: --max-new-tokens, --temperature
+    (0: greedy), --top-k (0: off, all tokens), --top-p (nucleus threshold, 1: off), --seed. `check_sampling` checks
+    them; the sampler is `infer.sampling.sample_next` (top-k and nucleus top-p, Holtzman et al. 2020)."""
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=temperature, help="0: greedy")
+    parser.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: off, all)")
+    parser.add_argument("--top-p", type=float, default=top_p, help="nucleus sampling threshold (1: off)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the request's sampler (default: the engine's stream)")
+
+
 def check_sampling(args, min_new_tokens: int = 0) -> None:
     """The sampling flags of `generate` and `chat` (--max-new-tokens, --temperature, --top-k, --top-p) in range:
     a UserError naming the first flag that is not (NaN and infinity are never in range). The ranges are the

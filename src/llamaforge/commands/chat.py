@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import sys
 
-from llamaforge.commands.args import check_sampling
-from llamaforge.commands.args import add_chat_template_argument, add_model_arguments, load_engine
+from llamaforge.commands.args import (
+    add_chat_template_argument,
+    add_model_arguments,
+    add_sampling_arguments,
+    check_sampling,
+    load_engine,
+)
 
 
 def add_arguments(parser) -> None:
@@ -17,11 +22,7 @@ def add_arguments(parser) -> None:
     add_model_arguments(parser)
     add_chat_template_argument(parser)
     parser.add_argument("--system", default=None, help="a system message to start the conversation with")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.7, help="0: greedy")
-    parser.add_argument("--top-k", type=int, default=0, help="0: off")
-    parser.add_argument("--top-p", type=float, default=0.9)
-    parser.add_argument("--seed", type=int, default=None)
+    add_sampling_arguments(parser, max_new_tokens=256, temperature=0.7, top_p=0.9)
 
 
 def run(args) -> int:

@@ -9,8 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-from llamaforge.commands.args import check_sampling
-from llamaforge.commands.args import add_model_arguments, load_engine
+from llamaforge.commands.args import add_model_arguments, add_sampling_arguments, check_sampling, load_engine
 
 
 def add_arguments(parser) -> None:
@@ -18,11 +17,7 @@ def add_arguments(parser) -> None:
     --temperature (0: greedy), --top-k (0: all), --top-p (1.0), --seed, --stop (repeatable)."""
     add_model_arguments(parser)
     parser.add_argument("--prompt", required=True, help="text to continue ('' starts from BOS)")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
-    parser.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
-    parser.add_argument("--seed", type=int, default=None)
+    add_sampling_arguments(parser, max_new_tokens=128, temperature=0.0, top_p=1.0)
     parser.add_argument("--stop", action="append", default=[], help="stop before this text (repeatable)")
 
 
