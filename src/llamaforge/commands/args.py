@@ -61,6 +61,15 @@ def parse_shapes(text: str, flag: str = "--shapes") -> list:
     return shapes
 
 
+def add_resume_arguments(parser) -> None:
+    """--resume auto|PATH and --trust-checkpoint of `train` and `finetune` (`train.train(resume=...,
+    trust_checkpoint=...)`): resuming unpickles DCP's .metadata, so a checkpoint from outside OUT/checkpoints is read
+    only when the user says they trust it."""
+    parser.add_argument("--resume", default=None, help="'auto': the newest complete checkpoint in OUT; or a path")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="allow --resume PATH outside OUT/checkpoints (resuming unpickles DCP's .metadata)")
+
+
 def add_sampling_arguments(parser, max_new_tokens: int, temperature: float, top_p: float) -> None:
     """The sampling flags of `generate` and `chat`, with each command's defaults: --max-new-tokens, --temperature
     (0: greedy), --top-k (0: off, all tokens), --top-p (nucleus threshold, 1: off), --seed. `check_sampling` checks

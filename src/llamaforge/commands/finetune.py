@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 
+from llamaforge.commands.args import add_resume_arguments
+
 ACCEPTS_EXTRA_ARGS = True  # --section.key=value overrides arrive in args.extra
 
 
@@ -31,9 +33,7 @@ def add_arguments(parser) -> None:
                                                          "(default: the recipe's, plain)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer file (default: the one in the model folder)")
     parser.add_argument("--recipe", default=None, help="default: finetune-<method>")
-    parser.add_argument("--resume", default=None, help="'auto': the newest complete checkpoint in OUT; or a path")
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="allow --resume from a checkpoint this run did not write (DCP metadata is pickled)")
+    add_resume_arguments(parser)
     parser.add_argument("--show-example", action="store_true",
                         help="print the first example's tokens with the masked spans marked, and exit")
     parser.add_argument("--samples", type=int, default=3, help="held-out prompts answered in the report")

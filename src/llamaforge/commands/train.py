@@ -4,6 +4,8 @@ Also runs under `torchrun --nproc_per_node N -m llamaforge train ...` (FSDP2 / t
 
 from __future__ import annotations
 
+from llamaforge.commands.args import add_resume_arguments
+
 ACCEPTS_EXTRA_ARGS = True  # --section.key=value overrides arrive in args.extra
 
 
@@ -12,9 +14,7 @@ def add_arguments(parser) -> None:
     (--section.key=value) arrive in `args.extra`."""
     parser.add_argument("--recipe", required=True, help="a recipe name (debug, demo, llama-7b ...) or a .toml file")
     parser.add_argument("--out", default=None, help="output folder (default runs/<recipe>)")
-    parser.add_argument("--resume", default=None, help="'auto': the newest complete checkpoint in OUT; or a path")
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="allow --resume PATH outside OUT/checkpoints (resuming unpickles DCP's .metadata)")
+    add_resume_arguments(parser)
     parser.epilog = "Any config key can be overridden: --optim.lr=1e-3 --training.steps=100 --parallel.tp=2"
 
 
