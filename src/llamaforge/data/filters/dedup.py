@@ -17,17 +17,13 @@ from llamaforge.data.pipeline import Doc, GroupStage, Result
 # CCNet's `normalize_for_dedup`: strip, lowercase, digits -> 0, delete typographic / full-width punctuation (ASCII
 # punctuation is kept) and control characters.
 UNICODE_PUNCT = "，。、„”“«»１」「《》´∶：？！（）；–—．～’…━〈〉【】％►"
-_DELETE = {ord(c): None for c in UNICODE_PUNCT} | {c: None for c in [*range(32), *range(127, 160)]}
 _DIGIT = re.compile(r"\d")
 
 
 def normalize_for_dedup(line: str) -> str:
     """CCNet's line normalization before hashing: strip, lowercase, every digit to 0, and Unicode punctuation and
     control characters (C0 and C1) deleted; an empty line stays empty."""
-    line = line.strip()
-    if not line:
-        return line
-    return _DIGIT.sub("0", line.lower()).translate(_DELETE)
+    return "".join(_normalize_lines_for_dedup([line]))  # one implementation; a newline inside is deleted too
 
 
 def strip_lower(line: str) -> str:
@@ -41,9 +37,10 @@ _DELETE_RE = re.compile("[" + re.escape(UNICODE_PUNCT) + "".join(
 
 
 def _normalize_lines_for_dedup(lines: list[str]) -> list[str]:
-    """`[normalize_for_dedup(s) for s in lines]` (lines without newlines), in a few calls over the joined document
-    instead of five per line: lowercasing, digits and deletions act character by character and never on a
-    newline (Python's context-sensitive final sigma sees a newline as it sees a string's end)."""
+    """CCNet's dedup normalisation (see `normalize_for_dedup`) of each of `lines` (lines without newlines), in a
+    few calls over the joined document instead of five per line: lowercasing, digits and deletions act character
+    by character and never on a newline (Python's context-sensitive final sigma sees a newline as it sees a
+    string's end), so the result is each line's own."""
     text = "\n".join([s.strip() for s in lines])
     return _DELETE_RE.sub("", _DIGIT.sub("0", text.lower())).split("\n")
 

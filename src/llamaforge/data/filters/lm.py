@@ -42,8 +42,6 @@ UNICODE_PUNCT = {"，": ",", "。": ".", "、": ",", "„": '"', "”": '"', "�
                  "」": '"', "「": '"', "《": '"', "》": '"', "´": "'", "∶": ":", "：": ":", "？": "?", "！": "!",
                  "（": "(", "）": ")", "；": ";", "–": "-", "—": " - ", "．": ". ", "～": "~", "’": "'", "…": "...",
                  "━": "-", "〈": "<", "〉": ">", "【": "[", "】": "]", "％": "%", "►": "-"}
-_PUNCT_TABLE = str.maketrans(UNICODE_PUNCT)
-_NON_PRINTING = re.compile(f"[{''.join(map(chr, [*range(32), *range(127, 160)]))}]")
 _DIGIT = re.compile(r"\d")
 
 
@@ -56,18 +54,9 @@ def _combining_marks() -> dict[int, None]:
 
 def normalize(line: str) -> str:
     """CCNet's `text_normalizer.normalize` with its defaults: strip, lowercase, strip accents (NFD, drop combining
-    marks), digits -> 0, typographic punctuation -> ASCII, control characters removed."""
-    line = line.strip()
-    if not line:
-        return line
-    line = line.lower()
-    ascii_only = line.isascii()  # accents and typographic punctuation only exist outside ASCII
-    if not ascii_only:
-        line = unicodedata.normalize("NFD", line).translate(_combining_marks())
-    line = _DIGIT.sub("0", line)  # before the punctuation table, as CCNet: a full-width "１" is a digit first
-    if not ascii_only:
-        line = line.translate(_PUNCT_TABLE)
-    return _NON_PRINTING.sub("", line)
+    marks), digits -> 0, typographic punctuation -> ASCII, control characters removed (a newline too). The one
+    implementation is `normalize_lines` (a document's lines in one pass); this is its one-line form."""
+    return "".join(normalize_lines([line]))  # a newline inside `line` is a control character: removed, as CCNet
 
 
 _PUNCT_RE = re.compile("[" + "".join(map(re.escape, UNICODE_PUNCT)) + "]")
@@ -101,10 +90,10 @@ def _strip_marks(text: str) -> str:
 
 
 def normalize_lines(lines: Sequence[str]) -> list[str]:
-    """`[normalize(s) for s in lines]` for lines without newlines, done over the joined document in a few calls
-    instead of several per line (every step acts per character, or per character sequence that a newline ends:
-    NFD reorders marks only up to the next starter, and lowercasing's final sigma sees a newline as a string's
-    end; the ASCII short cut of `normalize` is only a short cut, the steps leave ASCII as it is)."""
+    """CCNet's normaliser (see `normalize`) on each of `lines` (lines without newlines), done over the joined
+    document in a few calls instead of several per line: every step acts per character, or per character sequence
+    that a newline ends (NFD reorders marks only up to the next starter, and lowercasing's final sigma sees a
+    newline as a string's end), so the result is each line's own; ASCII text skips the steps that leave it as is."""
     text = "\n".join([s.strip() for s in lines]).lower()
     ascii_only = text.isascii()
     if not ascii_only:
