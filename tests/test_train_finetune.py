@@ -210,9 +210,18 @@ def test_cli_bad_inputs_are_one_line_and_write_nothing(tmp_path, capsys):
         (["--data", str(tmp_path / "missing.json")], "missing.json: no such file"),
         (["--data", str(tmp_path / "ok.json"), "--eval.tasks=mmlu"], "eval.data_dir: expected the folder"),
         (["--data", str(tmp_path / "ok.json"), "--eval.tasks=mmlx", "--eval.data_dir=x"], "unknown task 'mmlx'"),
+        # another model's tokenizer (32000 pieces for 512 embedding rows) was an IndexError traceback in the
+        # base model's first forward pass
+        (["--data", str(tmp_path / "ok.json"), "--tokenizer", str(shared_path("llama2-tokenizer/tokenizer.model"))],
+         "tokenizer has 32000 tokens, the model only 512 embedding rows"),
+        # a missing MODEL was blamed on --tokenizer ("required when MODEL is a single file")
+        (["--data", str(tmp_path / "ok.json"), "--model-path-missing"], "no-such-model: no such file or folder"),
     ]
     for extra, message in cases:
-        rc = main(["finetune", str(model), "--tokenizer", str(tok), "--out", str(out), *extra])
+        argv = [str(model), "--tokenizer", str(tok)]
+        if "--model-path-missing" in extra:
+            extra, argv = [e for e in extra if e != "--model-path-missing"], [str(tmp_path / "no-such-model")]
+        rc = main(["finetune", *argv, "--out", str(out), *extra])
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and message in err[0], err
         assert not out.exists()

@@ -62,6 +62,9 @@ def run(args) -> int:
     master = int(os.environ.get("RANK", "0")) == 0
     if not Path(args.data).is_file():
         raise UserError(f"--data: {args.data}: no such file")
+    if not Path(args.model).exists():  # before the --tokenizer rule, which would blame the wrong argument
+        raise UserError(f"{args.model}: no such file or folder; expected a checkpoint (native / HF folder, Meta "
+                        "folder, llama2.c .bin, .gguf)")
     if args.tokenizer is None and not Path(args.model).is_dir():
         raise UserError(f"--tokenizer: required when MODEL is a single file ({args.model}); give the tokenizer file")
     tokenizer = load_tokenizer(args.tokenizer or args.model)
