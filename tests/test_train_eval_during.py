@@ -40,3 +40,16 @@ def test_eval_section_errors_are_one_line(tmp_path, capsys):
     assert rc == 2 and "eval.data_dir" in capsys.readouterr().err
     rc = main(["train", "--recipe", "debug", "--out", str(tmp_path / "r"), "--eval.every=-1"])
     assert rc == 2 and "eval.every" in capsys.readouterr().err
+
+
+def test_eval_tokenizer_larger_than_the_model_is_one_line_before_anything_is_written(tmp_path, capsys):
+    """The debug model has 256 embedding rows, tok512.bin 512 pieces: the first evaluation used to end in an
+    IndexError traceback with config.json and metrics.jsonl already written; now check_vocab refuses it first."""
+    data, tok = shared_path(""), shared_path("stories260K/tok512.bin")
+    out = tmp_path / "run"
+    rc = main(["train", "--recipe", "debug", "--out", str(out), "--training.steps=2", "--eval.tasks=winogender",
+               "--eval.every=1", "--eval.limit=2", f"--eval.data_dir={data}", f"--eval.tokenizer={tok}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: {tok}: eval.tokenizer: vocab_size: the tokenizer has 512 tokens"), err
+    assert not out.exists()

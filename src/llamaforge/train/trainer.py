@@ -79,14 +79,21 @@ def set_determinism(seed: int, deterministic: bool) -> None:
 
 
 def check_vocab(cfg: TrainConfig, vocab_size: int) -> None:
-    """Every token id the data or the tokenizer can produce must have a row in the embedding table."""
-    if cfg.data.tokenizer:
+    """Every token id the data, its tokenizer or the `[eval]` tokenizer (evaluation during training, when
+    eval.tasks is set) can produce must have a row in the embedding table. Raises UserError naming the file and
+    the field; the eval tokenizer used to pass here and end the first evaluation in an IndexError traceback."""
+    tokenizers = [("", cfg.data.tokenizer)]
+    if cfg.eval.tasks.strip() and cfg.eval.tokenizer:
+        tokenizers.append(("eval.tokenizer: ", cfg.eval.tokenizer))
+    for field, path in tokenizers:
+        if not path:
+            continue
         from llamaforge.tokenizer import load_tokenizer
 
-        tok = load_tokenizer(cfg.data.tokenizer)
+        tok = load_tokenizer(path)
         if tok.vocab_size > vocab_size:
             raise UserError(
-                f"{cfg.data.tokenizer}: vocab_size: the tokenizer has {tok.vocab_size} tokens, more than the "
+                f"{path}: {field}vocab_size: the tokenizer has {tok.vocab_size} tokens, more than the "
                 f"model's {vocab_size}; set --model.vocab_size={tok.vocab_size}"
             )
     if cfg.data.kind == "shards":
