@@ -17,8 +17,8 @@ its prompt).
 Fairness: one process, runs interleaved (ours, lm-eval, ours, ...), best of `repeats` for each; the same fp32
 weights (lm-eval's model is `LlamaForCausalLM` loaded in float32 from our HF export), the same tokenizer (ours behind
 transformers' API, so only scoring differs), the same torch thread count for both (`--threads`, set once for the
-process), the same `--batch-size` for both (lm-eval: requests per forward pass; ours: a forward pass holds at most
-the tokens of that many of the longest requests, in prefix-tree segments); lm-eval's best batch size on this
+process), the same `--batch-size` for both (lm-eval: requests per forward pass; ours: a forward pass's KV cache holds
+at most the positions of that many of the longest requests, in prefix-tree segments); lm-eval's best batch size on this
 machine (16 of 16/32/64 on all four cells, BENCHMARKS.md) is the default. lm-eval runs under
 `torch.no_grad` (its own), ours under `torch.inference_mode`. Work counted over every run of each side (per run): tokens
 through the model body (padding included) and positions through the output layer; "work ratio" is their FLOP

@@ -296,3 +296,34 @@ def test_generation_tasks_score_scripted_answers():
     onion = ScriptedScorer(lambda p: [" The onion, of course\nQ: next"])
     scored = score_items(TASKS["triviaqa"], onion, qa, {})[0]
     assert scored["prediction"] == "The onion" and scored["exact_match"] == 1.0
+
+
+def test_a_scoring_pass_holds_no_more_cache_than_batch_size_whole_requests():
+    """`Scorer(batch_size=B)` promises a forward pass the memory of B of the call's longest requests (what
+    lm-evaluation-harness's batch of B takes). A prefix-tree row reads its shared prefix from its own KV-cache row,
+    so a row costs its start + its segment in cache positions, not its segment alone: counting only segments let
+    an MMLU-like call (a 5-shot prompt shared by every item, short questions) allocate several times that cache
+    (6x here), an out-of-memory on a GPU where lm-eval's batch of B fits."""
+    from llamaforge.model import ModelArgs, Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(dim=32, n_layers=1, n_heads=2, vocab_size=64, multiple_of=16, max_seq_len=256))
+    g = torch.Generator().manual_seed(0)
+    ids = lambda n: torch.randint(3, 64, (n,), generator=g).tolist()  # noqa: E731
+    prompt = [1] + ids(150)  # the shared few-shot prompt
+    requests = [(prompt + q, [c]) for q in (ids(20) for _ in range(40)) for c in (10, 11, 12, 13)]
+    longest = max(len(c) + len(x) - 1 for c, x in requests)
+    cache_positions, setup = [], model.setup_cache
+
+    def recording_setup(max_batch, max_seq_len, **kw):
+        cache_positions.append(max_batch * max_seq_len)
+        return setup(max_batch=max_batch, max_seq_len=max_seq_len, **kw)
+
+    model.setup_cache = recording_setup
+    batch_size = 4
+    got = Scorer(model, None, batch_size=batch_size).loglikelihood_tokens(requests)
+    assert max(cache_positions) <= batch_size * longest, (max(cache_positions), batch_size * longest)
+    with torch.no_grad():  # and the values are still each request's own
+        for (ctx, cont), (ll, _) in zip(requests[:8], got[:8]):
+            lp = model(torch.tensor([ctx]))[0, -1].float().log_softmax(-1)
+            assert ll == pytest.approx(lp[cont[0]].item(), abs=1e-5)

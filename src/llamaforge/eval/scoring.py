@@ -107,9 +107,9 @@ def encode_pair(tokenizer, context: str, continuation: str, bos: bool = True, en
 class Scorer:
     """Batched log-likelihoods and generation for one model and tokenizer (no gradients, eval mode).
 
-    batch_size bounds a log-likelihood forward pass to the tokens of batch_size of the call's longest requests
-    (the memory lm-evaluation-harness's batch of that size takes); the rows are prefix-tree segments, so short ones
-    (a choice after its shared context) fill more rows. For generation it is the number of sequences decoded at
+    batch_size bounds a log-likelihood forward pass to the KV-cache positions of batch_size of the call's longest
+    requests (the memory lm-evaluation-harness's batch of that size takes); the rows are prefix-tree segments, each
+    costing its shared prefix + its segment, so shorter requests fill more rows. For generation it is the number of sequences decoded at
     once. max_seq_len caps the window (default: the model's), contexts are cut from the left to fit it."""
 
     def __init__(self, model, tokenizer, batch_size: int = 16, max_seq_len: int | None = None):
@@ -144,8 +144,8 @@ class Scorer:
             return results
         live.sort(key=lambda r: r[1])  # sorted: sequences sharing a prefix are neighbours (a depth-first tree walk)
         segs = self._segments([seq for _, seq, _, _ in live])
-        # A forward pass holds as many tokens as batch_size of the longest requests (the memory a batch of whole
-        # requests would take), in as many rows as fit: a choice's segment is a fraction of its request.
+        # A forward pass's KV cache holds as many positions as batch_size of the longest requests (the memory a
+        # batch of whole requests would take), in as many rows as fit: a row costs its shared prefix + its segment.
         self._tokens_per_batch = self.batch_size * max(len(seq) for _, seq, _, _ in live)
 
         # Heads: the distinct (segment, position) whose logits some target needs; targets: (head, token, request).
@@ -244,13 +244,16 @@ class Scorer:
         return ctx[-keep:], cont
 
     def _batches(self, level: list[int], segs: list[_Segment]):
-        """Lists of at most batch_size segments (given longest first, so a batch's padding is small) whose padded
-        positions (each row's start + the batch's longest segment) stay inside the model's window."""
+        """Lists of segments (given longest first, so a batch's padding is small) whose KV cache, rows x (latest
+        start + longest segment) positions, holds no more than batch_size of the call's longest requests, and
+        whose padded positions stay inside the model's window."""
         batch, longest, latest = [], 0, 0
         for i in level:
             n, start = len(segs[i].seq) - segs[i].start, segs[i].start
-            if batch and ((len(batch) + 1) * longest > self._tokens_per_batch or max(latest, start) + longest >
-                          self.max_seq_len or n < _FILL * longest):  # mostly padding: a batch of its own costs less
+            # Each row's KV cache spans its shared prefix too: rows x (latest start + longest segment) positions.
+            cache = max(latest, start) + longest
+            if batch and ((len(batch) + 1) * cache > self._tokens_per_batch or cache > self.max_seq_len
+                          or n < _FILL * longest):  # mostly padding: a batch of its own costs less
                 yield batch
                 batch, longest, latest = [], 0, 0
             batch.append(i)
