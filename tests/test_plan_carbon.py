@@ -52,3 +52,15 @@ def test_measured_run_killed_mid_line(tmp_path):
     lines = [json.dumps({"step": 10, "loss": 3.0, "elapsed_s": 1800.0, "devices": 2}), '{"step": 20, "loss": 2.']
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines))
     assert measured_gpu_hours(tmp_path) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("argv", [["--paper", "--gpu-watts", "-5"], ["--paper", "--mfu", "5"],
+                                  ["--model", "llama-7b", "--tokens", "1T", "--pue", "0"],
+                                  ["--model", "llama-7b", "--tokens", "1T", "--carbon-intensity", "-1"]])
+def test_bad_constant_prints_one_error_line_and_no_half_table(argv, capsys):
+    """`plan --paper --gpu-watts -5` used to print the GPU-hours table and the carbon table's header before its
+    error line (and `--model ... --pue 0` the FLOPs and memory lines): a mistake is one line, nothing else."""
+    assert main(["plan", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "", captured.out
+    assert len(captured.err.strip().splitlines()) == 1 and captured.err.startswith("error: --"), captured.err

@@ -257,14 +257,16 @@ def run_paper(args) -> int:
     from llamaforge.plan.flops import paper_mfu, paper_table
 
     mfu = paper_mfu() if args.mfu is None else args.mfu
-    print(f"A100-80GB (312 TFLOP/s bf16), one MFU for all sizes: {mfu:.1%} (implied by the 65B's 380 tokens/s/GPU)")
+    rows, carbon_rows = paper_table(mfu), paper_carbon_table(args.gpu_watts, args.pue, args.carbon_intensity)
+    why = "implied by the 65B's 380 tokens/s/GPU" if args.mfu is None else "--mfu"  # both tables before any line
+    print(f"A100-80GB (312 TFLOP/s bf16), one MFU for all sizes: {mfu:.1%} ({why})")
     print(f"{'model':<11}{'tokens':>8}{'tok/s/GPU':>11}{'GPU-hours':>12}{'paper':>12}{'ratio':>7}{'paper MFU':>11}")
-    for r in paper_table(mfu):
+    for r in rows:
         print(f"{r['preset']:<11}{r['tokens'] / 1e12:>7.1f}T{r['tokens_per_s_per_gpu']:>11,.0f}{r['gpu_hours']:>12,.0f}"
               f"{r['paper_gpu_hours']:>12,}{r['ratio']:>7.3f}{r['paper_implied_mfu']:>11.1%}")
     print(f"Table 15 from its GPU-hours: {args.gpu_watts:g} W x PUE {args.pue:g}, {args.carbon_intensity:g} kg CO2eq/kWh")
     print(f"{'model':<11}{'GPU-hours':>12}{'MWh':>8}{'paper':>8}{'tCO2eq':>9}{'paper':>8}")
-    for r in paper_carbon_table(args.gpu_watts, args.pue, args.carbon_intensity):
+    for r in carbon_rows:
         print(f"{r['preset']:<11}{r['gpu_hours']:>12,}{r['mwh']:>8.1f}{r['paper_mwh']:>8.0f}{r['tco2eq']:>9.1f}"
               f"{r['paper_tco2eq']:>8.0f}")
     return 0
@@ -272,7 +274,8 @@ def run_paper(args) -> int:
 
 def run(args) -> int:
     """Dispatch to the mode the flags name: --budget, --paper, --measured, else a model (--model or --dims). Returns 0;
-    UserError when no mode is given."""
+    UserError when no mode is given, or for a bad energy constant (checked first: no table is half printed)."""
+    _carbon(args, 0.0)  # --gpu-watts, --pue, --carbon-intensity are validated before any line is printed
     if args.budget is not None:
         return run_budget(args)
     if args.paper:
