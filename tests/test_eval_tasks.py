@@ -128,6 +128,22 @@ def test_results_json_and_markdown():
     assert "| piqa | acc_norm (paper's) | 0 | 2 | 0.0 | 0.0 | 79.8 |" in table
 
 
+def test_results_file_is_strict_json_when_a_split_has_one_item(tmp_path):
+    """A split of one item has no standard error: it was written as the bare token NaN, which is not JSON (RFC
+    8259; jq and JavaScript's JSON.parse refuse the whole file). It is null now; the table leaves the cell empty."""
+    from llamaforge.eval.results import write_results
+
+    result = aggregate("winogender", 0, [{"acc": 1.0, "groups": ["gotcha"]}, {"acc": 0.0, "groups": []}], "acc")
+    path, _ = write_results(tmp_path / "r.json", [result], {"model": "m"})
+
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    data = json.loads(path.read_text(), parse_constant=refuse)  # NaN / Infinity are what parse_constant sees
+    assert data["results"]["winogender"]["acc[gotcha]"] == 1.0
+    assert data["results"]["winogender"]["acc[gotcha]_stderr"] is None
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # perplexity
 

@@ -62,15 +62,27 @@ def aggregate(task: str, shots: int, per_item: list[dict], paper_metric: str | N
 
 def to_json(results: list[TaskResult], config: dict) -> dict:
     """The results file: {"results": task -> metrics and <metric>_stderr, "details": shots, n, paper numbers, "config":
-    ...}.
+    ...}. A value that is not a finite number (the stderr of a one-item split) is null: NaN is not JSON (RFC 8259),
+    and jq, JavaScript and strict readers refuse a file holding it.
     """
-    return {
+    return _finite({
         "results": {r.task: {**r.metrics, **{f"{k}_stderr": v for k, v in r.stderr.items()}} for r in results},
         "details": {r.task: {"shots": r.shots, "n": r.n, "paper_metric": r.paper_metric, "paper": r.paper,
                              "chance": r.chance, "split_sizes": r.sizes, **({"note": r.note} if r.note else {})}
                     for r in results},
         "config": config,
-    }
+    })
+
+
+def _finite(value):
+    """`value` with every float that is not finite (NaN, inf) at any depth replaced by None (JSON null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 PERCENT_METRICS = ("acc", "exact_match", "maj@", "pass@", "pct_stereotype", "mc1", "mc2", "truthful", "informative")
@@ -109,7 +121,7 @@ def write_results(path, results: list[TaskResult], config: dict) -> tuple[Path, 
     path = Path(path)
     md_path = path.with_suffix(".md")
     with atomic_file(path, "w") as f:
-        f.write(json.dumps(to_json(results, config), indent=2) + "\n")
+        f.write(json.dumps(to_json(results, config), indent=2, allow_nan=False) + "\n")
     with atomic_file(md_path, "w") as f:
         f.write(markdown_table(results))
     return path, md_path
