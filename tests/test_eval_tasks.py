@@ -79,6 +79,21 @@ def test_malformed_task_file_is_one_line_cli_error(tmp_path, capsys, stories):
     assert rc == 2 and err.startswith(f"error: {path}:1: choices:") and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("extra,message", [
+    (["--tasks", "math", "--samples", "2", "--temperature", "-1"], "error: --temperature: expected a number >= 0"),
+    (["--tasks", "truthfulqa_gen", "--judge", "notaurl"], "error: --judge: expected an http:// or https:// URL"),
+    (["--tasks", "truthfulqa_gen", "--judge", "http://127.0.0.1:9/"], "error: --judge: http://127.0.0.1:9/: "),
+])
+def test_bad_sampling_or_judge_is_one_line(capsys, extra, message):
+    """`--temperature -1` with --samples 2 was a RequestError traceback at the first sampled problem (after the
+    model was loaded and the prompts built); `--judge notaurl` a ValueError from urllib and an unreachable judge a
+    URLError traceback after the answers were generated. Each is one line, exit 2, nothing written."""
+    rc = main(["eval", str(shared_path("stories260K/stories260K.bin")), "--tokenizer",
+               str(shared_path("stories260K/tok512.bin")), "--data-dir", str(shared_path("")), "--limit", "1", *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(message) and err.count("\n") == 1, err
+
+
 def test_unknown_task_and_missing_data(tmp_path):
     with pytest.raises(UserError, match="unknown task 'nope'"):
         get_task("nope")

@@ -71,6 +71,14 @@ def run(args) -> int:
                         ("--stride", args.stride)):
         if value is not None and value < 1:
             raise UserError(f"{flag}: expected an integer >= 1, got {value}")
+    import math
+
+    if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise UserError(f"--temperature: expected a number >= 0, got {args.temperature}")  # not after scoring
+    if args.judge and "truthfulqa_gen" in tasks:
+        from llamaforge.eval.tasks.truthfulqa import http_judge
+
+        http_judge(args.judge)  # a URL that is not http(s) is refused before the model is loaded
 
     texts = read_texts(args.text)  # read (and a binary file refused) before the model is loaded
     model, tokenizer = load_model_args(args)

@@ -132,13 +132,27 @@ def load_truthfulqa_gen(data_dir: Path) -> list[TruthfulGenItem]:
 
 
 def http_judge(url: str, timeout: float = 60.0):
-    """A judge that POSTs {"question", "answer"} to `url` and reads {"truthful": bool, "informative": bool}."""
+    """A judge that POSTs {"question", "answer"} to `url` and reads {"truthful": bool, "informative": bool}.
+    Raises UserError (`--judge: ...`, one line) for a URL that is not http(s), here, before any generation; and,
+    per call, for an endpoint that cannot be reached or answers anything but such an object."""
+    import urllib.parse
+
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise UserError(f"--judge: expected an http:// or https:// URL, got {url!r}")
 
     def judge(question: str, answer: str) -> dict:
         body = json.dumps({"question": question, "answer": answer}).encode()
         request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                verdict = json.loads(response.read())
+        except (OSError, ValueError) as e:  # URLError, HTTPError, timeouts are OSErrors; bad JSON a ValueError
+            raise UserError(f"--judge: {url}: {e}; expected a POST endpoint answering "
+                            '{"truthful": bool, "informative": bool}') from None
+        if not isinstance(verdict, dict) or not {"truthful", "informative"} <= verdict.keys():
+            raise UserError(f"--judge: {url}: answered {str(verdict)[:80]!r}; expected "
+                            '{"truthful": bool, "informative": bool}')
+        return verdict
 
     return judge
 
