@@ -76,3 +76,21 @@ def test_c4_badwords_list_from_a_path_matches_phrases_and_is_never_silently_off(
     assert build(cc, badwords=str(path)).stages[0].badwords == frozenset(entries)
     assert build(cc, badwords="none").off == {"bad_words": "--badwords none"}
     assert build(cc).off == {"bad_words": NO_BADWORDS} and not build(cc).stages[0].badwords
+
+
+def test_c4_badwords_file_that_is_not_text_is_refused(tmp_path):
+    """A binary file given as --badwords (a tokenizer, a model) was read line by line as "bad words" and the run
+    went on; it is refused like every text input (io.read_text), naming the flag, the file and the byte."""
+    import pytest
+
+    from llamaforge.data.sources.c4 import build
+    from llamaforge.errors import UserError
+
+    cc = [str(shared_path(CC_SAMPLES[0]))]
+    binary = tmp_path / "words.bin"
+    binary.write_bytes(b"ass\n\x00\x01\x02\xff\n")
+    with pytest.raises(UserError, match=r"^--badwords: .*words\.bin: expected UTF-8 text, found binary data at byte 4$"):
+        build(cc, badwords=str(binary))
+    text = tmp_path / "words.txt"
+    text.write_text("Two Words\n\n  spaced  \n", encoding="utf-8")  # one entry a line, trimmed, lowercased
+    assert build(cc, badwords=str(text)).stages[0].badwords == frozenset({"two words", "spaced"})

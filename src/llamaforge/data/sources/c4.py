@@ -22,11 +22,11 @@ from pathlib import Path
 
 from llamaforge.data.filters.dedup import LineDedup
 from llamaforge.data.filters.langid import LanguageFilter
-from llamaforge.data.filters.quality import load_texts
 from llamaforge.data.pipeline import Doc, MapStage, Result, Source, Stage
 from llamaforge.data.readers import expand_inputs, is_warc, iter_jsonl, refuse_folders_without, refuse_unless_records
 from llamaforge.data.sources.commoncrawl import CCReader
 from llamaforge.errors import UserError
+from llamaforge.io import read_text
 
 MIN_WORDS_PER_LINE = 5
 MIN_SENTENCES = 3
@@ -145,7 +145,12 @@ def build(inputs: list[str], badwords: str | None = None, lang_threshold: float 
         path = Path(badwords)
         if not path.is_file():
             raise UserError(f"--badwords: {path}: expected a file of words, one a line (or none)")
-        words = frozenset(w.strip().lower() for w in load_texts([str(path)]) if w.strip())
+        # read_text: a binary file (a tokenizer, a gzip of anything but text) is refused, not read as "words"
+        try:
+            lines = read_text(path).split("\n")
+        except UserError as e:
+            raise UserError(f"--badwords: {e}") from None
+        words = frozenset(w.strip().lower() for w in lines if w.strip())
     suffixes = (".jsonl", ".jsonl.gz", ".json.gz", ".warc.gz", ".wet.gz", ".warc")
     expected = 'JSONL(.gz) with a "text" field, or Common Crawl WARC / WET (.warc.gz)'
     refuse_folders_without(inputs, suffixes, "c4", expected)
