@@ -193,3 +193,15 @@ def test_a_jsonl_gz_cut_short_is_still_taken_as_json_lines(tmp_path, capsys, sou
     with pytest.raises(EOFError):
         gzip.decompress(path.read_bytes())
     assert build_source(source, [str(path)]).shards == [str(path)]
+
+
+def test_a_utf16_book_is_refused_as_utf16_not_as_binary(tmp_path, capsys):
+    """Only UTF-8 text is read (README); a UTF-16 book (Windows Notepad's "Unicode") has NUL bytes and was refused
+    as "a binary file", which sends the user looking for the wrong mistake."""
+    path = tmp_path / "book.txt"
+    path.write_bytes(("CHAPTER I.\n\n" + TEXT).encode("utf-16"))
+    capsys.readouterr()
+    assert cli.main(["prepare", "books", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {path}: books: this is UTF-16 text (only UTF-8"), err
+    assert not (tmp_path / "out").exists()

@@ -82,6 +82,7 @@ WARC, WAT, XML, HTML, BINARY = "a WARC file", "a WAT file (WARC metadata records
     "an HTML file", "a binary file"
 ZIP, TAR, JSON_LINES, JSON = "a ZIP archive", "a tar archive", "JSON lines", "a JSON file, not one object a line"
 LATEX, EMPTY = "a LaTeX file", "an empty file"
+UTF16 = "UTF-16 text (only UTF-8 text is read)"  # a byte-order mark FF FE / FE FF, then NUL-laden text
 UNREADABLE = "an unreadable file"  # cannot be opened or decompressed at all: left to the reader, which counts it
 # a LaTeX document's structure at the start of a line (a book or a web page has none of these)
 LATEX_COMMAND = re.compile(rb"^[ \t]*\\(?:documentclass|usepackage|begin\{|section|subsection|chapter|input\{"
@@ -96,7 +97,8 @@ def sniff_kind(path) -> str | None:
     source reads: `WARC` (`WARC/` version line, ISO 28500), `WAT` (a WARC whose records are only `warcinfo`,
     `request` and `metadata`: Common Crawl's link metadata, no page text), `XML` (`<?xml`, a MediaWiki or
     Stack Exchange root), `HTML` (`<!DOCTYPE html` / `<html`), `ZIP` (`PK\\3\\4`), `TAR` (`ustar` at byte 257,
-    POSIX.1-1988), `BINARY` (a NUL byte, which UTF-8 text never has), `JSON_LINES` (starts with `{`), `JSON`
+    POSIX.1-1988), `BINARY` (a NUL byte, which UTF-8 text never has; `UTF16` when a UTF-16 byte-order mark
+    starts it), `JSON_LINES` (starts with `{`), `JSON`
     (pretty-printed: a first line `{` alone, or a `[` array), `LATEX` (a
     line starting with a LaTeX structure command such as `\\documentclass`, `\\section`, `\\begin{`), `EMPTY`;
     plain text that is none of these: None. A file that cannot be opened, or whose compressed stream ends before
@@ -138,8 +140,8 @@ def sniff_kind(path) -> str | None:
         return HTML
     if start.startswith((b"<?xml", b"<mediawiki", b"<posts")):
         return XML
-    if b"\x00" in head:
-        return BINARY
+    if b"\x00" in head:  # UTF-16 text has NULs too: told apart by its byte-order mark, so the message is right
+        return UTF16 if head.startswith((b"\xff\xfe", b"\xfe\xff")) else BINARY
     if start.startswith(b"{"):  # a first line that is a lone `{`: pretty-printed JSON; else one object a line
         return JSON if start.partition(b"\n")[0].strip() == b"{" else JSON_LINES
     if JSON_ARRAY.match(start):

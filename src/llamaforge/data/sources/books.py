@@ -17,7 +17,7 @@ from pathlib import Path
 from llamaforge.data.filters.dedup import MinHashDedup
 from llamaforge.data.pipeline import Doc, MapStage, Result, Source
 from llamaforge.data.readers import (
-    BINARY, HTML, JSON, LATEX, TAR, WARC, WAT, XML, ZIP, expand_inputs, is_jsonl, iter_jsonl, read_text_file,
+    BINARY, HTML, JSON, LATEX, TAR, UTF16, WARC, WAT, XML, ZIP, expand_inputs, is_jsonl, iter_jsonl, read_text_file,
     refuse_folders_without, refuse_other_kinds, refuse_unless_records)
 from llamaforge.errors import UserError
 
@@ -148,7 +148,7 @@ def build(inputs: list[str], near_dup_threshold: float = 0.9) -> Source:
     shards = expand_inputs(inputs, suffixes)
     refuse_unless_records([s for s in shards if is_jsonl(s)], "books", expected)
     texts = [s for s in shards if not is_jsonl(s)]
-    refuse_other_kinds(texts, "books", expected, (WARC, WAT, XML, HTML, LATEX, JSON, ZIP, TAR, BINARY))
+    refuse_other_kinds(texts, "books", expected, (WARC, WAT, XML, HTML, LATEX, JSON, ZIP, TAR, BINARY, UTF16))
     for shard in texts:  # JSON lines under a text name would be kept as one "book" of JSON
         if _first_line_is_json_object(shard):
             raise UserError(f"{shard}: books: this is JSON lines under a text name; expected {expected} (name it "
