@@ -206,7 +206,7 @@ def test_cli_bad_inputs_are_one_line_and_write_nothing(tmp_path, capsys):
     cases = [
         (["--data", str(tmp_path / "bad.jsonl")], "bad.jsonl:2: not valid JSON"),
         (["--data", str(tmp_path / "ok.json"), "--method", "lora", "--lora.targets=wq,wx"],
-         "lora.targets: no projection 'wx'"),
+         "error: --lora.targets: no projection 'wx'"),  # its flag, not the recipe file it did not come from
         (["--data", str(tmp_path / "missing.json")], "missing.json: no such file"),
         (["--data", str(tmp_path / "ok.json"), "--eval.tasks=mmlu"], "eval.data_dir: expected the folder"),
         (["--data", str(tmp_path / "ok.json"), "--eval.tasks=mmlx", "--eval.data_dir=x"], "unknown task 'mmlx'"),

@@ -430,8 +430,9 @@ def validate(cfg: TrainConfig, where: str = "config", flags: dict[str, str] | No
 
             try:
                 check(cfg.lora)
-            except UserError as e:
-                raise UserError(f"{where}: {e}") from None
+            except UserError as e:  # "lora.FIELD: ...": named by its flag when the command line set it
+                field, _, rest = str(e).partition(":")
+                raise UserError(f"{flags[field]}:{rest}" if field in flags else f"{where}: {e}") from None
 
 
 def grad_accum_steps(cfg: TrainConfig, dp_degree: int) -> int:
