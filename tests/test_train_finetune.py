@@ -214,6 +214,9 @@ def test_cli_bad_inputs_are_one_line_and_write_nothing(tmp_path, capsys):
         # base model's first forward pass
         (["--data", str(tmp_path / "ok.json"), "--tokenizer", str(shared_path("llama2-tokenizer/tokenizer.model"))],
          "tokenizer has 32000 tokens, the model only 512 embedding rows"),
+        (["--data", str(tmp_path / "ok.json"), "--eval.tasks=winogender", f"--eval.data_dir={shared_path('')}",
+          f"--eval.tokenizer={shared_path('llama2-tokenizer/tokenizer.model')}"],  # scored on the base first
+         "tokenizer has 32000 tokens, the model only 512 embedding rows"),
         # a missing MODEL was blamed on --tokenizer ("required when MODEL is a single file")
         (["--data", str(tmp_path / "ok.json"), "--model-path-missing"], "no-such-model: no such file or folder"),
     ]

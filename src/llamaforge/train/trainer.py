@@ -287,19 +287,22 @@ def validate(model, loader: Loader, cfg: TrainConfig, device, autocast) -> dict:
 
 def load_base(cfg: TrainConfig) -> Transformer:
     """The pretrained model a finetuning run starts from (fp32 on the CPU), checked against the data's context and
-    tokenizer. Raises UserError when `data.seq_len` exceeds the model's context, or when `data.tokenizer` has more
-    tokens than the model has embedding rows (another model's tokenizer: its ids would index past the table, an
-    IndexError deep in the forward pass; `formats.check_tokenizer_fits`, as generate/eval check it)."""
+    tokenizers. Raises UserError when `data.seq_len` exceeds the model's context, or when `data.tokenizer` or the
+    `[eval]` tokenizer (with eval.tasks) has more tokens than the model has embedding rows (another model's
+    tokenizer: its ids would index past the table, an IndexError deep in the forward pass;
+    `formats.check_tokenizer_fits`, as generate/eval check it)."""
     from llamaforge.formats import check_tokenizer_fits, load_model
 
     model = load_model(cfg.finetune.base, device="cpu", dtype=torch.float32)
     if cfg.data.seq_len > model.args.max_seq_len:
         raise UserError(f"data.seq_len: {cfg.data.seq_len} exceeds the base model's context "
                         f"{model.args.max_seq_len} ({cfg.finetune.base})")
-    if cfg.data.tokenizer:
-        from llamaforge.tokenizer import load_tokenizer
+    from llamaforge.tokenizer import load_tokenizer
 
-        check_tokenizer_fits(load_tokenizer(cfg.data.tokenizer), model)
+    # the data's tokenizer, and [eval]'s (the base is scored before training, so check_vocab would come too late)
+    for path in (cfg.data.tokenizer, cfg.eval.tokenizer if cfg.eval.tasks.strip() else ""):
+        if path:
+            check_tokenizer_fits(load_tokenizer(path), model)
     return model
 
 
