@@ -506,3 +506,45 @@ def test_llama2_finetune_is_served_as_llama2_by_auto(tmp_path):
     config.write_text(json.dumps({**legacy, "llamaforge_chat_format": "llama9"}))
     with pytest.raises(UserError, match="llamaforge_chat_format: expected one of plain, llama2, llama3, chatml"):
         load_chat_format("auto", load_tokenizer(final))
+
+
+@pytest.mark.slow
+def test_full_finetune_with_tensor_parallelism_matches_one_process(tmp_path):
+    """Sequence parallelism splits every sequence evenly across the tp ranks, but a finetuning micro-batch was as
+    wide as its longest example and `finetune.padding=skip` cut each row after its last target: any odd width
+    ended `--parallel.tp=2` in a RuntimeError in RoPE (100 vs 99 positions). Widths and cuts are now multiples of
+    tp (padding after the last target changes nothing): the losses equal one process's."""
+    from llamaforge.formats import save_model
+
+    _, tok = stories()
+    torch.manual_seed(0)  # untied embeddings: tensor parallelism refuses stories260K's tied ones
+    save_model(Transformer(ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=512, multiple_of=32,
+                                     max_seq_len=256)), tmp_path / "untied", tokenizer_path=str(tok))
+    data = shared_path("alpaca/alpaca_5000.json")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    losses = {}
+    for name, nproc, extra in (("one", 1, []), ("skip", 2, ["--parallel.tp=2", "--finetune.padding=skip"]),
+                               ("keep", 2, ["--parallel.tp=2", "--finetune.padding=keep"])):
+        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--standalone"] \
+            if nproc > 1 else [sys.executable]
+        cmd = [*launch, "-m", "llamaforge", "finetune", str(tmp_path / "untied"), "--tokenizer", str(tok), "--data",
+               str(data), "--out", str(tmp_path / name), *COMMON, "--method", "full", "--training.steps=2",
+               "--checkpoint.every=0", "--metrics.val_every=2", *extra]
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert r.returncode == 0, r.stderr[-3000:]
+        losses[name] = records(tmp_path / name, "loss") + records(tmp_path / name, "val_loss")
+    assert len(losses["one"]) == 3
+    for name in ("skip", "keep"):
+        assert losses[name] == pytest.approx(losses["one"], rel=1e-5), (name, losses)
+
+
+def test_widths_and_cuts_are_multiples_of_the_tensor_parallel_degree():
+    """The unit form of the test above: collate rounds a micro-batch's width up, unpadded_rows each row's cut
+    (never past the batch's width)."""
+    from llamaforge.train.finetune import collate
+    from llamaforge.train.trainer import unpadded_rows
+
+    x, y = collate([([5] * 7, [IGNORE] * 3 + [1] * 4), ([5] * 3, [1] * 3)], pad_id=0, multiple=4)
+    assert x.shape == y.shape == (2, 8) and (y[:, 7] == IGNORE).all()
+    assert [tuple(r.shape) for r, _ in unpadded_rows(x, y, multiple=4)] == [(1, 8), (1, 4)]
+    assert [tuple(r.shape) for r, _ in unpadded_rows(x, y)] == [(1, 7), (1, 3)]

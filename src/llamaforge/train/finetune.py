@@ -203,9 +203,12 @@ def to_pair(ids: list[int], mask: list[bool]) -> tuple[list[int], list[int]]:
     return ids[:-1], [t if m else IGNORE for t, m in zip(ids[1:], mask[1:])]
 
 
-def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad a micro-batch to its longest row: inputs [B, T] (pad_id), targets [B, T] (-100 on padding)."""
-    width = max(len(x) for x, _ in pairs)
+def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int,
+            multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad a micro-batch to its longest row, rounded up to a multiple of `multiple` (the tensor-parallel
+    degree: sequence parallelism splits every sequence evenly across its ranks): inputs [B, T] (pad_id), targets
+    [B, T] (-100 on padding)."""
+    width = -(-max(len(x) for x, _ in pairs) // multiple) * multiple
     x = torch.full((len(pairs), width), pad_id, dtype=torch.long)
     y = torch.full((len(pairs), width), IGNORE, dtype=torch.long)
     for r, (xi, yi) in enumerate(pairs):
@@ -223,7 +226,7 @@ class InstructionLoader:
     counter and any layout sees the same examples per step."""
 
     def __init__(self, examples: Examples, batch_size: int, seed: int, val_examples: int, pad_id: int,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, width_multiple: int = 1):
         n = len(examples.ids)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
         n_val = min(val_examples, n // 2)
@@ -231,6 +234,7 @@ class InstructionLoader:
         self.val, self.train = pairs[:n_val], pairs[n_val:]
         self.batch_size, self.seed, self.pad_id = batch_size, seed, pad_id
         self.rank, self.world_size = rank, world_size
+        self.width_multiple = width_multiple  # batch widths a multiple of this (the tensor-parallel degree)
         self.seq_index = 0
         self._perm_epoch, self._perm = -1, []
 
@@ -246,7 +250,8 @@ class InstructionLoader:
         the longest row, targets -100 on prompt, template and padding positions.
         """
         first = self.seq_index + self.rank * self.batch_size
-        batch = collate([self._example(k) for k in range(first, first + self.batch_size)], self.pad_id)
+        batch = collate([self._example(k) for k in range(first, first + self.batch_size)], self.pad_id,
+                        self.width_multiple)
         self.seq_index += self.batch_size * self.world_size
         return batch
 
@@ -255,7 +260,7 @@ class InstructionLoader:
         pretraining `metrics.val_batches`, is not used), the same on every process (not sharded, as
         `Loader.val_batches` asks), so the validation loss does not depend on the layout."""
         for first in range(0, len(self.val), self.batch_size):
-            yield collate(self.val[first:first + self.batch_size], self.pad_id)
+            yield collate(self.val[first:first + self.batch_size], self.pad_id, self.width_multiple)
 
     def val_bytes_per_token(self) -> None:
         """None: the loss is over response tokens only, so bits per byte of the text would not mean what it says."""

@@ -66,7 +66,8 @@ def build_loader(cfg: TrainConfig, vocab_size: int, rank: int, world: int, examp
         if examples is None:
             raise ValueError("data.kind 'instructions' needs the rendered examples (train(..., examples=...))")
         return InstructionLoader(examples, t.micro_batch_size, t.seed, cfg.finetune.val_examples,
-                                 pad_id=examples.pad_id, rank=rank, world_size=world)
+                                 pad_id=examples.pad_id, rank=rank, world_size=world,
+                                 width_multiple=cfg.parallel.tp)
     if d.kind == "synthetic":
         return SyntheticLoader(vocab_size, d.seq_len, t.micro_batch_size, t.seed, rank=rank, world_size=world)
     from llamaforge.data.mixture import MixtureLoader

@@ -232,14 +232,18 @@ def logits_at(model, targets: torch.Tensor):
         out.positions = None
 
 
-def unpadded_rows(x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def unpadded_rows(x: torch.Tensor, y: torch.Tensor, multiple: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The rows of a micro-batch (x, y [B, T]) one by one, each cut after its last target (target != -100):
     [(x [1, T_b], y [1, T_b])]. Under causal attention a position only influences later ones, so positions after
     a row's last target (its padding) cannot change the loss or any gradient: running the rows alone gives the same
     loss and gradients as the padded batch (up to float summation order) without the padding's FLOPs. A row with
-    no target keeps one position (every process then runs the same number of forward passes, as FSDP needs)."""
+    no target keeps one position (every process then runs the same number of forward passes, as FSDP needs).
+    `multiple`: each cut is rounded up to a multiple of it (the tensor-parallel degree; sequence parallelism splits
+    every sequence evenly), never past T."""
     positions = torch.arange(1, y.shape[1] + 1, device=y.device)
     ends = torch.where(y != -100, positions, 0).amax(1).clamp(min=1).tolist()  # one host sync per micro-batch
+    # sequence parallelism splits every sequence evenly: a cut rounded up to a multiple of the tp degree
+    ends = [min(-(-end // multiple) * multiple, y.shape[1]) for end in ends]
     return [(x[b : b + 1, :end], y[b : b + 1, :end]) for b, end in enumerate(ends)]
 
 
@@ -506,7 +510,7 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None, trust_checkpoint
         loss_sum = torch.zeros((), device=device)
         for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            for xr, yr in unpadded_rows(x, y) if unpad else [(x, y)]:  # finetuning on CPU: no FLOPs on padding
+            for xr, yr in unpadded_rows(x, y, cfg.parallel.tp) if unpad else [(x, y)]:  # finetuning on CPU: no FLOPs on padding
                 with autocast(), logits_at(model, yr) as kept:
                     loss = cross_entropy_sum(model(xr), kept)
                 (loss * (dp / count)).backward()  # x dp: FSDP averages gradients over the dp processes
