@@ -70,6 +70,29 @@ def add_resume_arguments(parser) -> None:
                         help="allow --resume PATH outside OUT/checkpoints (resuming unpickles DCP's .metadata)")
 
 
+# What `train` / `finetune` write into OUT (train.trainer.train and commands.finetune): any of these means the folder
+# holds a run that a fresh start would overwrite (metrics.jsonl truncated, checkpoints and final/ replaced).
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", "final", "adapter", "finetune_report.md")
+
+
+def check_out_free(out, resume) -> None:
+    """Refuse to start a new `train` / `finetune` run (no --resume) in an OUT folder that holds a previous run: it
+    would silently truncate that run's metrics.jsonl and replace its checkpoints and final model. Call before anything
+    is loaded or written. A missing or empty folder, or one without run files (`RUN_FILES`), is fine; so is any OUT
+    with --resume. Raises UserError naming the folder, what it holds, and the two ways on (as torchtitan and litgpt
+    users expect: continue explicitly with --resume, or start in a new folder)."""
+    from pathlib import Path
+
+    from llamaforge.errors import UserError
+
+    if resume is not None or not Path(out).is_dir():
+        return
+    found = [name + ("/" if (Path(out) / name).is_dir() else "") for name in RUN_FILES if (Path(out) / name).exists()]
+    if found:
+        raise UserError(f"{out}: --out: holds a previous run ({', '.join(found)}); expected a new or empty folder, "
+                        "or --resume auto to continue that run")
+
+
 def add_sampling_arguments(parser, max_new_tokens: int, temperature: float, top_p: float) -> None:
     """The sampling flags of `generate` and `chat`, with each command's defaults: --max-new-tokens, --temperature
     (0: greedy), --top-k (0: off, all tokens), --top-p (nucleus threshold, 1: off), --seed. `check_sampling` checks

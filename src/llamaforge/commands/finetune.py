@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 
-from llamaforge.commands.args import add_resume_arguments
+from llamaforge.commands.args import add_resume_arguments, check_out_free
 
 ACCEPTS_EXTRA_ARGS = True  # --section.key=value overrides arrive in args.extra
 
@@ -49,7 +49,8 @@ def run(args) -> int:
     """Render the instruction data through the chat template, finetune with the trainer (recipe finetune-full or
     finetune-lora unless --recipe), write the chat template beside `final/`, the before/after report and chat samples
     (rank 0 only). Returns 0. Raises UserError for a missing --data file, a single-file MODEL without --tokenizer, a
-    bad override, template or data record."""
+    bad override, template or data record, or an OUT holding a previous run
+    without --resume."""
     import os
     from pathlib import Path
 
@@ -81,10 +82,11 @@ def run(args) -> int:
     if args.show_example:
         print(show_example(tokenizer, examples.ids[0], examples.masks[0]))
         return 0
+    out = Path(args.out) if args.out else Path("runs") / f"finetune-{cfg.finetune.method}"
+    check_out_free(out, args.resume)  # a new run over an old one would truncate its metrics
     if master:
         for line in examples.summary(cfg.finetune.data, cfg.data.seq_len):
             print(line)
-    out = Path(args.out) if args.out else Path("runs") / f"finetune-{cfg.finetune.method}"
 
     from llamaforge.eval import evaluator_from_section
     from llamaforge.train import train

@@ -4,7 +4,7 @@ Also runs under `torchrun --nproc_per_node N -m llamaforge train ...` (FSDP2 / t
 
 from __future__ import annotations
 
-from llamaforge.commands.args import add_resume_arguments
+from llamaforge.commands.args import add_resume_arguments, check_out_free
 
 ACCEPTS_EXTRA_ARGS = True  # --section.key=value overrides arrive in args.extra
 
@@ -21,7 +21,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     """Load the recipe with the overrides and train (`train.train`, also under torchrun), with the `[eval]` section as
     the evaluation callback; rank 0 prints the final metrics and the model folder. Returns 0; a config or data
-    mistake is a UserError before training starts."""
+    mistake, or an OUT holding a previous run without --resume, is a UserError before training starts."""
     from pathlib import Path
 
     from llamaforge.eval import evaluator_from_section
@@ -29,6 +29,7 @@ def run(args) -> int:
 
     cfg = load_config(args.recipe, args.extra)
     out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).stem
+    check_out_free(out, args.resume)  # a new run over an old one would truncate its metrics
     on_eval = evaluator_from_section(cfg.eval, cfg.data.tokenizer)  # train/ does not import eval/: injected here
     summary = train(cfg, out, resume=args.resume, trust_checkpoint=args.trust_checkpoint, on_eval=on_eval)
     if summary.metrics:  # rank 0
