@@ -8,6 +8,8 @@ Inputs: dump files or folders holding them, under Wikimedia's own names (`DUMP_P
 Keeps namespace 0 and drops redirects. Cleaning with mwparserfromhell (as the HF `wikipedia` builder that
 RedPajama used): links to files and images removed, `<ref>` and table tags removed, category links kept as their
 name, templates and formatting stripped (`strip_code`: a link becomes its text), magic words (`__TOC__`) removed.
+File and image links (nested links in captions, localised names) are cut before parsing by bracket depth, and what
+the parser leaves as text where it gives up on a stretch (quote runs like `Iliad'''s`, `<blockquote>` tags) after.
 The language comes from the dump's `<dbname>` (`enwiki` -> en); `languages` picks dumps (the paper: bg ca cs da de
 en es fr hr hu it nl pl pt ro ru sl sr sv uk).
 
@@ -72,13 +74,71 @@ def strip_tables(wikitext: str) -> str:
 
 
 TABLE_LINE = re.compile(r"^\s*(\{\||\|)")  # what a table row looks like after cleaning; never prose
+# `[[File:` / `[[Image:` / `[[Datei:` ... (every spelling in MEDIA_PREFIXES, any case)
+MEDIA_LINK_OPEN = re.compile(r"\[\[\s*(?:" + "|".join(re.escape(p) for p in MEDIA_PREFIXES) + r")\s*:", re.IGNORECASE)
+# HTML tags MediaWiki accepts in wikitext (its Sanitizer's list) and the extension tags of Wikipedia's articles:
+# where mwparserfromhell gives up on a stretch (unbalanced quotes inside a <ref>), they are left as text
+HTML_TAG = re.compile(r"</?(?:abbr|b|bdi|bdo|big|blockquote|br|caption|center|cite|code|data|dd|del|dfn|div|dl|dt|"
+                      r"em|font|gallery|h[1-6]|hr|i|includeonly|ins|kbd|li|mark|math|noinclude|nowiki|ol|onlyinclude|"
+                      r"p|poem|pre|q|rb|references|ref|rp|rt|rtc|ruby|s|samp|small|span|strike|strong|sub|sup|"
+                      r"syntaxhighlight|source|table|td|templatestyles|th|time|tr|tt|u|ul|var|wbr)"
+                      r"(?:\s[^<>]*)?/?>", re.IGNORECASE)
+QUOTE_RUN = re.compile(r"'{2,}")  # MediaWiki's italic (2 apostrophes), bold (3) and bold italic (5) markup
+
+
+def strip_media_links(wikitext: str) -> str:
+    """Wikitext without its file and image links (`[[File:x.svg|thumb|caption with [[nested]] links]]`, in every
+    spelling of MEDIA_PREFIXES), removed before parsing by matching `[[`/`]]` depth.
+
+    mwparserfromhell drops such a link only when it parses it as one; a caption with unbalanced quotes or `<br />`
+    makes it give up, and the link was kept as text (`[[File:Structural analysis ...|thumb|...`). A link that never
+    closes is removed to the end of its line (MediaWiki shows it as text; it is still not prose)."""
+    out, pos = [], 0
+    for m in MEDIA_LINK_OPEN.finditer(wikitext):
+        if m.start() < pos:  # inside a link already removed
+            continue
+        out.append(wikitext[pos:m.start()])
+        depth, i = 1, m.end()
+        while depth and i < len(wikitext):
+            if wikitext.startswith("[[", i):
+                depth, i = depth + 1, i + 2
+            elif wikitext.startswith("]]", i):
+                depth, i = depth - 1, i + 2
+            else:
+                i += 1
+        if depth:  # never closed: up to the end of the line
+            end = wikitext.find("\n", m.end())
+            i = len(wikitext) if end < 0 else end
+        pos = i
+    out.append(wikitext[pos:])
+    return "".join(out)
+
+
+def _quote_run(m: re.Match) -> str:
+    """A run of apostrophes left after parsing is markup, except the apostrophes MediaWiki shows (doQuotes in its
+    Parser.php): of 4, one (then bold); of more than 5, the extra ones; and 3 inside a word (italic title + `'s`, as
+    in `Iliad` + 3 apostrophes + `s`: the italic close after a possessive apostrophe) are that apostrophe."""
+    run, text, i = m.group(), m.string, m.start()
+    if len(run) == 3:
+        inside_word = i > 0 and text[i - 1].isalnum() and m.end() < len(text) and text[m.end()].isalpha()
+        return "'" if inside_word else ""
+    if len(run) == 4:
+        return "'"
+    return "'" * max(0, len(run) - 5)
+
+
+def strip_leftover_markup(plain: str) -> str:
+    """What mwparserfromhell leaves as text where it gives up on a stretch of a page (an unbalanced italic in a ref
+    turns the rest of that stretch into text): apostrophe runs (`_quote_run`) and HTML tags (`<blockquote>`)."""
+    return HTML_TAG.sub("", QUOTE_RUN.sub(_quote_run, plain))
 
 
 def clean_wikitext(text: str) -> str:
-    """Plain text of an article's wikitext (tables removed first, see `strip_tables`)."""
+    """Plain text of an article's wikitext: tables and file/image links removed first (`strip_tables`,
+    `strip_media_links`), then mwparserfromhell's `strip_code`, then what it left as text (`strip_leftover_markup`)."""
     import mwparserfromhell
 
-    code = mwparserfromhell.parse(strip_tables(text))
+    code = mwparserfromhell.parse(strip_media_links(strip_tables(text)))
     for link in code.filter_wikilinks():
         prefix = _prefix(str(link.title))
         try:
@@ -94,7 +154,7 @@ def clean_wikitext(text: str) -> str:
         except ValueError:
             pass
     plain = MAGIC_WORD.sub("", code.strip_code(normalize=True, collapse=True))
-    plain = LEFTOVER_REF.sub("", plain)
+    plain = strip_leftover_markup(LEFTOVER_REF.sub("", plain))
     lines = [line.strip() for line in plain.split("\n") if not TABLE_LINE.match(line)]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
