@@ -3,6 +3,8 @@
 Inputs: plain-text books (`.txt`, maybe compressed; one book a file, one shard a file) or JSONL(.gz) with a
 "text" field. Project Gutenberg's header (up to the `*** START OF ... PROJECT GUTENBERG EBOOK ... ***` line) and
 footer (from `*** END OF ...` on: the license) are removed; a book without those markers is kept whole.
+Paragraphs Project Gutenberg added (mentions of it, transcriber credits) and transcriber's notes in the front
+and back matter (with the rest of their section) are removed too.
 Books with more than 90% content overlap with an earlier book (MinHash-LSH over word 5-grams, Jaccard >= 0.9)
 are removed, the earliest in input order kept.
 """
@@ -37,6 +39,54 @@ CREDIT = re.compile(r"^\W*(?:this\s+)?(?:e-?text|e-?book|html\s+version|text\s+f
                     r"(?:\s+from\s+[^.]*?)?\s+by\b", re.IGNORECASE)
 TRANSCRIBER_NOTE = re.compile(r"^\W*(?:original\s+)?transcriber['’]?s?\s+notes?\b", re.IGNORECASE)
 CREDIT_WINDOW = 8  # credits are among the first (or last) paragraphs of the body; "produced by" mid-book is prose
+# A transcriber's note mentions the e-text or its transcriber ("...I have done the following in this E-text.",
+# "[Transcriber's note: ...]"); "pretext" and "transcribers" (prose) do not match.
+NOTE_MENTION = re.compile(r"\be-?texts?\b|\btranscriber(?:['’]s)?\b", re.IGNORECASE)
+SECTION_BREAK = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")  # two or more blank lines: Gutenberg's break between sections
+NOTE_EDGE = 0.05  # notes stand in the front (or back) matter: sections starting in the first / ending in the last 5%
+# transcriber's notes on an e-text's conventions are short (the shared books': 14 to 502 words); a longer run is an
+# essay (Art of War's 735-word preface by its e-text's preparer, on the translation's history) or the book: kept
+NOTE_MAX_WORDS = 600
+NOTE_PROSE_WORDS = 15  # shorter paragraphs before a note are its section's title lines (the book's), not its prose
+
+
+def strip_transcriber_notes(text: str) -> str:
+    """`text` without the transcriber's notes in its front and back matter: in a section (paragraphs up to the next
+    run of 2+ blank lines) that starts in the first or ends in the last NOTE_EDGE of the text, everything from the
+    first paragraph mentioning the e-text or a transcriber (NOTE_MENTION, or a "Transcriber's note" heading), with the
+    prose paragraphs right before it (NOTE_PROSE_WORDS words or more each), to the section's end (to the next
+    section's end for a heading standing alone), when that is at most NOTE_MAX_WORDS words. Such notes run over
+    several paragraphs (Leviathan's: a heading, the credit, then eleven paragraphs of "I have ..." on how the E-text
+    renders italics and Greek), so dropping the matching paragraph alone, or the heading and the one after it, kept
+    the rest."""
+    n = len(text)
+    breaks = [*SECTION_BREAK.finditer(text)]
+    sections = [(0 if i == 0 else breaks[i - 1].end(), breaks[i].start() if i < len(breaks) else n)
+                for i in range(len(breaks) + 1)]
+    cuts: list[tuple[int, int]] = []
+    for i, (start, end) in enumerate(sections):
+        if not (start < NOTE_EDGE * n or end > (1 - NOTE_EDGE) * n) or (cuts and cuts[-1][1] >= end):
+            continue
+        paras = [*re.finditer(r"(?:[^\n]|\n(?![ \t]*\n))+", text[start:end])]
+        for j, para in enumerate(paras):
+            flat = " ".join(para.group().split())
+            if _is_list(para.group()) or not (NOTE_MENTION.search(flat) or TRANSCRIBER_NOTE.match(flat)):
+                continue  # a contents list naming the note is the book's (its Gutenberg lines go later)
+            alone = j == len(paras) - 1  # a heading alone in its section: the note is the next section
+            while j and len(paras[j - 1].group().split()) >= NOTE_PROSE_WORDS and not _is_list(paras[j - 1].group()):
+                j -= 1  # the note's prose before the paragraph naming the e-text ("Hobbes used capitals ...")
+            para, cut_end = paras[j], end
+            if alone and TRANSCRIBER_NOTE.match(flat) and len(flat.split()) <= 12 and i + 1 < len(sections):
+                cut_end = sections[i + 1][1]
+            if len(text[start + para.start():cut_end].split()) <= NOTE_MAX_WORDS:
+                cuts.append((start + para.start(), cut_end))
+            break
+    out, pos = [], 0
+    for a, b in cuts:
+        out.append(text[pos:a].rstrip("\n") + ("\n" if a else ""))
+        pos = b
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def strip_gutenberg(text: str) -> str:
@@ -44,13 +94,15 @@ def strip_gutenberg(text: str) -> str:
     when they are absent), without the paragraphs Project Gutenberg added (see `pg_paragraph`). Paragraphs are
     blank-line separated; a paragraph's lines are kept or dropped together, except in a list of short lines (a table
     of contents), where only the lines mentioning Project Gutenberg go. A transcriber's-note heading standing alone
-    (12 words at most) takes the paragraph after it along."""
+    (12 words at most) takes the paragraph after it along; transcriber's notes in the front and back matter go with
+    the rest of their section (`strip_transcriber_notes`)."""
     start, end = START.search(text), END.search(text)
     if start:
         text_end = end.start() if end and end.start() > start.end() else len(text)
         text = text[start.end():text_end]
     elif end:
         text = text[:end.start()]
+    text = strip_transcriber_notes(text)
     paragraphs = re.split(r"(\n[ \t]*\n)", text.strip("\n"))  # keep the separators: spacing is preserved
     bodies = paragraphs[0::2]
     n = len(bodies)
