@@ -306,3 +306,30 @@ def test_default_commoncrawl_runs_every_paper_step(dump_slice: Path, tmp_path: P
     stats, _ = run_source("commoncrawl", inputs[:1], tmp_path / "bare")
     assert set(stats["off"]) == {"lm_perplexity", "reference_classifier"}
     assert "off: lm_perplexity (no Wikipedia" in format_stats_table(stats)
+
+
+def test_kenlm_scorer_loads_without_its_binary_file_hint_but_keeps_real_errors(small_bundle: Path, tmp_path: Path,
+                                                                              capfd):
+    """Every `prepare commoncrawl` run with models printed KenLM's "Loading the LM will be faster if you build a
+    binary file." (C++, fd 2) into the stage table's output; a broken ARPA file still raises KenLM's error, and what
+    else KenLM writes while loading still reaches stderr."""
+    pytest.importorskip("kenlm", reason="KenLM's query module did not build here (needs Boost)")
+    capfd.readouterr()
+    bundle = LMBundle(small_bundle, "kenlm")
+    assert bundle.perplexity(_wikitext_paragraphs()[0]) > 1
+    err = capfd.readouterr().err
+    assert "build a binary file" not in err and not err.strip(), err
+    from llamaforge.data.filters.lm import KENLM_BINARY_HINT, load_kenlm
+
+    broken = tmp_path / "broken.arpa"
+    broken.write_text("not an ARPA file\n")
+    with pytest.raises(OSError, match="Cannot read model"):
+        load_kenlm(broken)
+    assert KENLM_BINARY_HINT not in capfd.readouterr().err
+    # a warning KenLM writes while loading passes through: an ARPA file without <unk> (KenLM adds one and says so)
+    (tmp_path / "no_unk.arpa").write_text("\\data\\\nngram 1=3\nngram 2=1\n\n\\1-grams:\n-1.0\t<s>\t-0.3\n"
+                                          "-0.5\t</s>\n-0.7\tword\t-0.2\n\n\\2-grams:\n-0.1\t<s> word\n\n"
+                                          "\\end\\\n")
+    load_kenlm(tmp_path / "no_unk.arpa")
+    err = capfd.readouterr().err
+    assert KENLM_BINARY_HINT not in err and "<unk>" in err, err

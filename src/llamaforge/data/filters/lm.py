@@ -477,6 +477,39 @@ def resolve_scorer(scorer: str = "auto") -> str:
     return scorer if scorer != "auto" else ("kenlm" if has_kenlm else "numpy")
 
 
+# KenLM prints this to stderr (fd 2, from C++) whenever it reads an ARPA file; its Python module cannot write the
+# binary it suggests (that is KenLM's build_binary program), so the line is noise in every scored run.
+KENLM_BINARY_HINT = "Loading the LM will be faster if you build a binary file."
+
+
+def load_kenlm(path: str | Path, config=None):
+    """`kenlm.Model(path, config)` without KenLM's "build a binary file" hint (`KENLM_BINARY_HINT`) on stderr.
+
+    KenLM writes from C++ to file descriptor 2, which Python's sys.stderr does not see: fd 2 is pointed at a
+    temporary file for the load and restored after it; whatever else KenLM (or another thread) wrote meanwhile is
+    written to sys.stderr again, and an exception (a broken ARPA file: OSError) propagates unchanged."""
+    import os
+    import tempfile
+
+    import kenlm
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            return kenlm.Model(str(path), config) if config is not None else kenlm.Model(str(path))
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode("utf-8", errors="replace")
+            # the hint may end another line (KenLM writes it without a preceding newline after an error message)
+            rest = "\n".join(x for x in text.replace(KENLM_BINARY_HINT, "\n").split("\n") if x.strip())
+            if rest:
+                print(rest, file=sys.stderr, flush=True)
+
+
 class LMBundle:
     """`DIR/sp.model` (SentencePiece), `DIR/lm.arpa.gz` (the 5-gram KN LM in ARPA, for KenLM and other tools),
     `DIR/lm.npz` (the same model in binary, what the numpy scorer loads; ARPA is read when it is absent) and
@@ -502,7 +535,7 @@ class LMBundle:
 
             config = kenlm.Config()
             config.show_progress = False  # no progress bar per worker process on stderr
-            self._kenlm = kenlm.Model(str(self.folder / "lm.arpa.gz"), config)
+            self._kenlm = load_kenlm(self.folder / "lm.arpa.gz", config)  # without its binary-file hint
             return
         binary = self.folder / "lm.npz"
         self.lm = KneserNeyLM.load(binary) if binary.exists() else KneserNeyLM.read_arpa(self.folder / "lm.arpa.gz")
