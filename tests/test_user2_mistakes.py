@@ -52,3 +52,59 @@ def test_train_and_finetune_refuse_to_start_over_a_previous_run(tmp_path, capsys
     empty.mkdir()
     assert cli.main(["train", "--recipe", "debug", "--out", str(empty), "--training.steps=1",
                      "--metrics.val_every=0", "--metrics.progress=false", "--checkpoint.every=0"]) == 0
+
+
+def _stories():
+    folder = shared_path("stories260K")
+    return folder / "stories260K.bin", folder / "tok512.bin"
+
+
+def test_finetune_template_mistake_names_the_flag_and_help_lists_every_template(tmp_path, capsys):
+    """`finetune --template nosuch` said `chat template 'nosuch': ...` (no flag); `finetune --help` listed "plain,
+    chatml, llama2, or a Jinja file" while llama3 and auto work too. The help of finetune and chat now comes from the
+    registry of built-in formats (`infer.templates.BUILTIN`)."""
+    from llamaforge.infer.templates import BUILTIN
+
+    model, tok = _stories()
+    data = shared_path("alpaca/alpaca_5000.json")
+    out = tmp_path / "ft"
+    base = ["finetune", str(model), "--tokenizer", str(tok), "--data", str(data), "--out", str(out)]
+    line = _error(capsys, cli.main([*base, "--template", "nosuch"]))
+    assert line.startswith("error: --template: chat template 'nosuch': expected one of "), line
+    assert all(name in line for name in BUILTIN)
+    line = _error(capsys, cli.main([*base, "--finetune.template=nosuch"]))  # set as a config key: named as one
+    assert line.startswith("error: finetune.template: chat template 'nosuch'"), line
+    assert not out.exists()
+    for command in ("finetune", "chat"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        flat = " ".join(capsys.readouterr().out.split())
+        assert "auto | plain | llama2 | llama3 | chatml" in flat
+        assert all(f" {name} " in flat.replace("|", " ").replace(",", " ") for name in BUILTIN), (command, flat)
+
+
+def test_binary_file_as_finetune_data_is_called_binary(tmp_path, capsys):
+    """`finetune --data stories260K.bin` said `not valid JSON ('utf-32-le' codec can't decode ...)` (json's encoding
+    guess on NUL bytes): now, by read_text's rule (`io.first_binary_byte`), "found binary data", as JSONL and as a
+    JSON list, and for any JSONL the project reads strictly (`io.read_jsonl`)."""
+    from llamaforge.errors import UserError
+    from llamaforge.io import read_jsonl
+    from llamaforge.train.finetune import read_records
+
+    model, tok = _stories()
+    out = tmp_path / "ft"
+    line = _error(capsys, cli.main(["finetune", str(model), "--tokenizer", str(tok), "--data", str(model),
+                                    "--out", str(out)]))
+    assert line.startswith(f"error: {model}:1: expected UTF-8 JSON text, found binary data at byte "), line
+    assert "codec" not in line and not out.exists()
+    listed = tmp_path / "list.json"
+    listed.write_bytes(b'[{"instruction": "a", "output": "b"},\n' + bytes(range(256)) + b"]")
+    with pytest.raises(UserError, match=r"list.json: expected UTF-8 JSON text, found binary data at byte 38$"):
+        read_records(listed)
+    lines = tmp_path / "d.jsonl"
+    lines.write_bytes(b'{"text": "ok"}\n\x00\x00\x00\x01\x02\n')
+    with pytest.raises(UserError, match=r"d.jsonl:2: expected UTF-8 JSON text, found binary data at byte 0 of"):
+        list(read_jsonl(lines))
+    lines.write_bytes(b'{"text": "ok"}\n{"text": broken}\n')  # a text mistake is still told as JSON
+    with pytest.raises(UserError, match=r"d.jsonl:2: not valid JSON \(Expecting value"):
+        list(read_jsonl(lines))

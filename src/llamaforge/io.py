@@ -239,16 +239,22 @@ def read_text(path) -> str:
             data = f.read()
     except STREAM_ERRORS as e:
         raise UserError(f"{path}: cannot read ({e})") from None
+    bad = first_binary_byte(data)
+    if bad is None:
+        return data.decode("utf-8")
+    raise UserError(f"{path}: expected UTF-8 text, found binary data at byte {bad}")
+
+
+def first_binary_byte(data: bytes) -> int | None:
+    """The offset of the first byte that UTF-8 text cannot hold, or None when `data` is UTF-8 text: a NUL byte (text
+    has none) or a byte that is not valid UTF-8. The one rule of `read_text` and of the JSON readers' "binary data"
+    errors (a model .bin handed in as --data)."""
     nul = data.find(b"\0")
     try:
-        text = data.decode("utf-8")
+        data.decode("utf-8")
     except UnicodeDecodeError as e:
-        bad = e.start if nul < 0 else min(nul, e.start)
-    else:
-        if nul < 0:
-            return text
-        bad = nul
-    raise UserError(f"{path}: expected UTF-8 text, found binary data at byte {bad}")
+        return e.start if nul < 0 else min(nul, e.start)
+    return None if nul < 0 else nul
 
 
 def read_json(path) -> dict:
@@ -272,13 +278,18 @@ def read_json(path) -> dict:
 def parse_jsonl_line(path, lineno: int, line: bytes | str) -> dict | None:
     """One line of a JSONL file as a dict, or None for a blank line.
 
-    Raises `UserError("PATH:LINE: ...")` when the line is not UTF-8 JSON or not a JSON object.
+    Raises `UserError("PATH:LINE: ...")` when the line is not UTF-8 JSON (binary data: "found binary data at byte N
+    of the line", `first_binary_byte`) or not a JSON object.
     """
     if not line.strip():
         return None
     try:
         obj = json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:  # json.loads decodes bytes itself
+        bad = first_binary_byte(line) if isinstance(line, bytes) else None
+        if bad is not None:  # a binary file (NULs read as UTF-32 by json's guess): say so, not a codec error
+            raise UserError(f"{path}:{lineno}: expected UTF-8 JSON text, found binary data at byte {bad} of the "
+                            "line") from None
         raise UserError(f"{path}:{lineno}: not valid JSON ({e})") from None
     if not isinstance(obj, dict):
         raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")

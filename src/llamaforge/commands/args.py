@@ -165,10 +165,11 @@ def add_model_arguments(parser) -> None:
 
 def add_chat_template_argument(parser) -> None:
     """--chat-template for `chat` and `serve` (names and files as `infer.templates.load_chat_format` reads them)."""
+    from llamaforge.infer.templates import template_choices
+
     parser.add_argument("--chat-template", default="auto",
-                        help="auto | plain | llama2 | llama3 | chatml, a tokenizer_config.json, a Jinja file or a "
-                             "Jinja string (default auto: the tokenizer folder's tokenizer_config.json template, "
-                             "llama3 for a Llama 3 tokenizer, else plain)")
+                        help=f"{template_choices(' | ')} (default auto: the tokenizer folder's tokenizer_config.json "
+                             "template, llama3 for a Llama 3 tokenizer, else plain)")
 
 
 def load_model_args(args):

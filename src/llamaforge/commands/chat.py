@@ -35,7 +35,7 @@ def run(args) -> int:
     from llamaforge.infer.templates import check_name, load_chat_format
 
     check_sampling(args, min_new_tokens=1)
-    check_name(args.chat_template)
+    check_name(args.chat_template, "--chat-template")
     engine = load_engine(args, max_batch=1)
     tok = engine.tokenizer
     template = load_chat_format(args.chat_template, tok)

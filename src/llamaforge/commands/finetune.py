@@ -29,8 +29,10 @@ def add_arguments(parser) -> None:
                                                       "prompt/completion JSONL")
     parser.add_argument("--out", default=None, help="output folder (default runs/finetune-<method>)")
     parser.add_argument("--method", choices=["full", "lora"], default="full")
-    parser.add_argument("--template", default=None, help="chat template: plain, chatml, llama2, or a Jinja file "
-                                                         "(default: the recipe's, plain)")
+    from llamaforge.infer.templates import template_choices
+
+    parser.add_argument("--template", default=None, help=f"chat template: {template_choices(' | ')} (default: the "
+                                                         "recipe's, plain)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer file (default: the one in the model folder)")
     parser.add_argument("--recipe", default=None, help="default: finetune-<method>")
     add_resume_arguments(parser)
@@ -75,7 +77,7 @@ def run(args) -> int:
     if args.template is not None:
         fixed.append(f"--finetune.template={_quoted(args.template)}")
     cfg = load_config(args.recipe or f"finetune-{args.method}", fixed + list(args.extra))
-    check_name(cfg.finetune.template)
+    check_name(cfg.finetune.template, "--template" if args.template is not None else "finetune.template")
     template = load_chat_format(cfg.finetune.template, tokenizer)
     examples = build_examples(cfg.finetune.data, template, cfg.data.seq_len, cfg.finetune.overflow,
                               cfg.finetune.max_examples)

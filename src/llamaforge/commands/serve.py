@@ -46,7 +46,7 @@ def run(args) -> int:
         raise UserError("--max-batch: expected at least 1")
     if not 0 <= args.port < 65536:
         raise UserError("--port: expected 0..65535")
-    check_name(args.chat_template)  # fail before loading the model
+    check_name(args.chat_template, "--chat-template")  # fail before loading the model
     _check_listen(args.host, args.port)
     engine = load_engine(args, args.max_batch)
     load_chat_format(args.chat_template, engine.tokenizer)  # a bad template fails here, before the server starts

@@ -441,11 +441,18 @@ def _config_template(path: Path) -> tuple[str, dict]:
     return template, config
 
 
-def check_name(name: str) -> None:
-    """Refuse (UserError) a chat-format name that cannot be one, before anything is loaded."""
+def template_choices(sep: str = ", ") -> str:
+    """What a chat-template name may be, for help texts and errors: the `BUILTIN` names joined by `sep`, then the
+    files and strings `load_chat_format` reads (the one list: a new built-in shows up in every --help)."""
+    return f"{sep.join(BUILTIN)}, a tokenizer_config.json, a Jinja file or a Jinja template string"
+
+
+def check_name(name: str, flag: str | None = None) -> None:
+    """Refuse (UserError) a chat-format name that cannot be one, before anything is loaded; the message names `flag`
+    (`--template`, `--chat-template`, `finetune.template`) when given."""
     if name not in BUILTIN and not Path(name).is_file() and "{{" not in name and "{%" not in name:
-        raise UserError(f"chat template {name!r}: expected one of {', '.join(BUILTIN)}, a tokenizer_config.json, "
-                        "a Jinja file or a Jinja template string")
+        where = f"{flag}: " if flag else ""
+        raise UserError(f"{where}chat template {name!r}: expected one of {template_choices()} (no such file)")
 
 
 def load_chat_format(name: str, tokenizer) -> ChatFormat:
