@@ -64,3 +64,27 @@ def test_bad_constant_prints_one_error_line_and_no_half_table(argv, capsys):
     captured = capsys.readouterr()
     assert captured.out == "", captured.out
     assert len(captured.err.strip().splitlines()) == 1 and captured.err.startswith("error: --"), captured.err
+
+
+def test_measured_cpu_run_is_not_priced_as_a100_gpu_hours(tmp_path, capsys):
+    """A CPU run's metrics (device_type "cpu", or only the CPU memory field of older runs) give CPU-hours: no
+    GPU-hours label and no 400 W A100 energy unless --gpu-watts gives the power per process."""
+    for record in ({"step": 5, "loss": 3.0, "elapsed_s": 7200.0, "devices": 2, "device_type": "cpu"},
+                   {"step": 5, "loss": 3.0, "elapsed_s": 7200.0, "devices": 2, "mem_peak_rss_gib": 1.2}):
+        (tmp_path / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+        assert main(["plan", "--measured", str(tmp_path), "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["device_type"] == "cpu" and out["device_hours"] == pytest.approx(4.0)
+        assert out["gpu_hours"] is None and out["mwh"] is None and out["tco2eq"] is None
+        assert main(["plan", "--measured", str(tmp_path)]) == 0
+        text = capsys.readouterr().out
+        assert "4 CPU-hours" in text and "GPU-hours measured" not in text and "not estimated" in text
+        assert main(["plan", "--measured", str(tmp_path), "--gpu-watts", "150", "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["mwh"] == pytest.approx(4 * 150 * 1.1 / 1e6) and out["tco2eq"] == pytest.approx(out["mwh"] * 0.385)
+    # a GPU run keeps the paper's formula at 400 W by default
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 5, "elapsed_s": 3600.0, "devices": 8,
+                                                        "device_type": "cuda"}) + "\n")
+    assert main(["plan", "--measured", str(tmp_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["gpu_hours"] == pytest.approx(8.0) and out["mwh"] == pytest.approx(8 * 400 * 1.1 / 1e6)

@@ -86,6 +86,7 @@ def test_exact_resume_after_sigkill(straight, tmp_path):
     timed = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "elapsed_s" in r]
     before = max(r["elapsed_s"] for r in timed if r["step"] <= 10)  # logged by the killed process
     assert min(r["elapsed_s"] for r in timed if r["step"] > 10) > before
+    assert {r["device_type"] for r in timed} == {"cpu"}  # plan --measured prices CPU-hours only with --gpu-watts
 
 
 def test_kill_during_checkpoint_write_resumes_from_previous(straight, tmp_path):

@@ -6,6 +6,9 @@
     llamaforge plan --paper            # the paper's Table 15 GPU-hours, energy and emissions recomputed
     llamaforge plan --measured RUN/metrics.jsonl   # energy and emissions of a finished run (measured GPU-hours)
 
+A CPU run's metrics give CPU-hours, not GPU-hours: `--measured` then reports the hours and no energy unless
+--gpu-watts gives the power drawn per process (the paper's 400 W is an A100's, Table 15).
+
 Energy and emissions use the paper's formula (Section 6): MWh = GPU-hours x --gpu-watts x --pue / 1e6 and
 tCO2eq = MWh x --carbon-intensity (defaults: 400 W A100, PUE 1.1, 0.385 kg CO2eq/kWh).
 """
@@ -47,8 +50,11 @@ def add_arguments(p) -> None:
     p.add_argument("--constants", default="besiroglu",
                    help="scaling-law constants: besiroglu | hoffmann | a fit.json written by sweep")
     what.add_argument("--measured", help="a training run's metrics.jsonl (or its folder): energy and emissions "
-                      "from its measured GPU-hours")
-    p.add_argument("--gpu-watts", type=float, default=400.0, help="power per GPU for energy (paper: 400 W A100)")
+                      "from its measured GPU-hours; a CPU run reports CPU-hours, and energy only with --gpu-watts "
+                      "(the power drawn per process), never the paper's A100 400 W")
+    p.add_argument("--gpu-watts", type=float, default=None,
+                   help="power per GPU for energy (default: the paper's 400 W A100; with --measured on a CPU run, "
+                        "the power per process, no default)")
     p.add_argument("--pue", type=float, default=1.1, help="data-centre power usage effectiveness (paper: 1.1)")
     p.add_argument("--carbon-intensity", type=float, default=0.385,
                    help="kg CO2eq per kWh (paper: 0.385, the US national average)")
@@ -227,23 +233,49 @@ def run_budget(args) -> int:
 
 
 def _carbon(args, gpu_hours: float):
-    from llamaforge.plan.carbon import carbon
+    from llamaforge.plan.carbon import PAPER_GPU_WATTS, carbon
 
+    if args.gpu_watts is None:
+        args.gpu_watts = PAPER_GPU_WATTS
     return carbon(gpu_hours, args.gpu_watts, args.pue, args.carbon_intensity)
 
 
 def run_measured(args) -> int:
-    """Energy and emissions of a finished run from its measured GPU-hours (metrics.jsonl or its folder), with the
-    paper's formula. Returns 0; a file without usable records is a UserError starting with `--measured:`."""
-    from llamaforge.plan.carbon import measured_gpu_hours
+    """Energy and emissions of a finished run from its measured device-hours (metrics.jsonl or its folder), with the
+    paper's formula. A GPU run's hours are GPU-hours at --gpu-watts (default the paper's 400 W A100). A CPU run's are
+    CPU-hours (wall hours x processes): labelled so, and priced only when the user gives --gpu-watts (the power
+    per process), since Table 15's A100 power says nothing about a CPU; without it energy and emissions are null
+    (JSON) or "not estimated" (text). Returns 0; a file without usable records is a UserError starting with
+    `--measured:`."""
+    from llamaforge.plan.carbon import measured_run
 
+    watts_given = args.gpu_watts is not None
     try:
-        hours = measured_gpu_hours(args.measured)
+        run = measured_run(args.measured)
     except UserError as e:  # plan/ names the file; the flag is this command's word
         raise UserError(f"--measured: {e}") from None
-    footprint = _carbon(args, hours)
+    if not run.on_gpu:
+        unit = f"{run.device_type.upper()}-hours"
+        footprint = _carbon(args, run.device_hours) if watts_given else None
+        if args.json:
+            print(json.dumps({"measured": str(args.measured), "device_type": run.device_type,
+                              "device_hours": run.device_hours, "gpu_hours": None,
+                              "mwh": footprint.mwh if footprint else None,
+                              "tco2eq": footprint.tco2eq if footprint else None}, indent=2))
+            return 0
+        if footprint is None:
+            print(f"{args.measured}: {run.device_hours:,.4g} {unit} measured (a {run.device_type} run, not GPU-hours); "
+                  f"energy and emissions not estimated: the paper's 400 W is an A100's, give --gpu-watts W "
+                  f"(the power drawn per process) to apply its formula")
+        else:
+            print(f"{args.measured}: {run.device_hours:,.4g} {unit} measured -> {footprint.mwh:,.4g} MWh, "
+                  f"{footprint.tco2eq:,.4g} tCO2eq ({args.gpu_watts:g} W per process (--gpu-watts) x PUE {args.pue:g}, "
+                  f"{args.carbon_intensity:g} kg/kWh)")
+        return 0
+    footprint = _carbon(args, run.device_hours)
     if args.json:
-        print(json.dumps({"measured": str(args.measured), **footprint.as_dict()}, indent=2))
+        print(json.dumps({"measured": str(args.measured), "device_type": run.device_type, **footprint.as_dict()},
+                         indent=2))
         return 0
     print(f"{args.measured}: {footprint.gpu_hours:,.4g} GPU-hours measured -> {footprint.mwh:,.4g} MWh, "
           f"{footprint.tco2eq:,.4g} tCO2eq ({args.gpu_watts:g} W x PUE {args.pue:g}, {args.carbon_intensity:g} kg/kWh)")
@@ -275,7 +307,13 @@ def run_paper(args) -> int:
 def run(args) -> int:
     """Dispatch to the mode the flags name: --budget, --paper, --measured, else a model (--model or --dims). Returns 0;
     UserError when no mode is given, or for a bad energy constant (checked first: no table is half printed)."""
-    _carbon(args, 0.0)  # --gpu-watts, --pue, --carbon-intensity are validated before any line is printed
+    from llamaforge.plan.carbon import PAPER_GPU_WATTS, carbon
+
+    # --gpu-watts, --pue, --carbon-intensity are validated before any line is printed (args.gpu_watts stays None
+    # when not given: `--measured` on a CPU run must know whether the user chose a power)
+    carbon(0.0, PAPER_GPU_WATTS if args.gpu_watts is None else args.gpu_watts, args.pue, args.carbon_intensity)
+    if args.gpu_watts is None and not args.measured:
+        args.gpu_watts = PAPER_GPU_WATTS
     if args.budget is not None:
         return run_budget(args)
     if args.paper:

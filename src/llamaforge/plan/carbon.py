@@ -61,11 +61,38 @@ def paper_carbon_table(watts: float = PAPER_GPU_WATTS, pue: float = PAPER_PUE,
     return rows
 
 
-def measured_gpu_hours(metrics_path) -> float:
-    """GPU-hours of a training run from its metrics.jsonl: the last record's `elapsed_s` (wall seconds since the
-    run started) times its `devices`. Read by the trainer's own reader (`train.metrics.read_metrics`), so a run
-    killed while writing its last line still counts up to the record before. Raises UserError when the file cannot
-    be read or has no such record."""
+@dataclass(frozen=True)
+class MeasuredRun:
+    """What a finished run's metrics.jsonl says about its cost: `device_hours` (wall hours x processes) and
+    `device_type` ("cuda", "cpu", ... as torch names it; "unknown" when the records do not say)."""
+    device_hours: float
+    device_type: str
+
+    @property
+    def on_gpu(self) -> bool:
+        """True unless the run is known to have trained on something other than a GPU (an unrecorded device counts
+        as a GPU, the paper's assumption)."""
+        return self.device_type in ("cuda", "unknown")
+
+
+def _device_type(record: dict) -> str:
+    """The device a training record was measured on: its `device_type` field (written since the trainer records it),
+    else the memory field `train.metrics.memory_stats` wrote (`mem_peak_gib` on CUDA, `mem_peak_rss_gib` on CPU),
+    else "unknown"."""
+    if isinstance(record.get("device_type"), str):
+        return record["device_type"]
+    if "mem_peak_gib" in record:
+        return "cuda"
+    if "mem_peak_rss_gib" in record:
+        return "cpu"
+    return "unknown"
+
+
+def measured_run(metrics_path) -> MeasuredRun:
+    """Device-hours and device type of a training run from its metrics.jsonl: the last record's `elapsed_s` (wall
+    seconds since the run started) times its `devices` (processes), and the device it ran on (`_device_type`).
+    Read by the trainer's own reader (`train.metrics.read_metrics`), so a run killed while writing its last line
+    still counts up to the record before. Raises UserError when the file cannot be read or has no such record."""
     from llamaforge.train.metrics import read_metrics
 
     path = Path(metrics_path)
@@ -79,4 +106,9 @@ def measured_gpu_hours(metrics_path) -> float:
     if not timed:
         raise UserError(f"{path}: elapsed_s: expected training records with elapsed_s and devices")
     last = timed[-1]
-    return float(last["elapsed_s"]) * int(last.get("devices", 1)) / 3600
+    return MeasuredRun(float(last["elapsed_s"]) * int(last.get("devices", 1)) / 3600, _device_type(last))
+
+
+def measured_gpu_hours(metrics_path) -> float:
+    """Device-hours of a training run (`measured_run(...).device_hours`); GPU-hours only when the run was on GPUs."""
+    return measured_run(metrics_path).device_hours

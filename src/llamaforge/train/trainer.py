@@ -532,7 +532,8 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None, trust_checkpoint
         if master and (done % cfg.metrics.log_every == 0 or done == t.steps or skipped):  # every skip is logged
             last = {"step": done, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                     **speed.update(tokens_since_log), **memory_stats(device),
-                    "elapsed_s": elapsed_before + time.time() - started, "devices": world}  # for `plan --measured`
+                    "elapsed_s": elapsed_before + time.time() - started, "devices": world,
+                    "device_type": device.type}  # for `plan --measured` (GPU-hours only when on GPUs)
             if skipped:
                 last["skipped"] = skipped
                 (progress.write if progress is not None else print)(f"step {done}: update skipped: {skipped}")
