@@ -236,3 +236,24 @@ def test_commoncrawl_gets_the_flows_wikipedia_for_its_model_steps(tmp_path):
     assert "wikipedia" not in flow.source_options("wiki")
     flow = Flow(load_flow(str(path), ["--sources.cc.options.models=/m"]), progress=False)
     assert "wikipedia" not in flow.source_options("cc")
+
+
+def test_single_value_override_of_a_list_field_is_a_one_element_list(tmp_path, capsys):
+    """`--sources.X.inputs=/path` (no TOML brackets) is the list ["/path"], as torchtitan/litgpt-style overrides
+    read it; likewise `--eval.tasks=NAME` and `--export.formats=FMT`. A wrong element type is still one error line."""
+    from llamaforge.cli import main
+    from llamaforge.run.config import load_flow
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text('{"text": "x"}\n'), b.write_text('{"text": "y"}\n')
+    path = tmp_path / "flow.toml"
+    path.write_text(f'[run]\nout = "{tmp_path / "run"}"\n[sources.web]\nkind = "jsonl"\ninputs = ["{a}"]\n'
+                    '[train]\nrecipe = "debug"\n[eval]\ntasks = []\n[export]\nformats = []\n')
+    flow = load_flow(str(path), [f"--sources.web.inputs={b}", "--eval.tasks=hellaswag", "--export.formats=gguf"])
+    assert flow.sources["web"].inputs == [str(b)]
+    assert flow.eval.tasks == ["hellaswag"] and flow.export.formats == ["gguf"]
+    assert load_flow(str(path), [f'--sources.web.inputs=["{a}", "{b}"]']).sources["web"].inputs == [str(a), str(b)]
+    assert main(["run", str(path), "--dry-run", "--sources.web.inputs=5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "inputs" in err[0] and "strings" in err[0], err
+    assert not (tmp_path / "run").exists()

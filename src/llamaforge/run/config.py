@@ -219,6 +219,9 @@ def validate(cfg: FlowConfig, dry_run: bool = False) -> None:
         raise UserError(f"{path}: sources: expected at least one [sources.NAME] table")
     if cfg.run.workers < 1:
         raise UserError(f"{path}: run.workers: expected a positive integer, got {cfg.run.workers}")
+    for name, s in cfg.sources.items():  # before any path is built from them
+        if not all(isinstance(i, str) for i in s.inputs):
+            raise UserError(f"{path}: sources.{name}.inputs: expected a list of paths (strings), got {s.inputs!r}")
     with_inputs = [s for s in cfg.sources.values() if s.kind != "builtin" and s.inputs]
     relative = [i for s in with_inputs for i in s.inputs if not Path(i).is_absolute()]
     if not dry_run and len(with_inputs) > 1 and relative and all(missing_input(s.name, s) for s in with_inputs):
@@ -234,8 +237,6 @@ def validate(cfg: FlowConfig, dry_run: bool = False) -> None:
             raise UserError(f"{where}.kind: expected one of {', '.join(KINDS)}, got {s.kind!r}")
         if s.weight is not None and not (s.weight >= 0 and s.weight != float("inf")):
             raise UserError(f"{where}.weight: expected a non-negative number, got {s.weight}")
-        if not all(isinstance(i, str) for i in s.inputs):
-            raise UserError(f"{where}.inputs: expected a list of paths (strings)")
         if s.kind == "builtin":
             unknown = set(s.options) - {"part", "max_mb"}
             if s.options.get("part") not in BUILTIN_PARTS or unknown:
@@ -294,8 +295,24 @@ def flow_path(name_or_path: str) -> Path:
     return named_toml(name_or_path, FLOWS_DIR, "flow", "FLOW")
 
 
+_SECTIONS = {"run": RunSpec, "tokenizer": TokenizerSpec, "train": TrainSpec, "eval": EvalSpec, "export": ExportSpec}
+
+
+def _list_typed(dotted: str) -> bool:
+    """Whether the flow key "a.b.c" is a list field (`sources.NAME.inputs`, `eval.tasks`, `export.formats`)."""
+    parts = dotted.split(".")
+    if parts[0] == "sources" and len(parts) == 3:
+        spec = SourceSpec
+    elif parts[0] in _SECTIONS and len(parts) == 2:
+        spec = _SECTIONS[parts[0]]
+    else:
+        return False
+    return {f.name: f.type for f in dataclasses.fields(spec)}.get(parts[-1]) in ("list", list)
+
+
 def load_flow(name_or_path: str, overrides: list[str] = (), dry_run: bool = False) -> FlowConfig:
-    """Read a flow, apply `--a.b.c=value` overrides (values read as TOML, else as bare strings), validate
+    """Read a flow, apply `--a.b.c=value` overrides (values read as TOML, else as bare strings; a single value for a
+    list field such as `--sources.NAME.inputs=/path` is a one-element list, the element's type still checked), validate
     (`dry_run`: missing inputs are left for the dry run to flag, see `validate`)."""
     from llamaforge.train.config import parse_override
 
@@ -307,6 +324,8 @@ def load_flow(name_or_path: str, overrides: list[str] = (), dry_run: bool = Fals
     flags = {}  # "a.b.c" -> the flag that set it last
     for arg in overrides:
         section, key, value = parse_override(arg)
+        if _list_typed(f"{section}.{key}") and not isinstance(value, list):
+            value = [value]  # --sources.X.inputs=/path: one value is a one-element list (torchtitan/litgpt style)
         set_dotted(data, f"{section}.{key}", value, arg.split("=", 1)[0])
         flags[f"{section}.{key}"] = arg.split("=", 1)[0]
     try:
