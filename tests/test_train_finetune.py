@@ -548,3 +548,23 @@ def test_widths_and_cuts_are_multiples_of_the_tensor_parallel_degree():
     assert x.shape == y.shape == (2, 8) and (y[:, 7] == IGNORE).all()
     assert [tuple(r.shape) for r, _ in unpadded_rows(x, y, multiple=4)] == [(1, 8), (1, 4)]
     assert [tuple(r.shape) for r, _ in unpadded_rows(x, y)] == [(1, 7), (1, 3)]
+
+
+@pytest.mark.slow
+def test_lora_resume_with_another_rank_names_what_differs(tmp_path, capsys):
+    """Resuming a LoRA finetune with another --lora.rank names the LoRA setting saved vs given (not the unused
+    [model] preset of the recipe), and nothing is written over the run."""
+    model, tok = stories()
+    data = shared_path("alpaca/alpaca_5000.json")
+    out = tmp_path / "run"
+    base = ["finetune", str(model), "--tokenizer", str(tok), "--data", str(data), "--out", str(out), *COMMON,
+            "--finetune.max_examples=64", "--finetune.val_examples=8", "--method", "lora", "--lora.targets=all",
+            "--checkpoint.every=1", "--metrics.val_every=0"]
+    assert main([*base, "--lora.rank=8", "--training.steps=1"]) == 0
+    capsys.readouterr()
+    before = (out / "metrics.jsonl").read_bytes()
+    rc = main([*base, "--lora.rank=4", "--training.steps=2", "--resume", "auto"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    assert "lora.rank: saved 8, given 4" in err[0] and "tiny-1m" not in err[0], err
+    assert (out / "metrics.jsonl").read_bytes() == before

@@ -156,10 +156,33 @@ def _short(e: BaseException) -> str:
     return (text[:300] + " ...") if len(text) > 300 else text or type(e).__name__
 
 
-def load(path: Path, model, optimizer) -> tuple[dict, dict]:
+def shape_differences(saved: dict, given: dict) -> str:
+    """What makes a checkpoint's trainable state another shape than the configured one, from the two run configs
+    (`TrainConfig.to_dict()`: the saved one in train_state["config"], the given one): "lora.rank: saved 8, given 4;
+    ...". A finetuning run (finetune.base set) is compared on its base, method and [lora] (its [model] section is
+    unused: the model comes from the base); a pretraining run on [model]. "" when those keys agree."""
+    if not isinstance(saved, dict):
+        return ""
+    finetune = bool((saved.get("finetune") or {}).get("base") or (given.get("finetune") or {}).get("base"))
+    keys = [("finetune", "base"), ("finetune", "method")] if finetune else []
+    if finetune and "lora" in ((given.get("finetune") or {}).get("method"), (saved.get("finetune") or {}).get("method")):
+        keys += [("lora", k) for k in sorted(set(saved.get("lora") or {}) | set(given.get("lora") or {}))]
+    if not finetune:
+        keys += [("model", k) for k in sorted(set(saved.get("model") or {}) | set(given.get("model") or {}))]
+    diffs = []
+    for section, key in keys:
+        old, new = (saved.get(section) or {}).get(key), (given.get(section) or {}).get(key)
+        if old != new:
+            diffs.append(f"{section}.{key}: saved {old!r}, given {new!r}")
+    return "; ".join(diffs)
+
+
+def load(path: Path, model, optimizer, config: dict | None = None) -> tuple[dict, dict]:
     """Restore model and optimizer in place (collective); return (train_state, this rank's rank_state).
 
-    A missing, truncated or foreign checkpoint (other model shape) is a one-line UserError naming the folder."""
+    A missing, truncated or foreign checkpoint (other model shape) is a one-line UserError naming the folder; with
+    `config` (this run's `TrainConfig.to_dict()`) it names what differs from the config saved in the checkpoint
+    (`shape_differences`: the LoRA settings and base of a finetuning run, the model of a pretraining run)."""
     path = Path(path)
     train_state_file = path / TRAIN_STATE
     if not path.is_dir():
@@ -179,8 +202,16 @@ def load(path: Path, model, optimizer) -> tuple[dict, dict]:
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
                        options=LOAD_OPTIONS)
     except (Exception, CheckpointException) as e:  # DCP's wrapper of every rank's error (a BaseException)
-        saved = train_state.get("config", {}).get("model") if isinstance(train_state.get("config"), dict) else None
-        hint = f"; it was saved with model {saved}" if saved else ""
+        saved_cfg = train_state.get("config") if isinstance(train_state.get("config"), dict) else {}
+        diffs = shape_differences(saved_cfg, config) if config is not None else ""
+        if diffs:
+            hint = f"; the checkpoint differs from this run's config: {diffs}"
+        elif (saved_cfg.get("finetune") or {}).get("base"):
+            ft = saved_cfg["finetune"]
+            hint = f"; it was saved finetuning {ft['base']} ({ft.get('method')}, lora {saved_cfg.get('lora')})"
+        else:
+            saved = saved_cfg.get("model")
+            hint = f"; it was saved with model {saved}" if saved else ""
         raise UserError(f"{path}: cannot restore this checkpoint into the configured model and optimizer "
                         f"({_short(e)}){hint}") from None
     # Same layout: each process takes its own file. Another number of processes: DCP has resharded the model and

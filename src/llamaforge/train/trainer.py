@@ -466,7 +466,7 @@ def train(cfg: TrainConfig, out_dir, resume: str | None = None, trust_checkpoint
         if path is not None and not trust_checkpoint:
             checkpoint.check_written_here(path, ckpt_root)
         if path is not None:
-            train_state, rank_state = checkpoint.load(path, model, optimizer)
+            train_state, rank_state = checkpoint.load(path, model, optimizer, cfg.to_dict())
             start = train_state["step"]
             scheduler.load_state_dict(train_state["scheduler"])
             guard.load_state_dict(train_state["spike_guard"])
