@@ -142,3 +142,28 @@ def test_out_of_range_options_are_one_error_line_with_or_without_models(tmp_path
         assert r.returncode == 2, (flag, r.returncode, r.stderr[-500:])
         assert len(lines) == 1 and lines[0].startswith(f"error: {flag}: expected"), (flag, r.stderr)
         assert not out.exists(), (flag, sorted(p.name for p in out.rglob("*")))
+
+
+def test_wikipedia_and_models_together_are_refused(tmp_path: Path, capsys):
+    """--wikipedia and --models name two sources of the CCNet LM and the reference classifier: which one is used
+    is not left to guess (an existing --models folder used to win silently, an empty one to be trained into).
+    One error line, exit 2, nothing written; also through the Python API (a flow's options)."""
+    import pytest
+
+    from llamaforge.cli import main
+    from llamaforge.data.sources import commoncrawl
+    from llamaforge.errors import UserError
+
+    page, wiki, models = tmp_path / "pages.jsonl", tmp_path / "wiki.jsonl", tmp_path / "models"
+    page.write_text(json.dumps({"text": "An English page about rivers and the towns along them. " * 10}) + "\n")
+    wiki.write_text(json.dumps({"text": "Rivers are natural flowing watercourses. " * 10}) + "\n")
+    models.mkdir()
+    (models / "info.json").write_text("{}")
+    out = tmp_path / "out"
+    rc = main(["prepare", "commoncrawl", str(page), "--out", str(out), "--no-progress", "--wikipedia", str(wiki),
+               "--models", str(models)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: --wikipedia, --models: expected one"), err
+    assert not out.exists()
+    with pytest.raises(UserError, match="expected one of them"):
+        commoncrawl.check([str(page)], wikipedia=[str(wiki)], models=str(models))

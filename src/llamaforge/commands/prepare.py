@@ -51,8 +51,10 @@ def _add_groups(p: argparse.ArgumentParser, groups: tuple[str, ...]) -> None:
         g.add_argument("--dedup-group", type=int, help="line dedup over groups of this many shards (50; 0 = all)")
         g.add_argument("--wikipedia", nargs="+", metavar="PATH",
                        help="Wikipedia to train the CCNet LM and the reference classifier on, once, into OUT/models: "
-                            "MediaWiki XML dumps (text + cited URLs) or `prepare wikipedia` output (text)")
-        g.add_argument("--models", help="a models folder built by an earlier run (OUT/models) instead of --wikipedia")
+                            "MediaWiki XML dumps (text + cited URLs) or `prepare wikipedia` output (text); "
+                            "not with --models")
+        g.add_argument("--models", help="a models folder built by an earlier run (OUT/models) instead of --wikipedia "
+                                        "(giving both is refused)")
         g.add_argument("--keep-buckets", type=_names, help="perplexity buckets to keep (head,middle)")
         g.add_argument("--classifier-threshold", type=float, help="keep documents with P(reference) >= this (0.25)")
         g.add_argument("--lm-vocab", type=int, help="SentencePiece vocabulary, an upper bound (CCNet: 65536)")

@@ -336,7 +336,11 @@ def _check_values(min_length=MIN_LENGTH, dedup_group=50, keep_buckets=("head", "
 def _checked(inputs, languages, lang_threshold, langid, wikipedia, models, **values) -> tuple[list[str], LanguageFilter]:
     """The crawl's shards and the language filter, after the checks `build` and `check` share: option values in
     range (`_check_values`, given `values`), inputs of the right kind (`readers.refuse_unless_records`), a valid
-    language-id setting, `--wikipedia` files that exist."""
+    language-id setting, `--wikipedia` files that exist, and not both `wikipedia` and `models` (one source of the
+    models: which one would be used is not for the user to guess)."""
+    if wikipedia and models:
+        raise UserError(f"--wikipedia, --models: expected one of them, got both: --models {models} uses models built "
+                        "before, --wikipedia trains them into OUT/models; drop one")
     _check_values(**values)
     refuse_folders_without(inputs, SUFFIXES, "commoncrawl", EXPECTED)
     shards = expand_inputs(inputs, SUFFIXES)
