@@ -244,3 +244,34 @@ def test_truncated_adapter_weights_are_one_line(hf_export, tmp_path):
     weights.write_bytes(weights.read_bytes()[:-40])
     with pytest.raises(UserError, match="adapter_model.safetensors: not a valid safetensors file"):
         load_adapter(ours, tmp_path / "adapter")
+
+
+def test_convert_of_an_adapter_folder_says_how_to_merge_it(tmp_path, capsys):
+    """`convert` given a LoRA adapter folder (PEFT's adapter_config.json + adapter_model.safetensors) says it is an
+    adapter, not a model, and gives the merge command; that command, run as printed, writes base + adapters merged."""
+    import shlex
+    import subprocess
+    import sys
+
+    from llamaforge.cli import main
+    from llamaforge.formats import load_model
+
+    base = tmp_path / "base"
+    save_model(random_model(), base)
+    model = random_model()
+    apply_lora(model, LoRAConfig(rank=4, alpha=8, targets="all"))
+    randomize_adapters(model)
+    save_adapter(model.state_dict(), ARGS, LoRAConfig(rank=4, alpha=8, targets="all"), tmp_path / "adapter",
+                 base_model=str(base))
+    rc = main(["convert", str(tmp_path / "adapter"), str(tmp_path / "out"), "--to", "hf"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "a LoRA adapter" in err[0] and str(base) in err[0], err
+    assert "unknown checkpoint format" not in err[0] and not (tmp_path / "out").exists()
+    command = err[0][err[0].index("python -c"):err[0].index(" (a finetune")]
+    argv = shlex.split(command)
+    r = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, capture_output=True, text=True,
+                       env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(tmp_path / "merged")(tokens()), merge_lora(model)(tokens()),
+                                   rtol=0, atol=1e-5)

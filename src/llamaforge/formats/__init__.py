@@ -98,6 +98,23 @@ def _module(fmt: str):
     return importlib.import_module(f"llamaforge.formats.{fmt}")
 
 
+def _adapter_message(path: Path) -> str:
+    """What to do with a LoRA adapter folder (PEFT's adapter_config.json + adapter_model.safetensors, as PEFT and
+    `llamaforge finetune --method lora` write it) given where a model is expected: it is not a model; merge it onto
+    its base (named from the config's `base_model_name_or_path` when it says) with the Python API the README shows."""
+    import json
+
+    try:
+        base = json.loads((path / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        base = None
+    base = base if isinstance(base, str) and base else "BASE"
+    return (f"{path}: a LoRA adapter (PEFT adapter_config.json + adapter_model.safetensors), not a model; merge it onto "
+            f"its base {base} first: python -c \"import llamaforge; from llamaforge.train.lora import load_adapter, "
+            f"merge_lora; m = llamaforge.load_model('{base}'); load_adapter(m, '{path}'); "
+            f"llamaforge.save_model(merge_lora(m), 'merged')\" (a finetune run's final/ is that merged model already)")
+
+
 def detect_format(path) -> str:
     """The format of the checkpoint at `path`: one of FORMATS, asked of each format's `detect` in order.
 
@@ -118,6 +135,8 @@ def detect_format(path) -> str:
             continue
         if mod.detect(path):
             return fmt
+    if (path / "adapter_config.json").is_file():
+        raise UserError(_adapter_message(path))
     raise UserError(
         f"{path}: unknown checkpoint format; expected a native or HF folder (config.json + safetensors), "
         "a Meta folder (params.json + consolidated.NN.pth), a llama2.c .bin or a .gguf file"
