@@ -99,7 +99,7 @@ def test_binary_file_as_finetune_data_is_called_binary(tmp_path, capsys):
     assert "codec" not in line and not out.exists()
     listed = tmp_path / "list.json"
     listed.write_bytes(b'[{"instruction": "a", "output": "b"},\n' + bytes(range(256)) + b"]")
-    with pytest.raises(UserError, match=r"list.json: expected UTF-8 JSON text, found binary data at byte 38$"):
+    with pytest.raises(UserError, match=r"list.json: expected UTF-8 text, found binary data at byte 38$"):
         read_records(listed)
     lines = tmp_path / "d.jsonl"
     lines.write_bytes(b'{"text": "ok"}\n\x00\x00\x00\x01\x02\n')

@@ -72,8 +72,8 @@ def read_records(path) -> list[tuple[str, object]]:
     """(location 'FILE:LINE' or 'FILE[i]', record) for every record of a JSON list (Alpaca's alpaca_data.json) or
     a JSONL file, plain or gzip. JSONL goes through the project's one reader (`llamaforge.io.read_jsonl`: a line
     that is not a JSON object is a `FILE:LINE` UserError); an unreadable file, a binary one ("found binary data at
-    byte N", `io.first_binary_byte`) or a JSON list that does not parse is a UserError too."""
-    from llamaforge.io import STREAM_ERRORS, first_binary_byte, open_binary, read_jsonl
+    byte N", `io.read_text`) or a JSON list that does not parse is a UserError too."""
+    from llamaforge.io import STREAM_ERRORS, open_binary, read_jsonl, read_text
 
     path = Path(path)
     try:
@@ -82,16 +82,9 @@ def read_records(path) -> list[tuple[str, object]]:
     except STREAM_ERRORS as e:
         raise UserError(f"{path}: cannot read ({e})") from None
     if is_list:
+        text = read_text(path).removeprefix("\ufeff")  # the one text reader: binary refused at byte N; BOM dropped
         try:
-            with open_binary(path) as f:
-                data = f.read()
-        except STREAM_ERRORS as e:
-            raise UserError(f"{path}: cannot read ({e})") from None
-        bad = first_binary_byte(data)
-        if bad is not None:
-            raise UserError(f"{path}: expected UTF-8 JSON text, found binary data at byte {bad}")
-        try:
-            records = json.loads(data.decode("utf-8-sig"))
+            records = json.loads(text)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{e.lineno}: not valid JSON ({e})") from None
         return [(f"{path}[{i}]", r) for i, r in enumerate(records)]
