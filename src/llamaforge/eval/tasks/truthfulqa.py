@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,8 +136,6 @@ def http_judge(url: str, timeout: float = 60.0):
     """A judge that POSTs {"question", "answer"} to `url` and reads {"truthful": bool, "informative": bool}.
     Raises UserError (`--judge: ...`, one line) for a URL that is not http(s), here, before any generation; and,
     per call, for an endpoint that cannot be reached or answers anything but such an object."""
-    import urllib.parse
-
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         raise UserError(f"--judge: expected an http:// or https:// URL, got {url!r}")
 
