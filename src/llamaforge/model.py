@@ -239,8 +239,9 @@ class TransformerBlock(nn.Module):
 
 class Transformer(nn.Module):
     """The LLaMA decoder: token embedding, n_layers `TransformerBlock`s, a final RMSNorm and an output projection
-    to vocab_size logits (its own matrix, or the embedding's when `args.tie_embeddings`, Llama 3.2 1B/3B). Built initialized (`init_weights`); on the meta device it allocates nothing
-    and `init_rope` / `init_weights` are called once the parameters have storage."""
+    to vocab_size logits (its own matrix, or the embedding's when `args.tie_embeddings`, Llama 3.2 1B/3B). Built
+    initialized (`init_weights`); on the meta device it allocates nothing and `init_rope` / `init_weights` are
+    called once the parameters have storage."""
 
     def __init__(self, args: ModelArgs):
         super().__init__()
